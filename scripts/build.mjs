@@ -1,0 +1,28 @@
+// Builds pam-tunnel twice from one source tree:
+//  - dist/: an esbuild bundle of the CLI with code splitting, so commands that never open a
+//    connection (help, list, stop) do not pay werift's ~250 ms import (it sits in a lazy chunk);
+//  - build/: tsc output of everything (sources, specs, bench, scripts) for tap and type checking,
+//    so coverage maps to the code that really runs.
+import { build } from 'esbuild';
+import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+rmSync('dist', { recursive: true, force: true });
+rmSync('build', { recursive: true, force: true });
+
+execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.json'], { stdio: 'inherit' });
+
+await build({
+  entryPoints: { cli: 'cli/bin.ts' },
+  outdir: 'dist',
+  bundle: true,
+  splitting: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  packages: 'external',
+  sourcemap: true,
+  logLevel: 'warning',
+});
