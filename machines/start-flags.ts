@@ -1,0 +1,111 @@
+// Validation of `pam tunnel start` flags as given (raw strings), so that usage errors are decided by
+// the machines (as guards) and not by if-statements scattered through commands.
+
+import { failure, type Failure } from './errors.js';
+import type { TunnelMode } from './ports.js';
+
+/** The flags exactly as the user typed them; undefined = not given. */
+export interface StartFlags {
+  readonly target: string;
+  readonly gateway?: string;
+  readonly host?: string;
+  readonly port?: string;
+  readonly foreground?: boolean;
+  readonly background?: boolean;
+  readonly run?: string;
+  readonly timeout?: string;
+  readonly pidFile?: string;
+  /** Running inside `pam shell`: -fg/-bg are skipped (tunnels persist for the session). */
+  readonly inShell?: boolean;
+}
+
+export interface StartSettings {
+  readonly target: string;
+  readonly gateway: string;
+  readonly host: string;
+  readonly port: number;
+  readonly mode: TunnelMode;
+  readonly command?: string;
+  readonly timeoutMs: number;
+  readonly pidFile?: string;
+  /** A flag the shell skipped, to tell the user about ('--background'), if any. */
+  readonly skipped?: '--foreground' | '--background';
+}
+
+export const defaultTimeoutSeconds = 30;
+export const defaultHost = '127.0.0.1';
+const targetPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export type StartParse = { readonly ok: true; readonly settings: StartSettings } | { readonly ok: false; readonly failure: Failure };
+
+export function parseStartFlags(flags: StartFlags): StartParse {
+  const usage = (reason: string): StartParse => ({ ok: false, failure: failure('usage', reason) });
+
+  const chosen = [flags.foreground && '--foreground', flags.background && '--background', flags.run !== undefined && '--run'].filter(
+    (name): name is string => typeof name === 'string',
+  );
+  if (chosen.length > 1) {
+    return usage(`${chosen.join(' and ')} cannot be combined: choose one of --foreground, --background or --run`);
+  }
+  if (flags.run !== undefined && flags.run.trim() === '') return usage('--run needs a command, e.g. --run "psql -h $PAM_TUNNEL_HOST -p $PAM_TUNNEL_PORT"');
+  if (!targetPattern.test(flags.target)) {
+    return usage(`target '${flags.target}' is not a valid target name (letters, digits, '.', '_' and '-', at most 64)`);
+  }
+
+  const gateway = flags.gateway?.trim();
+  if (!gateway) return usage('no gateway given: pass --gateway URL or set PAM_GATEWAY_URL (e.g. http://127.0.0.1:8765)');
+  if (!isHttpUrl(gateway)) return usage(`--gateway '${gateway}' is not an http(s) URL (e.g. http://127.0.0.1:8765)`);
+
+  const port = flags.port === undefined ? 0 : parseInteger(flags.port);
+  if (port === undefined || port < 0 || port > 65535) {
+    return usage(`--port '${flags.port}' is not a port: use a whole number from 1 to 65535, or 0 for any free port`);
+  }
+
+  const host = flags.host === undefined ? defaultHost : flags.host.trim();
+  if (host === '' || /\s/.test(host)) return usage(`--host '${flags.host}' is not a host name or address`);
+
+  let timeoutMs = defaultTimeoutSeconds * 1000;
+  if (flags.timeout !== undefined) {
+    const seconds = /^\s*\d+(\.\d+)?\s*$/.test(flags.timeout) ? Number(flags.timeout) : NaN;
+    if (!(seconds > 0) || seconds > 86_400) return usage(`--timeout '${flags.timeout}' must be a positive number of seconds (at most 86400)`);
+    timeoutMs = Math.round(seconds * 1000);
+  }
+
+  if (flags.pidFile !== undefined && flags.pidFile.trim() === '') return usage('--pid-file needs a path');
+
+  let mode: TunnelMode = flags.run !== undefined ? 'run' : flags.background ? 'background' : 'foreground';
+  let skipped: StartSettings['skipped'];
+  if (flags.inShell && mode !== 'run') {
+    if (flags.background) skipped = '--background';
+    else if (flags.foreground) skipped = '--foreground';
+    mode = 'shell';
+  }
+
+  return {
+    ok: true,
+    settings: {
+      target: flags.target,
+      gateway: gateway.replace(/\/+$/, ''),
+      host,
+      port,
+      mode,
+      timeoutMs,
+      ...(flags.run !== undefined ? { command: flags.run } : {}),
+      ...(flags.pidFile !== undefined ? { pidFile: flags.pidFile } : {}),
+      ...(skipped ? { skipped } : {}),
+    },
+  };
+}
+
+function parseInteger(text: string): number | undefined {
+  return /^\s*\d{1,6}\s*$/.test(text) ? Number(text) : undefined;
+}
+
+function isHttpUrl(text: string): boolean {
+  try {
+    const url = new URL(text);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '';
+  } catch {
+    return false;
+  }
+}

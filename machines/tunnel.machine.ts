@@ -1,0 +1,363 @@
+// The lifecycle of one tunnel: idle → connecting → ready (→ runningCommand) → stopping → stopped.
+// Pure XState: every side effect is a named actor or action whose default throws until provided.
+
+import { assign, fromCallback, fromPromise, sendTo, setup } from 'xstate';
+import { failure, failureOf, signalExitCode, type Outcome, type StopSignal } from './errors.js';
+import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, TunnelMode, TunnelRecord } from './ports.js';
+import { parseStartFlags, type StartFlags, type StartSettings } from './start-flags.js';
+import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
+
+export interface TunnelInput {
+  readonly id: string;
+  readonly flags: StartFlags;
+  /** ISO time the caller started the tunnel (the machine reads no clock). */
+  readonly startedAt: string;
+  /** Is a terminal attached? Then Ctrl+C already reaches a --run command (same process group). */
+  readonly interactive: boolean;
+}
+
+export type ConnectStage = 'claiming the local port' | 'signalling' | 'ICE/DTLS' | 'publishing';
+
+export interface TunnelContext {
+  readonly id: string;
+  readonly flags: StartFlags;
+  readonly startedAt: string;
+  readonly interactive: boolean;
+  readonly settings?: StartSettings;
+  readonly stage?: ConnectStage;
+  readonly listener?: LocalListener;
+  readonly negotiation?: Negotiation;
+  readonly link?: Link;
+  /** How the tunnel ends: set once by the first decisive event, then kept. */
+  readonly exit?: Outcome;
+  /** Exit code of the wrapped command, once it has exited. */
+  readonly commandExit?: CommandExit;
+}
+
+export type TunnelOutput = Outcome;
+
+export interface ClaimInput { readonly host: string; readonly port: number; readonly pidFile?: string }
+export interface NegotiateInput { readonly gateway: string; readonly target: string }
+export interface PublishInput { readonly record: TunnelRecord; readonly pidFile?: string }
+export interface ServeInput { readonly listener: LocalListener; readonly link: Link }
+export interface RunInput { readonly command: string; readonly env: Readonly<Record<string, string>> }
+export interface TeardownInput {
+  readonly id: string;
+  readonly listener?: LocalListener;
+  readonly negotiation?: Negotiation;
+  readonly link?: Link;
+  readonly pidFile?: string;
+}
+
+const notProvided = (name: string) => () => {
+  throw new Error(`${name} not provided`);
+};
+
+/** The registry's view of a tunnel, derived from context. */
+export function recordOf(context: TunnelContext, state: RegistryState): TunnelRecord | undefined {
+  const settings = context.settings;
+  if (!settings) return undefined;
+  return {
+    id: context.id,
+    target: settings.target,
+    gateway: settings.gateway,
+    host: context.listener?.host ?? settings.host,
+    port: context.listener?.port ?? settings.port,
+    mode: settings.mode as TunnelMode,
+    state,
+    reconnects: 0,
+    startedAt: context.startedAt,
+    ...(settings.pidFile !== undefined ? { pidFile: settings.pidFile } : {}),
+  };
+}
+
+function stoppedBy(event: { signal: StopSignal; origin?: string }): string {
+  return `stopped by ${event.signal}${event.origin ? ` from ${event.origin}` : ''}`;
+}
+
+export const tunnelMachine = setup({
+  types: {
+    context: {} as TunnelContext,
+    events: {} as TunnelEvent,
+    input: {} as TunnelInput,
+    output: {} as TunnelOutput,
+  },
+  actors: {
+    /** Check the pid file and bind the local listener (exit 75 before any gateway contact). */
+    claimLocal: fromPromise<LocalListener, ClaimInput>(notProvided('claimLocal actor')),
+    /** Signalling: offer → gateway → answer. */
+    negotiate: fromPromise<Negotiation, NegotiateInput>(notProvided('negotiate actor')),
+    /** ICE + DTLS + data channel open. */
+    establish: fromPromise<Link, Negotiation>(notProvided('establish actor')),
+    /** Write the pid file and the registry record in state ready. */
+    publish: fromPromise<void, PublishInput>(notProvided('publish actor')),
+    /** Carry local connections over the link; reports `link.lost`. */
+    serveConnections: fromCallback<TunnelEvent, ServeInput>(notProvided('serveConnections actor')),
+    /** The --run command; reports `command.exited`, accepts `command.signal`. */
+    runCommand: fromCallback<CommandControlEvent, RunInput>(notProvided('runCommand actor')),
+    /** SIGINT/SIGTERM/SIGHUP → `tunnel.stop`. */
+    watchSignals: fromCallback<TunnelEvent>(notProvided('watchSignals actor')),
+    /** Close link, listener, pid file and registry record; must not throw for what is already gone. */
+    teardown: fromPromise<void, TeardownInput>(notProvided('teardown actor')),
+  },
+  actions: {
+    /** Keep the first decisive outcome: later events (a second signal, teardown noise) don't rewrite why it ended. */
+    recordOutcome: assign(({ context }, outcome: Outcome) => (context.exit ? {} : { exit: outcome })),
+    recordError: assign(({ context, event }) => (context.exit ? {} : { exit: failureOf((event as { error?: unknown }).error) })),
+    /** Mirror the lifecycle into the registry (fire and forget; the adapter serialises writes). */
+    reportState: notProvided('reportState action') as (args: { context: TunnelContext }, params: { state: RegistryState }) => void,
+    /** Tell the operator (and a supervisor) that the port is usable. */
+    announceReady: notProvided('announceReady action') as (args: { context: TunnelContext }) => void,
+    /** Tell the operator about a skipped flag (inside `pam shell`). */
+    announceSkipped: notProvided('announceSkipped action') as (args: { context: TunnelContext }) => void,
+  },
+  guards: {
+    hasUsageError: ({ context }) => !parseStartFlags(context.flags).ok,
+    isRunMode: ({ context }) => context.settings?.mode === 'run',
+    /** Ctrl+C on a terminal already reached the command through the process group: don't signal twice. */
+    isTerminalInterrupt: ({ context, event }) => context.interactive && event.type === 'tunnel.stop' && event.signal === 'SIGINT',
+  },
+  delays: {
+    connectTimeout: ({ context }) => context.settings?.timeoutMs ?? 30_000,
+  },
+}).createMachine({
+  id: 'tunnel',
+  description: 'One pam tunnel: a local TCP port carried over WebRTC to a named gateway target',
+  context: ({ input }) => ({ id: input.id, flags: input.flags, startedAt: input.startedAt, interactive: input.interactive }),
+  invoke: { id: 'signals', src: 'watchSignals' },
+  initial: 'idle',
+  states: {
+    idle: {
+      description: 'Created; flags not yet checked',
+      on: {
+        'tunnel.start': [
+          {
+            guard: 'hasUsageError',
+            target: 'stopped',
+            actions: {
+              type: 'recordOutcome',
+              params: ({ context }) => {
+                const parsed = parseStartFlags(context.flags);
+                return parsed.ok ? failure('internal', 'usage guard disagrees with parser') : parsed.failure;
+              },
+            },
+          },
+          {
+            target: 'connecting',
+            actions: assign({
+              settings: ({ context }) => {
+                const parsed = parseStartFlags(context.flags);
+                if (!parsed.ok) throw new Error('unreachable: flags were valid a moment ago');
+                return parsed.settings;
+              },
+            }),
+          },
+        ],
+        'tunnel.stop': {
+          target: 'stopped',
+          actions: {
+            type: 'recordOutcome',
+            params: ({ event }) => ({ kind: 'signal', exitCode: signalExitCode(event.signal), reason: `${stoppedBy(event)} before start` }),
+          },
+        },
+      },
+    },
+    connecting: {
+      description: 'Bringing the tunnel up: local port, signalling, ICE/DTLS, data channel; bounded by --timeout',
+      entry: { type: 'announceSkipped' },
+      after: {
+        connectTimeout: {
+          target: 'stopping',
+          actions: { type: 'recordOutcome', params: failure('connectTimeout', 'not connected') },
+        },
+      },
+      on: {
+        'tunnel.stop': {
+          target: 'stopping',
+          actions: {
+            type: 'recordOutcome',
+            params: ({ context, event }) => ({
+              kind: 'signal',
+              exitCode: signalExitCode(event.signal),
+              reason: `${stoppedBy(event)} while ${context.stage ?? 'connecting'}`,
+            }),
+          },
+        },
+      },
+      initial: 'claiming',
+      states: {
+        claiming: {
+          description: 'Checking the pid file and binding the local port (before any gateway contact)',
+          entry: assign({ stage: 'claiming the local port' as const }),
+          invoke: {
+            id: 'claim',
+            src: 'claimLocal',
+            input: ({ context }) => ({
+              host: context.settings!.host,
+              port: context.settings!.port,
+              ...(context.settings!.pidFile !== undefined ? { pidFile: context.settings!.pidFile } : {}),
+            }),
+            onDone: { target: 'negotiating', actions: assign({ listener: ({ event }) => event.output }) },
+            onError: { target: '#tunnel.stopping', actions: 'recordError' },
+          },
+        },
+        negotiating: {
+          description: 'Exchanging offer and answer with the gateway',
+          entry: [assign({ stage: 'signalling' as const }), { type: 'reportState', params: { state: 'connecting' } }],
+          invoke: {
+            id: 'negotiate',
+            src: 'negotiate',
+            input: ({ context }) => ({ gateway: context.settings!.gateway, target: context.settings!.target }),
+            onDone: { target: 'establishing', actions: assign({ negotiation: ({ event }) => event.output }) },
+            onError: { target: '#tunnel.stopping', actions: 'recordError' },
+          },
+        },
+        establishing: {
+          description: 'Waiting for ICE, DTLS and the data channel to open',
+          entry: assign({ stage: 'ICE/DTLS' as const }),
+          invoke: {
+            id: 'establish',
+            src: 'establish',
+            input: ({ context }) => context.negotiation!,
+            onDone: { target: 'publishing', actions: assign({ link: ({ event }) => event.output }) },
+            onError: { target: '#tunnel.stopping', actions: 'recordError' },
+          },
+        },
+        publishing: {
+          description: 'Writing the pid file and the registry record (state ready)',
+          entry: assign({ stage: 'publishing' as const }),
+          invoke: {
+            id: 'publish',
+            src: 'publish',
+            input: ({ context }) => ({
+              record: recordOf(context, 'ready')!,
+              ...(context.settings!.pidFile !== undefined ? { pidFile: context.settings!.pidFile } : {}),
+            }),
+            onDone: { target: '#tunnel.ready' },
+            onError: { target: '#tunnel.stopping', actions: 'recordError' },
+          },
+        },
+      },
+    },
+    ready: {
+      description: 'The local port is usable and carries connections to the target',
+      entry: { type: 'announceReady' },
+      invoke: {
+        id: 'serve',
+        src: 'serveConnections',
+        input: ({ context }) => ({ listener: context.listener!, link: context.link! }),
+      },
+      initial: 'entering',
+      states: {
+        entering: {
+          description: 'Choosing between serving until stopped and running the --run command',
+          always: [{ guard: 'isRunMode', target: 'runningCommand' }, { target: 'serving' }],
+        },
+        serving: {
+          description: 'Serving until a signal or `pam tunnel stop` (foreground, background, shell)',
+          on: {
+            'tunnel.stop': {
+              target: '#tunnel.stopping',
+              actions: { type: 'recordOutcome', params: ({ event }) => ({ kind: 'ok', exitCode: 0, reason: stoppedBy(event) }) },
+            },
+            'link.lost': {
+              target: '#tunnel.stopping',
+              actions: { type: 'recordOutcome', params: ({ event }) => failure('gatewayUnreachable', `tunnel lost: ${event.reason}`) },
+            },
+          },
+        },
+        runningCommand: {
+          description: 'Running the --run command through the tunnel; its exit code becomes ours',
+          invoke: {
+            id: 'command',
+            src: 'runCommand',
+            input: ({ context }) => ({
+              command: context.settings!.command!,
+              env: {
+                PAM_TUNNEL_HOST: context.listener!.host,
+                PAM_TUNNEL_PORT: String(context.listener!.port),
+                PAM_TUNNEL_ID: context.id,
+              },
+            }),
+          },
+          on: {
+            'command.exited': {
+              target: '#tunnel.stopping',
+              actions: [
+                assign({ commandExit: ({ event }) => event.exit }),
+                {
+                  type: 'recordOutcome',
+                  params: ({ event }) => ({
+                    kind: 'command',
+                    exitCode: event.exit.exitCode,
+                    reason: `wrapped command ${event.exit.signal ? `killed by ${event.exit.signal}` : `exited ${event.exit.exitCode}`}`,
+                  }),
+                },
+              ],
+            },
+            'tunnel.stop': [
+              { guard: 'isTerminalInterrupt' },
+              { actions: sendTo('command', ({ event }): CommandControlEvent => ({ type: 'command.signal', signal: event.signal })) },
+            ],
+            'link.lost': {
+              actions: [
+                {
+                  type: 'recordOutcome',
+                  params: ({ event }) => failure('gatewayUnreachable', `tunnel lost while the command ran: ${event.reason}`),
+                },
+                sendTo('command', { type: 'command.signal', signal: 'SIGTERM' } satisfies CommandControlEvent),
+              ],
+            },
+          },
+        },
+      },
+    },
+    stopping: {
+      description: 'Closing the link and the local port, removing the pid file and the registry record',
+      entry: { type: 'reportState', params: { state: 'stopping' } },
+      invoke: {
+        id: 'teardown',
+        src: 'teardown',
+        input: ({ context }) => ({
+          id: context.id,
+          ...(context.listener ? { listener: context.listener } : {}),
+          ...(context.negotiation ? { negotiation: context.negotiation } : {}),
+          ...(context.link ? { link: context.link } : {}),
+          ...(context.settings?.pidFile !== undefined ? { pidFile: context.settings.pidFile } : {}),
+        }),
+        onDone: { target: 'stopped' },
+        onError: { target: 'stopped', actions: 'recordError' },
+      },
+      on: {
+        'tunnel.stop': {
+          target: 'stopped',
+          actions: assign({
+            exit: ({ context, event }): Outcome => ({
+              kind: context.exit && context.exit.exitCode !== 0 ? context.exit.kind : 'signal',
+              exitCode: context.exit && context.exit.exitCode !== 0 ? context.exit.exitCode : signalExitCode(event.signal),
+              reason: `${context.exit?.reason ?? 'stopping'}; teardown cut short by a second ${event.signal}`,
+            }),
+          }),
+        },
+      },
+    },
+    stopped: {
+      description: 'Everything released; the output says how it ended',
+      type: 'final',
+    },
+  },
+  output: ({ context }) => outputOf(context),
+});
+
+export function outputOf(context: TunnelContext): TunnelOutput {
+  const exit = context.exit ?? failure('internal', 'stopped without a recorded outcome');
+  if (exit.kind !== 'connectTimeout') return exit;
+  const reason = `connect timeout after ${formatSeconds(context.settings?.timeoutMs ?? 0)} in ${context.stage ?? 'connecting'}: raise --timeout, or check that the gateway answers`;
+  return { ...exit, reason };
+}
+
+function formatSeconds(ms: number): string {
+  return `${Number((ms / 1000).toFixed(3))} s`;
+}
+
+export type TunnelMachine = typeof tunnelMachine;

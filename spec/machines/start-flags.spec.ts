@@ -1,0 +1,86 @@
+// Flag validation decides usage errors for both the tunnel and the launcher machines.
+
+import t from 'tap';
+import { parseStartFlags } from '../../machines/start-flags.js';
+import { selectTunnels } from '../../machines/selector.js';
+import type { RegistryEntry } from '../../machines/ports.js';
+
+const base = { target: 'db', gateway: 'http://127.0.0.1:8765' };
+
+t.test('valid flags resolve defaults: foreground, 127.0.0.1, any free port, 30 s', async (t) => {
+  const parsed = parseStartFlags(base);
+  t.same(parsed, { ok: true, settings: { target: 'db', gateway: 'http://127.0.0.1:8765', host: '127.0.0.1', port: 0, mode: 'foreground', timeoutMs: 30_000 } });
+});
+
+t.test('usage errors name the fix in one line', async (t) => {
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['-fg -bg', { foreground: true, background: true }, /--foreground and --background cannot be combined/],
+    ['-fg -R', { foreground: true, run: 'x' }, /--foreground and --run cannot be combined/],
+    ['-bg -R', { background: true, run: 'x' }, /--background and --run cannot be combined/],
+    ['empty --run', { run: '  ' }, /--run needs a command/],
+    ['--timeout 0', { timeout: '0' }, /--timeout '0' must be a positive number/],
+    ['--timeout abc', { timeout: 'abc' }, /--timeout 'abc'/],
+    ['--timeout -5', { timeout: '-5' }, /--timeout '-5'/],
+    ['--port 70000', { port: '70000' }, /--port '70000' is not a port/],
+    ['--port abc', { port: 'abc' }, /--port 'abc'/],
+    ['--port -1', { port: '-1' }, /--port '-1'/],
+    ['bad target', { target: '../etc' }, /not a valid target name/],
+    ['no gateway', { gateway: undefined }, /no gateway given.*PAM_GATEWAY_URL/],
+    ['gateway not a URL', { gateway: 'ftp://x' }, /not an http\(s\) URL/],
+    ['empty --pid-file', { pidFile: '' }, /--pid-file needs a path/],
+    ['--host with space', { host: 'a b' }, /--host 'a b'/],
+  ];
+  for (const [name, flags, message] of cases) {
+    const parsed = parseStartFlags({ ...base, ...flags } as never);
+    t.equal(parsed.ok, false, `${name} is refused`);
+    if (!parsed.ok) {
+      t.equal(parsed.failure.exitCode, 2, `${name} exits 2`);
+      t.match(parsed.failure.reason, message, `${name} message`);
+      t.notMatch(parsed.failure.reason, /\n/, `${name}: one line`);
+    }
+  }
+});
+
+t.test('fractional timeouts and explicit ports are accepted', async (t) => {
+  const parsed = parseStartFlags({ ...base, timeout: '2.5', port: '15432', run: 'psql' });
+  t.ok(parsed.ok);
+  if (parsed.ok) {
+    t.equal(parsed.settings.timeoutMs, 2500);
+    t.equal(parsed.settings.port, 15432);
+    t.equal(parsed.settings.mode, 'run');
+    t.equal(parsed.settings.command, 'psql');
+  }
+});
+
+t.test('inside pam shell, -fg/-bg are skipped (mode shell) and --run still runs', async (t) => {
+  const bg = parseStartFlags({ ...base, background: true, inShell: true });
+  t.ok(bg.ok && bg.settings.mode === 'shell' && bg.settings.skipped === '--background');
+  const run = parseStartFlags({ ...base, run: 'true', inShell: true });
+  t.ok(run.ok && run.settings.mode === 'run' && run.settings.skipped === undefined);
+});
+
+const entry = (pid: number, tunnels: Array<{ id: string; target: string; port: number }>): RegistryEntry => ({
+  schema: 1,
+  pid,
+  startTime: '1',
+  hostname: 'h',
+  tunnels: tunnels.map((tunnel) => ({ ...tunnel, gateway: 'g', host: '127.0.0.1', mode: 'background', state: 'ready', reconnects: 0, startedAt: 'T' })),
+});
+
+t.test('stop selectors: id, unique prefix, target, port, pid; ambiguity lists candidates', async (t) => {
+  const entries = [entry(100, [{ id: 'aaaa1111', target: 'web', port: 8080 }]), entry(200, [{ id: 'aaaa2222', target: 'db', port: 5432 }, { id: 'bbbb3333', target: 'db', port: 5433 }])];
+  const ids = (selector: string) => {
+    const selection = selectTunnels(entries, selector);
+    return selection.ok ? selection.selected.map((s) => s.tunnel.id) : selection.failure.exitCode;
+  };
+  t.same(ids('aaaa1111'), ['aaaa1111'], 'exact id');
+  t.same(ids('bbbb'), ['bbbb3333'], 'unique prefix');
+  t.same(ids('web'), ['aaaa1111'], 'target name');
+  t.same(ids('5433'), ['bbbb3333'], 'local port');
+  t.same(ids('200'), ['aaaa2222', 'bbbb3333'], 'owner pid selects all its tunnels');
+  t.equal(ids('aaaa'), 2, 'ambiguous prefix is a usage error');
+  t.equal(ids('db'), 2, 'a target served by two tunnels is ambiguous');
+  t.equal(ids('nothing'), 1, 'nothing matching exits 1');
+  const ambiguous = selectTunnels(entries, 'db');
+  t.match(!ambiguous.ok && ambiguous.failure.reason, /aaaa2222.*bbbb3333/, 'candidates are listed');
+});
