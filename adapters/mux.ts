@@ -1,0 +1,335 @@
+// Many TCP connections over one ordered, reliable message channel (the WebRTC data channel), with
+// per-connection credit windows so a slow reader on either side never makes the other buffer without
+// bound, half-close and reset carried through, and a keepalive that detects a dead peer.
+// Frame: type (u8) · stream id (u32 BE) · payload. Stream 0 carries PING/PONG.
+// Why one multiplexed channel and not a channel per connection: docs/decisions/0002-one-multiplexed-channel.md.
+
+import type { Socket } from 'node:net';
+
+export const frameType = {
+  open: 1,
+  openOk: 2,
+  openFail: 3,
+  data: 4,
+  window: 5,
+  fin: 6,
+  rst: 7,
+  ping: 8,
+  pong: 9,
+  /** Orderly end of the whole tunnel, so the peer frees it at once instead of waiting for a timeout. */
+  goodbye: 10,
+} as const;
+
+const headerBytes = 5;
+/** werift refuses messages above 64 KiB; keep every frame below it. */
+export const maxPayloadBytes = 60 * 1024;
+
+/** The message channel under the mux (a data channel in production, an in-memory pair in tests). */
+export interface FrameChannel {
+  send(frame: Buffer): void;
+  readonly bufferedAmount: number;
+  onFrame(handler: (frame: Buffer) => void): void;
+  /** bufferedAmount fell below the low-water mark. */
+  onDrain(handler: () => void): void;
+  /** The channel closed without close() from this side. */
+  onClose(handler: (reason: string) => void): void;
+  close(): void;
+}
+
+export interface MuxOptions {
+  /** Bytes a stream may send ahead of the peer's acknowledgement (per direction). */
+  readonly windowBytes?: number;
+  /** Pause every socket while the channel holds more than this. */
+  readonly channelHighWater?: number;
+  readonly keepaliveIntervalMs?: number;
+  /** Declare the peer dead after this long without any frame. */
+  readonly keepaliveDeadMs?: number;
+  /** Gateway side: open the target for a new stream, or reject with a reason. */
+  readonly dial?: () => Promise<Socket>;
+  readonly log?: (line: string) => void;
+}
+
+interface Stream {
+  readonly id: number;
+  socket: Socket | undefined;
+  sendCredit: number;
+  /** Bytes written to the socket that the peer has not been credited for yet. */
+  owed: number;
+  waitingDrain: boolean;
+  open: boolean;
+  sentFin: boolean;
+  gotFin: boolean;
+  ended: boolean;
+}
+
+export const defaultMuxOptions = {
+  windowBytes: 256 * 1024,
+  channelHighWater: 1024 * 1024,
+  keepaliveIntervalMs: 5_000,
+  keepaliveDeadMs: 15_000,
+};
+
+export class Mux {
+  private readonly streams = new Map<number, Stream>();
+  private readonly lostHandlers: Array<(reason: string) => void> = [];
+  private readonly options: Required<Omit<MuxOptions, 'dial' | 'log'>> & MuxOptions;
+  private nextId = 1;
+  private channelPaused = false;
+  private closed = false;
+  private lastHeard = Date.now();
+  private readonly keepalive: NodeJS.Timeout;
+  private lostReason: string | undefined;
+
+  constructor(
+    private readonly channel: FrameChannel,
+    options: MuxOptions = {},
+  ) {
+    this.options = { ...defaultMuxOptions, ...options };
+    channel.onFrame((frame) => this.receive(frame));
+    channel.onDrain(() => this.resumeAfterChannelDrain());
+    channel.onClose((reason) => this.lose(reason));
+    this.keepalive = setInterval(() => this.tick(), this.options.keepaliveIntervalMs);
+    this.keepalive.unref();
+  }
+
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  /** Client side: carry a local connection to the peer's target. */
+  carry(socket: Socket): void {
+    if (this.closed || this.lostReason !== undefined) {
+      socket.destroy();
+      return;
+    }
+    const id = this.nextId;
+    this.nextId += 2;
+    socket.pause();
+    const stream = this.addStream(id, socket);
+    stream.open = false;
+    this.send(frameType.open, id);
+  }
+
+  onLost(handler: (reason: string) => void): void {
+    if (this.lostReason !== undefined) handler(this.lostReason);
+    else this.lostHandlers.push(handler);
+  }
+
+  /**
+   * Orderly shutdown from this side: connections are closed, the peer is told (goodbye frame, given up
+   * to `graceMs` to leave the channel), then the channel closes. No lost event here.
+   */
+  async close(graceMs = 500): Promise<void> {
+    if (this.closed) return;
+    const wasLost = this.lostReason !== undefined;
+    if (!wasLost) this.send(frameType.goodbye, 0);
+    this.closed = true;
+    clearInterval(this.keepalive);
+    for (const stream of this.streams.values()) stream.socket?.destroy();
+    this.streams.clear();
+    for (let waited = 0; !wasLost && waited < graceMs && this.channel.bufferedAmount > 0; waited += 10) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    this.channel.close();
+  }
+
+  private addStream(id: number, socket: Socket | undefined): Stream {
+    const stream: Stream = {
+      id,
+      socket: undefined,
+      sendCredit: this.options.windowBytes,
+      owed: 0,
+      waitingDrain: false,
+      open: true,
+      sentFin: false,
+      gotFin: false,
+      ended: false,
+    };
+    this.streams.set(id, stream);
+    if (socket) this.bind(stream, socket);
+    return stream;
+  }
+
+  private bind(stream: Stream, socket: Socket): void {
+    stream.socket = socket;
+    socket.on('data', (chunk: Buffer) => {
+      for (let offset = 0; offset < chunk.length; offset += maxPayloadBytes) {
+        this.send(frameType.data, stream.id, chunk.subarray(offset, offset + maxPayloadBytes));
+      }
+      stream.sendCredit -= chunk.length;
+      this.updateFlow(stream);
+    });
+    socket.on('end', () => {
+      if (stream.ended) return;
+      stream.sentFin = true;
+      this.send(frameType.fin, stream.id);
+      this.finishIfDone(stream);
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      if (stream.ended) return;
+      stream.ended = true;
+      this.streams.delete(stream.id);
+      // Closed before both sides said FIN: the peer must not wait for more.
+      if (!(stream.sentFin && stream.gotFin) && !this.closed) this.send(frameType.rst, stream.id, Buffer.from('connection reset'));
+    });
+  }
+
+  private updateFlow(stream: Stream): void {
+    const socket = stream.socket;
+    if (!socket || socket.destroyed) return;
+    if (stream.open && stream.sendCredit > 0 && !this.channelPaused) socket.resume();
+    else socket.pause();
+  }
+
+  private resumeAfterChannelDrain(): void {
+    if (!this.channelPaused) return;
+    this.channelPaused = false;
+    for (const stream of this.streams.values()) this.updateFlow(stream);
+  }
+
+  private send(type: number, id: number, payload?: Buffer): void {
+    if (this.closed || this.lostReason !== undefined) return;
+    const frame = Buffer.allocUnsafe(headerBytes + (payload?.length ?? 0));
+    frame.writeUInt8(type, 0);
+    frame.writeUInt32BE(id, 1);
+    payload?.copy(frame, headerBytes);
+    try {
+      this.channel.send(frame);
+    } catch (error) {
+      this.lose(`data channel send failed: ${error instanceof Error ? error.message : String(error)}`);
+      return;
+    }
+    if (!this.channelPaused && this.channel.bufferedAmount > this.options.channelHighWater) {
+      this.channelPaused = true;
+      for (const stream of this.streams.values()) stream.socket?.pause();
+    }
+  }
+
+  private receive(frame: Buffer): void {
+    this.lastHeard = Date.now();
+    if (frame.length < headerBytes) return this.lose('malformed frame from peer');
+    const type = frame.readUInt8(0);
+    const id = frame.readUInt32BE(1);
+    const payload = frame.subarray(headerBytes);
+    if (type === frameType.ping) return this.send(frameType.pong, 0, payload);
+    if (type === frameType.pong) return;
+    if (type === frameType.goodbye) return this.lose('the peer closed the tunnel');
+    if (type === frameType.open) return this.acceptOpen(id);
+    const stream = this.streams.get(id);
+    if (!stream) {
+      // Late frames of a stream that is already gone; tell the peer once it sends data.
+      if (type === frameType.data) this.send(frameType.rst, id, Buffer.from('unknown stream'));
+      return;
+    }
+    switch (type) {
+      case frameType.openOk:
+        stream.open = true;
+        this.updateFlow(stream);
+        return;
+      case frameType.openFail:
+        this.options.log?.(`connection refused by the gateway: ${payload.toString('utf8')}`);
+        return this.drop(stream);
+      case frameType.data:
+        return this.deliver(stream, payload);
+      case frameType.window:
+        if (payload.length >= 4) stream.sendCredit += payload.readUInt32BE(0);
+        return this.updateFlow(stream);
+      case frameType.fin:
+        stream.gotFin = true;
+        stream.socket?.end();
+        return this.finishIfDone(stream);
+      case frameType.rst:
+        return this.drop(stream);
+      default:
+        return this.lose(`unknown frame type ${type} from peer`);
+    }
+  }
+
+  private deliver(stream: Stream, payload: Buffer): void {
+    const socket = stream.socket;
+    if (!socket || socket.destroyed) return;
+    const flushed = socket.write(payload);
+    stream.owed += payload.length;
+    if (!flushed && !stream.waitingDrain) {
+      stream.waitingDrain = true;
+      socket.once('drain', () => {
+        stream.waitingDrain = false;
+        this.grant(stream, 0);
+      });
+    }
+    if (!stream.waitingDrain) this.grant(stream, this.options.windowBytes / 4);
+  }
+
+  /** Credit the peer for bytes the socket has taken, in batches of at least `minimum`. */
+  private grant(stream: Stream, minimum: number): void {
+    if (stream.owed === 0 || stream.owed < minimum || stream.ended) return;
+    const credit = Buffer.allocUnsafe(4);
+    credit.writeUInt32BE(stream.owed, 0);
+    stream.owed = 0;
+    this.send(frameType.window, stream.id, credit);
+  }
+
+  private acceptOpen(id: number): void {
+    const dial = this.options.dial;
+    if (!dial || this.streams.has(id)) return this.send(frameType.openFail, id, Buffer.from('this side does not accept connections'));
+    const stream = this.addStream(id, undefined);
+    dial().then(
+      (socket) => {
+        if (stream.ended || this.closed) {
+          socket.destroy();
+          return;
+        }
+        this.bind(stream, socket);
+        this.send(frameType.openOk, id);
+        this.updateFlow(stream);
+      },
+      (error: unknown) => {
+        stream.ended = true;
+        this.streams.delete(id);
+        const reason = error instanceof Error ? error.message : String(error);
+        this.options.log?.(`connection ${id} not opened: ${reason}`);
+        this.send(frameType.openFail, id, Buffer.from(reason));
+      },
+    );
+  }
+
+  private finishIfDone(stream: Stream): void {
+    if (stream.sentFin && stream.gotFin && stream.socket && !stream.socket.destroyed && stream.socket.writableEnded) {
+      // Both directions are done; the socket closes once its last bytes are flushed.
+      stream.socket.once('finish', () => stream.socket?.destroy());
+    }
+  }
+
+  /** The peer reset or refused the stream: reset the local side too. */
+  private drop(stream: Stream): void {
+    stream.ended = true;
+    this.streams.delete(stream.id);
+    const socket = stream.socket;
+    if (socket && !socket.destroyed) {
+      if (typeof socket.resetAndDestroy === 'function' && socket.readyState !== 'opening') socket.resetAndDestroy();
+      else socket.destroy();
+    }
+  }
+
+  private tick(): void {
+    if (Date.now() - this.lastHeard > this.options.keepaliveDeadMs) {
+      this.lose(`no keepalive answer from the peer for ${Math.round(this.options.keepaliveDeadMs / 1000)} s`);
+      return;
+    }
+    this.send(frameType.ping, 0);
+  }
+
+  private lose(reason: string): void {
+    if (this.closed || this.lostReason !== undefined) return;
+    this.lostReason = reason;
+    clearInterval(this.keepalive);
+    for (const stream of this.streams.values()) this.drop(stream);
+    for (const handler of this.lostHandlers.splice(0)) handler(reason);
+    try {
+      this.channel.close();
+    } catch {
+      // already closed
+    }
+  }
+}

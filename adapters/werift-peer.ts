@@ -1,0 +1,106 @@
+// werift peer connections as both ends use them: ICE limited to the configured host addresses, no
+// public STUN unless asked for, gathering completed before an SDP is sent (no trickle), and the data
+// channel seen as a FrameChannel for the mux.
+
+import { RTCPeerConnection, type RTCDataChannel } from 'werift';
+import type { FrameChannel } from './mux.js';
+
+export interface IceOptions {
+  /** Only these local addresses become host candidates (e.g. 127.0.0.1); empty → all interfaces. */
+  readonly hosts?: readonly string[];
+  /** stun:/turn: URLs; none by default, so nothing outside the configured hosts is contacted. */
+  readonly servers?: ReadonlyArray<{ urls: string; username?: string; credential?: string }>;
+}
+
+export function createPeer(ice: IceOptions = {}): RTCPeerConnection {
+  const hosts = ice.hosts ?? [];
+  return new RTCPeerConnection({
+    iceServers: [...(ice.servers ?? [])],
+    ...(hosts.length > 0
+      ? {
+          iceUseIpv4: false,
+          iceUseIpv6: false,
+          iceAdditionalHostAddresses: [...hosts],
+          iceFilterCandidatePair: (pair) => hosts.includes(pair.remoteCandidate.host) && hosts.includes(pair.localCandidate.host),
+        }
+      : {}),
+  });
+}
+
+/** Resolve once ICE gathering is complete, so the SDP carries every candidate. */
+export function gatheringComplete(peer: RTCPeerConnection, signal?: AbortSignal): Promise<void> {
+  if (peer.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    const subscription = peer.iceGatheringStateChange.subscribe((state) => {
+      if (state !== 'complete') return;
+      subscription.unSubscribe();
+      resolve();
+    });
+    signal?.addEventListener('abort', () => {
+      subscription.unSubscribe();
+      reject(signal.reason);
+    }, { once: true });
+  });
+}
+
+/** Resolve when the channel is open; reject with a readable reason if the connection fails first. */
+export function channelOpen(peer: RTCPeerConnection, channel: RTCDataChannel, signal?: AbortSignal): Promise<void> {
+  if (channel.readyState === 'open') return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    const subscriptions = [
+      channel.stateChanged.subscribe((state) => {
+        if (state === 'open') done();
+        else if (state === 'closed') done(new Error('the data channel closed before it opened'));
+      }),
+      peer.connectionStateChange.subscribe((state) => {
+        if (state === 'failed' || state === 'closed') done(new Error(`the peer connection ${state} before the data channel opened (no ICE path between the hosts?)`));
+      }),
+    ];
+    const onAbort = () => done(signal?.reason ?? new Error('aborted'));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    function done(error?: Error) {
+      for (const subscription of subscriptions) subscription.unSubscribe();
+      signal?.removeEventListener('abort', onAbort);
+      if (error) reject(error);
+      else resolve();
+    }
+  });
+}
+
+export const muxLowWater = 256 * 1024;
+
+/** The data channel as the mux sees it. */
+export function channelFrames(peer: RTCPeerConnection, channel: RTCDataChannel): FrameChannel {
+  channel.bufferedAmountLowThreshold = muxLowWater;
+  let closing = false;
+  return {
+    send: (frame) => channel.send(frame),
+    get bufferedAmount() {
+      return channel.bufferedAmount;
+    },
+    onFrame(handler) {
+      channel.onMessage.subscribe((data) => handler(typeof data === 'string' ? Buffer.from(data) : data));
+    },
+    onDrain(handler) {
+      channel.bufferedAmountLow.subscribe(() => handler());
+    },
+    onClose(handler) {
+      channel.stateChanged.subscribe((state) => {
+        if (state === 'closed' && !closing) handler('the data channel closed');
+      });
+      peer.connectionStateChange.subscribe((state) => {
+        if ((state === 'failed' || state === 'closed') && !closing) handler(`the peer connection ${state}`);
+      });
+    },
+    close() {
+      if (closing) return;
+      closing = true;
+      try {
+        channel.close();
+      } catch {
+        // already closed
+      }
+      void peer.close().catch(() => undefined);
+    },
+  };
+}

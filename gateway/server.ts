@@ -1,0 +1,219 @@
+// `pam gateway`: authenticated HTTP signalling (offer in, answer out), a werift answerer per tunnel,
+// and a mux whose streams are dialled to allowlisted targets only. The target field of a request is a
+// name looked up in the allowlist, never an address, so clients cannot make the gateway dial elsewhere.
+
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import type { RTCPeerConnection } from 'werift';
+import { Mux, type MuxOptions } from '../adapters/mux.js';
+import { channelFrames, createPeer, gatheringComplete, type IceOptions } from '../adapters/werift-peer.js';
+
+export interface GatewayTarget {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface GatewayOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly token: string;
+  readonly targets: Readonly<Record<string, GatewayTarget>>;
+  readonly log: (line: string) => void;
+  readonly ice?: IceOptions;
+  readonly mux?: MuxOptions;
+  /** Largest signalling request body accepted. */
+  readonly maxBodyBytes?: number;
+  /** Peer connections served at once; more are refused with 429. */
+  readonly maxPeers?: number;
+  /** A peer whose data channel is not open by then is dropped. */
+  readonly channelDeadlineMs?: number;
+}
+
+export interface Gateway {
+  readonly url: string;
+  readonly port: number;
+  peerCount(): number;
+  close(): Promise<void>;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly extra: Record<string, unknown> = {},
+  ) {
+    super(message);
+  }
+}
+
+const digest = (text: string) => createHash('sha256').update(text).digest();
+
+export async function startGateway(options: GatewayOptions): Promise<Gateway> {
+  const maxBodyBytes = options.maxBodyBytes ?? 64 * 1024;
+  const maxPeers = options.maxPeers ?? 64;
+  const channelDeadlineMs = options.channelDeadlineMs ?? 30_000;
+  const tokenDigest = digest(options.token);
+  const peers = new Set<RTCPeerConnection>();
+  const names = Object.keys(options.targets);
+
+  const authorized = (request: IncomingMessage) => {
+    const header = request.headers.authorization ?? '';
+    const presented = header.startsWith('Bearer ') ? header.slice('Bearer '.length) : '';
+    return timingSafeEqual(digest(presented), tokenDigest) && presented.length > 0;
+  };
+
+  async function openTunnel(request: IncomingMessage): Promise<string> {
+    if (!authorized(request)) throw new HttpError(401, 'token refused');
+    const body = await readBody(request, maxBodyBytes);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(body);
+    } catch {
+      throw new HttpError(400, 'body is not JSON');
+    }
+    const { target, offer } = (parsed ?? {}) as { target?: unknown; offer?: unknown };
+    if (typeof target !== 'string' || typeof offer !== 'string') throw new HttpError(400, 'body must be {"target": string, "offer": string}');
+    if (!Object.hasOwn(options.targets, target)) throw new HttpError(404, `unknown target '${target.slice(0, 64)}'`, { targets: names });
+    if (peers.size >= maxPeers) throw new HttpError(429, `gateway is serving its limit of ${maxPeers} tunnels`);
+    if (!/^v=0\r?\n/.test(offer)) throw new HttpError(400, 'offer is not an SDP');
+
+    const destination = options.targets[target]!;
+    const peer = createPeer(options.ice);
+    peers.add(peer);
+    const drop = () => {
+      if (!peers.delete(peer)) return;
+      void peer.close().catch(() => undefined);
+    };
+    const deadline = setTimeout(() => {
+      options.log(`tunnel to ${target}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
+      drop();
+    }, channelDeadlineMs);
+    deadline.unref();
+    peer.connectionStateChange.subscribe((state) => {
+      if (state === 'failed' || state === 'closed') {
+        clearTimeout(deadline);
+        drop();
+      }
+    });
+    peer.onDataChannel.subscribe((channel) => {
+      const serve = () => {
+        clearTimeout(deadline);
+        const mux = new Mux(channelFrames(peer, channel), {
+          ...options.mux,
+          dial: () => dialTarget(destination),
+          log: (line) => options.log(`tunnel to ${target}: ${line}`),
+        });
+        mux.onLost((reason) => {
+          options.log(`tunnel to ${target} ended: ${reason}`);
+          drop();
+        });
+        options.log(`tunnel to ${target} open`);
+      };
+      if (channel.readyState === 'open') serve();
+      else {
+        const subscription = channel.stateChanged.subscribe((state) => {
+          if (state !== 'open') return;
+          subscription.unSubscribe();
+          serve();
+        });
+      }
+    });
+    try {
+      await peer.setRemoteDescription({ type: 'offer', sdp: offer });
+      await peer.setLocalDescription(await peer.createAnswer());
+      await gatheringComplete(peer);
+    } catch (error) {
+      clearTimeout(deadline);
+      drop();
+      throw new HttpError(400, `offer refused: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
+    }
+    return peer.localDescription!.sdp;
+  }
+
+  const server = createServer((request, response) => {
+    route(request)
+      .then((body) => reply(response, 200, body))
+      .catch((error: unknown) => {
+        if (error instanceof HttpError) reply(response, error.status, { error: error.message, ...error.extra });
+        else {
+          options.log(`internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+          reply(response, 500, { error: 'internal error' });
+        }
+      });
+  });
+  // Slow or stalled clients cannot hold signalling sockets open.
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 15_000;
+  server.keepAliveTimeout = 5_000;
+
+  async function route(request: IncomingMessage): Promise<unknown> {
+    const path = (request.url ?? '').split('?')[0];
+    if (path === '/healthz' && request.method === 'GET') return { ok: true, peers: peers.size };
+    if (path === '/v1/tunnels') {
+      if (request.method !== 'POST') throw new HttpError(405, 'use POST');
+      return { answer: await openTunnel(request) };
+    }
+    throw new HttpError(404, 'not found');
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: options.host, port: options.port }, () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
+
+  return {
+    url: `http://${hostPart}:${port}`,
+    port,
+    peerCount: () => peers.size,
+    async close() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      await Promise.all([...peers].map((peer) => peer.close().catch(() => undefined)));
+      peers.clear();
+      await closed;
+    },
+  };
+}
+
+function reply(response: ServerResponse, status: number, body: unknown): void {
+  if (response.headersSent) return;
+  const text = JSON.stringify(body);
+  response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...(status === 413 ? { connection: 'close' } : {}) });
+  response.end(text);
+}
+
+function readBody(request: IncomingMessage, limit: number): Promise<string> {
+  const declared = Number(request.headers['content-length'] ?? 0);
+  if (declared > limit) return Promise.reject(new HttpError(413, `body larger than ${limit} bytes`));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    request.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        reject(new HttpError(413, `body larger than ${limit} bytes`));
+        request.removeAllListeners('data');
+        request.resume();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    request.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    request.on('error', reject);
+  });
+}
+
+function dialTarget(target: GatewayTarget): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: target.host, port: target.port, allowHalfOpen: true });
+    socket.once('connect', () => {
+      socket.removeAllListeners('error');
+      resolve(socket);
+    });
+    socket.once('error', (error: NodeJS.ErrnoException) => reject(new Error(`target ${target.host}:${target.port}: ${error.code ?? error.message}`)));
+  });
+}

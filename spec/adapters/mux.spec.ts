@@ -1,0 +1,181 @@
+// The mux between real TCP sockets over an in-memory channel pair: bytes intact both ways with
+// half-close, bounded buffering against a reader that stops, per-connection failures, resets, keepalive.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { connect, createServer, Socket, type AddressInfo, type Server } from 'node:net';
+import t from 'tap';
+import { Mux, type MuxOptions } from '../../adapters/mux.js';
+import { framePair } from '../support/frame-pair.js';
+import type { TapTest } from '../support/tap.js';
+
+const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+async function listen(t: TapTest, onSocket: (socket: Socket) => void): Promise<{ server: Server; port: number }> {
+  const server = createServer({ allowHalfOpen: true }, onSocket);
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+  });
+  t.teardown(() => new Promise<void>((resolve) => {
+    for (const socket of sockets) socket.destroy();
+    server.close(() => resolve());
+  }));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+const dialPort = (port: number) => () =>
+  new Promise<Socket>((resolve, reject) => {
+    const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', reject);
+  });
+
+/** A client mux whose carried sockets come from a local listener, and a gateway mux dialling `targetPort`. */
+async function tunnel(t: TapTest, targetPort: number, options: MuxOptions = {}) {
+  const [near, far] = framePair();
+  const client = new Mux(near, options);
+  const logged: string[] = [];
+  const dialled: Socket[] = [];
+  const dial = dialPort(targetPort);
+  const gateway = new Mux(far, {
+    ...options,
+    dial: async () => {
+      const socket = await dial();
+      dialled.push(socket);
+      return socket;
+    },
+    log: (line) => logged.push(line),
+  });
+  t.teardown(() => Promise.all([client.close(), gateway.close()]));
+  const local = await listen(t, (socket) => client.carry(socket));
+  return { client, gateway, channel: near, far, local, logged, dialled };
+}
+
+function exchange(port: number, upload: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const socket = new Socket({ allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.once('error', reject);
+    socket.once('end', () => {
+      socket.end();
+      resolve(Buffer.concat(chunks));
+    });
+    socket.connect(port, '127.0.0.1', () => socket.end(upload));
+  });
+}
+
+t.test('two connections carry 4 MiB each way, byte for byte, with half-close', async (t) => {
+  const received: string[] = [];
+  const target = await listen(t, (socket) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('end', () => {
+      const all = Buffer.concat(chunks);
+      received.push(sha(all));
+      // Answer with the upload reversed in 4 KiB blocks, only after the client's FIN arrived.
+      socket.end(Buffer.concat([all.subarray(all.length / 2), all.subarray(0, all.length / 2)]));
+    });
+  });
+  const { local, client } = await tunnel(t, target.port);
+  const uploads = [randomBytes(4 * 1024 * 1024), randomBytes(4 * 1024 * 1024 + 3)];
+  const replies = await Promise.all(uploads.map((upload) => exchange(local.port, upload)));
+  t.same(received.sort(), uploads.map(sha).sort(), 'target received both uploads intact');
+  uploads.forEach((upload, index) => {
+    const half = upload.length / 2;
+    t.equal(sha(replies[index]!), sha(Buffer.concat([upload.subarray(half), upload.subarray(0, half)])), `reply ${index} intact`);
+  });
+  for (let i = 0; i < 100 && client.streamCount > 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.equal(client.streamCount, 0, 'finished streams are forgotten');
+});
+
+t.test('a target that stops reading bounds what the gateway buffers', async (t) => {
+  let targetSocket: Socket | undefined;
+  const target = await listen(t, (socket) => {
+    socket.pause();
+    targetSocket = socket;
+  });
+  const windowBytes = 128 * 1024;
+  const { local, far, dialled } = await tunnel(t, target.port, { windowBytes });
+  const writer = connect(local.port, '127.0.0.1');
+  t.teardown(() => writer.destroy());
+  writer.on('error', () => undefined);
+  const total = 32 * 1024 * 1024;
+  let written = 0;
+  const block = randomBytes(64 * 1024);
+  await new Promise<void>((resolve) => {
+    const pump = () => {
+      while (written < total) {
+        written += block.length;
+        if (!writer.write(block)) return writer.once('drain', pump);
+      }
+    };
+    writer.once('connect', pump);
+    setTimeout(resolve, 1500);
+  });
+  t.ok(targetSocket, 'target got the connection');
+  const atGateway = dialled[0]?.writableLength ?? -1;
+  t.ok(atGateway >= 0 && atGateway <= windowBytes + 64 * 1024, `gateway holds ${atGateway} bytes for the stalled target (window ${windowBytes})`);
+  t.ok(far.bufferedAmount < 2 * 1024 * 1024, `channel back towards the client holds ${far.bufferedAmount} bytes`);
+  t.ok(written < total, `the writer was held back (${written} of ${total} bytes accepted)`);
+  // Resume the target: everything written arrives.
+  let arrived = 0;
+  targetSocket!.on('data', (chunk: Buffer) => (arrived += chunk.length));
+  targetSocket!.resume();
+  writer.end();
+  await new Promise<void>((resolve) => targetSocket!.once('end', () => resolve()));
+  t.equal(arrived, written, 'no byte lost once the target reads again');
+});
+
+t.test('a refused target closes that one connection; the tunnel keeps serving', async (t) => {
+  const closedPort = await new Promise<number>((resolve) => {
+    const probe = createServer();
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
+  const { local, logged, client } = await tunnel(t, closedPort);
+  const outcome = await new Promise<string>((resolve) => {
+    const socket = connect(local.port, '127.0.0.1');
+    socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
+    socket.on('close', () => resolve('closed'));
+  });
+  t.match(outcome, /ECONNRESET|closed/, 'the local connection is closed');
+  t.match(logged.join('\n'), /ECONNREFUSED/, 'gateway says why');
+  const lost: string[] = [];
+  client.onLost((reason) => lost.push(reason));
+  t.same(lost, [], 'the tunnel itself is not lost');
+});
+
+t.test('a reset at the target resets the local connection', async (t) => {
+  const target = await listen(t, (socket) => socket.once('data', () => socket.resetAndDestroy()));
+  const { local } = await tunnel(t, target.port);
+  const outcome = await new Promise<string>((resolve) => {
+    const socket = connect(local.port, '127.0.0.1', () => socket.write('hello'));
+    socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
+    socket.on('end', () => resolve('orderly end'));
+  });
+  t.equal(outcome, 'ECONNRESET');
+});
+
+t.test('a peer that stops answering is declared lost by the keepalive', async (t) => {
+  const target = await listen(t, () => undefined);
+  const { client, far } = await tunnel(t, target.port, { keepaliveIntervalMs: 20, keepaliveDeadMs: 200 });
+  far.stalled = true; // nothing from the gateway reaches the client any more
+  const reason = await new Promise<string>((resolve) => client.onLost(resolve));
+  t.match(reason, /no keepalive answer from the peer/);
+});
+
+t.test('the peer closing its channel is a loss with a reason; close() from this side is not', async (t) => {
+  const target = await listen(t, () => undefined);
+  const { client, gateway } = await tunnel(t, target.port);
+  const lost: string[] = [];
+  gateway.onLost((reason) => lost.push(`gateway: ${reason}`));
+  const clientLost = new Promise<string>((resolve) => client.onLost(resolve));
+  await gateway.close();
+  t.equal(await clientLost, 'the peer closed the tunnel');
+  t.same(lost, [], 'the side that closed is not told it lost anything');
+});

@@ -1,0 +1,216 @@
+// Helpers for end-to-end tests: run the built CLI as a user would, wait for its lines, and make sure
+// every process and server a test starts is gone when the test ends, pass or fail.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, Socket, type AddressInfo, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+export const pamBin = join(repoRoot, 'bin', 'pam');
+
+export interface Teardownable {
+  teardown(fn: () => unknown): void;
+}
+
+export interface Proc {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  stdout: string;
+  stderr: string;
+  /** Resolves with the exit code (128+N when killed by signal N). */
+  readonly exited: Promise<number>;
+  /** Wait for a stdout/stderr line matching `pattern` (bounded by `ms`). */
+  line(pattern: RegExp, ms?: number): Promise<string>;
+  /** Wait for the first JSON line on stdout with `event`. */
+  event(name: string, ms?: number): Promise<Record<string, unknown>>;
+}
+
+const signalNumbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
+
+export function spawnProc(t: Teardownable, command: string, args: readonly string[], options: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Proc {
+  const child = spawn(command, args, {
+    cwd: options.cwd ?? repoRoot,
+    env: { ...process.env, CI: 'true', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => killHard(child));
+  const proc: Proc = {
+    child,
+    pid: child.pid!,
+    stdout: '',
+    stderr: '',
+    exited: new Promise((resolveExit) => {
+      child.once('exit', (code, signal) => resolveExit(code ?? 128 + (signalNumbers[signal ?? ''] ?? 0)));
+    }),
+    line: (pattern, ms = 20_000) => waitFor(() => matchLine(proc.stdout + proc.stderr, pattern), ms, `a line matching ${pattern}`, proc),
+    event: (name, ms = 20_000) =>
+      waitFor(
+        () => {
+          for (const text of proc.stdout.split('\n')) {
+            if (!text.startsWith('{')) continue;
+            try {
+              const value = JSON.parse(text) as Record<string, unknown>;
+              if (value.event === name) return value;
+            } catch {
+              // an incomplete line: wait for more
+            }
+          }
+          return undefined;
+        },
+        ms,
+        `JSON event '${name}'`,
+        proc,
+      ),
+  };
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (proc.stdout += chunk));
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (proc.stderr += chunk));
+  return proc;
+}
+
+/** Run the built `pam` CLI. */
+export function pam(t: Teardownable, args: readonly string[], options: { env?: NodeJS.ProcessEnv } = {}): Proc {
+  return spawnProc(t, process.execPath, [pamBin, ...args], options);
+}
+
+function matchLine(text: string, pattern: RegExp): string | undefined {
+  return text.split('\n').find((line) => pattern.test(line));
+}
+
+async function waitFor<T>(probe: () => T | undefined, ms: number, what: string, proc?: Proc): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) {
+      const output = proc ? `\nstdout: ${proc.stdout}\nstderr: ${proc.stderr}` : '';
+      throw new Error(`timed out after ${ms} ms waiting for ${what}${output}`);
+    }
+    await sleep(25);
+  }
+}
+
+export async function until(probe: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await probe())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+export const sleep = (ms: number) => new Promise((resolveSleep) => setTimeout(resolveSleep, ms));
+
+function killHard(child: ChildProcess): Promise<void> | void {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  return new Promise((resolveKill) => {
+    child.once('exit', () => resolveKill());
+    child.kill('SIGKILL');
+  });
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A private directory for one test (registry, pid files, tokens), removed at teardown. */
+export function scratchDir(t: Teardownable, prefix = 'pam-spec-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A TCP echo server on 127.0.0.1 (port 0), closed at teardown. */
+export async function echoServer(t: Teardownable): Promise<{ port: number; server: Server; connections: number }> {
+  const sockets = new Set<Socket>();
+  const state = { port: 0, server: createServer(), connections: 0 };
+  state.server.on('connection', (socket) => {
+    state.connections += 1;
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    socket.pipe(socket);
+  });
+  t.teardown(
+    () =>
+      new Promise<void>((resolveClose) => {
+        for (const socket of sockets) socket.destroy();
+        state.server.close(() => resolveClose());
+      }),
+  );
+  await new Promise<void>((resolveListen) => state.server.listen(0, '127.0.0.1', resolveListen));
+  state.port = (state.server.address() as AddressInfo).port;
+  return state;
+}
+
+/** A port that was free a moment ago (bound then released). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolveClose) => server.close(() => resolveClose()));
+  return port;
+}
+
+export async function portIsOpen(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolveProbe) => {
+    const socket = new Socket();
+    socket.once('connect', () => {
+      socket.destroy();
+      resolveProbe(true);
+    });
+    socket.once('error', () => resolveProbe(false));
+    socket.connect(port, host);
+  });
+}
+
+export const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
+
+/** Send `payload` through host:port, read everything back (echo), and return what came back. */
+export async function roundTrip(port: number, payload: Buffer, host = '127.0.0.1'): Promise<Buffer> {
+  return new Promise((resolveTrip, reject) => {
+    const socket = new Socket();
+    const chunks: Buffer[] = [];
+    let received = 0;
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      received += chunk.length;
+      if (received >= payload.length) socket.end();
+    });
+    socket.once('error', reject);
+    socket.once('close', () => resolveTrip(Buffer.concat(chunks)));
+    socket.connect(port, host, () => socket.write(payload));
+  });
+}
+
+export function randomPayload(bytes: number): Buffer {
+  return randomBytes(bytes);
+}
+
+/** Environment for a gateway/tunnel pair in a private registry. */
+export function tunnelEnv(dir: string, token: string, gatewayUrl?: string): NodeJS.ProcessEnv {
+  const tokenFile = join(dir, 'token');
+  writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+  return {
+    PAM_TUNNEL_REGISTRY: join(dir, 'registry'),
+    PAM_GATEWAY_TOKEN: token,
+    // ICE host candidates on loopback only: tests never talk to any other address.
+    PAM_ICE_HOSTS: '127.0.0.1',
+    ...(gatewayUrl ? { PAM_GATEWAY_URL: gatewayUrl } : {}),
+  };
+}
+
+/** Start `pam gateway` on a free port with the given targets; resolves with its URL once listening. */
+export async function startGatewayProc(t: Teardownable, dir: string, token: string, targets: Record<string, number>): Promise<{ proc: Proc; url: string; port: number }> {
+  const args = ['gateway', '--listen', '127.0.0.1:0', '--json', ...Object.entries(targets).flatMap(([name, port]) => ['--target', `${name}=127.0.0.1:${port}`])];
+  const proc = pam(t, args, { env: tunnelEnv(dir, token) });
+  const listening = await proc.event('listening');
+  return { proc, url: String(listening.url), port: Number(listening.port) };
+}
