@@ -24,7 +24,8 @@ export function selectTunnels(entries: readonly RegistryEntry[], selector: strin
   if (byPid.length > 0) return { ok: true, selected: byPid };
 
   const candidates = tunnels.filter(
-    ({ tunnel }) => tunnel.id.startsWith(selector) || tunnel.target === selector || String(tunnel.port) === selector,
+    ({ entry, tunnel }) =>
+      tunnel.id.startsWith(selector) || tunnel.target === selector || String(tunnel.port) === selector || String(entry.pid) === selector,
   );
   if (candidates.length === 0) {
     return { ok: false, failure: failure('generic', `no running tunnel matches '${selector}': see \`pam tunnel list\``) };
