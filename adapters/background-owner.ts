@@ -1,0 +1,114 @@
+// The owner process of a --background tunnel: spawned detached (new session) with stdio in a log file
+// next to the registry, watched through the registry until ready, and never left running on failure.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Outcome } from '../machines/errors.js';
+import type { BackgroundOwners, Registry } from '../machines/ports.js';
+
+/** The environment variable that tells a `pam tunnel start -bg` process it is the owner, not the launcher. */
+export const ownerIdVariable = 'PAM_TUNNEL_OWNER_ID';
+
+export function createBackgroundOwners(options: {
+  registry: Registry;
+  /** Command line that re-runs this `pam tunnel start` (argv without node). */
+  argv: readonly string[];
+  env: NodeJS.ProcessEnv;
+  pollMs?: number;
+}): BackgroundOwners {
+  const children = new Map<number, ChildProcess>();
+  const pollMs = options.pollMs ?? 50;
+
+  return {
+    async spawn(id) {
+      const logDir = join(options.registry.location, 'logs');
+      mkdirSync(logDir, { recursive: true, mode: 0o700 });
+      const logFile = join(logDir, `${id}.log`);
+      const log = openSync(logFile, 'a', 0o600);
+      try {
+        const child = spawn(process.execPath, [...options.argv], {
+          detached: true,
+          stdio: ['ignore', log, log],
+          env: { ...options.env, [ownerIdVariable]: id },
+        });
+        await new Promise<void>((resolve, reject) => {
+          child.once('spawn', resolve);
+          child.once('error', reject);
+        });
+        children.set(child.pid!, child);
+        return { pid: child.pid!, logFile };
+      } finally {
+        closeSync(log);
+      }
+    },
+
+    watch(id, owner, events) {
+      const child = children.get(owner.pid);
+      let finished = false;
+      const finish = () => {
+        finished = true;
+        clearInterval(timer);
+      };
+      const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (finished) return;
+        finish();
+        events.exited(ownerOutcome(owner.logFile, code, signal));
+      };
+      child?.once('exit', onExit);
+      const timer = setInterval(() => {
+        void options.registry.entries().then((entries) => {
+          if (finished) return;
+          const record = entries.find((entry) => entry.pid === owner.pid)?.tunnels.find((tunnel) => tunnel.id === id && tunnel.state === 'ready');
+          if (!record) return;
+          finish();
+          child?.off('exit', onExit);
+          // The owner lives on: let this process exit without waiting for it.
+          child?.unref();
+          events.ready(record);
+        }, () => undefined);
+      }, pollMs);
+      return () => {
+        finish();
+        child?.off('exit', onExit);
+      };
+    },
+
+    async abandon(owner) {
+      const child = children.get(owner.pid);
+      if (!child || child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill('SIGTERM');
+      const killed = await Promise.race([exited.then(() => true), delay(3_000).then(() => false)]);
+      if (!killed) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
+  };
+}
+
+/** The owner's own account of why it stopped: the last `stopped` JSON line of its log. */
+function ownerOutcome(logFile: string, code: number | null, signal: NodeJS.Signals | null): Outcome {
+  let reported: Outcome | undefined;
+  try {
+    for (const line of readFileSync(logFile, 'utf8').split('\n')) {
+      if (!line.startsWith('{"event":"stopped"')) continue;
+      try {
+        const value = JSON.parse(line) as { exitCode?: unknown; kind?: unknown; reason?: unknown };
+        if (typeof value.exitCode === 'number' && typeof value.reason === 'string') {
+          reported = { exitCode: value.exitCode, kind: (value.kind as Outcome['kind']) ?? 'generic', reason: value.reason };
+        }
+      } catch {
+        // a torn line: keep the previous one
+      }
+    }
+  } catch {
+    // no log: fall through to the bare exit status
+  }
+  if (reported) return code === null ? reported : { ...reported, exitCode: code };
+  const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+  return { kind: 'generic', exitCode: code ?? 1, reason: `the background owner ${how} before it was ready; see ${logFile}` };
+}
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
