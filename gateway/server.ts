@@ -57,6 +57,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const tokenDigest = digest(options.token);
   const peers = new Set<RTCPeerConnection>();
   const names = Object.keys(options.targets);
+  let signallingRequests = 0;
 
   const authorized = (request: IncomingMessage) => {
     const header = request.headers.authorization ?? '';
@@ -150,8 +151,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   async function route(request: IncomingMessage): Promise<unknown> {
     const path = (request.url ?? '').split('?')[0];
-    if (path === '/healthz' && request.method === 'GET') return { ok: true, peers: peers.size };
+    if (path === '/healthz' && request.method === 'GET') return { ok: true, peers: peers.size, signallingRequests };
     if (path === '/v1/tunnels') {
+      signallingRequests += 1;
       if (request.method !== 'POST') throw new HttpError(405, 'use POST');
       return { answer: await openTunnel(request) };
     }

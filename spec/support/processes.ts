@@ -25,7 +25,7 @@ export interface Proc {
   readonly exited: Promise<number>;
   /** Wait for a stdout/stderr line matching `pattern` (bounded by `ms`). */
   line(pattern: RegExp, ms?: number): Promise<string>;
-  /** Wait for the first JSON line on stdout with `event`. */
+  /** Wait for the first JSON line with `event` (stdout, or stderr where --run mode prints). */
   event(name: string, ms?: number): Promise<Record<string, unknown>>;
 }
 
@@ -50,7 +50,7 @@ export function spawnProc(t: Teardownable, command: string, args: readonly strin
     event: (name, ms = 20_000) =>
       waitFor(
         () => {
-          for (const text of proc.stdout.split('\n')) {
+          for (const text of `${proc.stdout}\n${proc.stderr}`.split('\n')) {
             if (!text.startsWith('{')) continue;
             try {
               const value = JSON.parse(text) as Record<string, unknown>;
@@ -85,10 +85,15 @@ async function waitFor<T>(probe: () => T | undefined, ms: number, what: string, 
   for (;;) {
     const value = probe();
     if (value !== undefined) return value;
-    if (Date.now() > deadline) {
-      const output = proc ? `\nstdout: ${proc.stdout}\nstderr: ${proc.stderr}` : '';
-      throw new Error(`timed out after ${ms} ms waiting for ${what}${output}`);
+    const output = proc ? `\nstdout: ${proc.stdout}\nstderr: ${proc.stderr}` : '';
+    if (proc && (proc.child.exitCode !== null || proc.child.signalCode !== null)) {
+      // Output may still be in the pipe: one last look before giving up.
+      await sleep(50);
+      const late = probe();
+      if (late !== undefined) return late;
+      throw new Error(`process exited (${proc.child.exitCode ?? proc.child.signalCode}) before ${what}${output}`);
     }
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}${output}`);
     await sleep(25);
   }
 }

@@ -4,3 +4,8 @@ import type { Test } from 'tap';
 import type { BuiltPlugins } from '@tapjs/test';
 
 export type TapTest = Test<BuiltPlugins> & BuiltPlugins;
+
+/** Record a skipped check with the reason printed (a missing tool on this machine), not a silent pass. */
+export function skipBecause(t: TapTest, reason: string): void {
+  t.pass(reason, { skip: reason });
+}

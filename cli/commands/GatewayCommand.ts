@@ -1,0 +1,72 @@
+// `pam gateway`: the peer pam-tunnel ships, so every tunnel is real end to end.
+
+import { Command, Option } from 'clipanion';
+import { TunnelError } from '../../machines/errors.js';
+import type { PamContext } from '../context.js';
+import { iceHosts, readToken } from '../config.js';
+
+export class GatewayCommand extends Command<PamContext> {
+  static override paths = [['gateway']];
+
+  static override usage = Command.Usage({
+    category: 'Gateway',
+    description: 'run a gateway: answer tunnels and connect them to allowlisted targets',
+    details: `
+      Serves authenticated WebRTC signalling over HTTP and connects each tunnel connection to the
+      named target. Only targets given with --target can be reached. The token comes from
+      PAM_GATEWAY_TOKEN or --token-file, never from the command line; without one the gateway
+      refuses to start. Stops on SIGINT/SIGTERM.
+    `,
+    examples: [
+      ['Serve a web and a database target on loopback', 'PAM_GATEWAY_TOKEN=s3cret $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432'],
+      ['Any free port, announced as a JSON line', '$0 gateway --listen 127.0.0.1:0 --token-file ~/.config/pam/token --target web=127.0.0.1:8080 --json'],
+    ],
+  });
+
+  listen = Option.String('--listen', '127.0.0.1:8765', { description: 'address:port for signalling (default 127.0.0.1:8765)' });
+  targets = Option.Array('--target', [], { description: 'name=host:port of an allowlisted target (repeatable)' });
+  tokenFile = Option.String('--token-file', { description: 'file holding the token clients must present (default: $PAM_GATEWAY_TOKEN)' });
+  json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
+
+  async execute(): Promise<number> {
+    const listen = parseHostPort(this.listen, '--listen');
+    const targets = Object.fromEntries(this.targets.map(parseTarget));
+    if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
+    const token = readToken(this.tokenFile, this.context.env, 'gateway');
+
+    const { startGateway } = await import('../../gateway/server.js');
+    const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
+    const gateway = await startGateway({ host: listen.host, port: listen.port, token, targets, log, ice: { hosts: iceHosts(this.context.env) } });
+    const names = Object.keys(targets);
+    this.context.stdout.write(
+      this.json
+        ? `${JSON.stringify({ event: 'listening', url: gateway.url, port: gateway.port, targets: names })}\n`
+        : `pam gateway: listening on ${gateway.url} (targets: ${names.join(', ')})\n`,
+    );
+
+    const signal = await new Promise<NodeJS.Signals>((resolve) => {
+      for (const name of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(name, () => resolve(name));
+    });
+    log(`${signal}: closing`);
+    await gateway.close();
+    return 0;
+  }
+}
+
+function parseHostPort(text: string, flag: string): { host: string; port: number } {
+  const match = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(text.trim());
+  const port = match ? Number(match[2]) : NaN;
+  if (!match || !match[1] || port > 65535) {
+    throw new TunnelError('usage', `${flag} '${text}' must be host:port, e.g. 127.0.0.1:8765 (port 0 picks a free one)`);
+  }
+  return { host: match[1], port };
+}
+
+function parseTarget(text: string): [string, { host: string; port: number }] {
+  const eq = text.indexOf('=');
+  const name = text.slice(0, eq);
+  if (eq <= 0 || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) {
+    throw new TunnelError('usage', `--target '${text}' must be name=host:port, e.g. db=127.0.0.1:5432`);
+  }
+  return [name, parseHostPort(text.slice(eq + 1), `--target ${name}`)];
+}

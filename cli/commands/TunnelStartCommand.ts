@@ -1,0 +1,127 @@
+// `pam tunnel start`: parse flags, run a tunnel actor, and exit with its output's code.
+
+import { randomBytes } from 'node:crypto';
+import { resolve as resolvePath } from 'node:path';
+import { Command, Option } from 'clipanion';
+import { createActor, toPromise } from 'xstate';
+import { provideLauncher } from '../../machines/launcher.actors.js';
+import { provideTunnel } from '../../machines/tunnel.actors.js';
+import type { StartFlags } from '../../machines/start-flags.js';
+import type { PamContext } from '../context.js';
+import { gatewayUrl, readToken } from '../config.js';
+import { createTunnelPrinter } from '../tunnel-output.js';
+import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
+import { createSystemdNotifier } from '../../adapters/sd-notify.js';
+
+export class TunnelStartCommand extends Command<PamContext> {
+  static override paths = [['tunnel', 'start']];
+
+  static override usage = Command.Usage({
+    category: 'Tunnels',
+    description: 'open a tunnel from a local port to a gateway target',
+    details: `
+      Binds a local TCP port (127.0.0.1, a free port unless --port is given) and carries every
+      connection to it over WebRTC to the gateway, which connects to the named target.
+
+      Modes (choose one): \`--foreground\` (the default) keeps the tunnel in this process until
+      SIGINT/SIGTERM/SIGHUP; \`--background\` detaches a child process that owns the tunnel and
+      returns only once the port is usable (printing id, pid and port); \`--run\` brings the tunnel up, runs the command through the shell with
+      PAM_TUNNEL_HOST/PAM_TUNNEL_PORT/PAM_TUNNEL_ID set, tears down and exits with its code.
+
+      The gateway comes from --gateway or PAM_GATEWAY_URL; the token from PAM_GATEWAY_TOKEN or
+      --token-file (never from the command line). Exit codes: 0 ok, 2 usage, 68 unknown target,
+      69 gateway unreachable or tunnel lost, 70 internal, 75 local port busy, 77 token refused,
+      124 connect timeout, 128+N killed by signal N; with --run, the command's code.
+    `,
+    examples: [
+      ['Keep a tunnel to `db` on port 15432 until Ctrl+C', '$0 tunnel start db --port 15432'],
+      ['Run one command through a tunnel and exit with its code', '$0 tunnel start db --run \'psql -h "$PAM_TUNNEL_HOST" -p "$PAM_TUNNEL_PORT" -c "select 1"\''],
+      ['Machine-readable ready line for a supervisor', '$0 tunnel start web --foreground --json --pid-file /run/pam-web.pid'],
+    ],
+  });
+
+  target = Option.String({ name: 'target' });
+  port = Option.String('--port', { description: 'local port to listen on (0 or omitted: any free port)' });
+  host = Option.String('--host', { description: 'local address to bind (default 127.0.0.1)' });
+  gateway = Option.String('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
+  tokenFile = Option.String('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
+  foreground = Option.Boolean('-fg,--foreground', { description: 'keep the tunnel in this process until a signal (default)' });
+  background = Option.Boolean('-bg,--background', { description: 'detach: a child process owns the tunnel; return once the port is usable' });
+  run = Option.String('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
+  timeout = Option.String('--timeout', { description: 'seconds to wait for the connection (default 30)' });
+  pidFile = Option.String('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
+  json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
+  debug = Option.Boolean('--debug', false, { description: 'print stack traces for errors' });
+
+  async execute(): Promise<number> {
+    const flags: StartFlags = {
+      target: this.target,
+      ...defined({
+        gateway: gatewayUrl(this.gateway, this.context.env),
+        host: this.host,
+        port: this.port,
+        foreground: this.foreground,
+        background: this.background,
+        run: this.run,
+        timeout: this.timeout,
+        // Relative to where the user ran pam, recorded absolute (the registry and `stop` run elsewhere).
+        pidFile: this.pidFile === undefined || this.pidFile.trim() === '' ? this.pidFile : resolvePath(this.pidFile),
+        inShell: this.context.inShell,
+      }),
+    };
+    const ownerId = takeOwnerId(this.context.env);
+    if (this.background && !this.context.inShell && ownerId === undefined) return this.launchInBackground(flags);
+
+    const id = ownerId ?? randomBytes(4).toString('hex');
+    // A background owner writes JSON lines to its log, so the launcher can read why it stopped.
+    const json = this.json || ownerId !== undefined;
+    const printer = createTunnelPrinter(this.context, { json, runMode: this.run !== undefined, pid: process.pid });
+    const token = () => readToken(this.tokenFile, this.context.env, 'client');
+    const notifier = createSystemdNotifier(this.context.env, printer.announce.problem);
+    const announce = {
+      ...printer.announce,
+      ready: (tunnel: Parameters<typeof printer.announce.ready>[0]) => {
+        printer.announce.ready(tunnel);
+        void notifier.ready(`listening on ${tunnel.listener?.host}:${tunnel.listener?.port} → ${tunnel.settings?.target}`);
+      },
+    };
+    const ports = await createTunnelPorts({ token, env: this.context.env, announce });
+
+    const actor = createActor(provideTunnel(ports), {
+      input: { id, flags, startedAt: new Date().toISOString(), interactive: this.context.interactive },
+    });
+    const finished = toPromise(actor);
+    actor.start();
+    actor.send({ type: 'tunnel.start' });
+    const outcome = await finished;
+    printer.stopped(id, outcome);
+    return outcome.exitCode;
+  }
+
+  private async launchInBackground(flags: StartFlags): Promise<number> {
+    const id = randomBytes(4).toString('hex');
+    const ports = await createLauncherPorts({ env: this.context.env, argv: process.argv.slice(1) });
+    const actor = createActor(provideLauncher(ports), { input: { id, flags } });
+    const finished = toPromise(actor);
+    actor.start();
+    actor.send({ type: 'launch.start' });
+    const outcome = await finished;
+    if (outcome.ready && outcome.owner) {
+      const { ready, owner } = outcome;
+      this.context.stdout.write(
+        this.json
+          ? `${JSON.stringify({ id: ready.id, pid: owner.pid, host: ready.host, port: ready.port, target: ready.target, logFile: owner.logFile })}\n`
+          : `pam: tunnel ${ready.id} ready on ${ready.host}:${ready.port} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
+              `stop it with \`pam tunnel stop ${ready.id}\`\n`,
+      );
+    } else {
+      this.context.stderr.write(`pam: ${outcome.reason}\n`);
+    }
+    return outcome.exitCode;
+  }
+}
+
+/** Drop undefined values, so optional fields stay absent (exactOptionalPropertyTypes-friendly). */
+function defined<T extends Record<string, unknown>>(values: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(values).filter(([, value]) => value !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+}

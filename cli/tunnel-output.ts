@@ -1,0 +1,53 @@
+// What `pam tunnel start` prints: a banner for people, stable lines without a TTY, JSON lines with
+// --json. In --run mode everything goes to stderr so the wrapped command owns stdout.
+
+import type { Outcome } from '../machines/errors.js';
+import type { TunnelPorts } from '../machines/tunnel.actors.js';
+import type { TunnelContext } from '../machines/tunnel.machine.js';
+import type { PamContext } from './context.js';
+
+export interface TunnelPrinter {
+  readonly announce: TunnelPorts['announce'];
+  stopped(id: string, outcome: Outcome): void;
+}
+
+export function createTunnelPrinter(context: PamContext, options: { json: boolean; runMode: boolean; pid: number }): TunnelPrinter {
+  const out = options.runMode ? context.stderr : context.stdout;
+  const line = (text: string) => out.write(`${text}\n`);
+  const json = (value: object) => line(JSON.stringify(value));
+
+  return {
+    announce: {
+      ready(tunnel: TunnelContext) {
+        const host = tunnel.listener?.host ?? '';
+        const port = tunnel.listener?.port ?? 0;
+        const target = tunnel.settings?.target ?? '';
+        if (options.json) {
+          json({ event: 'ready', id: tunnel.id, pid: options.pid, host, port, target, mode: tunnel.settings?.mode });
+        } else if (context.interactive && !options.runMode) {
+          line(`pam: listening on ${host}:${port} → ${target} (tunnel ${tunnel.id}); Ctrl+C to stop; use -bg to detach`);
+        } else {
+          line(`pam: listening on ${host}:${port} → ${target} (tunnel ${tunnel.id}, pid ${options.pid})`);
+        }
+      },
+      skipped(tunnel: TunnelContext) {
+        context.stderr.write(
+          `pam: ${tunnel.settings?.skipped} skipped: tunnels persist for this shell session ` +
+            '(use one-shot `pam tunnel start -bg` for a tunnel that outlives the shell)\n',
+        );
+      },
+      problem(message: string) {
+        context.stderr.write(`pam: warning: ${message}\n`);
+      },
+    },
+    stopped(id: string, outcome: Outcome) {
+      if (options.json) {
+        json({ event: 'stopped', id, exitCode: outcome.exitCode, kind: outcome.kind, reason: outcome.reason });
+        return;
+      }
+      // The wrapped command's code speaks for itself; everything else gets one line on stderr.
+      if (outcome.kind === 'command' && outcome.exitCode !== 0) return;
+      context.stderr.write(outcome.exitCode === 0 || outcome.kind === 'command' ? `pam: tunnel ${id} ${outcome.reason}\n` : `pam: ${outcome.reason}\n`);
+    },
+  };
+}

@@ -1,0 +1,60 @@
+// Real adapters behind the tunnel's ports. The WebRTC transport is imported on first use, so commands
+// and failures that never reach the gateway (usage errors, busy ports) don't pay werift's import cost.
+
+import type { Link, Negotiation, NegotiateRequest, Transport } from '../machines/ports.js';
+import type { TunnelPorts } from '../machines/tunnel.actors.js';
+import { createProcessSignals } from '../adapters/posix-signals.js';
+import { createShellRunner } from '../adapters/shell-runner.js';
+import { createTcpListenerFactory } from '../adapters/tcp-listener.js';
+import { openFsRegistry } from '../adapters/fs-registry.js';
+import { createPidFiles } from '../adapters/pid-files.js';
+import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
+import type { BackgroundOwners, Signals } from '../machines/ports.js';
+import { iceHosts } from './config.js';
+
+export interface TransportOptions {
+  /** Read on first use, so flag errors are reported before a missing token. */
+  readonly token: () => string;
+  readonly env: NodeJS.ProcessEnv;
+}
+
+export function lazyWeriftTransport(options: TransportOptions): Transport {
+  let loaded: Promise<Transport> | undefined;
+  const load = () => (loaded ??= import('../adapters/werift-transport.js').then((module) => module.createWeriftTransport({ token: options.token(), ice: { hosts: iceHosts(options.env) } })));
+  return {
+    async negotiate(request: NegotiateRequest): Promise<Negotiation> {
+      return (await load()).negotiate(request);
+    },
+    async establish(negotiation: Negotiation, signal: AbortSignal): Promise<Link> {
+      return (await load()).establish(negotiation, signal);
+    },
+  };
+}
+
+export async function createTunnelPorts(
+  options: TransportOptions & { announce: TunnelPorts['announce'] },
+): Promise<TunnelPorts> {
+  const registry = await openFsRegistry({ env: options.env });
+  return {
+    listeners: createTcpListenerFactory(),
+    transport: lazyWeriftTransport(options),
+    registry,
+    pidFiles: createPidFiles({ registry }),
+    signals: createProcessSignals(),
+    runner: createShellRunner(),
+    ownerPid: process.pid,
+    announce: options.announce,
+  };
+}
+
+/** In a background owner, the tunnel id its launcher chose; removed so nothing else inherits it. */
+export function takeOwnerId(env: NodeJS.ProcessEnv): string | undefined {
+  const id = env[ownerIdVariable];
+  delete env[ownerIdVariable];
+  return id && /^[0-9a-f]{8}$/.test(id) ? id : undefined;
+}
+
+export async function createLauncherPorts(options: { env: NodeJS.ProcessEnv; argv: readonly string[] }): Promise<{ owners: BackgroundOwners; signals: Signals }> {
+  const registry = await openFsRegistry({ env: options.env });
+  return { owners: createBackgroundOwners({ registry, argv: options.argv, env: options.env }), signals: createProcessSignals() };
+}

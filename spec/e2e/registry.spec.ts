@@ -1,0 +1,181 @@
+// The cross-process registry as operators use it: `list` and `stop` from other processes, owners that
+// die hard, forged entries, unsafe registry directories, and many owners writing at once.
+
+import { spawn } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { skipBecause } from '../support/tap.js';
+import { echoServer, isAlive, pam, portIsOpen, roundTrip, scratchDir, startGatewayProc, tunnelEnv, until, type Teardownable } from '../support/processes.js';
+
+const token = 'registry-token-0d9e';
+
+async function setup(t: Teardownable) {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port, web: echo.port });
+  const env = tunnelEnv(dir, token, gateway.url);
+  const registry = join(dir, 'registry');
+  const entries = () => (existsSync(registry) ? readdirSync(registry).filter((name) => /^\d+\.json$/.test(name)) : []);
+  return { dir, gateway, env, registry, entries };
+}
+
+interface Listed {
+  id: string;
+  target: string;
+  host: string;
+  port: number;
+  pid: number;
+  mode: string;
+  state: string;
+}
+
+async function list(t: Teardownable, env: NodeJS.ProcessEnv): Promise<Listed[]> {
+  const proc = pam(t, ['tunnel', 'list', '--json'], { env });
+  if ((await proc.exited) !== 0) throw new Error(`list failed: ${proc.stderr}`);
+  return JSON.parse(proc.stdout) as Listed[];
+}
+
+async function background(t: Teardownable, env: NodeJS.ProcessEnv, target: string): Promise<{ id: string; pid: number; port: number }> {
+  const launcher = pam(t, ['tunnel', 'start', target, '-bg', '--json'], { env });
+  const code = await launcher.exited;
+  if (code !== 0) throw new Error(`-bg exited ${code}: ${launcher.stderr}`);
+  const ready = JSON.parse(launcher.stdout) as { id: string; pid: number; port: number };
+  t.teardown(() => {
+    if (isAlive(ready.pid)) process.kill(ready.pid, 'SIGKILL');
+  });
+  return ready;
+}
+
+t.test('list and stop from other processes; a kill -9 owner disappears; ambiguity and misses', async (t) => {
+  const { env, entries, registry } = await setup(t);
+  const [a, b] = await Promise.all([background(t, env, 'echo'), background(t, env, 'web')]);
+  const listed = await list(t, env);
+  t.same(
+    listed.map(({ id, pid, port, target, state, mode }) => ({ id, pid, port, target, state, mode })).sort((x, y) => x.pid - y.pid),
+    [a, b].map(({ id, pid, port }, index) => ({ id, pid, port, target: index === 0 ? 'echo' : 'web', state: 'ready', mode: 'background' })).sort((x, y) => x.pid - y.pid),
+    'list --json shows both tunnels with their ports and owners',
+  );
+  const table = pam(t, ['tunnel', 'list'], { env });
+  t.equal(await table.exited, 0);
+  t.match(table.stdout, /^ID\s+TARGET\s+LOCAL\s+PID\s+MODE\s+STATE\s+UPTIME\s+RECONNECTS\n/, 'no TTY: a plain table');
+  t.notMatch(table.stdout, /\x1b\[/, 'without colour');
+
+  process.kill(a.pid, 'SIGKILL');
+  await until(() => !isAlive(a.pid), 5_000, 'owner death');
+  t.same((await list(t, env)).map((row) => row.id), [b.id], 'the dead owner is no longer listed');
+  t.notOk(existsSync(join(registry, `${a.pid}.json`)), "and its stale file is gone");
+
+  const c = await background(t, env, 'web');
+  const ambiguous = pam(t, ['tunnel', 'stop', 'web'], { env });
+  t.equal(await ambiguous.exited, 2, 'two tunnels to web: ambiguous');
+  t.match(ambiguous.stderr, new RegExp(`${b.id}[\\s\\S]*${c.id}|${c.id}[\\s\\S]*${b.id}`), 'the candidates are listed');
+  const miss = pam(t, ['tunnel', 'stop', 'nothing-matches'], { env });
+  t.equal(await miss.exited, 1);
+  t.match(miss.stderr, /no running tunnel matches 'nothing-matches'/);
+
+  const one = pam(t, ['tunnel', 'stop', b.id.slice(0, 5)], { env });
+  t.equal(await one.exited, 0, `stop by id prefix: ${one.stderr}`);
+  t.notOk(isAlive(b.pid), 'that owner exited');
+  t.equal(Buffer.compare(await roundTrip(c.port, Buffer.from('still up')), Buffer.from('still up')), 0, 'the other tunnel still carries bytes');
+
+  const all = pam(t, ['tunnel', 'stop', '--all', '--json'], { env });
+  t.equal(await all.exited, 0, all.stderr);
+  t.match(JSON.parse(all.stdout), [{ id: c.id, stopped: true }]);
+  t.notOk(isAlive(c.pid));
+  t.notOk(await portIsOpen(c.port), 'its port is closed');
+  t.same(entries(), [], 'nothing left in the registry');
+});
+
+t.test('a forged entry naming a live unrelated process is never signalled', async (t) => {
+  const { env, registry, entries } = await setup(t);
+  mkdirSync(registry, { recursive: true, mode: 0o700 });
+  const sleeper = spawn('sleep', ['30'], { stdio: 'ignore' });
+  t.teardown(() => sleeper.kill('SIGKILL'));
+  const pid = sleeper.pid!;
+  const tunnel = { id: 'deadbeef', target: 'echo', gateway: 'http://127.0.0.1:1', host: '127.0.0.1', port: 1, mode: 'background', state: 'ready', reconnects: 0, startedAt: new Date().toISOString() };
+  writeFileSync(join(registry, `${pid}.json`), JSON.stringify({ schema: 1, pid, startTime: '1', hostname: 'x', tunnels: [tunnel] }), { mode: 0o600 });
+  const stop = pam(t, ['tunnel', 'stop', '--all'], { env });
+  t.equal(await stop.exited, 0);
+  t.match(stop.stderr, /no tunnels running/);
+  t.ok(isAlive(pid), 'the sleep with a wrong start time is still alive');
+  t.same(entries(), [], 'the forged stale entry was removed');
+
+  const { startTime: _drop, ...missing } = { schema: 1, pid, startTime: '', hostname: 'x', tunnels: [tunnel] };
+  writeFileSync(join(registry, `${pid}.json`), JSON.stringify(missing), { mode: 0o600 });
+  const again = pam(t, ['tunnel', 'stop', 'deadbeef'], { env });
+  t.equal(await again.exited, 1, 'an entry without a start time matches nothing');
+  t.ok(isAlive(pid), 'the sleep is still alive');
+});
+
+t.test('an unsafe registry directory is refused with exit 78', async (t) => {
+  const dir = scratchDir(t);
+  const real = join(dir, 'real');
+  mkdirSync(real, { mode: 0o700 });
+  const link = join(dir, 'link');
+  symlinkSync(real, link);
+  const viaLink = pam(t, ['tunnel', 'list'], { env: { PAM_TUNNEL_REGISTRY: link } });
+  t.equal(await viaLink.exited, 78, 'a symlink');
+  t.match(viaLink.stderr, /symlink/);
+
+  const open = join(dir, 'open');
+  mkdirSync(open);
+  chmodSync(open, 0o777);
+  const worldWritable = pam(t, ['tunnel', 'list'], { env: { PAM_TUNNEL_REGISTRY: open } });
+  t.equal(await worldWritable.exited, 78, 'world-writable');
+  t.match(worldWritable.stderr, /writable/);
+
+  if (process.getuid?.() !== 0) {
+    skipBecause(t, 'not root: cannot chown a directory to another uid to simulate a foreign owner');
+    return;
+  }
+  const foreign = join(dir, 'foreign');
+  mkdirSync(foreign, { mode: 0o700 });
+  chownSync(foreign, 65534, 65534);
+  const foreignOwned = pam(t, ['tunnel', 'list'], { env: { PAM_TUNNEL_REGISTRY: foreign } });
+  t.equal(await foreignOwned.exited, 78, 'owned by another uid');
+  t.match(foreignOwned.stderr, /owned by/);
+});
+
+t.test('a port held by a live tunnel is refused with 75 before any signalling', async (t) => {
+  const { env, gateway } = await setup(t);
+  const held = await background(t, env, 'echo');
+  const before = ((await (await fetch(`${gateway.url}/healthz`)).json()) as { signallingRequests: number }).signallingRequests;
+  const second = pam(t, ['tunnel', 'start', 'web', '--port', String(held.port), '-R', 'true'], { env });
+  t.equal(await second.exited, 75);
+  t.match(second.stderr, new RegExp(`held by tunnel ${held.id}`));
+  const after = ((await (await fetch(`${gateway.url}/healthz`)).json()) as { signallingRequests: number }).signallingRequests;
+  t.equal(after, before, 'the gateway saw no signalling request');
+  process.kill(held.pid, 'SIGTERM');
+  await until(() => !isAlive(held.pid), 5_000, 'owner exit');
+});
+
+t.test('20 owners starting at once: every entry parseable at every moment, 20 distinct ports', async (t) => {
+  const { env, registry, entries } = await setup(t);
+  let reads = 0;
+  const torn: string[] = [];
+  let polling = true;
+  const poller = (async () => {
+    while (polling) {
+      for (const name of entries()) {
+        try {
+          JSON.parse(readFileSync(join(registry, name), 'utf8'));
+          reads += 1;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'ENOENT') torn.push(`${name}: ${String(error)}`);
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  })();
+  const tunnels = Array.from({ length: 20 }, () => pam(t, ['tunnel', 'start', 'echo', '-fg', '--json', '--timeout', '60'], { env }));
+  const ready = await Promise.all(tunnels.map((tunnel) => tunnel.event('ready', 90_000)));
+  polling = false;
+  await poller;
+  t.equal(new Set(ready.map((line) => line.port)).size, 20, '20 distinct ports');
+  t.equal(entries().length, 20, '20 registry entries');
+  t.same(torn, [], `no torn entry in ${reads} reads`);
+  for (const tunnel of tunnels) tunnel.child.kill('SIGTERM');
+  t.same(await Promise.all(tunnels.map((tunnel) => tunnel.exited)), Array(20).fill(0), 'all stop with 0');
+  t.same(entries(), [], 'and leave nothing behind');
+});

@@ -1,0 +1,90 @@
+// End to end with real processes: `pam gateway` + `pam tunnel start --foreground` carry bytes between
+// a local port and a real TCP target over WebRTC, and the failure exit codes hold.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, Socket, type AddressInfo } from 'node:net';
+import t from 'tap';
+import { freePort, pam, portIsOpen, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
+
+const token = 'skeleton-token-7f3a';
+
+/** A target that hashes what it receives until the client's FIN, then answers with its own payload. */
+async function hashingTarget(t: Teardownable, reply: Buffer): Promise<{ port: number; received: Promise<string> }> {
+  let resolveReceived!: (digest: string) => void;
+  const received = new Promise<string>((resolve) => (resolveReceived = resolve));
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    const hash = createHash('sha256');
+    socket.on('data', (chunk) => hash.update(chunk));
+    socket.on('end', () => {
+      resolveReceived(hash.digest('hex'));
+      socket.end(reply);
+    });
+    socket.on('error', () => undefined);
+  });
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { port: (server.address() as AddressInfo).port, received };
+}
+
+t.test('10 MiB each way through a foreground tunnel, sha256-equal; SIGTERM → exit 0 and the port closes', async (t) => {
+  const dir = scratchDir(t);
+  const upload = randomBytes(10 * 1024 * 1024);
+  const download = randomBytes(10 * 1024 * 1024 + 17);
+  const target = await hashingTarget(t, download);
+  const gateway = await startGatewayProc(t, dir, token, { files: target.port });
+
+  const tunnel = pam(t, ['tunnel', 'start', 'files', '--foreground', '--json', '--gateway', gateway.url], { env: tunnelEnv(dir, token) });
+  const ready = await tunnel.event('ready');
+  const port = Number(ready.port);
+  t.ok(port > 0, `tunnel announced local port ${port}`);
+  t.equal(ready.host, '127.0.0.1', 'binds loopback by default');
+
+  const downloaded = await new Promise<Buffer>((resolve, reject) => {
+    const socket = new Socket({ allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.once('error', reject);
+    socket.once('end', () => {
+      socket.end();
+      resolve(Buffer.concat(chunks));
+    });
+    socket.connect(port, '127.0.0.1', () => socket.end(upload));
+  });
+  t.equal(await target.received, createHash('sha256').update(upload).digest('hex'), 'target received the upload byte for byte');
+  t.equal(downloaded.length, download.length, 'client received every byte of the download');
+  t.equal(createHash('sha256').update(downloaded).digest('hex'), createHash('sha256').update(download).digest('hex'), 'download sha256 matches');
+
+  tunnel.child.kill('SIGTERM');
+  t.equal(await tunnel.exited, 0, 'SIGTERM ends a foreground tunnel with exit 0');
+  t.notOk(await portIsOpen(port), 'local port is closed after stop');
+  t.match(tunnel.stdout, /"event":"stopped".*"reason":"stopped by SIGTERM"/, 'stopped line says why');
+});
+
+t.test('a wrong token exits 77 and names the fix', async (t) => {
+  const dir = scratchDir(t);
+  const target = await hashingTarget(t, Buffer.alloc(0));
+  const gateway = await startGatewayProc(t, dir, token, { web: target.port });
+  const tunnel = pam(t, ['tunnel', 'start', 'web', '--gateway', gateway.url], { env: { ...tunnelEnv(dir, token), PAM_GATEWAY_TOKEN: 'wrong-token' } });
+  t.equal(await tunnel.exited, 77);
+  t.match(tunnel.stderr, /refused the token.*PAM_GATEWAY_TOKEN/);
+  t.notMatch(tunnel.stderr, /\n\s+at /, 'no stack trace for a user error');
+});
+
+t.test('an unknown target exits 68', async (t) => {
+  const dir = scratchDir(t);
+  const target = await hashingTarget(t, Buffer.alloc(0));
+  const gateway = await startGatewayProc(t, dir, token, { web: target.port });
+  const tunnel = pam(t, ['tunnel', 'start', 'nosuch', '--gateway', gateway.url], { env: tunnelEnv(dir, token) });
+  t.equal(await tunnel.exited, 68);
+  t.match(tunnel.stderr, /nosuch/);
+});
+
+t.test('a gateway that is down exits 69 and leaves no port or registry entry behind', async (t) => {
+  const dir = scratchDir(t);
+  const port = await freePort();
+  const local = await freePort();
+  const tunnel = pam(t, ['tunnel', 'start', 'web', '--port', String(local), '--gateway', `http://127.0.0.1:${port}`], { env: tunnelEnv(dir, token) });
+  t.equal(await tunnel.exited, 69);
+  t.match(tunnel.stderr, /unreachable/);
+  t.notOk(await portIsOpen(local), 'local port released');
+});
