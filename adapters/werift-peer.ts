@@ -27,6 +27,18 @@ export function createPeer(ice: IceOptions = {}): RTCPeerConnection {
   });
 }
 
+/**
+ * werift falls back to stun.l.google.com when no STUN server is configured. Without a configured
+ * server we want no server-reflexive query at all (nothing leaves the configured hosts), so clear it
+ * on every ICE connection before gathering starts (call before setLocalDescription).
+ */
+export function withoutDefaultStun(peer: RTCPeerConnection, ice: IceOptions = {}): void {
+  if ((ice.servers ?? []).some((server) => server.urls.startsWith('stun:'))) return;
+  for (const transport of peer.iceTransports) {
+    (transport.connection as unknown as { stunServer?: unknown }).stunServer = undefined;
+  }
+}
+
 /** Resolve once ICE gathering is complete, so the SDP carries every candidate. */
 export function gatheringComplete(peer: RTCPeerConnection, signal?: AbortSignal): Promise<void> {
   if (peer.iceGatheringState === 'complete') return Promise.resolve();

@@ -6,7 +6,7 @@ import type { RTCDataChannel, RTCPeerConnection } from 'werift';
 import { TunnelError } from '../machines/errors.js';
 import type { Link, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
 import { Mux, type MuxOptions } from './mux.js';
-import { channelFrames, channelOpen, createPeer, gatheringComplete, type IceOptions } from './werift-peer.js';
+import { channelFrames, channelOpen, createPeer, gatheringComplete, withoutDefaultStun, type IceOptions } from './werift-peer.js';
 
 export interface WeriftTransportOptions {
   readonly token: string;
@@ -18,6 +18,7 @@ class PeerNegotiation implements Negotiation {
   constructor(
     readonly peer: RTCPeerConnection,
     readonly channel: RTCDataChannel,
+    readonly request: Omit<NegotiateRequest, 'signal'>,
   ) {}
 
   async close(): Promise<void> {
@@ -25,31 +26,48 @@ class PeerNegotiation implements Negotiation {
   }
 }
 
+/**
+ * How long one ICE/DTLS attempt may take before a fresh peer connection is tried. werift's DTLS
+ * handshake can wedge when a ClientHello is retransmitted before the other side listens (seen with
+ * 20 tunnels starting at once on 2 cores); a new attempt succeeds, so attempts retry within --timeout.
+ */
+const attemptWindowMs = (attempt: number) => Math.min(5_000 * 1.5 ** (attempt - 1), 20_000);
+
 export function createWeriftTransport(options: WeriftTransportOptions): Transport<Socket> {
+  async function negotiateOnce(request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation> {
+    const peer = createPeer(options.ice);
+    try {
+      const channel = peer.createDataChannel('pam-mux', { ordered: true });
+      const offer = await peer.createOffer();
+      withoutDefaultStun(peer, options.ice);
+      await peer.setLocalDescription(offer);
+      await gatheringComplete(peer, signal);
+      const answer = await exchange(request.gateway, request.target, peer.localDescription!.sdp, options.token, signal);
+      await peer.setRemoteDescription({ type: 'answer', sdp: answer });
+      return new PeerNegotiation(peer, channel, request);
+    } catch (error) {
+      await peer.close().catch(() => undefined);
+      throw error;
+    }
+  }
+
   return {
-    async negotiate({ gateway, target, signal }: NegotiateRequest): Promise<Negotiation> {
-      const peer = createPeer(options.ice);
-      try {
-        const channel = peer.createDataChannel('pam-mux', { ordered: true });
-        await peer.setLocalDescription(await peer.createOffer());
-        await gatheringComplete(peer, signal);
-        const answer = await exchange(gateway, target, peer.localDescription!.sdp, options.token, signal);
-        await peer.setRemoteDescription({ type: 'answer', sdp: answer });
-        return new PeerNegotiation(peer, channel);
-      } catch (error) {
-        await peer.close().catch(() => undefined);
-        throw error;
-      }
-    },
+    negotiate: ({ gateway, target, signal }) => negotiateOnce({ gateway, target }, signal),
 
     async establish(negotiation: Negotiation, signal: AbortSignal): Promise<Link<Socket>> {
-      const { peer, channel } = negotiation as PeerNegotiation;
-      try {
-        await channelOpen(peer, channel, signal);
-      } catch (error) {
-        if (signal.aborted) throw error;
-        throw new TunnelError('gatewayUnreachable', `could not connect to the gateway: ${error instanceof Error ? error.message : String(error)}`);
+      let current = negotiation as PeerNegotiation;
+      for (let attempt = 1; ; attempt += 1) {
+        try {
+          await channelOpen(current.peer, current.channel, AbortSignal.any([signal, AbortSignal.timeout(attemptWindowMs(attempt))]));
+          break;
+        } catch (error) {
+          await current.close();
+          if (signal.aborted) throw error;
+          // Stalled or failed: a fresh offer/answer and peer connection, still bounded by the caller's signal.
+          current = await negotiateOnce(current.request, signal);
+        }
       }
+      const { peer, channel } = current;
       const mux = new Mux(channelFrames(peer, channel), options.mux);
       return {
         carry: (socket) => mux.carry(socket),

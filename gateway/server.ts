@@ -8,7 +8,7 @@ import { connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type { RTCPeerConnection } from 'werift';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
-import { channelFrames, createPeer, gatheringComplete, type IceOptions } from '../adapters/werift-peer.js';
+import { channelFrames, createPeer, gatheringComplete, withoutDefaultStun, type IceOptions } from '../adapters/werift-peer.js';
 
 export interface GatewayTarget {
   readonly host: string;
@@ -123,7 +123,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     });
     try {
       await peer.setRemoteDescription({ type: 'offer', sdp: offer });
-      await peer.setLocalDescription(await peer.createAnswer());
+      const answer = await peer.createAnswer();
+      withoutDefaultStun(peer, options.ice);
+      await peer.setLocalDescription(answer);
       await gatheringComplete(peer);
     } catch (error) {
       clearTimeout(deadline);

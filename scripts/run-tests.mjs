@@ -1,10 +1,14 @@
 // Runs tap over the compiled specs and ends with one plain line `N passed, N failed[, N skipped]`,
 // taken from tap's own final counts, so CI can read the result whatever the reporter prints.
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 
 const require = createRequire(import.meta.url);
-const tapBin = require.resolve('tap/dist/esm/run.mjs');
+// tap exports only its API; its CLI is found through the package's own `bin` field.
+const tapPackage = require.resolve('tap/package.json');
+const tapBin = join(dirname(tapPackage), JSON.parse(readFileSync(tapPackage, 'utf8')).bin.tap);
 const args = [tapBin, '--reporter=tap', ...process.argv.slice(2)];
 const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
 

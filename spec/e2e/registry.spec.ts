@@ -169,9 +169,13 @@ t.test('20 owners starting at once: every entry parseable at every moment, 20 di
     }
   })();
   const tunnels = Array.from({ length: 20 }, () => pam(t, ['tunnel', 'start', 'echo', '-fg', '--json', '--timeout', '60'], { env }));
-  const ready = await Promise.all(tunnels.map((tunnel) => tunnel.event('ready', 90_000)));
-  polling = false;
-  await poller;
+  let ready: Array<Record<string, unknown>>;
+  try {
+    ready = await Promise.all(tunnels.map((tunnel) => tunnel.event('ready', 90_000)));
+  } finally {
+    polling = false;
+    await poller;
+  }
   t.equal(new Set(ready.map((line) => line.port)).size, 20, '20 distinct ports');
   t.equal(entries().length, 20, '20 registry entries');
   t.same(torn, [], `no torn entry in ${reads} reads`);
