@@ -1,0 +1,185 @@
+// The fs registry and its memory fake through one contract, then what only the disk can get wrong:
+// modes, unsafe directories, forged and torn files, concurrent cleaners, and pid files.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { openFsRegistry } from '../../adapters/fs-registry.js';
+import { createMemoryRegistry, createMemoryStore } from '../../adapters/memory-registry.js';
+import { createPidFiles } from '../../adapters/pid-files.js';
+import { processStartTime } from '../../adapters/process-identity.js';
+import { failureKinds } from '../../machines/errors.js';
+import { record, registryContract } from '../support/contracts/registry.contract.js';
+import { scratchDir } from '../support/processes.js';
+import type { TapTest } from '../support/tap.js';
+
+/** The pid of a process that has exited (reaped), for entries whose owner is dead. */
+function deadPid(): number {
+  const child = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+  return Number(child.stdout);
+}
+
+/** A live process we control, standing for another owner. */
+async function liveProcess(t: TapTest): Promise<{ pid: number; startTime: string; kill(): Promise<void> }> {
+  const child = spawn('sleep', ['60'], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  t.teardown(() => {
+    child.kill('SIGKILL');
+    return exited;
+  });
+  await new Promise<void>((resolve) => child.once('spawn', () => resolve()));
+  return {
+    pid: child.pid!,
+    startTime: (await processStartTime(child.pid!))!,
+    async kill() {
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+registryContract(t, 'fs registry', async (t) => {
+  const dir = join(scratchDir(t), 'registry');
+  const env = {};
+  const other = await liveProcess(t);
+  const doomed = await liveProcess(t);
+  const impostorPid = process.ppid;
+  return {
+    alive: await openFsRegistry({ env, dir }),
+    other: await openFsRegistry({ env, dir, pid: other.pid, startTime: other.startTime }),
+    doomed: await openFsRegistry({ env, dir, pid: doomed.pid, startTime: doomed.startTime }),
+    doomedPid: doomed.pid,
+    kill: () => doomed.kill(),
+    impostor: await openFsRegistry({ env, dir, pid: impostorPid, startTime: 'not-its-start-time' }),
+    impostorPid,
+  };
+});
+
+registryContract(t, 'memory registry', async () => {
+  const store = createMemoryStore();
+  const impostor = createMemoryRegistry(store, { pid: 40, startTime: 'boot-old' });
+  store.reincarnate(40, 'boot-new');
+  return {
+    alive: createMemoryRegistry(store, { pid: 10, startTime: 'a' }),
+    other: createMemoryRegistry(store, { pid: 20, startTime: 'b' }),
+    doomed: createMemoryRegistry(store, { pid: 30, startTime: 'c' }),
+    doomedPid: 30,
+    kill: async () => store.kill(30),
+    impostor,
+    impostorPid: 40,
+  };
+});
+
+t.test('the directory is created 0700 and entry files are 0600, written whole', async (t) => {
+  const dir = join(scratchDir(t), 'registry');
+  const registry = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } });
+  t.equal(registry.location, dir, 'PAM_TUNNEL_REGISTRY is honoured');
+  t.equal(statSync(dir).mode & 0o777, 0o700);
+  await registry.put(record('000000f1', 2001));
+  t.equal(statSync(registry.entryPath).mode & 0o777, 0o600);
+  const written = JSON.parse(readFileSync(registry.entryPath, 'utf8')) as { schema: number; pid: number; startTime: string; tunnels: unknown[] };
+  t.match(written, { schema: 1, pid: process.pid, startTime: await processStartTime(process.pid) });
+  t.equal(written.tunnels.length, 1);
+  await registry.remove('000000f1');
+  t.notOk(existsSync(registry.entryPath), 'removed with its last tunnel');
+  t.same(readdirSync(dir), [], 'no temp file left behind');
+});
+
+t.test('unsafe directories are refused with exit code 78', async (t) => {
+  const base = scratchDir(t);
+  const real = join(base, 'real');
+  mkdirSync(real, { mode: 0o700 });
+  symlinkSync(real, join(base, 'link'));
+  const open = join(base, 'open');
+  mkdirSync(open);
+  chmodSync(open, 0o775);
+  for (const [dir, problem] of [
+    [join(base, 'link'), /is a symlink/],
+    [open, /group- or world-writable \(mode 775\)/],
+  ] as const) {
+    const refused = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } }).then(
+      () => undefined,
+      (error: { kind?: string; message: string }) => error,
+    );
+    t.equal(refused?.kind, 'unsafeRegistry', dir);
+    t.equal(failureKinds.unsafeRegistry.exitCode, 78);
+    t.match(refused?.message, problem);
+    t.match(refused?.message, /PAM_TUNNEL_REGISTRY/, 'the message names the fix');
+  }
+});
+
+t.test('forged, torn and oversized files never break entries() and ours are removed', async (t) => {
+  const dir = join(scratchDir(t), 'registry');
+  const registry = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } });
+  const live = await liveProcess(t);
+  const good = { schema: 1, pid: live.pid, startTime: live.startTime, hostname: 'h', tunnels: [record('000000a1', 3001)] };
+  writeFileSync(join(dir, `${live.pid}.json`), JSON.stringify(good));
+  const forged: Record<string, string> = {
+    'garbage': '{"schema":1, "pid": ',
+    'wrong schema': JSON.stringify({ ...good, schema: 2 }),
+    'pid not the file name': JSON.stringify({ ...good, pid: live.pid + 1 }),
+    'huge': JSON.stringify({ ...good, hostname: 'x'.repeat(70 * 1024) }),
+    'path traversal in pidFile': JSON.stringify({ ...good, tunnels: [record('000000a2', 3002, { pidFile: '../../etc/passwd' })] }),
+    'bad id': JSON.stringify({ ...good, tunnels: [record('../../x', 3003)] }),
+    'port out of range': JSON.stringify({ ...good, tunnels: [record('000000a3', 70000)] }),
+    'unknown mode': JSON.stringify({ ...good, tunnels: [record('000000a4', 3004, { mode: 'daemon' as never })] }),
+    'empty start time': JSON.stringify({ ...good, startTime: '' }),
+    'array': '[]',
+  };
+  const pids = new Map<string, number>();
+  for (const [label, text] of Object.entries(forged)) {
+    const pid = deadPid();
+    pids.set(label, pid);
+    writeFileSync(join(dir, `${pid}.json`), text.replace(`"pid":${live.pid}`, `"pid":${label === 'pid not the file name' ? live.pid + 1 : pid}`));
+  }
+  symlinkSync('/etc/passwd', join(dir, `${deadPid()}.json`));
+  writeFileSync(join(dir, 'notes.txt'), 'not an entry');
+  const entries = await registry.entries();
+  t.same(entries.map((entry) => entry.pid), [live.pid], 'only the well-formed live entry is listed');
+  t.same(readdirSync(dir).sort(), [`${live.pid}.json`, 'notes.txt'].sort(), 'forged and stale files of ours were removed; other names left alone');
+});
+
+t.test('two cleaners racing over the same stale files both succeed', async (t) => {
+  const dir = join(scratchDir(t), 'registry');
+  const [a, b] = await Promise.all([openFsRegistry({ env: {}, dir }), openFsRegistry({ env: {}, dir, pid: 1, startTime: 'x' })]);
+  for (let i = 0; i < 30; i += 1) {
+    const pid = deadPid();
+    writeFileSync(join(dir, `${pid}.json`), JSON.stringify({ schema: 1, pid, startTime: '1', hostname: 'h', tunnels: [record('000000b1', 4000 + i)] }));
+  }
+  const [first, second] = await Promise.all([a.entries(), b.entries()]);
+  t.same([first, second], [[], []]);
+  t.same(readdirSync(dir), []);
+});
+
+t.test('pid files: refuse a live registered owner (75), accept unregistered or dead pids, write and remove exactly', async (t) => {
+  const base = scratchDir(t);
+  const registry = await openFsRegistry({ env: {}, dir: join(base, 'registry') });
+  const owner = await liveProcess(t);
+  const ownerRegistry = await openFsRegistry({ env: {}, dir: registry.location, pid: owner.pid, startTime: owner.startTime });
+  await ownerRegistry.put(record('000000c1', 5001));
+  const pidFiles = createPidFiles({ registry });
+  const path = join(base, 'tunnel.pid');
+
+  writeFileSync(path, `${owner.pid}\n`);
+  const refused = await pidFiles.check(path).then(() => undefined, (error: { kind?: string; message: string }) => error);
+  t.equal(refused?.kind, 'portBusy');
+  t.equal(failureKinds.portBusy.exitCode, 75);
+  t.match(refused?.message, `names running tunnel process ${owner.pid}`);
+
+  writeFileSync(path, `${process.ppid}\n`);
+  await t.resolves(pidFiles.check(path), 'a live pid the registry does not vouch for is stale to us');
+  writeFileSync(path, `${deadPid()}\n`);
+  await t.resolves(pidFiles.check(path), 'a dead pid is stale');
+
+  await pidFiles.write(path, 4242);
+  t.equal(readFileSync(path, 'utf8'), '4242\n');
+  t.equal(statSync(path).mode & 0o777, 0o644);
+  await pidFiles.remove(path, 4343);
+  t.ok(existsSync(path), 'not removed when it names another pid');
+  await pidFiles.remove(path, 4242);
+  t.notOk(existsSync(path), 'removed when it still names ours');
+  const missingDir = await pidFiles.write(join(base, 'nope', 'x.pid'), 1).then(() => undefined, (error: { kind?: string; message: string }) => error);
+  t.equal(missingDir?.kind, 'usage');
+  t.match(missingDir?.message, /does not exist/);
+});
