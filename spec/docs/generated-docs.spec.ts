@@ -1,0 +1,20 @@
+// Docs derived from code must match the code: regenerate with `npm run docs` when this fails.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { generatedDocs } from '../../scripts/generated-docs.js';
+import { repoRoot } from '../support/processes.js';
+
+for (const [path, content] of Object.entries(generatedDocs())) {
+  t.test(`${path} is up to date`, async (t) => {
+    let committed = '';
+    try {
+      committed = readFileSync(join(repoRoot, path), 'utf8');
+    } catch {
+      // missing: fails below
+    }
+    t.ok(content.length > 0, 'the generator produced content');
+    t.equal(committed, content, `${path} is stale: run \`npm run docs\` and commit the result`);
+  });
+}
