@@ -37,7 +37,10 @@ export function createShellRunner(options: { stdio?: 'inherit' | 'ignore' } = {}
         exited,
         kill(signal) {
           if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
-          for (const pid of [...descendantsOf(child.pid), child.pid]) {
+          // The tree is read before anything dies (orphans are re-parented and would be lost), and the
+          // shell is signalled first: were `sleep` killed first, `sh -c 'sleep 30; echo'` could run on
+          // and exit 0 before its own signal arrived.
+          for (const pid of [child.pid, ...descendantsOf(child.pid)]) {
             try {
               process.kill(pid, signal);
             } catch {

@@ -11,9 +11,13 @@ export interface TunnelPrinter {
   stopped(id: string, outcome: Outcome): void;
 }
 
-export function createTunnelPrinter(context: PamContext, options: { json: boolean; runMode: boolean; pid: number }): TunnelPrinter {
+export function createTunnelPrinter(context: PamContext, options: { json: boolean; runMode: boolean; pid: number; target: string }): TunnelPrinter {
   const out = options.runMode ? context.stderr : context.stdout;
-  const line = (text: string) => out.write(`${text}\n`);
+  const spinner = context.interactive && !options.json ? startSpinner(context.stderr, `connecting to ${options.target}`) : () => undefined;
+  const line = (text: string) => {
+    spinner();
+    out.write(`${text}\n`);
+  };
   const json = (value: object) => line(JSON.stringify(value));
 
   return {
@@ -37,10 +41,12 @@ export function createTunnelPrinter(context: PamContext, options: { json: boolea
         );
       },
       problem(message: string) {
+        spinner();
         context.stderr.write(`pam: warning: ${message}\n`);
       },
     },
     stopped(id: string, outcome: Outcome) {
+      spinner();
       if (options.json) {
         json({ event: 'stopped', id, exitCode: outcome.exitCode, kind: outcome.kind, reason: outcome.reason });
         return;
@@ -49,5 +55,22 @@ export function createTunnelPrinter(context: PamContext, options: { json: boolea
       if (outcome.kind === 'command' && outcome.exitCode !== 0) return;
       context.stderr.write(outcome.exitCode === 0 || outcome.kind === 'command' ? `pam: tunnel ${id} ${outcome.reason}\n` : `pam: ${outcome.reason}\n`);
     },
+  };
+}
+
+/** A one-line spinner on a terminal while connecting; the returned function clears it (idempotent). */
+function startSpinner(stream: PamContext['stderr'], label: string): () => void {
+  const frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+  let frame = 0;
+  const draw = () => stream.write(`\r${frames[frame++ % frames.length]} ${label}…`);
+  draw();
+  const timer = setInterval(draw, 100);
+  timer.unref();
+  let active = true;
+  return () => {
+    if (!active) return;
+    active = false;
+    clearInterval(timer);
+    stream.write('\r\x1b[K');
   };
 }

@@ -75,7 +75,7 @@ export class TunnelStartCommand extends Command<PamContext> {
     const id = ownerId ?? randomBytes(4).toString('hex');
     // A background owner writes JSON lines to its log, so the launcher can read why it stopped.
     const json = this.json || ownerId !== undefined;
-    const printer = createTunnelPrinter(this.context, { json, runMode: this.run !== undefined, pid: process.pid });
+    const printer = createTunnelPrinter(this.context, { json, runMode: this.run !== undefined, pid: process.pid, target: this.target });
     const token = () => readToken(this.tokenFile, this.context.env, 'client');
     const notifier = createSystemdNotifier(this.context.env, printer.announce.problem);
     const announce = {
