@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { generatedDocs } from '../../scripts/generated-docs.js';
 import { repoRoot } from '../support/processes.js';
+import { failureKinds } from '../../machines/errors.js';
 
 for (const [path, content] of Object.entries(generatedDocs())) {
   t.test(`${path} is up to date`, async (t) => {
@@ -18,3 +19,8 @@ for (const [path, content] of Object.entries(generatedDocs())) {
     t.equal(committed, content, `${path} is stale: run \`npm run docs\` and commit the result`);
   });
 }
+
+t.test('the README exit-code table lists every code of the failure table', async (t) => {
+  const readme = readFileSync(join(repoRoot, 'README.md'), 'utf8');
+  for (const [kind, { exitCode }] of Object.entries(failureKinds)) t.match(readme, new RegExp(`^\\| ${exitCode} \\|`, 'm'), `${kind} (${exitCode})`);
+});

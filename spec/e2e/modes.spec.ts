@@ -202,6 +202,7 @@ t.test('usage errors exit 2 with one line naming the fix, before anything connec
     [['--timeout', 'soon'], /--timeout/],
     [['--port', '70000'], /--port/],
     [['-R', ''], /--run/],
+    [['--no-such-flag'], /Unsupported option name \("--no-such-flag"\)/],
   ];
   for (const [args, message] of cases) {
     const proc = pam(t, ['tunnel', 'start', 'echo', ...args], { env });
@@ -209,4 +210,6 @@ t.test('usage errors exit 2 with one line naming the fix, before anything connec
     t.match(proc.stderr, message, args.join(' '));
     t.notMatch(proc.stderr, /\n\s+at /, 'no stack trace');
   }
+  const missing = pam(t, ['tunnel', 'start'], { env });
+  t.equal(await missing.exited, 2, 'a missing target is a usage error too (clipanion would say 1)');
 });
