@@ -183,3 +183,20 @@ t.test('pid files: refuse a live registered owner (75), accept unregistered or d
   t.equal(missingDir?.kind, 'usage');
   t.match(missingDir?.message, /does not exist/);
 });
+
+t.test('an unsafe shared directory falls back to keeper-tunnel-sessions-<uid>', async (t) => {
+  const tmp = scratchDir(t);
+  const elsewhere = join(tmp, 'elsewhere');
+  mkdirSync(elsewhere, { mode: 0o700 });
+  symlinkSync(elsewhere, join(tmp, 'keeper-tunnel-sessions'));
+  const previous = process.env.TMPDIR;
+  process.env.TMPDIR = tmp; // os.tmpdir() follows TMPDIR
+  t.teardown(() => {
+    if (previous === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = previous;
+  });
+  const registry = await openFsRegistry({ env: {} });
+  t.equal(registry.location, join(tmp, `keeper-tunnel-sessions-${process.geteuid!()}`));
+  t.equal(statSync(registry.location).mode & 0o777, 0o700);
+  t.same(readdirSync(elsewhere), [], 'nothing was written through the symlink');
+});

@@ -183,3 +183,26 @@ t.test('20 owners starting at once: every entry parseable at every moment, 20 di
   t.same(await Promise.all(tunnels.map((tunnel) => tunnel.exited)), Array(20).fill(0), 'all stop with 0');
   t.same(entries(), [], 'and leave nothing behind');
 });
+
+t.test('stop waits, reports a tunnel that will not go (1), and --force kills it and cleans up', async (t) => {
+  const { env, entries, dir } = await setup(t);
+  const pidFile = join(dir, 'stuck.pid');
+  const launcher = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json', '--pid-file', pidFile], { env });
+  t.equal(await launcher.exited, 0, launcher.stderr);
+  const stuck = JSON.parse(launcher.stdout) as { id: string; pid: number; port: number };
+  t.teardown(() => {
+    if (isAlive(stuck.pid)) process.kill(stuck.pid, 'SIGKILL');
+  });
+  process.kill(stuck.pid, 'SIGSTOP'); // a hung owner: SIGTERM stays pending
+  const patient = pam(t, ['tunnel', 'stop', stuck.id, '--wait', '1'], { env });
+  t.equal(await patient.exited, 1, 'still running after --wait → 1');
+  t.match(patient.stderr, new RegExp(`could not stop tunnel ${stuck.id}`));
+  t.ok(isAlive(stuck.pid), 'not killed without --force');
+  const forced = pam(t, ['tunnel', 'stop', stuck.id, '--wait', '1', '--force', '--json'], { env });
+  t.equal(await forced.exited, 0, forced.stderr);
+  t.match(JSON.parse(forced.stdout), [{ id: stuck.id, stopped: true, forced: true }]);
+  await until(() => !isAlive(stuck.pid), 5_000, 'owner killed');
+  t.same(entries(), [], 'its registry entry is gone');
+  t.notOk(existsSync(pidFile), 'its pid file is gone');
+  t.notOk(await portIsOpen(stuck.port), 'its port is closed');
+});
