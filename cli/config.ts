@@ -1,14 +1,72 @@
-// Where the gateway URL and token come from: flags > environment. The token is never taken from argv
-// (other users can read argv in `ps`): only from PAM_GATEWAY_TOKEN or a --token-file.
+// Where settings come from: flags > environment > config file > defaults. The token is never taken
+// from argv (other users can read argv in `ps`): only from PAM_GATEWAY_TOKEN or a token file.
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { isAbsolute, join } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
 
-export function gatewayUrl(flag: string | undefined, env: NodeJS.ProcessEnv): string | undefined {
-  return flag ?? env.PAM_GATEWAY_URL;
+/** `$XDG_CONFIG_HOME/pam/config.json` (default `~/.config/pam/config.json`). */
+export interface ConfigFile {
+  readonly path?: string;
+  readonly gateway?: string;
+  readonly tokenFile?: string;
+  /** Default --timeout, in seconds. */
+  readonly timeout?: number;
 }
 
-export function readToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv, who: 'client' | 'gateway'): string {
+const configKeys: Record<string, (value: unknown) => boolean> = {
+  gateway: (value) => typeof value === 'string' && /^https?:\/\//.test(value),
+  tokenFile: (value) => typeof value === 'string' && isAbsolute(value),
+  timeout: (value) => typeof value === 'number' && value > 0 && value <= 86_400,
+};
+const keyHints: Record<string, string> = {
+  gateway: 'an http(s) URL string',
+  tokenFile: 'an absolute path string',
+  timeout: 'a number of seconds, 0 < timeout ≤ 86400',
+};
+
+export function configPath(env: NodeJS.ProcessEnv): string {
+  return join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config'), 'pam', 'config.json');
+}
+
+/** The config file if there is one; a bad one is a usage error naming the file and the key. */
+export function readConfigFile(env: NodeJS.ProcessEnv): ConfigFile {
+  const path = configPath(env);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return {};
+  }
+  if (process.platform !== 'win32') {
+    const mode = statSync(path).mode & 0o777;
+    if ((mode & 0o077) !== 0) {
+      throw new TunnelError('usage', `config file ${path} is readable or writable by others (mode ${mode.toString(8)}): run chmod 600 ${path}`);
+    }
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new TunnelError('usage', `config file ${path} is not valid JSON (${(error as Error).message})`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new TunnelError('usage', `config file ${path} must hold a JSON object`);
+  for (const [key, entry] of Object.entries(value)) {
+    const valid = configKeys[key];
+    if (!valid) throw new TunnelError('usage', `config file ${path}: unknown key '${key}' (known: ${Object.keys(configKeys).join(', ')})`);
+    if (!valid(entry)) throw new TunnelError('usage', `config file ${path}: '${key}' must be ${keyHints[key]}`);
+  }
+  return { path, ...(value as Omit<ConfigFile, 'path'>) };
+}
+
+export function gatewayUrl(flag: string | undefined, env: NodeJS.ProcessEnv, file: ConfigFile = {}): string | undefined {
+  return flag ?? env.PAM_GATEWAY_URL ?? file.gateway;
+}
+
+/** --token-file, then PAM_GATEWAY_TOKEN, then the config file's tokenFile. */
+export function readToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv, who: 'client' | 'gateway', file: ConfigFile = {}): string {
+  if (tokenFile === undefined && !env.PAM_GATEWAY_TOKEN?.trim() && file.tokenFile) tokenFile = file.tokenFile;
   if (tokenFile !== undefined) {
     let text: string;
     try {

@@ -8,7 +8,7 @@ import { provideLauncher } from '../../machines/launcher.actors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
 import type { StartFlags } from '../../machines/start-flags.js';
 import type { PamContext } from '../context.js';
-import { gatewayUrl, readToken } from '../config.js';
+import { gatewayUrl, readConfigFile, readToken } from '../config.js';
 import { createTunnelPrinter } from '../tunnel-output.js';
 import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
 import { createSystemdNotifier } from '../../adapters/sd-notify.js';
@@ -28,8 +28,9 @@ export class TunnelStartCommand extends Command<PamContext> {
       returns only once the port is usable (printing id, pid and port); \`--run\` brings the tunnel up, runs the command through the shell with
       PAM_TUNNEL_HOST/PAM_TUNNEL_PORT/PAM_TUNNEL_ID set, tears down and exits with its code.
 
-      The gateway comes from --gateway or PAM_GATEWAY_URL; the token from PAM_GATEWAY_TOKEN or
-      --token-file (never from the command line). Exit codes: 0 ok, 2 usage, 68 unknown target,
+      The gateway comes from --gateway, PAM_GATEWAY_URL or the config file; the token from
+      --token-file, PAM_GATEWAY_TOKEN or the config file's tokenFile (never from the command line).
+      Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout. Exit codes: 0 ok, 2 usage, 68 unknown target,
       69 gateway unreachable or tunnel lost, 70 internal, 75 local port busy, 77 token refused,
       124 connect timeout, 128+N killed by signal N; with --run, the command's code.
     `,
@@ -54,16 +55,17 @@ export class TunnelStartCommand extends Command<PamContext> {
   debug = Option.Boolean('--debug', false, { description: 'print stack traces for errors' });
 
   async execute(): Promise<number> {
+    const file = readConfigFile(this.context.env);
     const flags: StartFlags = {
       target: this.target,
       ...defined({
-        gateway: gatewayUrl(this.gateway, this.context.env),
+        gateway: gatewayUrl(this.gateway, this.context.env, file),
         host: this.host,
         port: this.port,
         foreground: this.foreground,
         background: this.background,
         run: this.run,
-        timeout: this.timeout,
+        timeout: this.timeout ?? (file.timeout !== undefined ? String(file.timeout) : undefined),
         // Relative to where the user ran pam, recorded absolute (the registry and `stop` run elsewhere).
         pidFile: this.pidFile === undefined || this.pidFile.trim() === '' ? this.pidFile : resolvePath(this.pidFile),
         inShell: this.context.inShell,
@@ -76,7 +78,7 @@ export class TunnelStartCommand extends Command<PamContext> {
     // A background owner writes JSON lines to its log, so the launcher can read why it stopped.
     const json = this.json || ownerId !== undefined;
     const printer = createTunnelPrinter(this.context, { json, runMode: this.run !== undefined, pid: process.pid, target: this.target });
-    const token = () => readToken(this.tokenFile, this.context.env, 'client');
+    const token = () => readToken(this.tokenFile, this.context.env, 'client', file);
     const notifier = createSystemdNotifier(this.context.env, printer.announce.problem);
     const announce = {
       ...printer.announce,
