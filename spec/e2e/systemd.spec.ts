@@ -6,7 +6,7 @@ import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { skipBecause } from '../support/tap.js';
-import { echoServer, pam, pamBin, portIsOpen, repoRoot, scratchDir, spawnProc, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
+import { echoServer, freePort, pam, pamBin, portIsOpen, repoRoot, scratchDir, spawnProc, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
 
 const has = (command: string, args: string[] = ['--version']) => spawnSync(command, args, { stdio: 'ignore' }).status === 0;
 
@@ -59,4 +59,34 @@ t.test('the unit files in docs/systemd pass systemd-analyze verify', async (t) =
     t.same(complaints, [], `${unit}: no complaints`);
     t.equal(result.status, 0, `${unit}: verify exits 0`);
   }
+});
+
+t.test("Type=forking: the unit's own ExecStart returns with the port up and PIDFile= naming the owner", async (t) => {
+  const unit = readFileSync(join(repoRoot, 'docs/systemd/pam-tunnel-forking.service'), 'utf8');
+  const execStart = /^ExecStart=(.*)$/m.exec(unit)![1]!;
+  const pidFileSetting = /^PIDFile=(.*)$/m.exec(unit)![1]!;
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, 'forking-token', { web: echo.port });
+  const env = tunnelEnv(dir, 'forking-token', gateway.url);
+  const port = await freePort();
+  // What systemd would substitute: the credential directory, the runtime directory; plus this checkout's pam.
+  writeFileSync(join(dir, 'token'), 'forking-token\n', { mode: 0o600 });
+  const substitute = (text: string) =>
+    text.replaceAll('/usr/local/bin/pam', `"${process.execPath}" "${pamBin}"`).replaceAll('${CREDENTIALS_DIRECTORY}', dir).replaceAll('/run/pam-tunnel-web', dir).replaceAll('18080', String(port));
+  const start = spawnProc(t, 'sh', ['-c', substitute(execStart)], { env: { ...env, PAM_GATEWAY_TOKEN: '' } });
+  t.equal(await start.exited, 0, start.stderr);
+  const pidFile = substitute(pidFileSetting);
+  const pid = Number(readFileSync(pidFile, 'utf8'));
+  t.teardown(() => {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  });
+  t.ok(await portIsOpen(port), 'the port answers when ExecStart returns');
+  process.kill(pid, 'SIGTERM'); // systemctl stop
+  await until(() => !existsSync(pidFile), 5_000, 'pid file removal');
+  t.notOk(await portIsOpen(port), 'port closed after SIGTERM');
 });
