@@ -12,6 +12,8 @@ import { gatewayUrl, readConfigFile, readToken } from '../config.js';
 import { createTunnelPrinter } from '../tunnel-output.js';
 import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
 import { createSystemdNotifier } from '../../adapters/sd-notify.js';
+import { journalRetention, openJournal } from '../../adapters/fs-journal.js';
+import { processStartTime } from '../../adapters/process-identity.js';
 
 export class TunnelStartCommand extends Command<PamContext> {
   static override paths = [['tunnel', 'start']];
@@ -89,9 +91,14 @@ export class TunnelStartCommand extends Command<PamContext> {
     };
     const ports = await createTunnelPorts({ token, env: this.context.env, announce });
 
-    const actor = createActor(provideTunnel(ports), {
-      input: { id, flags, startedAt: new Date().toISOString(), interactive: this.context.interactive },
+    const input = { id, flags, startedAt: new Date().toISOString(), interactive: this.context.interactive };
+    const journal = openJournal({
+      registryDir: ports.registry.location,
+      meta: { id, pid: process.pid, startTime: (await processStartTime(process.pid)) ?? 'unknown', input },
+      ...journalRetention(this.context.env),
+      warn: printer.announce.problem,
     });
+    const actor = createActor(provideTunnel(ports), { input, inspect: journal.inspect });
     const finished = toPromise(actor);
     actor.start();
     actor.send({ type: 'tunnel.start' });

@@ -2,8 +2,11 @@
 
 import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
+import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
+import { TunnelMachineCommand } from './TunnelMachineCommand.js';
+import { TunnelReplayCommand } from './TunnelReplayCommand.js';
 import { TunnelStartCommand } from './TunnelStartCommand.js';
 import { TunnelStopCommand } from './TunnelStopCommand.js';
 
-export const commandClasses = [TunnelStartCommand, TunnelListCommand, TunnelStopCommand, GatewayCommand, CompletionCommand];
+export const commandClasses = [TunnelStartCommand, TunnelListCommand, TunnelStopCommand, TunnelHistoryCommand, TunnelReplayCommand, TunnelMachineCommand, GatewayCommand, CompletionCommand];

@@ -1,0 +1,50 @@
+// `pam tunnel replay <id>`: feed a journal's events through the pure machine (inert actors, no
+// network, no files) and check that it takes the recorded path: an explanation you can re-run.
+
+import { Command, Option } from 'clipanion';
+import { TunnelError } from '../../machines/errors.js';
+import { replay } from '../../machines/journal.js';
+import type { PamContext } from '../context.js';
+import { openFsRegistry } from '../../adapters/fs-registry.js';
+import { readJournals } from '../../adapters/fs-journal.js';
+
+export class TunnelReplayCommand extends Command<PamContext> {
+  static override paths = [['tunnel', 'replay']];
+
+  static override usage = Command.Usage({
+    category: 'Tunnels',
+    description: "replay a tunnel's journal through the state machine and compare the paths",
+    details: `
+      Prints the state path the machine takes for the recorded events. Exits 0 when it is the recorded
+      path (and ending), 1 when it differs (the journal was made by a different version of the machine,
+      or was edited).
+    `,
+    examples: [
+      ['Replay a tunnel', '$0 tunnel replay 3f2a9c1e'],
+      ['Replay, machine-readable', '$0 tunnel replay 3f2a --json'],
+    ],
+  });
+
+  id = Option.String({ name: 'id' });
+  json = Option.Boolean('--json', false, { description: 'print JSON' });
+
+  async execute(): Promise<number> {
+    const registry = await openFsRegistry({ env: this.context.env });
+    const matches = readJournals(registry.location).filter((journal) => journal.id.startsWith(this.id));
+    if (matches.length === 0) throw new TunnelError('generic', `no journal matches '${this.id}': see \`pam tunnel history\``);
+    if (matches.length > 1) throw new TunnelError('usage', `'${this.id}' matches ${matches.length} journals: ${matches.map((match) => match.id).join(', ')}`);
+    const result = replay(matches[0]!.entries);
+    if (this.json) {
+      this.context.stdout.write(`${JSON.stringify({ id: matches[0]!.id, ...result }, null, 2)}\n`);
+    } else {
+      this.context.stdout.write(`${result.replayed.join('\n')}\n`);
+      if (result.output) this.context.stdout.write(`→ exit ${result.output.exitCode}: ${result.output.reason}\n`);
+      this.context.stderr.write(
+        result.matches
+          ? `pam: replay matches the recorded path (${result.recorded.length} states)\n`
+          : `pam: replay differs from the recording at entry ${result.divergedAt ?? result.replayed.length}: recorded ${result.recorded[result.divergedAt ?? 0]}, replayed ${result.replayed[result.divergedAt ?? 0]}\n`,
+      );
+    }
+    return result.matches ? 0 : 1;
+  }
+}

@@ -1,0 +1,152 @@
+// The tunnel's journal, pure: what each received event looks like on disk (a redacted projection:
+// no tokens, no SDP, no live handles), and how a lifecycle is replayed through the machine with inert
+// actors to check that the recorded state path is the one the machine produces.
+
+import { createActor, fromCallback, fromPromise, SimulatedClock, type AnyEventObject, type StateValue } from 'xstate';
+import type { Outcome } from './errors.js';
+import { tunnelMachine, type TunnelInput } from './tunnel.machine.js';
+
+export interface JournalEvent {
+  readonly type: string;
+  readonly signal?: string;
+  /** Where a stop came from (e.g. `pam tunnel stop`), when known. */
+  readonly origin?: string;
+  readonly reason?: string;
+  readonly exit?: { readonly exitCode: number; readonly signal?: string };
+  /** The local listener's address (the only actor output worth keeping). */
+  readonly output?: { readonly host: string; readonly port: number };
+  readonly error?: { readonly kind?: string; readonly message: string };
+}
+
+export interface JournalMeta {
+  readonly id: string;
+  readonly pid: number;
+  /** The owner's process start time, to tell later whether it died without stopping. */
+  readonly startTime: string;
+  readonly input: TunnelInput;
+}
+
+export interface JournalEntry {
+  readonly seq: number;
+  /** ISO-8601 */
+  readonly at: string;
+  readonly event: JournalEvent;
+  readonly state: string;
+  readonly output?: Outcome;
+  /** Only on the first entry. */
+  readonly meta?: JournalMeta;
+}
+
+/** `{ ready: 'serving' }` → `ready.serving`. */
+export function stateName(value: StateValue): string {
+  if (typeof value === 'string') return value;
+  return Object.entries(value)
+    .map(([key, child]) => (child && (typeof child === 'string' || Object.keys(child).length > 0) ? `${key}.${stateName(child as StateValue)}` : key))
+    .join(',');
+}
+
+/** The safe, replayable projection of an event the tunnel actor received. */
+export function journalEvent(event: AnyEventObject): JournalEvent {
+  const projection: { -readonly [K in keyof JournalEvent]: JournalEvent[K] } = { type: event.type };
+  if (typeof event.signal === 'string') projection.signal = event.signal;
+  if (typeof event.origin === 'string') projection.origin = event.origin;
+  if (typeof event.reason === 'string') projection.reason = event.reason;
+  if (event.type === 'command.exited' && typeof event.exit?.exitCode === 'number') {
+    projection.exit = { exitCode: event.exit.exitCode, ...(typeof event.exit.signal === 'string' ? { signal: event.exit.signal } : {}) };
+  }
+  if (event.type.startsWith('xstate.done.actor.') && typeof event.output?.port === 'number') {
+    projection.output = { host: String(event.output.host), port: event.output.port };
+  }
+  if (event.type.startsWith('xstate.error.actor.')) {
+    const error = event.error as { kind?: unknown; message?: unknown } | undefined;
+    projection.error = {
+      ...(typeof error?.kind === 'string' ? { kind: error.kind } : {}),
+      message: typeof error?.message === 'string' ? error.message : String(error),
+    };
+  }
+  return projection;
+}
+
+/** Undo the projection: the event to feed the machine on replay. */
+function replayEvent(event: JournalEvent): AnyEventObject {
+  const { type, ...fields } = event;
+  if (type.startsWith('xstate.done.actor.')) {
+    const listener = event.output ? { ...event.output, accept() {}, close: async () => undefined } : {};
+    return { type, output: listener };
+  }
+  if (type.startsWith('xstate.error.actor.')) {
+    const error = Object.assign(new Error(event.error?.message ?? 'unknown'), event.error?.kind ? { name: 'TunnelError', kind: event.error.kind } : {});
+    return { type, error };
+  }
+  return { type, ...fields };
+}
+
+// Typed loosely on purpose: one inert implementation stands in for actors of every output type.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+const never = () => new Promise<any>(() => undefined);
+
+/** The machine with every side effect inert: events drive it, nothing is done. */
+export const inertTunnelMachine = tunnelMachine.provide({
+  actors: {
+    claimLocal: fromPromise(never),
+    negotiate: fromPromise(never),
+    establish: fromPromise(never),
+    publish: fromPromise(never),
+    teardown: fromPromise(never),
+    serveConnections: fromCallback(() => undefined),
+    runCommand: fromCallback(() => undefined),
+    watchSignals: fromCallback(() => undefined),
+  },
+  actions: { reportState: () => undefined, announceReady: () => undefined, announceSkipped: () => undefined },
+});
+
+export interface ReplayResult {
+  readonly matches: boolean;
+  readonly recorded: readonly string[];
+  readonly replayed: readonly string[];
+  /** Index of the first entry whose replayed state differs. */
+  readonly divergedAt?: number;
+  readonly output?: Outcome;
+}
+
+export function replay(entries: readonly JournalEntry[]): ReplayResult {
+  const meta = entries[0]?.meta;
+  if (!meta) throw new Error('the journal has no first entry with the tunnel input: cannot replay');
+  const actor = createActor(inertTunnelMachine, { input: meta.input, clock: new SimulatedClock() });
+  actor.start();
+  const replayed = [stateName(actor.getSnapshot().value)];
+  for (const entry of entries.slice(1)) {
+    if (actor.getSnapshot().status !== 'active') break;
+    actor.send(replayEvent(entry.event) as Parameters<typeof actor.send>[0]);
+    replayed.push(stateName(actor.getSnapshot().value));
+  }
+  const snapshot = actor.getSnapshot();
+  actor.stop();
+  const recorded = entries.map((entry) => entry.state);
+  const divergedAt = recorded.findIndex((state, index) => replayed[index] !== state);
+  const output = snapshot.status === 'done' ? (snapshot.output as Outcome) : undefined;
+  const recordedOutput = entries.at(-1)?.output;
+  const outputMatches = !recordedOutput || (output?.exitCode === recordedOutput.exitCode && output?.reason === recordedOutput.reason);
+  return {
+    matches: divergedAt < 0 && replayed.length === recorded.length && outputMatches,
+    recorded,
+    replayed,
+    ...(divergedAt >= 0 ? { divergedAt } : {}),
+    ...(output ? { output } : {}),
+  };
+}
+
+/** Parse journal text: one entry a line; a torn or foreign line (a crash mid-append) is skipped. */
+export function parseJournal(text: string): JournalEntry[] {
+  const entries: JournalEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const entry = JSON.parse(line) as JournalEntry;
+      if (typeof entry.seq === 'number' && typeof entry.state === 'string' && typeof entry.event?.type === 'string') entries.push(entry);
+    } catch {
+      // torn last line
+    }
+  }
+  return entries;
+}
