@@ -14,6 +14,7 @@ import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-r
 import { createSystemdNotifier } from '../../adapters/sd-notify.js';
 import { journalRetention, openJournal } from '../../adapters/fs-journal.js';
 import { processStartTime } from '../../adapters/process-identity.js';
+import { attachInspector, defaultInspectUrl, inspectUrl } from '../inspector.js';
 
 export class TunnelStartCommand extends Command<PamContext> {
   static override paths = [['tunnel', 'start']];
@@ -40,6 +41,7 @@ export class TunnelStartCommand extends Command<PamContext> {
       ['Keep a tunnel to `db` on port 15432 until Ctrl+C', '$0 tunnel start db --port 15432'],
       ['Run one command through a tunnel and exit with its code', '$0 tunnel start db --run \'psql -h "$PAM_TUNNEL_HOST" -p "$PAM_TUNNEL_PORT" -c "select 1"\''],
       ['Machine-readable ready line for a supervisor', '$0 tunnel start web --foreground --json --pid-file /run/pam-web.pid'],
+      ['Watch the tunnel live in the Stately inspector (see docs/inspect.md)', '$0 tunnel start web --inspect=ws://127.0.0.1:8080'],
     ],
   });
 
@@ -55,6 +57,7 @@ export class TunnelStartCommand extends Command<PamContext> {
   pidFile = Option.String('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
   debug = Option.Boolean('--debug', false, { description: 'print stack traces for errors' });
+  inspect = Option.String('--inspect', { tolerateBoolean: true, description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)` });
 
   async execute(): Promise<number> {
     const file = readConfigFile(this.context.env);
@@ -98,11 +101,20 @@ export class TunnelStartCommand extends Command<PamContext> {
       ...journalRetention(this.context.env),
       warn: printer.announce.problem,
     });
-    const actor = createActor(provideTunnel(ports), { input, inspect: journal.inspect });
+    const url = inspectUrl(this.inspect, this.context.env);
+    const inspector = url ? await attachInspector(url, (line) => this.context.stderr.write(`pam: ${line}\n`)) : undefined;
+    const actor = createActor(provideTunnel(ports), {
+      input,
+      inspect: (event) => {
+        journal.inspect(event);
+        inspector?.inspect(event);
+      },
+    });
     const finished = toPromise(actor);
     actor.start();
     actor.send({ type: 'tunnel.start' });
     const outcome = await finished;
+    inspector?.stop();
     printer.stopped(id, outcome);
     return outcome.exitCode;
   }
