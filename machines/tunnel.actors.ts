@@ -75,7 +75,9 @@ export function provideTunnel(ports: TunnelPorts) {
         if (!record) return;
         ports.registry.put(record).catch((error: unknown) => ports.announce.problem(`registry update failed: ${String(error)}`));
       },
-      announceReady: ({ context }) => ports.announce.ready(context),
+      // After the macrostep: the journal (written when the snapshot is emitted) then already says
+      // `ready` by the time anyone can see the ready line and act on it (e.g. kill -9 the owner).
+      announceReady: ({ context }) => queueMicrotask(() => ports.announce.ready(context)),
       announceSkipped: ({ context }) => {
         if (context.settings?.skipped) ports.announce.skipped(context);
       },
