@@ -8,6 +8,9 @@ import type { ListenerFactory, LocalListener } from '../machines/ports.js';
 const isLoopback = (address: string | undefined) =>
   address !== undefined && (address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.'));
 
+/** Connections that may wait for the link (before it is up, or while it reconnects); more are refused. */
+const maxWaiting = 128;
+
 class TcpListener implements LocalListener<Socket> {
   private handler: ((socket: Socket) => void) | undefined;
   private readonly queued: Socket[] = [];
@@ -28,16 +31,21 @@ class TcpListener implements LocalListener<Socket> {
       socket.once('close', () => this.open.delete(socket));
       socket.on('error', () => undefined);
       if (this.handler) this.handler(socket);
+      else if (this.queued.length >= maxWaiting) socket.destroy();
       else {
         socket.pause();
         this.queued.push(socket);
+        socket.once('close', () => {
+          const index = this.queued.indexOf(socket);
+          if (index >= 0) this.queued.splice(index, 1); // gave up waiting
+        });
       }
     });
   }
 
-  accept(onConnection: (socket: Socket) => void): void {
+  accept(onConnection: ((socket: Socket) => void) | undefined): void {
     this.handler = onConnection;
-    for (const socket of this.queued.splice(0)) onConnection(socket);
+    if (onConnection) for (const socket of this.queued.splice(0)) onConnection(socket);
   }
 
   async close(): Promise<void> {

@@ -98,3 +98,13 @@ export function iceHosts(env: NodeJS.ProcessEnv): string[] {
     .map((host) => host.trim())
     .filter(Boolean);
 }
+
+/**
+ * Keepalive from `PAM_KEEPALIVE_TIMEOUT` (seconds, default 15): a peer silent that long is dead and the
+ * tunnel reconnects; pings go out every third of it.
+ */
+export function keepalive(env: NodeJS.ProcessEnv): { keepaliveDeadMs: number; keepaliveIntervalMs: number } {
+  const seconds = Number(env.PAM_KEEPALIVE_TIMEOUT);
+  const deadMs = Number.isFinite(seconds) && seconds >= 1 && seconds <= 3600 ? seconds * 1000 : 15_000;
+  return { keepaliveDeadMs: deadMs, keepaliveIntervalMs: Math.max(250, Math.round(deadMs / 3)) };
+}

@@ -10,7 +10,7 @@ import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
 import type { BackgroundOwners, Signals } from '../machines/ports.js';
-import { iceHosts } from './config.js';
+import { iceHosts, keepalive } from './config.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
@@ -20,7 +20,7 @@ export interface TransportOptions {
 
 export function lazyWeriftTransport(options: TransportOptions): Transport {
   let loaded: Promise<Transport> | undefined;
-  const load = () => (loaded ??= import('../adapters/werift-transport.js').then((module) => module.createWeriftTransport({ token: options.token(), ice: { hosts: iceHosts(options.env) } })));
+  const load = () => (loaded ??= import('../adapters/werift-transport.js').then((module) => module.createWeriftTransport({ token: options.token(), ice: { hosts: iceHosts(options.env) }, mux: keepalive(options.env) })));
   return {
     async negotiate(request: NegotiateRequest): Promise<Negotiation> {
       return (await load()).negotiate(request);

@@ -91,13 +91,14 @@ export const inertTunnelMachine = tunnelMachine.provide({
     claimLocal: fromPromise(never),
     negotiate: fromPromise(never),
     establish: fromPromise(never),
+    reconnect: fromPromise(never),
     publish: fromPromise(never),
     teardown: fromPromise(never),
     serveConnections: fromCallback(() => undefined),
     runCommand: fromCallback(() => undefined),
     watchSignals: fromCallback(() => undefined),
   },
-  actions: { reportState: () => undefined, announceReady: () => undefined, announceSkipped: () => undefined },
+  actions: { reportState: () => undefined, announceReady: () => undefined, announceSkipped: () => undefined, announceLink: () => undefined },
 });
 
 export interface ReplayResult {

@@ -12,8 +12,12 @@ export type RegistryState = 'connecting' | 'ready' | 'reconnecting' | 'stopping'
 export interface LocalListener<Connection = unknown> {
   readonly host: string;
   readonly port: number;
-  /** Start handing accepted connections to `onConnection` (before this, none are accepted). */
-  accept(onConnection: (connection: Connection) => void): void;
+  /**
+   * Start handing accepted connections to `onConnection`. Before the first call, and after
+   * `accept(undefined)` (the link is being re-established), connections wait in a bounded queue;
+   * beyond it they are refused.
+   */
+  accept(onConnection: ((connection: Connection) => void) | undefined): void;
   close(): Promise<void>;
 }
 

@@ -15,6 +15,8 @@ export interface StartFlags {
   readonly run?: string;
   readonly timeout?: string;
   readonly pidFile?: string;
+  /** How many times to try re-establishing a lost link (default 5; 0 = give up at once). */
+  readonly reconnectAttempts?: string;
   /** Running inside `pam shell`: -fg/-bg are skipped (tunnels persist for the session). */
   readonly inShell?: boolean;
 }
@@ -27,12 +29,14 @@ export interface StartSettings {
   readonly mode: TunnelMode;
   readonly command?: string;
   readonly timeoutMs: number;
+  readonly reconnectAttempts: number;
   readonly pidFile?: string;
   /** A flag the shell skipped, to tell the user about ('--background'), if any. */
   readonly skipped?: '--foreground' | '--background';
 }
 
 export const defaultTimeoutSeconds = 30;
+export const defaultReconnectAttempts = 5;
 export const defaultHost = '127.0.0.1';
 const targetPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
@@ -73,6 +77,11 @@ export function parseStartFlags(flags: StartFlags): StartParse {
 
   if (flags.pidFile !== undefined && flags.pidFile.trim() === '') return usage('--pid-file needs a path');
 
+  const reconnectAttempts = flags.reconnectAttempts === undefined ? defaultReconnectAttempts : parseInteger(flags.reconnectAttempts);
+  if (reconnectAttempts === undefined || reconnectAttempts > 100) {
+    return usage(`--reconnect-attempts '${flags.reconnectAttempts}' must be a whole number from 0 (never reconnect) to 100`);
+  }
+
   let mode: TunnelMode = flags.run !== undefined ? 'run' : flags.background ? 'background' : 'foreground';
   let skipped: StartSettings['skipped'];
   if (flags.inShell && mode !== 'run') {
@@ -90,6 +99,7 @@ export function parseStartFlags(flags: StartFlags): StartParse {
       port,
       mode,
       timeoutMs,
+      reconnectAttempts,
       ...(flags.run !== undefined ? { command: flags.run } : {}),
       ...(flags.pidFile !== undefined ? { pidFile: flags.pidFile } : {}),
       ...(skipped ? { skipped } : {}),

@@ -11,6 +11,7 @@ import {
   type ClaimInput,
   type NegotiateInput,
   type PublishInput,
+  type ReconnectInput,
   type RunInput,
   type ServeInput,
   type TeardownInput,
@@ -51,8 +52,26 @@ export function provideTunnel(ports: TunnelPorts) {
         await ports.registry.put(input.record);
       }),
       serveConnections: fromCallback<TunnelEvent, ServeInput>(({ input, sendBack }) => {
-        input.link.onLost((reason) => sendBack({ type: 'link.lost', reason }));
+        let serving = true;
+        input.link.onLost((reason) => {
+          if (serving) sendBack({ type: 'link.lost', reason });
+        });
         input.listener.accept((connection) => input.link.carry(connection));
+        // Leaving `linked` (reconnecting, stopping): new connections wait for the next link.
+        return () => {
+          serving = false;
+          input.listener.accept(undefined);
+        };
+      }),
+      reconnect: fromPromise<Link, ReconnectInput>(async ({ input, signal }) => {
+        await input.lost?.close().catch(() => undefined);
+        const negotiation = await ports.transport.negotiate({ gateway: input.gateway, target: input.target, signal });
+        try {
+          return await ports.transport.establish(negotiation, signal);
+        } catch (error) {
+          await negotiation.close().catch(() => undefined);
+          throw error;
+        }
       }),
       runCommand: fromCallback<CommandControlEvent, RunInput>(({ input, sendBack, receive }) => {
         const running = ports.runner.run(input.command, input.env);
@@ -78,6 +97,7 @@ export function provideTunnel(ports: TunnelPorts) {
       // After the macrostep: the journal (written when the snapshot is emitted) then already says
       // `ready` by the time anyone can see the ready line and act on it (e.g. kill -9 the owner).
       announceReady: ({ context }) => queueMicrotask(() => ports.announce.ready(context)),
+      announceLink: (_, params) => ports.announce.problem(params.message),
       announceSkipped: ({ context }) => {
         if (context.settings?.skipped) ports.announce.skipped(context);
       },

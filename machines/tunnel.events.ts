@@ -8,8 +8,10 @@ export type TunnelEvent =
   | { type: 'tunnel.start' }
   /** A stop request: a process signal, or `pam tunnel stop` through the control channel. */
   | { type: 'tunnel.stop'; signal: StopSignal; origin?: string }
-  /** The link to the gateway died for good (peer gone, keepalive expired). */
+  /** The link to the gateway died (peer gone, keepalive expired); the machine may reconnect. */
   | { type: 'link.lost'; reason: string }
+  /** Raised by the machine itself once the link is lost for good (reconnects exhausted or disabled). */
+  | { type: 'link.gone' }
   /** The wrapped --run command ended. */
   | { type: 'command.exited'; exit: CommandExit };
 

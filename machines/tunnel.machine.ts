@@ -1,7 +1,7 @@
 // The lifecycle of one tunnel: idle → connecting → ready (→ runningCommand) → stopping → stopped.
 // Pure XState: every side effect is a named actor or action whose default throws until provided.
 
-import { assign, fromCallback, fromPromise, sendTo, setup } from 'xstate';
+import { assign, fromCallback, fromPromise, raise, sendTo, setup } from 'xstate';
 import { failure, failureOf, signalExitCode, type Outcome, type StopSignal } from './errors.js';
 import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, TunnelMode, TunnelRecord } from './ports.js';
 import { parseStartFlags, type StartFlags, type StartSettings } from './start-flags.js';
@@ -32,6 +32,12 @@ export interface TunnelContext {
   readonly exit?: Outcome;
   /** Exit code of the wrapped command, once it has exited. */
   readonly commandExit?: CommandExit;
+  /** Successful reconnects so far (shown by `list`). */
+  readonly reconnects?: number;
+  /** Failed attempts in the current reconnect. */
+  readonly reconnectAttempt?: number;
+  /** Why the link was lost, for the final reason if reconnecting fails. */
+  readonly lostReason?: string;
 }
 
 export type TunnelOutput = Outcome;
@@ -40,6 +46,7 @@ export interface ClaimInput { readonly host: string; readonly port: number; read
 export interface NegotiateInput { readonly gateway: string; readonly target: string }
 export interface PublishInput { readonly record: TunnelRecord; readonly pidFile?: string }
 export interface ServeInput { readonly listener: LocalListener; readonly link: Link }
+export interface ReconnectInput { readonly gateway: string; readonly target: string; readonly lost?: Link }
 export interface RunInput { readonly command: string; readonly env: Readonly<Record<string, string>> }
 export interface TeardownInput {
   readonly id: string;
@@ -65,7 +72,7 @@ export function recordOf(context: TunnelContext, state: RegistryState): TunnelRe
     port: context.listener?.port ?? settings.port,
     mode: settings.mode as TunnelMode,
     state,
-    reconnects: 0,
+    reconnects: context.reconnects ?? 0,
     startedAt: context.startedAt,
     ...(settings.pidFile !== undefined ? { pidFile: settings.pidFile } : {}),
   };
@@ -73,6 +80,105 @@ export function recordOf(context: TunnelContext, state: RegistryState): TunnelRe
 
 function stoppedBy(event: { signal: StopSignal; origin?: string }): string {
   return `stopped by ${event.signal}${event.origin ? ` from ${event.origin}` : ''}`;
+}
+
+/**
+ * The link's life inside a ready state (serving or runningCommand, which keep running meanwhile):
+ * linked → lost → reconnecting with backoff, at most --reconnect-attempts times → linked again, or gone
+ * (the parent decides what "gone" means). `parent` is the owning state's id, for absolute targets.
+ * Built by a function because both ready states embed it; its config is typed loosely (spread as an
+ * object), so the model-based test is what holds it to the machine's events and guards.
+ */
+function linkStates(parent: string) {
+  const giveUp = (reason: (context: TunnelContext, detail: string) => string) =>
+    [
+      {
+        type: 'recordOutcome',
+        params: ({ context, event }: { context: TunnelContext; event: { type: string; error?: unknown } }) =>
+          failure('gatewayUnreachable', reason(context, event.type.startsWith('xstate.error') ? failureOf(event.error).reason : 'attempt timed out')),
+      },
+      raise({ type: 'link.gone' }),
+    ] as const;
+  const lostForGood = (context: TunnelContext, detail: string) =>
+    `tunnel lost (${context.lostReason}); ${context.settings?.reconnectAttempts} reconnect attempt(s) failed, last: ${detail}`;
+  const retry = {
+    guard: 'hasAttemptsLeft',
+    target: 'waiting',
+    actions: assign({ reconnectAttempt: ({ context }) => ((context as TunnelContext).reconnectAttempt ?? 0) + 1 }),
+  } as const;
+  return {
+    initial: 'linked',
+    states: {
+      linked: {
+        description: 'The link to the gateway is up; local connections are carried over it',
+        invoke: {
+          id: 'serve',
+          src: 'serveConnections',
+          input: ({ context }: { context: TunnelContext }) => ({ listener: context.listener!, link: context.link! }),
+        },
+        on: {
+          'link.lost': [
+            {
+              guard: 'mayReconnect',
+              target: 'reconnecting',
+              actions: [
+                assign({ lostReason: ({ event }) => (event as { reason?: string }).reason, reconnectAttempt: 0 }),
+                { type: 'announceLink', params: ({ event }: { event: { reason: string } }) => ({ message: `tunnel lost (${event.reason}); reconnecting` }) },
+              ],
+            },
+            {
+              target: 'gone',
+              actions: [
+                {
+                  type: 'recordOutcome',
+                  params: ({ event }: { event: { reason: string } }) => failure('gatewayUnreachable', `tunnel lost: ${event.reason}`),
+                },
+                raise({ type: 'link.gone' }),
+              ],
+            },
+          ],
+        },
+      },
+      reconnecting: {
+        description: 'Link lost: new connections wait (bounded) while signalling and ICE/DTLS run again, with backoff',
+        entry: { type: 'reportState', params: { state: 'reconnecting' } },
+        initial: 'waiting',
+        states: {
+          waiting: {
+            description: 'Backing off before the next attempt (1 s, 2 s, 4 s … at most 30 s)',
+            after: { reconnectBackoff: { target: 'attempting' } },
+          },
+          attempting: {
+            description: 'One reconnect attempt, bounded by --timeout',
+            invoke: {
+              id: 'reconnect',
+              src: 'reconnect',
+              input: ({ context }: { context: TunnelContext }) => ({
+                gateway: context.settings!.gateway,
+                target: context.settings!.target,
+                ...(context.link ? { lost: context.link } : {}),
+              }),
+              onDone: {
+                target: `#${parent}.linked`,
+                actions: [
+                  assign({
+                    link: ({ event }) => (event as unknown as { output: Link }).output,
+                    reconnects: ({ context }) => ((context as TunnelContext).reconnects ?? 0) + 1,
+                    reconnectAttempt: 0,
+                  }),
+                  { type: 'reportState', params: { state: 'ready' } },
+                  { type: 'announceLink', params: { message: 'reconnected' } },
+                ],
+              },
+              onError: [retry, { target: `#${parent}.gone`, actions: giveUp(lostForGood) }],
+            },
+            after: { connectTimeout: [retry, { target: `#${parent}.gone`, actions: giveUp(lostForGood) }] },
+          },
+        },
+      },
+      gone: { description: 'The link is lost for good; the outcome says why' },
+    },
+  } as const;
 }
 
 export const tunnelMachine = setup({
@@ -91,6 +197,8 @@ export const tunnelMachine = setup({
     establish: fromPromise<Link, Negotiation>(notProvided('establish actor')),
     /** Write the pid file and the registry record in state ready. */
     publish: fromPromise<void, PublishInput>(notProvided('publish actor')),
+    /** After the link was lost: close it, then signalling + ICE/DTLS again; resolves with the new link. */
+    reconnect: fromPromise<Link, ReconnectInput>(notProvided('reconnect actor')),
     /** Carry local connections over the link; reports `link.lost`. */
     serveConnections: fromCallback<TunnelEvent, ServeInput>(notProvided('serveConnections actor')),
     /** The --run command; reports `command.exited`, accepts `command.signal`. */
@@ -110,15 +218,22 @@ export const tunnelMachine = setup({
     announceReady: notProvided('announceReady action') as (args: { context: TunnelContext }) => void,
     /** Tell the operator about a skipped flag (inside `pam shell`). */
     announceSkipped: notProvided('announceSkipped action') as (args: { context: TunnelContext }) => void,
+    /** Tell the operator the link was lost and is being re-established, or is back. */
+    announceLink: notProvided('announceLink action') as (args: { context: TunnelContext }, params: { message: string }) => void,
   },
   guards: {
     hasUsageError: ({ context }) => !parseStartFlags(context.flags).ok,
     isRunMode: ({ context }) => context.settings?.mode === 'run',
     /** Ctrl+C on a terminal already reached the command through the process group: don't signal twice. */
     isTerminalInterrupt: ({ context, event }) => context.interactive && event.type === 'tunnel.stop' && event.signal === 'SIGINT',
+    /** --reconnect-attempts is not 0. */
+    mayReconnect: ({ context }) => (context.settings?.reconnectAttempts ?? 0) > 0,
+    hasAttemptsLeft: ({ context }) => (context.reconnectAttempt ?? 0) + 1 < (context.settings?.reconnectAttempts ?? 0),
   },
   delays: {
     connectTimeout: ({ context }) => context.settings?.timeoutMs ?? 30_000,
+    /** 1 s, 2 s, 4 s … capped at 30 s between reconnect attempts. */
+    reconnectBackoff: ({ context }) => Math.min(1_000 * 2 ** (context.reconnectAttempt ?? 0), 30_000),
   },
 }).createMachine({
   id: 'tunnel',
@@ -242,11 +357,6 @@ export const tunnelMachine = setup({
     ready: {
       description: 'The local port is usable and carries connections to the target',
       entry: { type: 'announceReady' },
-      invoke: {
-        id: 'serve',
-        src: 'serveConnections',
-        input: ({ context }) => ({ listener: context.listener!, link: context.link! }),
-      },
       initial: 'entering',
       states: {
         entering: {
@@ -260,11 +370,9 @@ export const tunnelMachine = setup({
               target: '#tunnel.stopping',
               actions: { type: 'recordOutcome', params: ({ event }) => ({ kind: 'ok', exitCode: 0, reason: stoppedBy(event) }) },
             },
-            'link.lost': {
-              target: '#tunnel.stopping',
-              actions: { type: 'recordOutcome', params: ({ event }) => failure('gatewayUnreachable', `tunnel lost: ${event.reason}`) },
-            },
+            'link.gone': { target: '#tunnel.stopping' },
           },
+          ...(linkStates('tunnel.ready.serving') as object),
         },
         runningCommand: {
           description: 'Running the --run command through the tunnel; its exit code becomes ours',
@@ -299,16 +407,10 @@ export const tunnelMachine = setup({
               { guard: 'isTerminalInterrupt' },
               { actions: sendTo('command', ({ event }): CommandControlEvent => ({ type: 'command.signal', signal: event.signal })) },
             ],
-            'link.lost': {
-              actions: [
-                {
-                  type: 'recordOutcome',
-                  params: ({ event }) => failure('gatewayUnreachable', `tunnel lost while the command ran: ${event.reason}`),
-                },
-                sendTo('command', { type: 'command.signal', signal: 'SIGTERM' } satisfies CommandControlEvent),
-              ],
-            },
+            // Lost for good (the outcome is recorded): the command gets SIGTERM; its exit ends the tunnel.
+            'link.gone': { actions: sendTo('command', { type: 'command.signal', signal: 'SIGTERM' } satisfies CommandControlEvent) },
           },
+          ...(linkStates('tunnel.ready.runningCommand') as object),
         },
       },
     },

@@ -3,7 +3,7 @@
 import { Command, Option } from 'clipanion';
 import { TunnelError } from '../../machines/errors.js';
 import type { PamContext } from '../context.js';
-import { iceHosts, readToken } from '../config.js';
+import { iceHosts, keepalive, readToken } from '../config.js';
 
 export class GatewayCommand extends Command<PamContext> {
   static override paths = [['gateway']];
@@ -36,7 +36,7 @@ export class GatewayCommand extends Command<PamContext> {
 
     const { startGateway } = await import('../../gateway/server.js');
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
-    const gateway = await startGateway({ host: listen.host, port: listen.port, token, targets, log, ice: { hosts: iceHosts(this.context.env) } });
+    const gateway = await startGateway({ host: listen.host, port: listen.port, token, targets, log, ice: { hosts: iceHosts(this.context.env) }, mux: keepalive(this.context.env) });
     const names = Object.keys(targets);
     this.context.stdout.write(
       this.json

@@ -54,6 +54,7 @@ export class TunnelStartCommand extends Command<PamContext> {
   background = Option.Boolean('-bg,--background', { description: 'detach: a child process owns the tunnel; return once the port is usable' });
   run = Option.String('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
   timeout = Option.String('--timeout', { description: 'seconds to wait for the connection (default 30)' });
+  reconnectAttempts = Option.String('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
   pidFile = Option.String('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
   debug = Option.Boolean('--debug', false, { description: 'print stack traces for errors' });
@@ -71,6 +72,7 @@ export class TunnelStartCommand extends Command<PamContext> {
         background: this.background,
         run: this.run,
         timeout: this.timeout ?? (file.timeout !== undefined ? String(file.timeout) : undefined),
+        reconnectAttempts: this.reconnectAttempts,
         // Relative to where the user ran pam, recorded absolute (the registry and `stop` run elsewhere).
         pidFile: this.pidFile === undefined || this.pidFile.trim() === '' ? this.pidFile : resolvePath(this.pidFile),
         inShell: this.context.inShell,

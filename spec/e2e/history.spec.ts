@@ -48,7 +48,7 @@ t.test('history --json tells SIGTERM, timeout, command exit and kill -9 apart; r
   t.match(row(signalledId), { exitCode: 0, status: 'ended', reason: 'stopped by SIGTERM' });
   t.match(row(timedOutId), { exitCode: 124, status: 'ended', reason: /^connect timeout after 1 s in signalling/ });
   t.match(row(threeId), { exitCode: 3, status: 'ended', reason: 'wrapped command exited 3' });
-  t.match(row(doomedId), { exitCode: null, status: 'died', reason: /^owner died without stopping \(pid \d+, last seen ready\.serving\)/ });
+  t.match(row(doomedId), { exitCode: null, status: 'died', reason: /^owner died without stopping \(pid \d+, last seen ready\.serving\.linked\)/ });
 
   for (const id of [signalledId, timedOutId, threeId, doomedId]) {
     const replayed = pam(t, ['tunnel', 'replay', id, '--json'], { env });

@@ -35,9 +35,9 @@ t.test('snapshots of the tunnel actor reach the inspector; pam exits after stop 
 
   const tunnel = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json', `--inspect=${url}`], { env });
   await tunnel.event('ready');
-  await until(() => received.some((event) => event.type === '@xstate.snapshot' && JSON.stringify(event.snapshot?.value) === '{"ready":"serving"}'), 10_000, 'a ready snapshot at the inspector');
+  await until(() => received.some((event) => event.type === '@xstate.snapshot' && JSON.stringify(event.snapshot?.value) === '{"ready":{"serving":"linked"}}'), 10_000, 'a ready snapshot at the inspector');
   t.ok(received.some((event) => event.type === '@xstate.actor'), 'the actor was announced');
-  const ready = received.find((event) => JSON.stringify(event.snapshot?.value) === '{"ready":"serving"}')!;
+  const ready = received.find((event) => JSON.stringify(event.snapshot?.value) === '{"ready":{"serving":"linked"}}')!;
   t.match(ready.snapshot?.context, { listener: { host: '127.0.0.1' }, link: '[link]' }, 'live handles are described, not serialized');
   t.notMatch(raw.join('\n'), new RegExp(`${token}|a=ice-pwd|PRIVATE KEY|localPassword`), 'no token, key or ICE credential reaches the inspector');
 

@@ -9,7 +9,7 @@ const base = { target: 'db', gateway: 'http://127.0.0.1:8765' };
 
 t.test('valid flags resolve defaults: foreground, 127.0.0.1, any free port, 30 s', async (t) => {
   const parsed = parseStartFlags(base);
-  t.same(parsed, { ok: true, settings: { target: 'db', gateway: 'http://127.0.0.1:8765', host: '127.0.0.1', port: 0, mode: 'foreground', timeoutMs: 30_000 } });
+  t.same(parsed, { ok: true, settings: { target: 'db', gateway: 'http://127.0.0.1:8765', host: '127.0.0.1', port: 0, mode: 'foreground', timeoutMs: 30_000, reconnectAttempts: 5 } });
 });
 
 t.test('usage errors name the fix in one line', async (t) => {
@@ -21,6 +21,8 @@ t.test('usage errors name the fix in one line', async (t) => {
     ['--timeout 0', { timeout: '0' }, /--timeout '0' must be a positive number/],
     ['--timeout abc', { timeout: 'abc' }, /--timeout 'abc'/],
     ['--timeout -5', { timeout: '-5' }, /--timeout '-5'/],
+    ['--reconnect-attempts 101', { reconnectAttempts: '101' }, /--reconnect-attempts '101' must be a whole number from 0/],
+    ['--reconnect-attempts -1', { reconnectAttempts: '-1' }, /--reconnect-attempts/],
     ['--port 70000', { port: '70000' }, /--port '70000' is not a port/],
     ['--port abc', { port: 'abc' }, /--port 'abc'/],
     ['--port -1', { port: '-1' }, /--port '-1'/],

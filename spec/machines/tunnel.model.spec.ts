@@ -21,8 +21,10 @@ interface Variant {
 
 const timeoutMs = 2_000;
 const variants: Variant[] = [
-  { name: 'foreground', input: { id: 'fg', flags: { target: 'web', gateway: 'http://127.0.0.1:9', foreground: true, timeout: '2' }, startedAt: 'T', interactive: false } },
-  { name: 'run at a terminal', input: { id: 'run', flags: { target: 'db', gateway: 'http://127.0.0.1:9', run: 'work', timeout: '2' }, startedAt: 'T', interactive: true } },
+  { name: 'foreground', input: { id: 'fg', flags: { target: 'web', gateway: 'http://127.0.0.1:9', foreground: true, timeout: '2', reconnectAttempts: '2' }, startedAt: 'T', interactive: false } },
+  { name: 'foreground, never reconnect', input: { id: 'fg0', flags: { target: 'web', gateway: 'http://127.0.0.1:9', timeout: '2', reconnectAttempts: '0' }, startedAt: 'T', interactive: false } },
+  { name: 'run at a terminal', input: { id: 'run', flags: { target: 'db', gateway: 'http://127.0.0.1:9', run: 'work', timeout: '2', reconnectAttempts: '2' }, startedAt: 'T', interactive: true } },
+  { name: 'run, never reconnect', input: { id: 'run0', flags: { target: 'db', gateway: 'http://127.0.0.1:9', run: 'work', timeout: '2', reconnectAttempts: '0' }, startedAt: 'T', interactive: false } },
   { name: 'conflicting modes', input: { id: 'bad', flags: { target: 'web', gateway: 'http://127.0.0.1:9', foreground: true, background: true }, startedAt: 'T', interactive: false } },
 ];
 
@@ -31,6 +33,7 @@ const actorErrors: Record<string, unknown> = {
   negotiate: new TunnelError('authRefused', 'token refused'),
   establish: new TunnelError('gatewayUnreachable', 'ICE failed'),
   publish: new Error('disk full'),
+  reconnect: new TunnelError('gatewayUnreachable', 'gateway still down'),
   teardown: new Error('close failed'),
 };
 
@@ -47,9 +50,19 @@ function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] 
   if (snapshot.matches({ connecting: 'negotiating' })) return [...invoke('negotiate'), timeout, ...stops];
   if (snapshot.matches({ connecting: 'establishing' })) return [...invoke('establish'), timeout, ...stops];
   if (snapshot.matches({ connecting: 'publishing' })) return [...invoke('publish'), timeout, ...stops];
-  if (snapshot.matches({ ready: 'serving' })) return [{ type: 'link.lost', reason: 'peer gone' }, ...stops];
-  if (snapshot.matches({ ready: 'runningCommand' })) {
-    return [{ type: 'command.exited', exit: { exitCode: 3 } }, { type: 'link.lost', reason: 'peer gone' }, { type: 'tunnel.stop', signal: 'SIGINT' }, ...stops];
+  for (const work of ['serving', 'runningCommand'] as const) {
+    if (!snapshot.matches({ ready: work })) continue;
+    const command: StepEvent[] =
+      work === 'runningCommand' ? [{ type: 'command.exited', exit: { exitCode: 3 } }, { type: 'tunnel.stop', signal: 'SIGINT' }] : [];
+    const path = `tunnel.ready.${work}.reconnecting`;
+    if (snapshot.matches({ ready: { [work]: 'linked' } })) return [{ type: 'link.lost', reason: 'peer gone' }, ...command, ...stops];
+    if (snapshot.matches({ ready: { [work]: { reconnecting: 'waiting' } } })) {
+      return [{ type: `xstate.after.reconnectBackoff.${path}.waiting` }, ...command, ...stops];
+    }
+    if (snapshot.matches({ ready: { [work]: { reconnecting: 'attempting' } } })) {
+      return [...invoke('reconnect', {}), { type: `xstate.after.connectTimeout.${path}.attempting` }, ...command, ...stops];
+    }
+    return [...command, ...stops]; // gone: only the command (or a signal) ends it
   }
   if (snapshot.matches('stopping')) return [...invoke('teardown'), ...stops];
   return [];
@@ -62,13 +75,14 @@ const traversable = tunnelMachine.provide({
     claimLocal: fromPromise(async () => ({}) as never) as never,
     negotiate: fromPromise(async () => ({}) as never) as never,
     establish: fromPromise(async () => ({}) as never) as never,
+    reconnect: fromPromise(async () => ({}) as never) as never,
     publish: fromPromise(async () => undefined) as never,
     teardown: fromPromise(async () => undefined) as never,
     serveConnections: fromCallback(inert),
     runCommand: fromCallback(inert),
     watchSignals: fromCallback(inert),
   },
-  actions: { reportState: inert, announceReady: inert, announceSkipped: inert },
+  actions: { reportState: inert, announceReady: inert, announceSkipped: inert, announceLink: inert },
 });
 
 interface Path {
@@ -76,7 +90,10 @@ interface Path {
   readonly states: string[];
 }
 
-const key = (snapshot: { value: unknown; context: unknown }) => JSON.stringify([snapshot.value, (snapshot.context as { exit?: unknown }).exit]);
+const key = (snapshot: { value: unknown; context: unknown }) => {
+  const context = snapshot.context as { exit?: unknown; reconnectAttempt?: number };
+  return JSON.stringify([snapshot.value, context.exit, context.reconnectAttempt ?? 0]);
+};
 
 function generatePaths(input: TunnelInput): Path[] {
   const options = { input, events: eventsFor as never, serializeState: key as never };
@@ -141,6 +158,12 @@ function oracle(variant: Variant, path: Path): number {
   }
   let decided: number | undefined;
   let stateBefore = '"idle"';
+  const budget = Number(variant.input.flags.reconnectAttempts ?? 5);
+  let failedAttempts = 0;
+  const attemptFailed = () => {
+    failedAttempts += 1;
+    if (failedAttempts >= budget) decided = 69; // reconnect budget spent: lost for good
+  };
   for (const [index, event] of path.events.entries()) {
     const where = stateBefore;
     stateBefore = path.states[index]!;
@@ -151,12 +174,17 @@ function oracle(variant: Variant, path: Path): number {
       else if (where.includes('serving')) decided = 0;
       else if (where.includes('runningCommand')) continue; // forwarded to the command, which decides
       else decided = signalCode;
-    } else if (event.type === 'link.lost') decided = 69;
-    else if (event.type === 'command.exited') decided = event.exit!.exitCode;
+    } else if (event.type === 'link.lost') {
+      failedAttempts = 0;
+      if (budget === 0) decided = 69; // no reconnect: lost for good
+    } else if (event.type === 'command.exited') decided = event.exit!.exitCode;
+    else if (event.type.startsWith('xstate.after.reconnectBackoff')) continue;
+    else if (event.type.startsWith('xstate.after') && event.type.includes('reconnecting')) attemptFailed();
+    else if (event.type === 'xstate.error.actor.reconnect') attemptFailed();
     else if (event.type.startsWith('xstate.after')) decided = 124;
     else if (event.type.startsWith('xstate.error.actor.')) {
       const kind = event.type.slice('xstate.error.actor.'.length);
-      decided = { claim: 75, negotiate: 77, establish: 69, publish: 70, teardown: 70 }[kind];
+      decided = { claim: 75, negotiate: 77, establish: 69, publish: 70, teardown: 70, reconnect: 69 }[kind];
     }
   }
   return decided ?? -1;
@@ -216,7 +244,14 @@ async function replay(variant: Variant, path: Path, taken: Set<string>): Promise
     else if (event.type === 'tunnel.stop') signals.emit(event.signal!);
     else if (event.type === 'link.lost') transport.links.at(-1)!.lose('peer gone');
     else if (event.type === 'command.exited') runner.commands.at(-1)!.exit(event.exit!.exitCode);
+    else if (event.type.startsWith('xstate.after.reconnectBackoff')) clock.increment(30_000);
     else if (event.type.startsWith('xstate.after.')) clock.increment(timeoutMs);
+    else if (event.type === 'xstate.done.actor.reconnect') {
+      // A reconnect is signalling + ICE/DTLS again through the same transport.
+      gates.open('negotiate');
+      await flush();
+      gates.open('establish');
+    } else if (event.type === 'xstate.error.actor.reconnect') gates.fail('negotiate', actorErrors.reconnect);
     else if (event.type.startsWith('xstate.done.actor.')) gates.open(event.type.slice('xstate.done.actor.'.length));
     else if (event.type.startsWith('xstate.error.actor.')) {
       const id = event.type.slice('xstate.error.actor.'.length);

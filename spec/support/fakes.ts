@@ -71,9 +71,9 @@ export class FakeListener implements LocalListener<FakeConnection> {
     private readonly release: () => void,
   ) {}
 
-  accept(onConnection: (connection: FakeConnection) => void): void {
+  accept(onConnection: ((connection: FakeConnection) => void) | undefined): void {
     this.handler = onConnection;
-    for (const connection of this.queued.splice(0)) onConnection(connection);
+    if (onConnection) for (const connection of this.queued.splice(0)) onConnection(connection);
   }
 
   /** A client connects to the local port. */

@@ -32,4 +32,18 @@ export function listenerContract<C>(t: TapTest, name: string, make: () => Listen
     for (let i = 0; i < 100 && handed === 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
     t.equal(handed, 1);
   });
+
+  t.test(`${name}: accept(undefined) holds new connections until accept() is called again`, async (t) => {
+    const listener = await make().bind('127.0.0.1', 0);
+    t.teardown(() => listener.close());
+    const handed: unknown[] = [];
+    listener.accept((connection) => handed.push(connection));
+    listener.accept(undefined);
+    await connect(listener);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    t.equal(handed.length, 0, 'held while the link is away');
+    listener.accept((connection) => handed.push(connection));
+    for (let i = 0; i < 100 && handed.length === 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+    t.equal(handed.length, 1, 'handed over once accepting again');
+  });
 }
