@@ -108,3 +108,17 @@ export function keepalive(env: NodeJS.ProcessEnv): { keepaliveDeadMs: number; ke
   const deadMs = Number.isFinite(seconds) && seconds >= 1 && seconds <= 3600 ? seconds * 1000 : 15_000;
   return { keepaliveDeadMs: deadMs, keepaliveIntervalMs: Math.max(250, Math.round(deadMs / 3)) };
 }
+
+/** `--ice-server` URLs, validated; TURN credentials come from PAM_ICE_USERNAME / PAM_ICE_CREDENTIAL, never argv. */
+export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): Array<{ urls: string; username?: string; credential?: string }> {
+  return urls.map((url) => {
+    if (!/^(stun|turns?):[^\s:]+(:\d{1,5})?(\?transport=(udp|tcp))?$/.test(url)) {
+      throw new TunnelError('usage', `--ice-server '${url}' must be stun:host[:port] or turn:host[:port][?transport=udp|tcp]`);
+    }
+    if (!url.startsWith('turn')) return { urls: url };
+    const username = env.PAM_ICE_USERNAME;
+    const credential = env.PAM_ICE_CREDENTIAL;
+    if (!username || !credential) throw new TunnelError('usage', `--ice-server ${url} needs PAM_ICE_USERNAME and PAM_ICE_CREDENTIAL`);
+    return { urls: url, username, credential };
+  });
+}

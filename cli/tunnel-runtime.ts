@@ -10,17 +10,18 @@ import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
 import type { BackgroundOwners, Signals } from '../machines/ports.js';
-import { iceHosts, keepalive } from './config.js';
+import { iceHosts, iceServers, keepalive } from './config.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
   readonly token: () => string;
   readonly env: NodeJS.ProcessEnv;
+  readonly iceServers?: readonly string[];
 }
 
 export function lazyWeriftTransport(options: TransportOptions): Transport {
   let loaded: Promise<Transport> | undefined;
-  const load = () => (loaded ??= import('../adapters/werift-transport.js').then((module) => module.createWeriftTransport({ token: options.token(), ice: { hosts: iceHosts(options.env) }, mux: keepalive(options.env) })));
+  const load = () => (loaded ??= import('../adapters/werift-transport.js').then((module) => module.createWeriftTransport({ token: options.token(), ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) }, mux: keepalive(options.env) })));
   return {
     async negotiate(request: NegotiateRequest): Promise<Negotiation> {
       return (await load()).negotiate(request);

@@ -4,6 +4,7 @@
 
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type { RTCPeerConnection } from 'werift';
@@ -27,6 +28,10 @@ export interface GatewayOptions {
   readonly maxBodyBytes?: number;
   /** Peer connections served at once; more are refused with 429. */
   readonly maxPeers?: number;
+  /** Peer connections one client address may hold at once; more are refused with 429. */
+  readonly maxPeersPerClient?: number;
+  /** PEM certificate and key: serve signalling over HTTPS. */
+  readonly tls?: { readonly cert: string; readonly key: string };
   /** A peer whose data channel is not open by then is dropped. */
   readonly channelDeadlineMs?: number;
 }
@@ -53,6 +58,8 @@ const digest = (text: string) => createHash('sha256').update(text).digest();
 export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const maxBodyBytes = options.maxBodyBytes ?? 64 * 1024;
   const maxPeers = options.maxPeers ?? 64;
+  const maxPeersPerClient = options.maxPeersPerClient ?? 16;
+  const perClient = new Map<string, number>();
   const channelDeadlineMs = options.channelDeadlineMs ?? 30_000;
   const tokenDigest = digest(options.token);
   const peers = new Set<RTCPeerConnection>();
@@ -78,13 +85,21 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     if (typeof target !== 'string' || typeof offer !== 'string') throw new HttpError(400, 'body must be {"target": string, "offer": string}');
     if (!Object.hasOwn(options.targets, target)) throw new HttpError(404, `unknown target '${target.slice(0, 64)}'`, { targets: names });
     if (peers.size >= maxPeers) throw new HttpError(429, `gateway is serving its limit of ${maxPeers} tunnels`);
+    const client = request.socket.remoteAddress ?? 'unknown';
+    if ((perClient.get(client) ?? 0) >= maxPeersPerClient) {
+      throw new HttpError(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
+    }
     if (!/^v=0\r?\n/.test(offer)) throw new HttpError(400, 'offer is not an SDP');
 
     const destination = options.targets[target]!;
     const peer = createPeer(options.ice);
     peers.add(peer);
+    perClient.set(client, (perClient.get(client) ?? 0) + 1);
     const drop = () => {
       if (!peers.delete(peer)) return;
+      const held = (perClient.get(client) ?? 1) - 1;
+      if (held > 0) perClient.set(client, held);
+      else perClient.delete(client);
       void peer.close().catch(() => undefined);
     };
     const deadline = setTimeout(() => {
@@ -135,7 +150,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     return peer.localDescription!.sdp;
   }
 
-  const server = createServer((request, response) => {
+  const handler = (request: IncomingMessage, response: ServerResponse) => {
     route(request)
       .then((body) => reply(response, 200, body))
       .catch((error: unknown) => {
@@ -145,7 +160,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
           reply(response, 500, { error: 'internal error' });
         }
       });
-  });
+  };
+  const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, handler) : createServer(handler);
   // Slow or stalled clients cannot hold signalling sockets open.
   server.headersTimeout = 10_000;
   server.requestTimeout = 15_000;
@@ -170,7 +186,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
 
   return {
-    url: `http://${hostPart}:${port}`,
+    url: `${options.tls ? 'https' : 'http'}://${hostPart}:${port}`,
     port,
     peerCount: () => peers.size,
     async close() {
@@ -181,6 +197,14 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       await closed;
     },
   };
+}
+
+const loopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
+
+/** A warning for a gateway reachable from the network without TLS, or undefined. */
+export function listenWarning(host: string, tls: boolean): string | undefined {
+  if (loopback(host) || tls) return undefined;
+  return `listening on ${host} without TLS: tokens and SDP would cross the network in clear; pass --tls-cert and --tls-key`;
 }
 
 function reply(response: ServerResponse, status: number, body: unknown): void {

@@ -3,7 +3,9 @@
 import { Command, Option } from 'clipanion';
 import { TunnelError } from '../../machines/errors.js';
 import type { PamContext } from '../context.js';
-import { iceHosts, keepalive, readToken } from '../config.js';
+import { iceHosts, iceServers, keepalive, readToken } from '../config.js';
+import { readFileSync } from 'node:fs';
+import * as t from 'typanion';
 
 export class GatewayCommand extends Command<PamContext> {
   static override paths = [['gateway']];
@@ -27,6 +29,10 @@ export class GatewayCommand extends Command<PamContext> {
   targets = Option.Array('--target', [], { description: 'name=host:port of an allowlisted target (repeatable)' });
   tokenFile = Option.String('--token-file', { description: 'file holding the token clients must present (default: $PAM_GATEWAY_TOKEN)' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
+  tlsCert = Option.String('--tls-cert', { description: 'PEM certificate: serve signalling over HTTPS (with --tls-key)' });
+  tlsKey = Option.String('--tls-key', { description: 'PEM private key for --tls-cert' });
+  iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
+  maxPeersPerClient = Option.String('--max-tunnels-per-client', '16', { description: 'tunnels one client address may hold at once (default 16)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
 
   async execute(): Promise<number> {
     const listen = parseHostPort(this.listen, '--listen');
@@ -34,9 +40,23 @@ export class GatewayCommand extends Command<PamContext> {
     if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
     const token = readToken(this.tokenFile, this.context.env, 'gateway');
 
-    const { startGateway } = await import('../../gateway/server.js');
+    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined)) throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
+    const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert'), key: readPem(this.tlsKey!, '--tls-key') } : undefined;
+    const { startGateway, listenWarning } = await import('../../gateway/server.js');
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
-    const gateway = await startGateway({ host: listen.host, port: listen.port, token, targets, log, ice: { hosts: iceHosts(this.context.env) }, mux: keepalive(this.context.env) });
+    const warning = listenWarning(listen.host, tls !== undefined);
+    if (warning) log(`warning: ${warning}`);
+    const gateway = await startGateway({
+      host: listen.host,
+      port: listen.port,
+      token,
+      targets,
+      log,
+      ice: { hosts: iceHosts(this.context.env), servers: iceServers(this.iceServers, this.context.env) },
+      mux: keepalive(this.context.env),
+      maxPeersPerClient: this.maxPeersPerClient,
+      ...(tls ? { tls } : {}),
+    });
     const names = Object.keys(targets);
     this.context.stdout.write(
       this.json
@@ -69,4 +89,12 @@ function parseTarget(text: string): [string, { host: string; port: number }] {
     throw new TunnelError('usage', `--target '${text}' must be name=host:port, e.g. db=127.0.0.1:5432`);
   }
   return [name, parseHostPort(text.slice(eq + 1), `--target ${name}`)];
+}
+
+function readPem(path: string, flag: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new TunnelError('usage', `cannot read ${flag} ${path} (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+  }
 }

@@ -5,14 +5,16 @@ import { randomBytes, createHash } from 'node:crypto';
 import t from 'tap';
 import { createTcpListenerFactory } from '../../adapters/tcp-listener.js';
 import { createWeriftTransport } from '../../adapters/werift-transport.js';
-import { startGateway, type Gateway } from '../../gateway/server.js';
+import { listenWarning, startGateway, type Gateway } from '../../gateway/server.js';
+import { createPeer, gatheringComplete, withoutDefaultStun } from '../../adapters/werift-peer.js';
+import { createSocket } from 'node:dgram';
 import { echoServer, freePort, roundTrip } from '../support/processes.js';
 import type { TapTest } from '../support/tap.js';
 
 const token = 'transport-spec-token';
 const ice = { hosts: ['127.0.0.1'] };
 
-async function gateway(t: TapTest, targets: Record<string, number>, extra: { maxPeers?: number } = {}): Promise<Gateway & { lines: string[] }> {
+async function gateway(t: TapTest, targets: Record<string, number>, extra: { maxPeers?: number; maxPeersPerClient?: number } = {}): Promise<Gateway & { lines: string[] }> {
   const lines: string[] = [];
   const started = await startGateway({
     host: '127.0.0.1',
@@ -91,4 +93,45 @@ t.test('the gateway refuses bad signalling requests with the right status', asyn
   t.equal(health.status, 200);
   t.equal((await fetch(`${gw.url}/v1/tunnels`)).status, 405, 'GET is not signalling');
   t.equal(gw.peerCount(), 0);
+});
+
+t.test('a client holding its per-client limit of tunnels is refused with 429', async (t) => {
+  const echo = await echoServer(t);
+  const gw = await gateway(t, { echo: echo.port }, { maxPeersPerClient: 1 });
+  const transport = createWeriftTransport({ token, ice });
+  const first = await transport.negotiate({ gateway: gw.url, target: 'echo', signal: new AbortController().signal });
+  t.teardown(() => first.close());
+  t.match(await kindOf(transport.negotiate({ gateway: gw.url, target: 'echo', signal: new AbortController().signal })), /HTTP 429: this client already holds 1 tunnels/);
+});
+
+t.test('listenWarning: only a non-loopback listener without TLS is warned about', async (t) => {
+  t.equal(listenWarning('127.0.0.1', false), undefined);
+  t.equal(listenWarning('::1', false), undefined);
+  t.equal(listenWarning('10.0.0.5', true), undefined);
+  t.match(listenWarning('0.0.0.0', false), /without TLS.*--tls-cert and --tls-key/);
+});
+
+t.test('a configured STUN server is queried; without one, werift\'s public default is not', async (t) => {
+  const stun = createSocket('udp4');
+  const requests: Buffer[] = [];
+  stun.on('message', (message) => requests.push(message));
+  await new Promise<void>((resolve) => stun.bind(0, '127.0.0.1', resolve));
+  t.teardown(() => stun.close());
+  const url = `stun:127.0.0.1:${stun.address().port}`;
+  const gatherWith = async (servers: Array<{ urls: string }>) => {
+    const peer = createPeer({ hosts: ['127.0.0.1'], servers });
+    t.teardown(() => peer.close());
+    peer.createDataChannel('probe');
+    const offer = await peer.createOffer();
+    withoutDefaultStun(peer, { servers });
+    const stunServers = peer.iceTransports.map((transport) => (transport.connection as unknown as { stunServer?: unknown }).stunServer);
+    await peer.setLocalDescription(offer);
+    await gatheringComplete(peer);
+    return stunServers;
+  };
+  t.same(await gatherWith([]), [undefined], 'no STUN server at all when none is configured');
+  t.equal(requests.length, 0);
+  await gatherWith([{ urls: url }]);
+  t.ok(requests.length > 0, 'the configured STUN server got a request');
+  t.equal(requests[0]!.readUInt32BE(4), 0x2112a442, 'a STUN binding request (magic cookie)');
 });
