@@ -125,9 +125,12 @@ export async function openFsRegistry(options: FsRegistryOptions): Promise<FsRegi
             return undefined;
           }
           const filePid = Number(match[1]);
-          if (filePid === pid) return tunnels.size > 0 ? ownEntry() : undefined;
+          // Our own entry from memory when this instance writes it; another instance in this process
+          // (a command inside `pam shell`) reads the file like anyone else.
+          if (filePid === pid && tunnels.size > 0) return ownEntry();
           const stats = await lstat(path).catch(() => undefined);
           if (!stats || (posix && stats.uid !== uid())) return undefined; // gone, or not ours to judge
+          if (filePid === pid) return stats.isFile() ? parseEntry(await readNoFollow(path), filePid) : undefined;
           const entry = stats.isFile() && stats.size <= maxEntryBytes ? parseEntry(await readNoFollow(path), filePid) : undefined;
           if (entry && (await isLive(entry))) return entry;
           // Ours and not a live owner's: a stale, torn or forged file. Another reader may beat us to it.

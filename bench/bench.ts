@@ -1,9 +1,11 @@
 // `npm run bench`: what pam-tunnel costs on this machine, measured, not asserted. Prints a table
 // (and `--json`). Everything runs on 127.0.0.1; every loop is bounded in count and time.
 //   startup   — `pam --help`, `pam tunnel list --json` with 0 and 100 live entries, vs node and werift's import
-//   connect   — spawn → ready line of a foreground tunnel
+//   connect   — spawn → ready line of a foreground tunnel, p50/p95 over 20
+//   latency   — round trip of a 1-byte message, direct vs through the tunnel, p50/p99 over 500
 //   bulk      — MiB/s of a sha256-checked upload: direct TCP, a plain Node relay, a pam tunnel
-//   memory    — peak RSS of the tunnel process after the bulk transfer
+//   fan-out   — 1,000 concurrent connections × 64 KiB echoed, all verified
+//   memory    — RSS of an idle tunnel; growth while a 1 MiB/s reader drains a fast sender; peak after bulk
 
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -20,10 +22,15 @@ const cleanups: Array<() => unknown> = [];
 const scope: Teardownable = { teardown: (fn) => void cleanups.push(fn) };
 const rows: Array<{ name: string; value: number; unit: string; note?: string }> = [];
 const record = (name: string, value: number, unit: string, note?: string) => {
-  rows.push({ name, value: Math.round(value * 10) / 10, unit, ...(note ? { note } : {}) });
-  if (!json) process.stderr.write(`  ${name}: ${Math.round(value * 10) / 10} ${unit}${note ? ` (${note})` : ''}\n`);
+  // Small values keep two decimals (sub-millisecond round trips), larger ones one.
+  const rounded = value < 10 ? Math.round(value * 100) / 100 : Math.round(value * 10) / 10;
+  rows.push({ name, value: rounded, unit, ...(note ? { note } : {}) });
+  if (!json) process.stderr.write(`  ${name}: ${rounded} ${unit}${note ? ` (${note})` : ''}\n`);
 };
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+const median = (values: number[]) => percentile(values, 50);
+const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((values.length * p) / 100))]!;
+const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function wallMs(command: string, args: string[], env: NodeJS.ProcessEnv = {}, runs = 10): number {
   const times: number[] = [];
@@ -128,15 +135,39 @@ async function dataPath(): Promise<void> {
   const gateway = await startGatewayProc(scope, dir, 'bench-token', { sink: sink.port });
   const env = tunnelEnv(dir, 'bench-token', gateway.url);
   const connects: number[] = [];
-  for (let i = 0; i < 5; i += 1) {
+  for (let i = 0; i < 20; i += 1) {
     const started = Date.now();
     const tunnel = pam(scope, ['tunnel', 'start', 'sink', '-fg', '--json'], { env });
     await tunnel.event('ready', 60_000);
     connects.push(Date.now() - started);
+    if (i === 0) {
+      await sleep(2_000);
+      record('idle tunnel process RSS', rssMiB(tunnel.pid), 'MiB', 'target ≤ 60');
+    }
     tunnel.child.kill('SIGTERM');
     await tunnel.exited;
   }
-  record('connect: spawn → ready (foreground)', median(connects), 'ms', `median of 5, min ${Math.min(...connects)}, max ${Math.max(...connects)}`);
+  record('connect: spawn → ready, p50', percentile(connects, 50), 'ms', 'over 20 tunnels; target ≤ 300');
+  record('connect: spawn → ready, p95', percentile(connects, 95), 'ms');
+
+  const echo = await echoTarget();
+  const echoGateway = await startGatewayProc(scope, dir, 'bench-token', { echo: echo });
+  const echoEnv = tunnelEnv(dir, 'bench-token', echoGateway.url);
+  const echoTunnel = pam(scope, ['tunnel', 'start', 'echo', '-fg', '--json'], { env: echoEnv });
+  const echoPort = Number((await echoTunnel.event('ready', 60_000)).port);
+  const direct1 = await pingPong(echo, 500);
+  const tunnelled1 = await pingPong(echoPort, 500);
+  record('round trip 1 byte, direct p50', percentile(direct1, 50), 'ms');
+  record('round trip 1 byte, tunnel p50', percentile(tunnelled1, 50), 'ms', `added ${(percentile(tunnelled1, 50) - percentile(direct1, 50)).toFixed(2)} ms; target ≤ 1`);
+  record('round trip 1 byte, tunnel p99', percentile(tunnelled1, 99), 'ms');
+  const fanStarted = Date.now();
+  const verified = await fanOut(echoPort, 1000, 64 * 1024);
+  record('1,000 concurrent connections × 64 KiB echoed', Date.now() - fanStarted, 'ms', `${verified}/1000 verified`);
+  echoTunnel.child.kill('SIGTERM');
+  await echoTunnel.exited;
+
+  const slowGrowth = await slowReader(dir, 20);
+  record('RSS growth, 1 MiB/s reader vs fast sender (20 s)', slowGrowth.tunnel, 'MiB', `tunnel process; gateway ${slowGrowth.gateway.toFixed(1)} MiB; target ≤ 16`);
 
   const direct = await upload(sink.port, sink, bulkMiB);
   record(`bulk ${bulkMiB} MiB: direct TCP`, direct, 'MiB/s');
@@ -150,6 +181,95 @@ async function dataPath(): Promise<void> {
   if (peak) record('tunnel process peak RSS after bulk', Number(peak[1]) / 1024, 'MiB');
   tunnel.child.kill('SIGTERM');
   await tunnel.exited;
+}
+
+async function echoTarget(): Promise<number> {
+  const server = createServer((socket) => {
+    socket.on('error', () => undefined);
+    socket.pipe(socket);
+  });
+  scope.teardown(() => server.close());
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return (server.address() as AddressInfo).port;
+}
+
+/** Round trips of one byte on one connection, in ms. */
+async function pingPong(port: number, count: number): Promise<number[]> {
+  const socket = connect({ port, host: '127.0.0.1', noDelay: true });
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  const times: number[] = [];
+  for (let i = 0; i < count; i += 1) {
+    const started = process.hrtime.bigint();
+    const echoed = new Promise((resolve) => socket.once('data', resolve));
+    socket.write('x');
+    await echoed;
+    times.push(Number(process.hrtime.bigint() - started) / 1e6);
+  }
+  socket.destroy();
+  return times;
+}
+
+async function fanOut(port: number, connections: number, bytes: number): Promise<number> {
+  const results = await Promise.all(
+    Array.from({ length: connections }, () => {
+      const payload = randomBytes(bytes);
+      return new Promise<boolean>((resolve) => {
+        const socket = connect(port, '127.0.0.1', () => socket.write(payload));
+        const chunks: Buffer[] = [];
+        let received = 0;
+        socket.on('data', (chunk: Buffer) => {
+          chunks.push(chunk);
+          received += chunk.length;
+          if (received >= bytes) socket.end();
+        });
+        socket.once('error', () => resolve(false));
+        socket.once('close', () => resolve(Buffer.concat(chunks).equals(payload)));
+      });
+    }),
+  );
+  return results.filter(Boolean).length;
+}
+
+/** RSS growth (MiB) of tunnel and gateway while a target reads 1 MiB/s and the client sends flat out. */
+async function slowReader(dir: string, seconds: number): Promise<{ tunnel: number; gateway: number }> {
+  let reader: Socket | undefined;
+  const server = createServer((socket) => {
+    reader = socket;
+    socket.pause();
+    socket.on('error', () => undefined);
+  });
+  scope.teardown(() => {
+    reader?.destroy();
+    server.close();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const gateway = await startGatewayProc(scope, dir, 'bench-token', { slow: (server.address() as AddressInfo).port });
+  const tunnel = pam(scope, ['tunnel', 'start', 'slow', '-fg', '--json'], { env: tunnelEnv(dir, 'bench-token', gateway.url) });
+  const port = Number((await tunnel.event('ready', 60_000)).port);
+  const sender = connect(port, '127.0.0.1');
+  sender.on('error', () => undefined);
+  const block = randomBytes(256 * 1024);
+  let sending = true;
+  const pump = () => {
+    while (sending && sender.write(block));
+    if (sending) sender.once('drain', pump);
+  };
+  sender.once('connect', pump);
+  let base = { tunnel: 0, gateway: 0 };
+  let peak = { tunnel: 0, gateway: 0 };
+  for (let tick = 0; tick < seconds * 10; tick += 1) {
+    await sleep(100);
+    let budget = 100 * 1024;
+    let chunk: Buffer | null;
+    while (reader && budget > 0 && (chunk = reader.read(Math.min(budget, reader.readableLength || budget)) as Buffer | null)) budget -= chunk.length;
+    if (tick === 30) base = peak = { tunnel: rssMiB(tunnel.pid), gateway: rssMiB(gateway.proc.pid) };
+    if (tick > 30 && tick % 10 === 0) peak = { tunnel: Math.max(peak.tunnel, rssMiB(tunnel.pid)), gateway: Math.max(peak.gateway, rssMiB(gateway.proc.pid)) };
+  }
+  sending = false;
+  sender.destroy();
+  tunnel.child.kill('SIGTERM');
+  await tunnel.exited;
+  return { tunnel: peak.tunnel - base.tunnel, gateway: peak.gateway - base.gateway };
 }
 
 async function main(): Promise<void> {

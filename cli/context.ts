@@ -1,6 +1,17 @@
 // What every pam command gets besides its flags: streams, environment and terminal facts.
 
 import type { BaseContext } from 'clipanion';
+import type { Outcome } from '../machines/errors.js';
+import type { Registry, Signals } from '../machines/ports.js';
+
+/** What `pam shell` lends the commands it runs: one registry entry and signal policy for all its tunnels. */
+export interface ShellSession {
+  readonly registry: Registry;
+  /** SIGTERM/SIGHUP only: Ctrl+C at the prompt must not stop the session's tunnels. */
+  readonly signals: Signals;
+  /** Keep a tunnel that is ready; `stop` asks it to stop, `finished` settles when it has. */
+  adopt(tunnel: { id: string; target: string; stop(origin: string): void; finished: Promise<Outcome> }): void;
+}
 
 export interface PamContext extends BaseContext {
   readonly env: NodeJS.ProcessEnv;
@@ -8,6 +19,7 @@ export interface PamContext extends BaseContext {
   readonly interactive: boolean;
   /** Inside `pam shell`: -fg/-bg are skipped because tunnels persist for the session. */
   readonly inShell?: boolean;
+  readonly session?: ShellSession;
 }
 
 export function isInteractive(env: NodeJS.ProcessEnv, stdin: { isTTY?: boolean }, stdout: { isTTY?: boolean }): boolean {

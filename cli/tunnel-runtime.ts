@@ -9,7 +9,7 @@ import { createTcpListenerFactory } from '../adapters/tcp-listener.js';
 import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
-import type { BackgroundOwners, Signals } from '../machines/ports.js';
+import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
 import { iceHosts, iceServers, keepalive } from './config.js';
 
 export interface TransportOptions {
@@ -33,15 +33,15 @@ export function lazyWeriftTransport(options: TransportOptions): Transport {
 }
 
 export async function createTunnelPorts(
-  options: TransportOptions & { announce: TunnelPorts['announce'] },
+  options: TransportOptions & { announce: TunnelPorts['announce']; registry?: Registry; signals?: Signals },
 ): Promise<TunnelPorts> {
-  const registry = await openFsRegistry({ env: options.env });
+  const registry = options.registry ?? (await openFsRegistry({ env: options.env }));
   return {
     listeners: createTcpListenerFactory(),
     transport: lazyWeriftTransport(options),
     registry,
     pidFiles: createPidFiles({ registry }),
-    signals: createProcessSignals(),
+    signals: options.signals ?? createProcessSignals(),
     runner: createShellRunner(),
     ownerPid: process.pid,
     announce: options.announce,

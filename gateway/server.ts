@@ -32,6 +32,8 @@ export interface GatewayOptions {
   readonly maxPeersPerClient?: number;
   /** PEM certificate and key: serve signalling over HTTPS. */
   readonly tls?: { readonly cert: string; readonly key: string };
+  /** Longest time to produce an answer; then 504 and the peer is dropped. */
+  readonly signallingTimeoutMs?: number;
   /** A peer whose data channel is not open by then is dropped. */
   readonly channelDeadlineMs?: number;
 }
@@ -57,10 +59,11 @@ const digest = (text: string) => createHash('sha256').update(text).digest();
 
 export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const maxBodyBytes = options.maxBodyBytes ?? 64 * 1024;
-  const maxPeers = options.maxPeers ?? 64;
-  const maxPeersPerClient = options.maxPeersPerClient ?? 16;
+  const maxPeers = options.maxPeers ?? 256;
+  const maxPeersPerClient = options.maxPeersPerClient ?? 64;
   const perClient = new Map<string, number>();
   const channelDeadlineMs = options.channelDeadlineMs ?? 30_000;
+  const signallingTimeoutMs = options.signallingTimeoutMs ?? 10_000;
   const tokenDigest = digest(options.token);
   const peers = new Set<RTCPeerConnection>();
   const names = Object.keys(options.targets);
@@ -90,6 +93,17 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       throw new HttpError(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
     }
     if (!/^v=0\r?\n/.test(offer)) throw new HttpError(400, 'offer is not an SDP');
+    // What a data-channel offer must carry; werift accepts less and then never answers.
+    const required: Array<[string, RegExp]> = [
+      ['m=application', /^m=application \d+ [A-Z/]*DTLS\/SCTP /m],
+      ['a=ice-ufrag', /^a=ice-ufrag:\S+/m],
+      ['a=ice-pwd', /^a=ice-pwd:\S+/m],
+      ['a=fingerprint', /^a=fingerprint:\S+ [0-9A-Fa-f:]+/m],
+      ['a=setup', /^a=setup:(actpass|active|passive)/m],
+    ];
+    for (const [line, pattern] of required) {
+      if (!pattern.test(offer)) throw new HttpError(400, `offer lacks ${line}: not a WebRTC data-channel offer`);
+    }
 
     const destination = options.targets[target]!;
     const peer = createPeer(options.ice);
@@ -136,15 +150,23 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         });
       }
     });
+    // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
+    const answering = AbortSignal.timeout(signallingTimeoutMs);
     try {
-      await peer.setRemoteDescription({ type: 'offer', sdp: offer });
-      const answer = await peer.createAnswer();
-      withoutDefaultStun(peer, options.ice);
-      await peer.setLocalDescription(answer);
-      await gatheringComplete(peer);
+      await Promise.race([
+        (async () => {
+          await peer.setRemoteDescription({ type: 'offer', sdp: offer });
+          const answer = await peer.createAnswer();
+          withoutDefaultStun(peer, options.ice);
+          await peer.setLocalDescription(answer);
+          await gatheringComplete(peer, answering);
+        })(),
+        new Promise<never>((_, reject) => answering.addEventListener('abort', () => reject(new HttpError(504, `no answer within ${signallingTimeoutMs / 1000} s`)), { once: true })),
+      ]);
     } catch (error) {
       clearTimeout(deadline);
       drop();
+      if (error instanceof HttpError) throw error;
       throw new HttpError(400, `offer refused: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
     }
     return peer.localDescription!.sdp;

@@ -32,7 +32,7 @@ export class GatewayCommand extends Command<PamContext> {
   tlsCert = Option.String('--tls-cert', { description: 'PEM certificate: serve signalling over HTTPS (with --tls-key)' });
   tlsKey = Option.String('--tls-key', { description: 'PEM private key for --tls-cert' });
   iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
-  maxPeersPerClient = Option.String('--max-tunnels-per-client', '16', { description: 'tunnels one client address may hold at once (default 16)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
+  maxPeersPerClient = Option.String('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
 
   async execute(): Promise<number> {
     const listen = parseHostPort(this.listen, '--listen');

@@ -88,15 +88,25 @@ export class TunnelStartCommand extends Command<PamContext> {
     const printer = createTunnelPrinter(this.context, { json, runMode: this.run !== undefined, pid: process.pid, target: this.target });
     const token = () => readToken(this.tokenFile, this.context.env, 'client', file);
     const notifier = createSystemdNotifier(this.context.env, printer.announce.problem);
+    let markReady!: () => void;
+    const becameReady = new Promise<'ready'>((resolve) => (markReady = () => resolve('ready')));
     const announce = {
       ...printer.announce,
       ready: (tunnel: Parameters<typeof printer.announce.ready>[0]) => {
+        markReady();
         printer.announce.ready(tunnel);
         void notifier.ready(`listening on ${tunnel.listener?.host}:${tunnel.listener?.port} → ${tunnel.settings?.target}`);
       },
     };
     iceServers(this.iceServers, this.context.env); // validate now: a bad URL is a usage error before anything starts
-    const ports = await createTunnelPorts({ token, env: this.context.env, announce, iceServers: this.iceServers });
+    const session = this.context.session;
+    const ports = await createTunnelPorts({
+      token,
+      env: this.context.env,
+      announce,
+      iceServers: this.iceServers,
+      ...(session ? { registry: session.registry, signals: session.signals } : {}),
+    });
 
     const input = { id, flags, startedAt: new Date().toISOString(), interactive: this.context.interactive };
     const journal = openJournal({
@@ -117,10 +127,19 @@ export class TunnelStartCommand extends Command<PamContext> {
     const finished = toPromise(actor);
     actor.start();
     actor.send({ type: 'tunnel.start' });
-    const outcome = await finished;
-    inspector?.stop();
-    printer.stopped(id, outcome);
-    return outcome.exitCode;
+    const settle = finished.then((outcome) => {
+      inspector?.stop();
+      printer.stopped(id, outcome);
+      return outcome;
+    });
+    if (session && this.run === undefined) {
+      // In `pam shell` the tunnel lives on in the session: back to the prompt once it is ready.
+      if ((await Promise.race([becameReady, finished.then(() => 'stopped' as const)])) === 'ready') {
+        session.adopt({ id, target: this.target, stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }), finished: settle });
+        return 0;
+      }
+    }
+    return (await settle).exitCode;
   }
 
   private async launchInBackground(flags: StartFlags): Promise<number> {

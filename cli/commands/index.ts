@@ -2,6 +2,7 @@
 
 import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
+import { ShellCommand } from './ShellCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
 import { TunnelMachineCommand } from './TunnelMachineCommand.js';
@@ -9,4 +10,4 @@ import { TunnelReplayCommand } from './TunnelReplayCommand.js';
 import { TunnelStartCommand } from './TunnelStartCommand.js';
 import { TunnelStopCommand } from './TunnelStopCommand.js';
 
-export const commandClasses = [TunnelStartCommand, TunnelListCommand, TunnelStopCommand, TunnelHistoryCommand, TunnelReplayCommand, TunnelMachineCommand, GatewayCommand, CompletionCommand];
+export const commandClasses = [TunnelStartCommand, TunnelListCommand, TunnelStopCommand, TunnelHistoryCommand, TunnelReplayCommand, TunnelMachineCommand, GatewayCommand, ShellCommand, CompletionCommand];

@@ -1,0 +1,33 @@
+// `pam shell`: an interactive session in which tunnels persist until it ends.
+
+import { Command } from 'clipanion';
+import type { PamContext } from '../context.js';
+import { createCli } from '../main.js';
+import { runShell } from '../shell.js';
+import { openFsRegistry } from '../../adapters/fs-registry.js';
+
+export class ShellCommand extends Command<PamContext> {
+  static override paths = [['shell']];
+
+  static override usage = Command.Usage({
+    category: 'Setup',
+    description: 'an interactive session in which tunnels persist until it ends',
+    details: `
+      Every pam command works without the \`pam\` prefix. \`tunnel start\` returns to the prompt once the
+      tunnel is ready; it runs in this process, so \`-fg\`/\`-bg\` are skipped with a notice (use one-shot
+      \`pam tunnel start -bg\` for a tunnel that outlives the shell). Other terminals see the session's
+      tunnels in \`pam tunnel list\` and can stop one with \`pam tunnel stop <id>\`. Leaving (exit, Ctrl+D,
+      SIGTERM, SIGHUP) stops them all. With stdin not a terminal, lines run one by one without prompts
+      and the exit code is that of the last command that failed. History: $XDG_STATE_HOME/pam/history.
+    `,
+    examples: [
+      ['Start an interactive session', '$0 shell'],
+      ['Run a script of pam commands', "printf 'tunnel start db\\ntunnel list\\n' | $0 shell"],
+    ],
+  });
+
+  async execute(): Promise<number> {
+    const registry = await openFsRegistry({ env: this.context.env });
+    return runShell(createCli({ colors: this.context.colorDepth > 1 }), this.context, registry);
+  }
+}
