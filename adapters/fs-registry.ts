@@ -91,7 +91,12 @@ export async function openFsRegistry(options: FsRegistryOptions): Promise<FsRegi
         await unlink(entryPath).catch(ignoreMissing);
         return;
       }
-      await writeAtomically(location, entryPath, `${JSON.stringify(await ownEntry())}\n`, 0o600);
+      try {
+        await writeAtomically(location, entryPath, `${JSON.stringify(await ownEntry())}\n`, 0o600);
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code ?? String(error);
+        throw new TunnelError('registryWrite', `cannot write the registry entry in ${location} (${code}): check its permissions and free space`);
+      }
     });
     return writes;
   };

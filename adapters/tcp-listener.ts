@@ -5,8 +5,10 @@ import { createServer, isIP, type Server, type Socket } from 'node:net';
 import { TunnelError } from '../machines/errors.js';
 import type { ListenerFactory, LocalListener } from '../machines/ports.js';
 
-const isLoopback = (address: string | undefined) =>
+/** Is a peer address loopback? The listener refuses anything else while bound to loopback. */
+export const isLoopbackPeer = (address: string | undefined): boolean =>
   address !== undefined && (address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.'));
+const isLoopback = isLoopbackPeer;
 
 /** Connections that may wait for the link (before it is up, or while it reconnects); more are refused. */
 const maxWaiting = 128;

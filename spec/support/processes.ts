@@ -31,11 +31,11 @@ export interface Proc {
 
 const signalNumbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
 
-export function spawnProc(t: Teardownable, command: string, args: readonly string[], options: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Proc {
+export function spawnProc(t: Teardownable, command: string, args: readonly string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; stdin?: 'pipe' | 'ignore' } = {}): Proc {
   const child = spawn(command, args, {
     cwd: options.cwd ?? repoRoot,
     env: { ...process.env, CI: 'true', ...options.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'],
   });
   t.teardown(() => killHard(child));
   const proc: Proc = {
@@ -72,7 +72,7 @@ export function spawnProc(t: Teardownable, command: string, args: readonly strin
 }
 
 /** Run the built `pam` CLI. */
-export function pam(t: Teardownable, args: readonly string[], options: { env?: NodeJS.ProcessEnv } = {}): Proc {
+export function pam(t: Teardownable, args: readonly string[], options: { env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' } = {}): Proc {
   return spawnProc(t, process.execPath, [pamBin, ...args], options);
 }
 
@@ -213,8 +213,8 @@ export function tunnelEnv(dir: string, token: string, gatewayUrl?: string): Node
 }
 
 /** Start `pam gateway` on a free port with the given targets; resolves with its URL once listening. */
-export async function startGatewayProc(t: Teardownable, dir: string, token: string, targets: Record<string, number>): Promise<{ proc: Proc; url: string; port: number }> {
-  const args = ['gateway', '--listen', '127.0.0.1:0', '--json', ...Object.entries(targets).flatMap(([name, port]) => ['--target', `${name}=127.0.0.1:${port}`])];
+export async function startGatewayProc(t: Teardownable, dir: string, token: string, targets: Record<string, number>, extra: readonly string[] = []): Promise<{ proc: Proc; url: string; port: number }> {
+  const args = ['gateway', '--listen', '127.0.0.1:0', '--json', ...extra, ...Object.entries(targets).flatMap(([name, port]) => ['--target', `${name}=127.0.0.1:${port}`])];
   const proc = pam(t, args, { env: tunnelEnv(dir, token) });
   const listening = await proc.event('listening');
   return { proc, url: String(listening.url), port: Number(listening.port) };

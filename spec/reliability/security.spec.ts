@@ -1,0 +1,66 @@
+// Security properties checked on real processes and files: the token never shows in argv, logs,
+// journals or list output; files are private; the listener refuses non-loopback peers by default.
+
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { isLoopbackPeer } from '../../adapters/tcp-listener.js';
+import { echoServer, pam, scratchDir, startGatewayProc, tunnelEnv } from '../support/processes.js';
+
+const token = 'security-token-SECRET-9e8d';
+
+t.test('the token never appears in argv, logs, journals or list output; files are 0600/0700', async (t) => {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
+  const env = tunnelEnv(dir, token, gateway.url);
+  const launcher = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env });
+  t.equal(await launcher.exited, 0, launcher.stderr);
+  const owner = JSON.parse(launcher.stdout) as { pid: number; logFile: string; id: string };
+  t.teardown(() => {
+    try {
+      process.kill(owner.pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  });
+  const argv = [gateway.proc.pid, owner.pid].map((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' '));
+  const listed = pam(t, ['tunnel', 'list', '--json'], { env });
+  await listed.exited;
+  const history = pam(t, ['tunnel', 'history', owner.id, '--json'], { env });
+  await history.exited;
+  const registry = join(dir, 'registry');
+  const journals = readdirSync(join(registry, 'journal')).map((name) => readFileSync(join(registry, 'journal', name), 'utf8'));
+  const places: Record<string, string> = {
+    'gateway argv': argv[0]!,
+    'owner argv': argv[1]!,
+    'owner log': readFileSync(owner.logFile, 'utf8'),
+    'gateway log': `${gateway.proc.stdout}${gateway.proc.stderr}`,
+    'list --json': listed.stdout,
+    'history --json': history.stdout,
+    journals: journals.join('\n'),
+    'registry entry': readFileSync(join(registry, `${owner.pid}.json`), 'utf8'),
+  };
+  let clean = 0;
+  for (const [place, text] of Object.entries(places)) {
+    t.ok(text.length > 0, `${place} was read`);
+    if (!text.includes(token)) clean += 1;
+    t.notOk(text.includes(token), `no token in ${place}`);
+  }
+  const modes: Array<[string, number]> = [
+    [registry, 0o700],
+    [join(registry, 'journal'), 0o700],
+    [join(registry, 'logs'), 0o700],
+    [join(registry, `${owner.pid}.json`), 0o600],
+    [owner.logFile, 0o600],
+    ...readdirSync(join(registry, 'journal')).map((name): [string, number] => [join(registry, 'journal', name), 0o600]),
+  ];
+  for (const [path, mode] of modes) t.equal(statSync(path).mode & 0o777, mode, `${path.slice(dir.length)} is ${mode.toString(8)}`);
+  process.kill(owner.pid, 'SIGTERM');
+  t.equal(clean, Object.keys(places).length);
+});
+
+t.test('the listener accepts only loopback peers unless bound elsewhere', async (t) => {
+  for (const peer of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1']) t.ok(isLoopbackPeer(peer), `${peer} is loopback`);
+  for (const peer of ['10.0.0.1', '192.168.1.5', '::ffff:10.0.0.1', 'fe80::1', '', undefined]) t.notOk(isLoopbackPeer(peer), `${peer} is refused`);
+});
