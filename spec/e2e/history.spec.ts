@@ -1,11 +1,10 @@
 // Every lifecycle is journalled: `history` explains how tunnels ended (including an owner killed with
 // -9), and `replay` of each journal reproduces the recorded state path.
 
-import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { echoServer, isAlive, pam, scratchDir, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
+import { echoServer, isAlive, pam, scratchDir, silentGateway, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
 
 const token = 'history-token-44e1';
 
@@ -20,14 +19,8 @@ t.test('history --json tells SIGTERM, timeout, command exit and kill -9 apart; r
   signalled.child.kill('SIGTERM');
   t.equal(await signalled.exited, 0);
 
-  const held = new Set<Socket>();
-  const silent = createServer((socket) => held.add(socket));
-  t.teardown(() => {
-    for (const socket of held) socket.destroy();
-    silent.close();
-  });
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-  const timedOut = pam(t, ['tunnel', 'start', 'echo', '--timeout', '1', '--json', '--gateway', `http://127.0.0.1:${(silent.address() as AddressInfo).port}`], { env });
+  const silent = await silentGateway(t);
+  const timedOut = pam(t, ['tunnel', 'start', 'echo', '--timeout', '1', '--json', '--gateway', silent.url], { env });
   t.equal(await timedOut.exited, 124);
   const timedOutId = String((await timedOut.event('stopped')).id);
 

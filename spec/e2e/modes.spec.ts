@@ -3,7 +3,6 @@
 
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import { skipBecause } from '../support/tap.js';
@@ -12,6 +11,8 @@ import {
   isAlive,
   pam,
   portIsOpen,
+  postgres,
+  silentGateway,
   randomPayload,
   roundTrip,
   scratchDir,
@@ -32,21 +33,6 @@ async function setup(t: Teardownable) {
   const registry = join(dir, 'registry');
   const entries = () => (existsSync(registry) ? readdirSync(registry).filter((name) => name.endsWith('.json')) : []);
   return { dir, echo, gateway, env, registry, entries };
-}
-
-/** A signalling endpoint that accepts connections and never answers. */
-async function silentGateway(t: Teardownable): Promise<string> {
-  const held = new Set<Socket>();
-  const server = createServer((socket) => {
-    held.add(socket);
-    socket.on('error', () => undefined);
-  });
-  t.teardown(() => new Promise<void>((resolve) => {
-    for (const socket of held) socket.destroy();
-    server.close(() => resolve());
-  }));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
 const node = JSON.stringify(process.execPath);
@@ -95,16 +81,7 @@ t.test('--run: SIGTERM to pam reaches the command, then pam tears down: no proce
 });
 
 t.test('--run against real Postgres: rows written and read back through the tunnel', async (t) => {
-  const { PGlite } = await import('@electric-sql/pglite');
-  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket');
-  const db = await PGlite.create();
-  const server = new PGLiteSocketServer({ db, port: 0, host: '127.0.0.1' });
-  await server.start();
-  t.teardown(async () => {
-    await server.stop();
-    await db.close();
-  });
-  const pgPort = Number(/:(\d+)$/.exec(server.getServerConn())![1]);
+  const pgPort = await postgres(t);
   const dir = scratchDir(t);
   const gateway = await startGatewayProc(t, dir, token, { db: pgPort });
   const env = tunnelEnv(dir, token, gateway.url);
@@ -161,7 +138,7 @@ t.test('--background failures exit with the owner\'s code and leave no child', a
   const refused = pam(t, ['tunnel', 'start', 'echo', '-bg'], { env: { ...env, PAM_GATEWAY_TOKEN: 'not-the-token' } });
   t.equal(await refused.exited, 77, 'bad token → 77');
   const silent = await silentGateway(t);
-  const timedOut = pam(t, ['tunnel', 'start', 'echo', '-bg', '--timeout', '1', '--gateway', silent], { env });
+  const timedOut = pam(t, ['tunnel', 'start', 'echo', '-bg', '--timeout', '1', '--gateway', silent.url], { env });
   t.equal(await timedOut.exited, 124, 'connect timeout → 124');
   t.match(timedOut.stderr, /connect timeout after 1 s in signalling/);
   t.same(entries(), [], 'no owner left registered');
@@ -170,7 +147,7 @@ t.test('--background failures exit with the owner\'s code and leave no child', a
 t.test('--timeout bounds the connect: a gateway that never answers → 124 naming the stage', async (t) => {
   const { env } = await setup(t);
   const silent = await silentGateway(t);
-  const tunnel = pam(t, ['tunnel', 'start', 'echo', '--timeout', '2', '--gateway', silent], { env });
+  const tunnel = pam(t, ['tunnel', 'start', 'echo', '--timeout', '2', '--gateway', silent.url], { env });
   t.equal(await tunnel.exited, 124);
   t.match(tunnel.stderr, /connect timeout after 2 s in signalling: raise --timeout/);
 });

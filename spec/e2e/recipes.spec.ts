@@ -7,7 +7,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
-import { pamBin, repoRoot, scratchDir, spawnProc, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
+import { pamBin, postgres, repoRoot, scratchDir, spawnProc, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
 import { skipBecause } from '../support/tap.js';
 
 const token = 'recipes-token-93b0';
@@ -54,17 +54,9 @@ t.test('recipe: a CI step through a tunnel with --run and psql', async (t) => {
     skipBecause(t, 'psql is not installed: the recipe runs psql');
     return;
   }
-  const { PGlite } = await import('@electric-sql/pglite');
-  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket');
-  const db = await PGlite.create();
-  const server = new PGLiteSocketServer({ db, port: 0, host: '127.0.0.1' });
-  await server.start();
-  t.teardown(async () => {
-    await server.stop();
-    await db.close();
-  });
+  const pgPort = await postgres(t);
   const dir = scratchDir(t);
-  const gateway = await startGatewayProc(t, dir, token, { db: Number(/:(\d+)$/.exec(server.getServerConn())![1]) });
+  const gateway = await startGatewayProc(t, dir, token, { db: pgPort });
   const run = shellWithPam(t, dir, { ...tunnelEnv(dir, token, gateway.url), PGCONNECT_TIMEOUT: '10' });
   const shell = run(recipe('**A CI step through a tunnel**'));
   t.equal(await shell.exited, 0, shell.stderr);

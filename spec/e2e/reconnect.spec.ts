@@ -11,7 +11,8 @@ function gatewayAt(t: Teardownable, port: number, echoPort: number, env: NodeJS.
   return pam(t, ['gateway', '--listen', `127.0.0.1:${port}`, '--json', '--target', `echo=127.0.0.1:${echoPort}`], { env });
 }
 
-t.test('gateway killed and restarted: the tunnel reconnects and carries new connections', async (t) => {
+/** An echo target behind a gateway on a fixed port (so it can be restarted there), already listening. */
+async function restartableGateway(t: Teardownable) {
   const dir = scratchDir(t);
   const echo = await echoServer(t);
   const port = await freePort();
@@ -19,6 +20,11 @@ t.test('gateway killed and restarted: the tunnel reconnects and carries new conn
   const env = { ...tunnelEnv(dir, token, `http://127.0.0.1:${port}`), PAM_KEEPALIVE_TIMEOUT: '2' };
   const first = gatewayAt(t, port, echo.port, env);
   await first.event('listening');
+  return { dir, env, first, restart: () => gatewayAt(t, port, echo.port, env) };
+}
+
+t.test('gateway killed and restarted: the tunnel reconnects and carries new connections', async (t) => {
+  const { env, first, restart } = await restartableGateway(t);
   const tunnel = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json', '--reconnect-attempts', '10'], { env });
   const ready = await tunnel.event('ready');
   const local = Number(ready.port);
@@ -32,7 +38,7 @@ t.test('gateway killed and restarted: the tunnel reconnects and carries new conn
   await listed.exited;
   t.match(JSON.parse(listed.stdout), [{ state: 'reconnecting' }], 'list shows the tunnel reconnecting');
 
-  const second = gatewayAt(t, port, echo.port, env);
+  const second = restart();
   await second.event('listening');
   await tunnel.line(/reconnected/, 60_000);
   t.same(await roundTrip(local, Buffer.from('after')), Buffer.from('after'), 'new connections work after the reconnect');
@@ -47,12 +53,7 @@ t.test('gateway killed and restarted: the tunnel reconnects and carries new conn
 });
 
 t.test('a gateway that stays down: reconnects run out and the tunnel ends with 69 and the reason', async (t) => {
-  const dir = scratchDir(t);
-  const echo = await echoServer(t);
-  const port = await freePort();
-  const env = { ...tunnelEnv(dir, token, `http://127.0.0.1:${port}`), PAM_KEEPALIVE_TIMEOUT: '2' };
-  const gateway = gatewayAt(t, port, echo.port, env);
-  await gateway.event('listening');
+  const { env, first: gateway } = await restartableGateway(t);
   const tunnel = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json', '--reconnect-attempts', '2', '--timeout', '3'], { env });
   const local = Number((await tunnel.event('ready')).port);
   gateway.child.kill('SIGKILL');
@@ -62,12 +63,7 @@ t.test('a gateway that stays down: reconnects run out and the tunnel ends with 6
 });
 
 t.test('--run: the command keeps running through a reconnect and its code is kept', async (t) => {
-  const dir = scratchDir(t);
-  const echo = await echoServer(t);
-  const port = await freePort();
-  const env = { ...tunnelEnv(dir, token, `http://127.0.0.1:${port}`), PAM_KEEPALIVE_TIMEOUT: '2' };
-  const first = gatewayAt(t, port, echo.port, env);
-  await first.event('listening');
+  const { dir, env, first, restart } = await restartableGateway(t);
   const node = JSON.stringify(process.execPath);
   // The command waits for a file, then talks through the tunnel and exits 9.
   const flag = `${dir}/go`;
@@ -76,7 +72,7 @@ t.test('--run: the command keeps running through a reconnect and its code is kep
   await tunnel.event('ready');
   first.child.kill('SIGKILL');
   await tunnel.line(/reconnecting/, 20_000);
-  const second = gatewayAt(t, port, echo.port, env);
+  const second = restart();
   await second.event('listening');
   await tunnel.line(/reconnected/, 60_000);
   const { writeFileSync } = await import('node:fs');

@@ -6,7 +6,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import { join } from 'node:path';
 import t from 'tap';
 import { skipBecause } from '../support/tap.js';
-import { echoServer, isAlive, pam, portIsOpen, roundTrip, scratchDir, startGatewayProc, tunnelEnv, until, type Teardownable } from '../support/processes.js';
+import { backgroundTunnel, echoServer, isAlive, pam, portIsOpen, roundTrip, scratchDir, startGatewayProc, tunnelEnv, until, type Teardownable } from '../support/processes.js';
 
 const token = 'registry-token-0d9e';
 
@@ -36,20 +36,9 @@ async function list(t: Teardownable, env: NodeJS.ProcessEnv): Promise<Listed[]> 
   return JSON.parse(proc.stdout) as Listed[];
 }
 
-async function background(t: Teardownable, env: NodeJS.ProcessEnv, target: string): Promise<{ id: string; pid: number; port: number }> {
-  const launcher = pam(t, ['tunnel', 'start', target, '-bg', '--json'], { env });
-  const code = await launcher.exited;
-  if (code !== 0) throw new Error(`-bg exited ${code}: ${launcher.stderr}`);
-  const ready = JSON.parse(launcher.stdout) as { id: string; pid: number; port: number };
-  t.teardown(() => {
-    if (isAlive(ready.pid)) process.kill(ready.pid, 'SIGKILL');
-  });
-  return ready;
-}
-
 t.test('list and stop from other processes; a kill -9 owner disappears; ambiguity and misses', async (t) => {
   const { env, entries, registry } = await setup(t);
-  const [a, b] = await Promise.all([background(t, env, 'echo'), background(t, env, 'web')]);
+  const [a, b] = await Promise.all([backgroundTunnel(t, env, 'echo'), backgroundTunnel(t, env, 'web')]);
   const listed = await list(t, env);
   t.same(
     listed.map(({ id, pid, port, target, state, mode }) => ({ id, pid, port, target, state, mode })).sort((x, y) => x.pid - y.pid),
@@ -66,7 +55,7 @@ t.test('list and stop from other processes; a kill -9 owner disappears; ambiguit
   t.same((await list(t, env)).map((row) => row.id), [b.id], 'the dead owner is no longer listed');
   t.notOk(existsSync(join(registry, `${a.pid}.json`)), "and its stale file is gone");
 
-  const c = await background(t, env, 'web');
+  const c = await backgroundTunnel(t, env, 'web');
   const ambiguous = pam(t, ['tunnel', 'stop', 'web'], { env });
   t.equal(await ambiguous.exited, 2, 'two tunnels to web: ambiguous');
   t.match(ambiguous.stderr, new RegExp(`${b.id}[\\s\\S]*${c.id}|${c.id}[\\s\\S]*${b.id}`), 'the candidates are listed');
@@ -139,7 +128,7 @@ t.test('an unsafe registry directory is refused with exit 78', async (t) => {
 
 t.test('a port held by a live tunnel is refused with 75 before any signalling', async (t) => {
   const { env, gateway } = await setup(t);
-  const held = await background(t, env, 'echo');
+  const held = await backgroundTunnel(t, env, 'echo');
   const before = ((await (await fetch(`${gateway.url}/healthz`)).json()) as { signallingRequests: number }).signallingRequests;
   const second = pam(t, ['tunnel', 'start', 'web', '--port', String(held.port), '-R', 'true'], { env });
   t.equal(await second.exited, 75);

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { echoServer, isAlive, pam, pamBin, scratchDir, startGatewayProc, tunnelEnv } from '../support/processes.js';
+import { backgroundTunnel, echoServer, pam, pamBin, scratchDir, startGatewayProc, tunnelEnv } from '../support/processes.js';
 
 const token = 'setup-token-7a1f';
 
@@ -13,12 +13,7 @@ t.test('bash completion: commands, subcommands, flags from the definitions, live
   const echo = await echoServer(t);
   const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
   const env = tunnelEnv(dir, token, gateway.url);
-  const launcher = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env });
-  t.equal(await launcher.exited, 0, launcher.stderr);
-  const owner = JSON.parse(launcher.stdout) as { id: string; pid: number };
-  t.teardown(() => {
-    if (isAlive(owner.pid)) process.kill(owner.pid, 'SIGKILL');
-  });
+  const owner = await backgroundTunnel(t, env, 'echo');
 
   const bin = join(dir, 'bin');
   mkdirSync(bin);

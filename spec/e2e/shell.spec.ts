@@ -83,3 +83,20 @@ t.test('in a terminal: two tunnels, one stopped from outside, exit with confirma
   t.ok(existsSync(history) && readFileSync(history, 'utf8').includes('tunnel start echo -bg'), 'history was kept');
   t.equal(statSync(history).mode & 0o777, 0o600);
 });
+
+t.test('SIGTERM to the shell stops its tunnels cleanly: entry, socket and pid files removed', async (t) => {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
+  const env = tunnelEnv(dir, token, gateway.url);
+  const shell = pam(t, ['shell'], { env, stdin: 'pipe' });
+  const pidFiles = [join(dir, 'a.pid'), join(dir, 'b.pid')];
+  shell.child.stdin!.write(pidFiles.map((path) => `tunnel start echo --json --pid-file ${path}\n`).join(''));
+  await until(() => (shell.stdout.match(/"event":"ready"/g) ?? []).length === 2, 20_000, 'two tunnels');
+  t.same(pidFiles.map((path) => readFileSync(path, 'utf8')), [`${shell.pid}\n`, `${shell.pid}\n`], 'pid files name the shell');
+  shell.child.kill('SIGTERM');
+  t.equal(await shell.exited, 0);
+  t.same(pidFiles.filter((path) => existsSync(path)), [], 'pid files removed');
+  t.same(readdirSync(join(dir, 'registry')).filter((name) => /\.(json|sock)$/.test(name)), [], 'entry and control socket removed');
+  t.match(shell.stdout, /"event":"stopped".*stopped by SIGTERM/, 'each tunnel says why it stopped');
+});

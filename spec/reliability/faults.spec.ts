@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
 import { createServer, Socket, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
-import { echoServer, freePort, pam, portIsOpen, scratchDir, sleep, startGatewayProc, tunnelEnv, until, type Proc, type Teardownable } from '../support/processes.js';
+import { echoServer, freePort, pam, portIsOpen, scratchDir, silentGateway, sleep, startGatewayProc, tunnelEnv, until, type Proc, type Teardownable } from '../support/processes.js';
 import { report } from './tally.js';
 
 const token = 'faults-token-7c3b';
@@ -42,16 +42,9 @@ async function storm(t: Teardownable, proc: Proc, codes: number[], entries: () =
 
 t.test('a SIGTERM storm in each state: connecting, ready, runningCommand, stopping', async (t) => {
   const { env, entries } = await world(t);
-  const held = new Set<Socket>();
-  const silent = createServer((socket) => held.add(socket));
-  t.teardown(() => {
-    for (const socket of held) socket.destroy();
-    silent.close();
-  });
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-
-  const connecting = pam(t, ['tunnel', 'start', 'echo', '--json', '--gateway', `http://127.0.0.1:${(silent.address() as AddressInfo).port}`], { env });
-  await until(() => held.size > 0, 10_000, 'the signalling request');
+  const silent = await silentGateway(t);
+  const connecting = pam(t, ['tunnel', 'start', 'echo', '--json', '--gateway', silent.url], { env });
+  await until(() => silent.connections() > 0, 10_000, 'the signalling request');
   t.ok(fault(await storm(t, connecting, [143], entries)), 'connecting: exits 143, nothing left');
 
   const ready = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json'], { env });
@@ -133,6 +126,22 @@ t.test('the gateway killed mid-transfer: the in-flight connection ends cleanly, 
   t.ok(fault(/ECONNRESET|closed/.test(how) && fresh), `in-flight connection: ${how}; a new connection after the reconnect works: ${fresh}`);
   tunnel.child.kill('SIGTERM');
   await tunnel.exited;
+});
+
+t.test('a SIGTERM storm while reconnecting', async (t) => {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const port = await freePort();
+  const env = { ...tunnelEnv(dir, token, `http://127.0.0.1:${port}`), PAM_KEEPALIVE_TIMEOUT: '2' };
+  const gateway = pam(t, ['gateway', '--listen', `127.0.0.1:${port}`, '--json', '--target', `echo=127.0.0.1:${echo.port}`], { env });
+  await gateway.event('listening');
+  const tunnel = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json'], { env });
+  const local = Number((await tunnel.event('ready')).port);
+  gateway.child.kill('SIGKILL');
+  await tunnel.line(/reconnecting/, 20_000);
+  const registry = join(dir, 'registry');
+  const entries = () => readdirSync(registry).filter((name) => /^\d+\.json$/.test(name));
+  t.ok(fault(await storm(t, tunnel, [0, 143], entries, local)), 'reconnecting: exits, port closed, nothing left');
 });
 
 t.test('files that cannot be written: a clear error (73), nothing half-written, nothing left running', async (t) => {

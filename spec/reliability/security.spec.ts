@@ -5,7 +5,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { isLoopbackPeer } from '../../adapters/tcp-listener.js';
-import { echoServer, pam, scratchDir, startGatewayProc, tunnelEnv } from '../support/processes.js';
+import { backgroundTunnel, echoServer, pam, scratchDir, startGatewayProc, tunnelEnv } from '../support/processes.js';
 
 const token = 'security-token-SECRET-9e8d';
 
@@ -14,16 +14,7 @@ t.test('the token never appears in argv, logs, journals or list output; files ar
   const echo = await echoServer(t);
   const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
   const env = tunnelEnv(dir, token, gateway.url);
-  const launcher = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env });
-  t.equal(await launcher.exited, 0, launcher.stderr);
-  const owner = JSON.parse(launcher.stdout) as { pid: number; logFile: string; id: string };
-  t.teardown(() => {
-    try {
-      process.kill(owner.pid, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  });
+  const owner = await backgroundTunnel(t, env, 'echo');
   const argv = [gateway.proc.pid, owner.pid].map((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' '));
   const listed = pam(t, ['tunnel', 'list', '--json'], { env });
   await listed.exited;

@@ -219,3 +219,47 @@ export async function startGatewayProc(t: Teardownable, dir: string, token: stri
   const listening = await proc.event('listening');
   return { proc, url: String(listening.url), port: Number(listening.port) };
 }
+
+/** A signalling endpoint that accepts connections and never answers; resolves with its URL. */
+export async function silentGateway(t: Teardownable): Promise<{ url: string; connections: () => number }> {
+  const held = new Set<Socket>();
+  const server = createServer((socket) => {
+    held.add(socket);
+    socket.on('error', () => undefined);
+  });
+  t.teardown(
+    () =>
+      new Promise<void>((resolveClose) => {
+        for (const socket of held) socket.destroy();
+        server.close(() => resolveClose());
+      }),
+  );
+  await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, connections: () => held.size };
+}
+
+/** A real Postgres (PGlite) on 127.0.0.1, stopped at teardown; resolves with its port. */
+export async function postgres(t: Teardownable): Promise<number> {
+  const { PGlite } = await import('@electric-sql/pglite');
+  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket');
+  const db = await PGlite.create();
+  const server = new PGLiteSocketServer({ db, port: 0, host: '127.0.0.1' });
+  await server.start();
+  t.teardown(async () => {
+    await server.stop();
+    await db.close();
+  });
+  return Number(/:(\d+)$/.exec(server.getServerConn())![1]);
+}
+
+/** `pam tunnel start <target> -bg --json`; resolves with the launcher's line; the owner is killed at teardown. */
+export async function backgroundTunnel(t: Teardownable, env: NodeJS.ProcessEnv, target: string, extra: readonly string[] = []): Promise<{ id: string; pid: number; port: number; logFile: string }> {
+  const launcher = pam(t, ['tunnel', 'start', target, '-bg', '--json', ...extra], { env });
+  const code = await launcher.exited;
+  if (code !== 0) throw new Error(`-bg exited ${code}: ${launcher.stderr}`);
+  const ready = JSON.parse(launcher.stdout) as { id: string; pid: number; port: number; logFile: string };
+  t.teardown(() => {
+    if (isAlive(ready.pid)) process.kill(ready.pid, 'SIGKILL');
+  });
+  return ready;
+}
