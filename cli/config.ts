@@ -122,3 +122,10 @@ export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): Arr
     return { urls: url, username, credential };
   });
 }
+
+/** --transport, else PAM_TRANSPORT, else werift. */
+export function transportName(flag: string | undefined, env: NodeJS.ProcessEnv): 'werift' | 'native' {
+  const name = flag ?? env.PAM_TRANSPORT ?? 'werift';
+  if (name !== 'werift' && name !== 'native') throw new TunnelError('usage', `--transport '${name}' is not known: use werift (default) or native (node-datachannel)`);
+  return name;
+}

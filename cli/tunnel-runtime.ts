@@ -17,11 +17,24 @@ export interface TransportOptions {
   readonly token: () => string;
   readonly env: NodeJS.ProcessEnv;
   readonly iceServers?: readonly string[];
+  /** werift (default) or native (node-datachannel). */
+  readonly transport?: TransportName;
 }
+
+export type TransportName = 'werift' | 'native';
 
 export function lazyWeriftTransport(options: TransportOptions): Transport {
   let loaded: Promise<Transport> | undefined;
-  const load = () => (loaded ??= import('../adapters/werift-transport.js').then((module) => module.createWeriftTransport({ token: options.token(), ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) }, mux: keepalive(options.env) })));
+  const load = () =>
+    (loaded ??= (async () => {
+      const settings = {
+        token: options.token(),
+        ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
+        mux: keepalive(options.env),
+      };
+      if (options.transport === 'native') return (await import('../adapters/native-transport.js')).createNativeTransport(settings);
+      return (await import('../adapters/werift-transport.js')).createWeriftTransport(settings);
+    })());
   return {
     async negotiate(request: NegotiateRequest): Promise<Negotiation> {
       return (await load()).negotiate(request);

@@ -7,9 +7,9 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { createServer as createHttpsServer } from 'node:https';
 import { connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import type { RTCPeerConnection } from 'werift';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
-import { channelFrames, createPeer, gatheringComplete, withoutDefaultStun, type IceOptions } from '../adapters/werift-peer.js';
+import type { IceOptions } from '../adapters/werift-peer.js';
+import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
 
 export interface GatewayTarget {
   readonly host: string;
@@ -23,6 +23,8 @@ export interface GatewayOptions {
   readonly targets: Readonly<Record<string, GatewayTarget>>;
   readonly log: (line: string) => void;
   readonly ice?: IceOptions;
+  /** The WebRTC library answering offers (default: werift). */
+  readonly answerer?: Answerer;
   readonly mux?: MuxOptions;
   /** Largest signalling request body accepted. */
   readonly maxBodyBytes?: number;
@@ -65,7 +67,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const channelDeadlineMs = options.channelDeadlineMs ?? 30_000;
   const signallingTimeoutMs = options.signallingTimeoutMs ?? 10_000;
   const tokenDigest = digest(options.token);
-  const peers = new Set<RTCPeerConnection>();
+  const peers = new Set<object>();
+  const answerer = options.answerer ?? weriftAnswerer(options.ice);
   const names = Object.keys(options.targets);
   let signallingRequests = 0;
 
@@ -106,31 +109,44 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     }
 
     const destination = options.targets[target]!;
-    const peer = createPeer(options.ice);
-    peers.add(peer);
+    const slot = {};
+    peers.add(slot);
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
+    let answer: Answer | undefined;
     const drop = () => {
-      if (!peers.delete(peer)) return;
+      if (!peers.delete(slot)) return;
       const held = (perClient.get(client) ?? 1) - 1;
       if (held > 0) perClient.set(client, held);
       else perClient.delete(client);
-      void peer.close().catch(() => undefined);
+      answer?.close();
     };
+    // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
+    const answering = AbortSignal.timeout(signallingTimeoutMs);
+    const pending = answerer.answer(offer, answering);
+    try {
+      answer = await Promise.race([
+        pending,
+        new Promise<never>((_, reject) => answering.addEventListener('abort', () => reject(new HttpError(504, `no answer within ${signallingTimeoutMs / 1000} s`)), { once: true })),
+      ]);
+    } catch (error) {
+      drop();
+      void pending.then((late) => late.close(), () => undefined);
+      if (error instanceof HttpError) throw error;
+      throw new HttpError(400, `offer refused: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
+    }
     const deadline = setTimeout(() => {
       options.log(`tunnel to ${target}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
       drop();
     }, channelDeadlineMs);
     deadline.unref();
-    peer.connectionStateChange.subscribe((state) => {
-      if (state === 'failed' || state === 'closed') {
-        clearTimeout(deadline);
-        drop();
-      }
+    answer.onEnded(() => {
+      clearTimeout(deadline);
+      drop();
     });
-    peer.onDataChannel.subscribe((channel) => {
-      const serve = () => {
+    answer.channel.then(
+      (frames) => {
         clearTimeout(deadline);
-        const mux = new Mux(channelFrames(peer, channel), {
+        const mux = new Mux(frames, {
           ...options.mux,
           dial: () => dialTarget(destination),
           log: (line) => options.log(`tunnel to ${target}: ${line}`),
@@ -140,36 +156,10 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
           drop();
         });
         options.log(`tunnel to ${target} open`);
-      };
-      if (channel.readyState === 'open') serve();
-      else {
-        const subscription = channel.stateChanged.subscribe((state) => {
-          if (state !== 'open') return;
-          subscription.unSubscribe();
-          serve();
-        });
-      }
-    });
-    // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
-    const answering = AbortSignal.timeout(signallingTimeoutMs);
-    try {
-      await Promise.race([
-        (async () => {
-          await peer.setRemoteDescription({ type: 'offer', sdp: offer });
-          const answer = await peer.createAnswer();
-          withoutDefaultStun(peer, options.ice);
-          await peer.setLocalDescription(answer);
-          await gatheringComplete(peer, answering);
-        })(),
-        new Promise<never>((_, reject) => answering.addEventListener('abort', () => reject(new HttpError(504, `no answer within ${signallingTimeoutMs / 1000} s`)), { once: true })),
-      ]);
-    } catch (error) {
-      clearTimeout(deadline);
-      drop();
-      if (error instanceof HttpError) throw error;
-      throw new HttpError(400, `offer refused: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
-    }
-    return peer.localDescription!.sdp;
+      },
+      () => drop(),
+    );
+    return answer.sdp;
   }
 
   const handler = (request: IncomingMessage, response: ServerResponse) => {
@@ -214,7 +204,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
-      await Promise.all([...peers].map((peer) => peer.close().catch(() => undefined)));
+      answerer.closeAll();
       peers.clear();
       await closed;
     },

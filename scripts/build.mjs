@@ -24,7 +24,7 @@ await build({
   target: 'node20',
   // Dependencies are bundled (fewer files to resolve and load at start-up); werift and the inspector
   // client stay external and are only ever imported lazily, by the commands that need them.
-  external: ['werift', '@statelyai/inspect'],
+  external: ['werift', '@statelyai/inspect', 'node-datachannel'],
   // clipanion (CommonJS) requires node built-ins; give the ESM chunks a real `require` for them.
   banner: { js: "import { createRequire as __pamCreateRequire } from 'node:module'; const require = __pamCreateRequire(import.meta.url);" },
   sourcemap: true,

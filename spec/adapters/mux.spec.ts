@@ -6,6 +6,7 @@ import { connect, createServer, Socket, type AddressInfo, type Server } from 'no
 import t from 'tap';
 import { Mux, type MuxOptions } from '../../adapters/mux.js';
 import { framePair } from '../support/frame-pair.js';
+import { halfCloseExchange } from '../support/processes.js';
 import type { TapTest } from '../support/tap.js';
 
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
@@ -53,20 +54,6 @@ async function tunnel(t: TapTest, targetPort: number, options: MuxOptions = {}) 
   return { client, gateway, channel: near, far, local, logged, dialled };
 }
 
-function exchange(port: number, upload: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const socket = new Socket({ allowHalfOpen: true });
-    const chunks: Buffer[] = [];
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.once('error', reject);
-    socket.once('end', () => {
-      socket.end();
-      resolve(Buffer.concat(chunks));
-    });
-    socket.connect(port, '127.0.0.1', () => socket.end(upload));
-  });
-}
-
 t.test('two connections carry 4 MiB each way, byte for byte, with half-close', async (t) => {
   const received: string[] = [];
   const target = await listen(t, (socket) => {
@@ -81,7 +68,7 @@ t.test('two connections carry 4 MiB each way, byte for byte, with half-close', a
   });
   const { local, client } = await tunnel(t, target.port);
   const uploads = [randomBytes(4 * 1024 * 1024), randomBytes(4 * 1024 * 1024 + 3)];
-  const replies = await Promise.all(uploads.map((upload) => exchange(local.port, upload)));
+  const replies = await Promise.all(uploads.map((upload) => halfCloseExchange(local.port, upload)));
   t.same(received.sort(), uploads.map(sha).sort(), 'target received both uploads intact');
   uploads.forEach((upload, index) => {
     const half = upload.length / 2;

@@ -2,9 +2,9 @@
 // a local port and a real TCP target over WebRTC, and the failure exit codes hold.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, Socket, type AddressInfo } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import t from 'tap';
-import { freePort, pam, portIsOpen, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
+import { freePort, halfCloseExchange, pam, portIsOpen, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
 
 const token = 'skeleton-token-7f3a';
 
@@ -39,17 +39,7 @@ t.test('10 MiB each way through a foreground tunnel, sha256-equal; SIGTERM → e
   t.ok(port > 0, `tunnel announced local port ${port}`);
   t.equal(ready.host, '127.0.0.1', 'binds loopback by default');
 
-  const downloaded = await new Promise<Buffer>((resolve, reject) => {
-    const socket = new Socket({ allowHalfOpen: true });
-    const chunks: Buffer[] = [];
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.once('error', reject);
-    socket.once('end', () => {
-      socket.end();
-      resolve(Buffer.concat(chunks));
-    });
-    socket.connect(port, '127.0.0.1', () => socket.end(upload));
-  });
+  const downloaded = await halfCloseExchange(port, upload);
   t.equal(await target.received, createHash('sha256').update(upload).digest('hex'), 'target received the upload byte for byte');
   t.equal(downloaded.length, download.length, 'client received every byte of the download');
   t.equal(createHash('sha256').update(downloaded).digest('hex'), createHash('sha256').update(download).digest('hex'), 'download sha256 matches');
@@ -58,6 +48,21 @@ t.test('10 MiB each way through a foreground tunnel, sha256-equal; SIGTERM → e
   t.equal(await tunnel.exited, 0, 'SIGTERM ends a foreground tunnel with exit 0');
   t.notOk(await portIsOpen(port), 'local port is closed after stop');
   t.match(tunnel.stdout, /"event":"stopped".*"reason":"stopped by SIGTERM"/, 'stopped line says why');
+});
+
+t.test('--transport native on both ends carries the same 10 MiB each way', async (t) => {
+  const dir = scratchDir(t);
+  const upload = randomBytes(10 * 1024 * 1024);
+  const download = randomBytes(10 * 1024 * 1024 + 5);
+  const target = await hashingTarget(t, download);
+  const gateway = await startGatewayProc(t, dir, token, { files: target.port }, ['--transport', 'native']);
+  const tunnel = pam(t, ['tunnel', 'start', 'files', '--foreground', '--json', '--transport', 'native', '--gateway', gateway.url], { env: tunnelEnv(dir, token) });
+  const port = Number((await tunnel.event('ready')).port);
+  const downloaded = await halfCloseExchange(port, upload);
+  t.equal(await target.received, createHash('sha256').update(upload).digest('hex'), 'upload intact');
+  t.equal(createHash('sha256').update(downloaded).digest('hex'), createHash('sha256').update(download).digest('hex'), 'download intact');
+  tunnel.child.kill('SIGTERM');
+  t.equal(await tunnel.exited, 0);
 });
 
 t.test('a wrong token exits 77 and names the fix', async (t) => {

@@ -263,3 +263,18 @@ export async function backgroundTunnel(t: Teardownable, env: NodeJS.ProcessEnv, 
   });
   return ready;
 }
+
+/** Send `upload`, then FIN; read until the other side's FIN; resolves with what came back. */
+export function halfCloseExchange(port: number, upload: Buffer, host = '127.0.0.1'): Promise<Buffer> {
+  return new Promise((resolveExchange, reject) => {
+    const socket = new Socket({ allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.once('error', reject);
+    socket.once('end', () => {
+      socket.end();
+      resolveExchange(Buffer.concat(chunks));
+    });
+    socket.connect(port, host, () => socket.end(upload));
+  });
+}

@@ -1,0 +1,99 @@
+// node-datachannel (libdatachannel, native) peers for both ends: ICE bound to the configured host
+// address, no STUN unless configured, gathering completed before an SDP is sent, and the data
+// channel seen as a FrameChannel for the mux. Chosen with --transport native (decision 0003).
+
+import { PeerConnection, type DataChannel } from 'node-datachannel';
+import type { FrameChannel } from './mux.js';
+import type { IceOptions } from './werift-peer.js';
+
+export const nativeLowWater = 256 * 1024;
+
+type NativeIceServer = string | { hostname: string; port: number; username?: string; password?: string; relayType?: 'TurnUdp' | 'TurnTcp' };
+
+function iceServer(server: { urls: string; username?: string; credential?: string }): NativeIceServer {
+  if (server.urls.startsWith('stun:')) return server.urls;
+  const match = /^turns?:([^:?]+)(?::(\d+))?(?:\?transport=(udp|tcp))?$/.exec(server.urls);
+  return {
+    hostname: match?.[1] ?? '',
+    port: Number(match?.[2] ?? 3478),
+    ...(server.username ? { username: server.username } : {}),
+    ...(server.credential ? { password: server.credential } : {}),
+    relayType: match?.[3] === 'tcp' ? 'TurnTcp' : 'TurnUdp',
+  };
+}
+
+export function createNativePeer(name: string, ice: IceOptions = {}): PeerConnection {
+  const hosts = ice.hosts ?? [];
+  return new PeerConnection(name, {
+    iceServers: (ice.servers ?? []).map(iceServer) as never,
+    ...(hosts.length > 0 ? { bindAddress: hosts[0] } : {}),
+  });
+}
+
+/** Resolve with the local SDP once gathering is complete (non-trickle). */
+export function nativeGathered(peer: PeerConnection, signal?: AbortSignal): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const done = () => resolve(peer.localDescription()!.sdp);
+    if (peer.gatheringState() === 'complete') return done();
+    peer.onGatheringStateChange((state) => {
+      if (state === 'complete') done();
+    });
+    signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+  });
+}
+
+/** Resolve when the channel is open; reject if the connection fails or closes first. */
+export function nativeChannelOpen(peer: PeerConnection, channel: DataChannel, signal?: AbortSignal): Promise<void> {
+  if (channel.isOpen()) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    channel.onOpen(() => resolve());
+    channel.onError((error) => reject(new Error(`data channel error: ${error}`)));
+    peer.onStateChange((state) => {
+      if (state === 'failed' || state === 'closed') reject(new Error(`the peer connection ${state} before the data channel opened (no ICE path between the hosts?)`));
+    });
+    signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+  });
+}
+
+export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameChannel {
+  channel.setBufferedAmountLowThreshold(nativeLowWater);
+  let closing = false;
+  const frameHandlers: Array<(frame: Buffer) => void> = [];
+  const drainHandlers: Array<() => void> = [];
+  const closeHandlers: Array<(reason: string) => void> = [];
+  const closed = (reason: string) => {
+    if (closing) return;
+    closing = true;
+    for (const handler of closeHandlers) handler(reason);
+  };
+  channel.onMessage((message) => {
+    const frame = Buffer.isBuffer(message) ? message : typeof message === 'string' ? Buffer.from(message) : Buffer.from(new Uint8Array(message));
+    for (const handler of frameHandlers) handler(frame);
+  });
+  channel.onBufferedAmountLow(() => drainHandlers.forEach((handler) => handler()));
+  channel.onClosed(() => closed('the data channel closed'));
+  peer.onStateChange((state) => {
+    if (state === 'failed' || state === 'closed') closed(`the peer connection ${state}`);
+  });
+  return {
+    send: (frame) => {
+      if (!channel.sendMessageBinary(frame)) throw new Error('the data channel refused a message');
+    },
+    get bufferedAmount() {
+      return closing ? 0 : channel.bufferedAmount();
+    },
+    onFrame: (handler) => void frameHandlers.push(handler),
+    onDrain: (handler) => void drainHandlers.push(handler),
+    onClose: (handler) => void closeHandlers.push(handler),
+    close() {
+      if (closing) return;
+      closing = true;
+      try {
+        channel.close();
+        peer.close();
+      } catch {
+        // already closed
+      }
+    },
+  };
+}

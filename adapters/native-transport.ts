@@ -1,0 +1,46 @@
+// The node-datachannel (libdatachannel) offerer behind the peer transport: --transport native.
+
+import type { Socket } from 'node:net';
+import type { DataChannel, PeerConnection } from 'node-datachannel';
+import type { Transport } from '../machines/ports.js';
+import { createPeerTransport, type PeerKind, type PeerTransportOptions } from './peer-transport.js';
+import { createNativePeer, nativeChannelOpen, nativeFrames, nativeGathered } from './native-peer.js';
+import type { IceOptions } from './werift-peer.js';
+
+interface NativePeer {
+  readonly connection: PeerConnection;
+  readonly channel: DataChannel;
+}
+
+export function nativeKind(ice: IceOptions = {}): PeerKind<NativePeer> {
+  return {
+    async offer(signal) {
+      const connection = createNativePeer('pam-client', ice);
+      try {
+        const channel = connection.createDataChannel('pam-mux', { unordered: false });
+        return { peer: { connection, channel }, sdp: await nativeGathered(connection, signal) };
+      } catch (error) {
+        connection.close();
+        throw error;
+      }
+    },
+    async accept(peer, answer) {
+      peer.connection.setRemoteDescription(answer, 'answer');
+    },
+    async open(peer, signal) {
+      await nativeChannelOpen(peer.connection, peer.channel, signal);
+      return nativeFrames(peer.connection, peer.channel);
+    },
+    async close(peer) {
+      try {
+        peer.connection.close();
+      } catch {
+        // already closed
+      }
+    },
+  };
+}
+
+export function createNativeTransport(options: PeerTransportOptions & { readonly ice?: IceOptions }): Transport<Socket> {
+  return createPeerTransport(nativeKind(options.ice), options);
+}

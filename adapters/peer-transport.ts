@@ -1,0 +1,122 @@
+// The client transport, independent of the WebRTC library: HTTP signalling with the gateway (offer →
+// answer, bearer token), then a data channel carrying the mux; a wedged ICE/DTLS attempt is retried
+// with a fresh peer connection within the caller's deadline. werift and node-datachannel plug in as
+// a PeerKind (adapters/werift-transport.ts, adapters/native-transport.ts).
+
+import type { Socket } from 'node:net';
+import { TunnelError } from '../machines/errors.js';
+import type { Link, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
+import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
+
+/** One WebRTC library's offerer side. `P` is its peer handle. */
+export interface PeerKind<P> {
+  /** A peer with a data channel, its offer gathered (non-trickle). */
+  offer(signal: AbortSignal): Promise<{ peer: P; sdp: string }>;
+  accept(peer: P, answer: string): Promise<void>;
+  /** Resolve with the channel once open; reject with a readable reason if the connection fails. */
+  open(peer: P, signal: AbortSignal): Promise<FrameChannel>;
+  close(peer: P): Promise<void>;
+}
+
+export interface PeerTransportOptions {
+  readonly token: string;
+  readonly mux?: MuxOptions;
+}
+
+class PeerNegotiation<P> implements Negotiation {
+  constructor(
+    readonly kind: PeerKind<P>,
+    readonly peer: P,
+    readonly request: Omit<NegotiateRequest, 'signal'>,
+  ) {}
+
+  close(): Promise<void> {
+    return this.kind.close(this.peer);
+  }
+}
+
+/**
+ * How long one ICE/DTLS attempt may take before a fresh peer connection is tried. werift's DTLS
+ * handshake can wedge when a ClientHello is retransmitted before the other side listens (seen with
+ * 20 tunnels starting at once on 2 cores); a new attempt succeeds, so attempts retry within --timeout.
+ */
+const attemptWindowMs = (attempt: number) => Math.min(5_000 * 1.5 ** (attempt - 1), 20_000);
+
+export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransportOptions): Transport<Socket> {
+  async function negotiateOnce(request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
+    for (let attempt = 1; ; attempt += 1) {
+      const { peer, sdp } = await kind.offer(signal);
+      try {
+        await kind.accept(peer, await exchange(request.gateway, request.target, sdp, options.token, signal));
+        return new PeerNegotiation(kind, peer, request);
+      } catch (error) {
+        await kind.close(peer);
+        // A TunnelError is the gateway's verdict (token, target, reachability): final. Anything else is
+        // the WebRTC library refusing its own exchange (seen with libdatachannel: "remote candidate
+        // without ICE transport"); a fresh offer fixes it, a few times at most.
+        if (error instanceof TunnelError || signal.aborted || attempt >= 3) throw error;
+      }
+    }
+  }
+
+  return {
+    negotiate: ({ gateway, target, signal }) => negotiateOnce({ gateway, target }, signal),
+
+    async establish(negotiation: Negotiation, signal: AbortSignal): Promise<Link<Socket>> {
+      let current = negotiation as PeerNegotiation<P>;
+      let channel: FrameChannel | undefined;
+      for (let attempt = 1; !channel; attempt += 1) {
+        try {
+          channel = await kind.open(current.peer, AbortSignal.any([signal, AbortSignal.timeout(attemptWindowMs(attempt))]));
+        } catch (error) {
+          await current.close();
+          if (signal.aborted) throw error;
+          // Stalled or failed: a fresh offer/answer and peer connection, still bounded by the caller's signal.
+          current = await negotiateOnce(current.request, signal);
+        }
+      }
+      const mux = new Mux(channel, options.mux);
+      const peer = current;
+      return {
+        carry: (socket) => mux.carry(socket),
+        onLost: (handler) => mux.onLost(handler),
+        async close() {
+          await mux.close();
+          await peer.close();
+        },
+      };
+    },
+  };
+}
+
+/** POST the offer; map every way signalling can fail to a failure kind that names the fix. */
+async function exchange(gateway: string, target: string, offer: string, token: string, signal: AbortSignal): Promise<string> {
+  const url = new URL('/v1/tunnels', gateway);
+  let response: Response;
+  try {
+    response = await fetch(url, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ target, offer }),
+      signal,
+    });
+  } catch (error) {
+    if (signal.aborted) throw error;
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    throw new TunnelError(
+      'gatewayUnreachable',
+      `gateway ${url.origin} is unreachable (${cause?.code ?? cause?.message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
+    );
+  }
+  const body = (await response.json().catch(() => ({}))) as { answer?: unknown; error?: unknown; targets?: unknown };
+  if (response.ok && typeof body.answer === 'string') return body.answer;
+  if (response.status === 401 || response.status === 403) {
+    throw new TunnelError('authRefused', `the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file`);
+  }
+  if (response.status === 404 && Array.isArray(body.targets)) {
+    const served = body.targets.filter((name): name is string => typeof name === 'string');
+    throw new TunnelError('unknownTarget', `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`);
+  }
+  const detail = typeof body.error === 'string' ? body.error : response.statusText;
+  throw new TunnelError('gatewayUnreachable', `gateway ${url.origin} answered HTTP ${response.status}: ${detail}`);
+}

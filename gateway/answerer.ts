@@ -1,0 +1,68 @@
+// The gateway's WebRTC side as a port: take an offer, return an answer and, once the client's data
+// channel opens, its frames. werift here; node-datachannel in native-answerer.ts (--transport native).
+
+import type { FrameChannel } from '../adapters/mux.js';
+import { channelFrames, createPeer, gatheringComplete, withoutDefaultStun, type IceOptions } from '../adapters/werift-peer.js';
+
+export interface Answer {
+  readonly sdp: string;
+  /** Resolves with the channel's frames once the client's data channel is open. */
+  readonly channel: Promise<FrameChannel>;
+  /** Called once when the connection fails or closes. */
+  onEnded(handler: () => void): void;
+  close(): void;
+}
+
+export interface Answerer {
+  answer(offer: string, signal: AbortSignal): Promise<Answer>;
+  /** Close every connection this answerer made (gateway shutdown). */
+  closeAll(): void;
+}
+
+export function weriftAnswerer(ice: IceOptions = {}): Answerer {
+  const open = new Set<{ close(): Promise<void> }>();
+  return {
+    async answer(offer, signal) {
+      const peer = createPeer(ice);
+      open.add(peer);
+      const close = () => {
+        open.delete(peer);
+        void peer.close().catch(() => undefined);
+      };
+      try {
+        const channel = new Promise<FrameChannel>((resolve) => {
+          peer.onDataChannel.subscribe((dataChannel) => {
+            if (dataChannel.readyState === 'open') return resolve(channelFrames(peer, dataChannel));
+            const subscription = dataChannel.stateChanged.subscribe((state) => {
+              if (state !== 'open') return;
+              subscription.unSubscribe();
+              resolve(channelFrames(peer, dataChannel));
+            });
+          });
+        });
+        await peer.setRemoteDescription({ type: 'offer', sdp: offer });
+        const answer = await peer.createAnswer();
+        withoutDefaultStun(peer, ice);
+        await peer.setLocalDescription(answer);
+        await gatheringComplete(peer, signal);
+        return {
+          sdp: peer.localDescription!.sdp,
+          channel,
+          onEnded(handler) {
+            peer.connectionStateChange.subscribe((state) => {
+              if (state === 'failed' || state === 'closed') handler();
+            });
+          },
+          close,
+        };
+      } catch (error) {
+        close();
+        throw error;
+      }
+    },
+    closeAll() {
+      for (const peer of [...open]) void peer.close().catch(() => undefined);
+      open.clear();
+    },
+  };
+}
