@@ -76,9 +76,9 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     if (state === 'failed' || state === 'closed') closed(`the peer connection ${state}`);
   });
   return {
-    send: (frame) => {
-      if (!channel.sendMessageBinary(frame)) throw new Error('the data channel refused a message');
-    },
+    // sendMessageBinary() returns false when the message was queued rather than sent at once: that is
+    // back-pressure, which bufferedAmount reports and the mux already acts on, not a failure.
+    send: (frame) => void channel.sendMessageBinary(frame),
     get bufferedAmount() {
       return closing ? 0 : channel.bufferedAmount();
     },
