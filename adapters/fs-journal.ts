@@ -6,7 +6,7 @@ import { appendFileSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkS
 import { join } from 'node:path';
 import type { InspectionEvent } from 'xstate';
 import { journalEvent, parseJournal, stateName, type JournalEntry, type JournalMeta } from '../machines/journal.js';
-import type { Outcome } from '../machines/errors.js';
+import { TunnelError, type Outcome } from '../machines/errors.js';
 
 export interface JournalOptions {
   readonly registryDir: string;
@@ -106,4 +106,12 @@ export function readJournals(registryDir: string): Array<{ id: string; entries: 
     })
     .filter((journal) => journal.entries.length > 0)
     .sort((a, b) => b.entries[0]!.at.localeCompare(a.entries[0]!.at));
+}
+
+/** The one journal whose id starts with `prefix`: none → exit 1, several → exit 2 naming them. */
+export function findJournal(registryDir: string, prefix: string): { id: string; entries: JournalEntry[] } {
+  const matches = readJournals(registryDir).filter((journal) => journal.id.startsWith(prefix));
+  if (matches.length === 0) throw new TunnelError('generic', `no journal matches '${prefix}': see \`pam tunnel history\``);
+  if (matches.length > 1) throw new TunnelError('usage', `'${prefix}' matches ${matches.length} journals: ${matches.map((match) => match.id).join(', ')}`);
+  return matches[0]!;
 }

@@ -3,12 +3,11 @@
 
 import { Command, Option } from 'clipanion';
 import * as t from 'typanion';
-import { TunnelError } from '../../machines/errors.js';
 import { summarize } from '../../machines/history.js';
 import type { JournalEntry } from '../../machines/journal.js';
 import type { PamContext } from '../context.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
-import { readJournals } from '../../adapters/fs-journal.js';
+import { findJournal, readJournals } from '../../adapters/fs-journal.js';
 import { processStartTime } from '../../adapters/process-identity.js';
 import { renderTable } from '../table.js';
 
@@ -38,7 +37,7 @@ export class TunnelHistoryCommand extends Command<PamContext> {
   async execute(): Promise<number> {
     const registry = await openFsRegistry({ env: this.context.env });
     const journals = readJournals(registry.location);
-    if (this.id !== undefined) return this.timeline(journals.filter((journal) => journal.id.startsWith(this.id!)));
+    if (this.id !== undefined) return this.timeline(findJournal(registry.location, this.id));
 
     const alive = new Map<number, string | undefined>();
     for (const { entries } of journals) {
@@ -63,10 +62,7 @@ export class TunnelHistoryCommand extends Command<PamContext> {
     return 0;
   }
 
-  private timeline(matches: Array<{ id: string; entries: JournalEntry[] }>): number {
-    if (matches.length === 0) throw new TunnelError('generic', `no journal matches '${this.id}': see \`pam tunnel history\``);
-    if (matches.length > 1) throw new TunnelError('usage', `'${this.id}' matches ${matches.length} journals: ${matches.map((match) => match.id).join(', ')}`);
-    const { entries } = matches[0]!;
+  private timeline({ entries }: { entries: JournalEntry[] }): number {
     if (this.json) {
       this.context.stdout.write(`${JSON.stringify(entries.map(({ meta: _meta, ...entry }) => entry), null, 2)}\n`);
       return 0;

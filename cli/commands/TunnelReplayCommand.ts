@@ -2,11 +2,10 @@
 // network, no files) and check that it takes the recorded path: an explanation you can re-run.
 
 import { Command, Option } from 'clipanion';
-import { TunnelError } from '../../machines/errors.js';
 import { replay } from '../../machines/journal.js';
 import type { PamContext } from '../context.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
-import { readJournals } from '../../adapters/fs-journal.js';
+import { findJournal } from '../../adapters/fs-journal.js';
 
 export class TunnelReplayCommand extends Command<PamContext> {
   static override paths = [['tunnel', 'replay']];
@@ -30,12 +29,10 @@ export class TunnelReplayCommand extends Command<PamContext> {
 
   async execute(): Promise<number> {
     const registry = await openFsRegistry({ env: this.context.env });
-    const matches = readJournals(registry.location).filter((journal) => journal.id.startsWith(this.id));
-    if (matches.length === 0) throw new TunnelError('generic', `no journal matches '${this.id}': see \`pam tunnel history\``);
-    if (matches.length > 1) throw new TunnelError('usage', `'${this.id}' matches ${matches.length} journals: ${matches.map((match) => match.id).join(', ')}`);
-    const result = replay(matches[0]!.entries);
+    const journal = findJournal(registry.location, this.id);
+    const result = replay(journal.entries);
     if (this.json) {
-      this.context.stdout.write(`${JSON.stringify({ id: matches[0]!.id, ...result }, null, 2)}\n`);
+      this.context.stdout.write(`${JSON.stringify({ id: journal.id, ...result }, null, 2)}\n`);
     } else {
       this.context.stdout.write(`${result.replayed.join('\n')}\n`);
       if (result.output) this.context.stdout.write(`→ exit ${result.output.exitCode}: ${result.output.reason}\n`);

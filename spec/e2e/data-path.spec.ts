@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, createServer, Socket, type AddressInfo, type Server } from 'node:net';
 import t from 'tap';
-import { echoServer, freePort, pam, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
+import { echoServer, freePort, pam, roundTrip, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
 
 const token = 'datapath-token-1b2c';
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
@@ -66,21 +66,9 @@ t.test('1,000 concurrent connections × 64 KiB each, all echoed intact', async (
   const echo = await echoServer(t);
   const { port } = await tunnelTo(t, { echo: echo.port }, 'echo');
   const results = await Promise.all(
-    Array.from({ length: 1000 }, () => {
+    Array.from({ length: 1000 }, async () => {
       const payload = randomBytes(64 * 1024);
-      return new Promise<boolean>((resolve) => {
-        const socket = new Socket();
-        const chunks: Buffer[] = [];
-        let received = 0;
-        socket.on('data', (chunk: Buffer) => {
-          chunks.push(chunk);
-          received += chunk.length;
-          if (received >= payload.length) socket.end();
-        });
-        socket.once('error', () => resolve(false));
-        socket.once('close', () => resolve(sha(Buffer.concat(chunks)) === sha(payload)));
-        socket.connect(port, '127.0.0.1', () => socket.write(payload));
-      });
+      return roundTrip(port, payload).then((echoed) => sha(echoed) === sha(payload), () => false);
     }),
   );
   t.equal(results.filter(Boolean).length, 1000, 'every connection got its own bytes back');

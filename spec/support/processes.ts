@@ -8,6 +8,7 @@ import { createServer, Socket, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isProcessAlive } from '../../adapters/process-identity.js';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 export const pamBin = join(repoRoot, 'bin', 'pam');
@@ -116,14 +117,8 @@ function killHard(child: ChildProcess): Promise<void> | void {
   });
 }
 
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+/** Is `pid` alive (the same check pam itself uses)? */
+export const isAlive = isProcessAlive;
 
 /** A private directory for one test (registry, pid files, tokens), removed at teardown. */
 export function scratchDir(t: Teardownable, prefix = 'pam-spec-'): string {
