@@ -1,6 +1,6 @@
 // `pam shell`: an interactive session in which tunnels persist until it ends.
 
-import { Command } from 'clipanion';
+import { Command, Option } from 'clipanion';
 import type { PamContext } from '../context.js';
 import { createCli } from '../main.js';
 import { runShell } from '../shell.js';
@@ -23,11 +23,16 @@ export class ShellCommand extends Command<PamContext> {
     examples: [
       ['Start an interactive session', '$0 shell'],
       ['Run a script of pam commands', "printf 'tunnel start db\\ntunnel list\\n' | $0 shell"],
+      ['Watch every tunnel of the session in the Stately inspector', '$0 shell --inspect=ws://127.0.0.1:8080'],
     ],
   });
 
+  inspect = Option.String('--inspect', { tolerateBoolean: true, description: 'stream every tunnel of the session to a Stately inspector: --inspect or --inspect=ws://… (as $PAM_INSPECT)' });
+
   async execute(): Promise<number> {
     const registry = await openFsRegistry({ env: this.context.env });
-    return runShell(createCli({ colors: this.context.colorDepth > 1 }), this.context, registry);
+    // The session's tunnels read PAM_INSPECT like one-shot ones; the flag sets it for them.
+    const env = this.inspect === undefined ? this.context.env : { ...this.context.env, PAM_INSPECT: this.inspect === true ? '1' : String(this.inspect) };
+    return runShell(createCli({ colors: this.context.colorDepth > 1 }), { ...this.context, env }, registry);
   }
 }

@@ -57,3 +57,27 @@ t.test('an inspector that is not there never delays or blocks a --run tunnel', a
   t.equal(code, 5, "the command's code, promptly, with PAM_INSPECT pointing at nothing");
   t.match(run.stderr, new RegExp(`inspector: streaming this tunnel to ${nobody}`));
 });
+
+t.test('pam shell --inspect streams the session\'s tunnels', async (t) => {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((resolve) => server.once('listening', () => resolve()));
+  t.teardown(() => new Promise<void>((resolve) => {
+    for (const client of server.clients) client.terminate();
+    server.close(() => resolve());
+  }));
+  const values: string[] = [];
+  server.on('connection', (socket) => socket.on('message', (data) => {
+    const event = JSON.parse(String(data)) as { type?: string; snapshot?: { value?: unknown } };
+    if (event.type === '@xstate.snapshot') values.push(JSON.stringify(event.snapshot?.value));
+  }));
+  const url = `ws://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const shell = pam(t, ['shell', `--inspect=${url}`], { env: tunnelEnv(dir, token, gateway.url), stdin: 'pipe' });
+  shell.child.stdin!.write('tunnel start echo --json\n');
+  await shell.event('ready');
+  await until(() => values.includes('{"ready":{"serving":"linked"}}'), 10_000, 'the shell tunnel at the inspector');
+  shell.child.stdin!.end();
+  t.equal(await shell.exited, 0);
+});
