@@ -26,7 +26,8 @@ function shellWithPam(t: Teardownable, dir: string, env: NodeJS.ProcessEnv) {
   const bin = join(dir, 'bin');
   mkdirSync(bin, { recursive: true });
   symlinkSync(pamBin, join(bin, 'pam'));
-  return (script: string) => spawnProc(t, 'bash', ['-euo', 'pipefail', '-c', script], { env: { ...env, PATH: `${bin}:${process.env.PATH}` }, cwd: dir });
+  // TMPDIR: whatever the recipe makes with mktemp lands in the test's own directory.
+  return (script: string) => spawnProc(t, 'bash', ['-euo', 'pipefail', '-c', script], { env: { ...env, PATH: `${bin}:${process.env.PATH}`, TMPDIR: dir }, cwd: dir });
 }
 
 t.test('recipe: a script with a background tunnel, list and stop', async (t) => {
