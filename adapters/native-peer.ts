@@ -30,6 +30,21 @@ export function createNativePeer(name: string, ice: IceOptions = {}): PeerConnec
   });
 }
 
+/**
+ * The offer as the gateway's libdatachannel should read it so that it answers `a=setup:passive` (DTLS
+ * server) instead of its default `active`; used when the client asks for it (`answerSetup`). Why: on a
+ * fast path the answerer's ICE connects before the offerer has even read the answer, so an active
+ * answerer's first DTLS flight reaches an offerer with no DTLS transport yet, is dropped, and OpenSSL
+ * resends it only after its 1 s timer: measured on loopback, one connect in four took ~1 s. A passive
+ * answerer waits for the offerer's ClientHello, which the offerer sends once it has the answer. Passive
+ * is a legal answer to `actpass` (RFC 5763 §5), so the exchange on the wire stays standard; only the
+ * answerer's own parser sees `active`. werift's offerer ignores the answer's role (it stays DTLS
+ * server), which is why the client must ask rather than the gateway always doing it.
+ */
+export function offerForPassiveAnswer(offer: string): string {
+  return offer.replace(/^a=setup:actpass\r?$/gm, (line) => line.replace('actpass', 'active'));
+}
+
 /** Resolve with the local SDP once gathering is complete (non-trickle). */
 export function nativeGathered(peer: PeerConnection, signal?: AbortSignal): Promise<string> {
   return new Promise((resolve, reject) => {

@@ -14,6 +14,8 @@ interface NativePeer {
 
 export function nativeKind(ice: IceOptions = {}): PeerKind<NativePeer> {
   return {
+    // libdatachannel follows the answer's role: as DTLS client it speaks first, once it has the answer.
+    answerSetup: 'passive',
     async offer(signal) {
       const connection = createNativePeer('pam-client', ice);
       try {

@@ -4,6 +4,7 @@
 // a PeerKind (adapters/werift-transport.ts, adapters/native-transport.ts).
 
 import type { Socket } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
 import { TunnelError } from '../machines/errors.js';
 import type { Link, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
@@ -16,6 +17,11 @@ export interface PeerKind<P> {
   /** Resolve with the channel once open; reject with a readable reason if the connection fails. */
   open(peer: P, signal: AbortSignal): Promise<FrameChannel>;
   close(peer: P): Promise<void>;
+  /**
+   * Ask the gateway to answer `a=setup:passive`, so this offerer is the DTLS client. Only for libraries
+   * that follow the answer's setup role (libdatachannel does; werift's offerer stays DTLS server).
+   */
+  readonly answerSetup?: 'passive';
 }
 
 export interface PeerTransportOptions {
@@ -41,20 +47,26 @@ class PeerNegotiation<P> implements Negotiation {
  * 20 tunnels starting at once on 2 cores); a new attempt succeeds, so attempts retry within --timeout.
  */
 const attemptWindowMs = (attempt: number) => Math.min(5_000 * 1.5 ** (attempt - 1), 20_000);
+/** Before retry n + 1: none after the first failure, then 250 ms doubling to 2 s. */
+const retryPauseMs = (attempt: number) => (attempt <= 1 ? 0 : Math.min(125 * 2 ** (attempt - 1), 2_000));
 
 export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransportOptions): Transport<Socket> {
   async function negotiateOnce(request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
+    const setup = kind.answerSetup ? { answerSetup: kind.answerSetup } : {};
     for (let attempt = 1; ; attempt += 1) {
       const { peer, sdp } = await kind.offer(signal);
       try {
-        await kind.accept(peer, await exchange(request.gateway, request.target, sdp, options.token, signal));
+        await kind.accept(peer, await exchange(request.gateway, request.target, { offer: sdp, ...setup }, options.token, signal));
         return new PeerNegotiation(kind, peer, request);
       } catch (error) {
         await kind.close(peer);
         // A TunnelError is the gateway's verdict (token, target, reachability): final. Anything else is
-        // the WebRTC library refusing its own exchange (seen with libdatachannel: "remote candidate
-        // without ICE transport"); a fresh offer fixes it, a few times at most.
-        if (error instanceof TunnelError || signal.aborted || attempt >= 3) throw error;
+        // the WebRTC library refusing its own exchange. Seen with libdatachannel: on loopback ICE can
+        // connect while the answer is still being applied, DTLS then fails for want of the remote
+        // fingerprint, and applying the rest of the answer throws "remote candidate without ICE
+        // transport". A fresh offer fixes it; a few at most, spaced so the race does not repeat.
+        if (error instanceof TunnelError || signal.aborted || attempt >= 5) throw error;
+        await delay(retryPauseMs(attempt), undefined, { signal });
       }
     }
   }
@@ -71,7 +83,9 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
         } catch (error) {
           await current.close();
           if (signal.aborted) throw error;
-          // Stalled or failed: a fresh offer/answer and peer connection, still bounded by the caller's signal.
+          // Stalled or failed: a fresh offer/answer and peer connection, still bounded by the caller's
+          // signal. The pause keeps a peer that fails at once from flooding the gateway with offers.
+          await delay(retryPauseMs(attempt), undefined, { signal });
           current = await negotiateOnce(current.request, signal);
         }
       }
@@ -90,14 +104,14 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
 }
 
 /** POST the offer; map every way signalling can fail to a failure kind that names the fix. */
-async function exchange(gateway: string, target: string, offer: string, token: string, signal: AbortSignal): Promise<string> {
+async function exchange(gateway: string, target: string, offer: { offer: string; answerSetup?: 'passive' }, token: string, signal: AbortSignal): Promise<string> {
   const url = new URL('/v1/tunnels', gateway);
   let response: Response;
   try {
     response = await fetch(url, {
       method: 'POST',
       headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ target, offer }),
+      body: JSON.stringify({ target, ...offer }),
       signal,
     });
   } catch (error) {

@@ -13,8 +13,14 @@ export interface Answer {
   close(): void;
 }
 
+export interface AnswerOptions {
+  /** The client asked for `a=setup:passive` (it will be the DTLS client). */
+  readonly passive?: boolean;
+}
+
 export interface Answerer {
-  answer(offer: string, signal: AbortSignal): Promise<Answer>;
+  /** werift's answerer always answers `a=setup:active` and ignores `options.passive`. */
+  answer(offer: string, signal: AbortSignal, options?: AnswerOptions): Promise<Answer>;
   /** Close every connection this answerer made (gateway shutdown). */
   closeAll(): void;
 }

@@ -2,14 +2,14 @@
 
 import type { PeerConnection } from 'node-datachannel';
 import type { FrameChannel } from '../adapters/mux.js';
-import { createNativePeer, nativeFrames, nativeGathered } from '../adapters/native-peer.js';
+import { createNativePeer, nativeFrames, nativeGathered, offerForPassiveAnswer } from '../adapters/native-peer.js';
 import type { IceOptions } from '../adapters/werift-peer.js';
 import type { Answerer } from './answerer.js';
 
 export function nativeAnswerer(ice: IceOptions = {}): Answerer {
   const open = new Set<PeerConnection>();
   return {
-    async answer(offer, signal) {
+    async answer(offer, signal, options = {}) {
       const peer = createNativePeer('pam-gateway', ice);
       open.add(peer);
       const close = () => {
@@ -31,7 +31,7 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
             dataChannel.onOpen(() => resolve(nativeFrames(peer, dataChannel)));
           });
         });
-        peer.setRemoteDescription(offer, 'offer');
+        peer.setRemoteDescription(options.passive ? offerForPassiveAnswer(offer) : offer, 'offer');
         const sdp = await nativeGathered(peer, signal);
         return { sdp, channel, onEnded: (handler) => void ended.push(handler), close };
       } catch (error) {

@@ -87,8 +87,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     } catch {
       throw new HttpError(400, 'body is not JSON');
     }
-    const { target, offer } = (parsed ?? {}) as { target?: unknown; offer?: unknown };
+    const { target, offer, answerSetup } = (parsed ?? {}) as { target?: unknown; offer?: unknown; answerSetup?: unknown };
     if (typeof target !== 'string' || typeof offer !== 'string') throw new HttpError(400, 'body must be {"target": string, "offer": string}');
+    if (answerSetup !== undefined && answerSetup !== 'passive') throw new HttpError(400, 'answerSetup, when given, must be "passive"');
     if (!Object.hasOwn(options.targets, target)) throw new HttpError(404, `unknown target '${target.slice(0, 64)}'`, { targets: names });
     if (peers.size >= maxPeers) throw new HttpError(429, `gateway is serving its limit of ${maxPeers} tunnels`);
     const client = request.socket.remoteAddress ?? 'unknown';
@@ -122,7 +123,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     };
     // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
     const answering = AbortSignal.timeout(signallingTimeoutMs);
-    const pending = answerer.answer(offer, answering);
+    const pending = answerer.answer(offer, answering, { passive: answerSetup === 'passive' });
     try {
       answer = await Promise.race([
         pending,

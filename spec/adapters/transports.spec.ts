@@ -2,10 +2,13 @@
 // carries bytes both ways and the gateway frees the peer when the link closes.
 
 import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import t from 'tap';
 import { createTcpListenerFactory } from '../../adapters/tcp-listener.js';
-import { createWeriftTransport } from '../../adapters/werift-transport.js';
-import { createNativeTransport } from '../../adapters/native-transport.js';
+import { createWeriftTransport, weriftKind } from '../../adapters/werift-transport.js';
+import { createNativeTransport, nativeKind } from '../../adapters/native-transport.js';
+import { createPeerTransport, type PeerKind } from '../../adapters/peer-transport.js';
 import { startGateway } from '../../gateway/server.js';
 import { weriftAnswerer } from '../../gateway/answerer.js';
 import { nativeAnswerer } from '../../gateway/native-answerer.js';
@@ -52,4 +55,47 @@ t.test('native ↔ native: 300 concurrent connections × 64 KiB, all intact (a q
   const payloads = Array.from({ length: 300 }, () => randomBytes(64 * 1024));
   const echoed = await Promise.all(payloads.map((payload) => roundTrip(listener.port, payload)));
   t.equal(echoed.filter((bytes, index) => sha256(bytes) === sha256(payloads[index]!)).length, 300);
+});
+
+t.test('the native gateway answers a=setup:passive only when the client asks (it then speaks DTLS first)', async (t) => {
+  const kind = nativeKind(ice);
+  const answerer = nativeAnswerer(ice);
+  t.teardown(() => answerer.closeAll());
+  const setupOf = async (passive: boolean) => {
+    const { peer, sdp } = await kind.offer(AbortSignal.timeout(10_000));
+    t.teardown(() => kind.close(peer));
+    t.match(sdp, /^a=setup:actpass\r?$/m, 'the offer on the wire stays actpass');
+    const answer = await answerer.answer(sdp, AbortSignal.timeout(10_000), { passive });
+    return /^a=setup:(\w+)/m.exec(answer.sdp)?.[1];
+  };
+  t.equal(await setupOf(true), 'passive');
+  t.equal(await setupOf(false), 'active');
+  t.equal(kind.answerSetup, 'passive', 'the native client asks for it');
+  t.equal(weriftKind(ice).answerSetup, undefined, "werift's offerer does not (it stays DTLS server whatever the answer says)");
+});
+
+t.test('a peer that fails at once is retried with growing pauses, not in a tight loop against the gateway', async (t) => {
+  let offers = 0;
+  const server = createServer((request, response) => {
+    offers += 1;
+    request.resume();
+    response.setHeader('content-type', 'application/json');
+    response.end(JSON.stringify({ answer: 'v=0\r\n' }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const failing: PeerKind<object> = {
+    offer: async () => ({ peer: {}, sdp: 'v=0\r\n' }),
+    accept: async () => undefined,
+    open: async () => {
+      throw new Error('the peer connection failed before the data channel opened');
+    },
+    close: async () => undefined,
+  };
+  const transport = createPeerTransport(failing, { token });
+  const signal = AbortSignal.timeout(1_500);
+  const gateway = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  await t.rejects(transport.establish(await transport.negotiate({ gateway, target: 'echo', signal }), signal));
+  // Pauses of 0, 250, 500, 1000 ms fit at most 5 offers in 1.5 s; without them it would be hundreds.
+  t.ok(offers >= 2 && offers <= 5, `offers sent in 1.5 s: ${offers}`);
 });

@@ -85,6 +85,7 @@ t.test('the gateway refuses bad signalling requests with the right status', asyn
   t.equal((await post('not json')).status, 400, 'bad JSON');
   t.equal((await post(JSON.stringify({ target: 1, offer: [] }))).status, 400, 'wrong types');
   t.equal((await post(JSON.stringify({ target: 'echo', offer: 'hello' }))).status, 400, 'not an SDP');
+  t.equal((await post(JSON.stringify({ target: 'echo', offer: 'v=0\r\n', answerSetup: 'active' }))).status, 400, 'answerSetup other than passive');
   t.equal((await post(JSON.stringify({ target: 'echo', offer: 'x'.repeat(70 * 1024) }))).status, 413, 'body over the limit');
   const listed = await post(JSON.stringify({ target: '127.0.0.1:22', offer: 'v=0\r\n' }));
   t.equal(listed.status, 404, 'an address is not a target name (no dialling outside the allowlist)');
