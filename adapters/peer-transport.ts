@@ -3,6 +3,8 @@
 // with a fresh peer connection within the caller's deadline. werift and node-datachannel plug in as
 // a PeerKind (adapters/werift-transport.ts, adapters/native-transport.ts).
 
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TunnelError } from '../machines/errors.js';
@@ -106,24 +108,19 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
 /** POST the offer; map every way signalling can fail to a failure kind that names the fix. */
 async function exchange(gateway: string, target: string, offer: { offer: string; answerSetup?: 'passive' }, token: string, signal: AbortSignal): Promise<string> {
   const url = new URL('/v1/tunnels', gateway);
-  let response: Response;
+  let response: JsonResponse;
   try {
-    response = await fetch(url, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ target, ...offer }),
-      signal,
-    });
+    response = await postJson(url, token, JSON.stringify({ target, ...offer }), signal);
   } catch (error) {
     if (signal.aborted) throw error;
-    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    const { code, message } = error as { code?: string; message?: string };
     throw new TunnelError(
       'gatewayUnreachable',
-      `gateway ${url.origin} is unreachable (${cause?.code ?? cause?.message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
+      `gateway ${url.origin} is unreachable (${code ?? message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
     );
   }
-  const body = (await response.json().catch(() => ({}))) as { answer?: unknown; error?: unknown; targets?: unknown };
-  if (response.ok && typeof body.answer === 'string') return body.answer;
+  const body = response.body as { answer?: unknown; error?: unknown; targets?: unknown };
+  if (response.status === 200 && typeof body.answer === 'string') return body.answer;
   if (response.status === 401 || response.status === 403) {
     throw new TunnelError('authRefused', `the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file`);
   }
@@ -133,4 +130,51 @@ async function exchange(gateway: string, target: string, offer: { offer: string;
   }
   const detail = typeof body.error === 'string' ? body.error : response.statusText;
   throw new TunnelError('gatewayUnreachable', `gateway ${url.origin} answered HTTP ${response.status}: ${detail}`);
+}
+
+interface JsonResponse {
+  readonly status: number;
+  readonly statusText: string;
+  /** The parsed JSON body, or {} when it is not JSON. */
+  readonly body: object;
+}
+
+/** An answer is a few KiB; a gateway that sends more is not one. */
+const maxResponseBytes = 256 * 1024;
+
+/**
+ * One POST with node:http(s), not fetch: fetch loads undici, ~12 MiB of resident memory that a
+ * long-lived tunnel process would carry for one request. One connection, closed after the answer.
+ */
+function postJson(url: URL, token: string, body: string, signal: AbortSignal): Promise<JsonResponse> {
+  const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const request = send(url, {
+      method: 'POST',
+      agent: false,
+      signal,
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+    });
+    request.on('error', reject);
+    request.on('response', (response) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      response.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > maxResponseBytes) request.destroy(new Error(`answer larger than ${maxResponseBytes} bytes`));
+        else chunks.push(chunk);
+      });
+      response.on('error', reject);
+      response.on('end', () => {
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        } catch {
+          parsed = {};
+        }
+        resolve({ status: response.statusCode ?? 0, statusText: response.statusMessage ?? '', body: typeof parsed === 'object' && parsed !== null ? parsed : {} });
+      });
+    });
+    request.end(body);
+  });
 }
