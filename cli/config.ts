@@ -123,9 +123,34 @@ export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): Arr
   });
 }
 
-/** --transport, else PAM_TRANSPORT, else werift. */
-export function transportName(flag: string | undefined, env: NodeJS.ProcessEnv): 'werift' | 'native' {
-  const name = flag ?? env.PAM_TRANSPORT ?? 'werift';
-  if (name !== 'werift' && name !== 'native') throw new TunnelError('usage', `--transport '${name}' is not known: use werift (default) or native (node-datachannel)`);
-  return name;
+export interface TransportChoice {
+  readonly name: 'native' | 'werift';
+  /** Asked for by --transport or PAM_TRANSPORT, not just the default. */
+  readonly named: boolean;
+}
+
+/** --transport, else PAM_TRANSPORT, else native (docs/decisions/0004-native-by-default.md). */
+export function transportChoice(flag: string | undefined, env: NodeJS.ProcessEnv): TransportChoice {
+  const name = flag ?? env.PAM_TRANSPORT;
+  if (name === undefined) return { name: 'native', named: false };
+  if (name !== 'werift' && name !== 'native') throw new TunnelError('usage', `--transport '${name}' is not known: use native (default, node-datachannel) or werift (pure TypeScript)`);
+  return { name, named: true };
+}
+
+/**
+ * Import the native (node-datachannel) side when it is the choice. If its prebuilt binary cannot load
+ * on this platform and native was only the default, werift takes over with a warning; if it was asked
+ * for by name, that is an error naming the fix. Resolves undefined when werift is to be used.
+ */
+export async function importNative<T>(choice: TransportChoice, load: () => Promise<T>, warn: (line: string) => void): Promise<T | undefined> {
+  if (choice.name !== 'native') return undefined;
+  try {
+    return await load();
+  } catch (error) {
+    const reason = (error instanceof Error ? error.message : String(error)).split('\n')[0];
+    const problem = `the native WebRTC transport (node-datachannel) cannot load here (${reason})`;
+    if (choice.named) throw new TunnelError('usage', `${problem}; use --transport werift`);
+    warn(`${problem}; using werift instead (slower); pass --transport werift to say so and silence this`);
+    return undefined;
+  }
 }

@@ -10,20 +10,20 @@ import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
-import { iceHosts, iceServers, keepalive } from './config.js';
+import { iceHosts, iceServers, importNative, keepalive, type TransportChoice } from './config.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
   readonly token: () => string;
   readonly env: NodeJS.ProcessEnv;
   readonly iceServers?: readonly string[];
-  /** werift (default) or native (node-datachannel). */
-  readonly transport?: TransportName;
+  /** native (default, node-datachannel) or werift. */
+  readonly transport?: TransportChoice;
+  /** A line for the user that is not an error (e.g. native could not load, werift used instead). */
+  readonly warn?: (line: string) => void;
 }
 
-export type TransportName = 'werift' | 'native';
-
-export function lazyWeriftTransport(options: TransportOptions): Transport {
+export function lazyTransport(options: TransportOptions): Transport {
   let loaded: Promise<Transport> | undefined;
   const load = () =>
     (loaded ??= (async () => {
@@ -32,7 +32,8 @@ export function lazyWeriftTransport(options: TransportOptions): Transport {
         ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
         mux: keepalive(options.env),
       };
-      if (options.transport === 'native') return (await import('../adapters/native-transport.js')).createNativeTransport(settings);
+      const native = await importNative(options.transport ?? { name: 'native', named: false }, () => import('../adapters/native-transport.js'), options.warn ?? (() => undefined));
+      if (native) return native.createNativeTransport(settings);
       return (await import('../adapters/werift-transport.js')).createWeriftTransport(settings);
     })());
   return {
@@ -51,7 +52,7 @@ export async function createTunnelPorts(
   const registry = options.registry ?? (await openFsRegistry({ env: options.env }));
   return {
     listeners: createTcpListenerFactory(),
-    transport: lazyWeriftTransport(options),
+    transport: lazyTransport(options),
     registry,
     pidFiles: createPidFiles({ registry }),
     signals: options.signals ?? createProcessSignals(),

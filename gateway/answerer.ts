@@ -1,5 +1,6 @@
 // The gateway's WebRTC side as a port: take an offer, return an answer and, once the client's data
-// channel opens, its frames. werift here; node-datachannel in native-answerer.ts (--transport native).
+// channel opens, its frames. werift here (--transport werift); node-datachannel, the default, in
+// native-answerer.ts.
 
 import type { FrameChannel } from '../adapters/mux.js';
 import { channelFrames, createPeer, gatheringComplete, withoutDefaultStun, type IceOptions } from '../adapters/werift-peer.js';

@@ -1,4 +1,4 @@
-// `pam gateway`: authenticated HTTP signalling (offer in, answer out), a werift answerer per tunnel,
+// `pam gateway`: authenticated HTTP signalling (offer in, answer out), a WebRTC answerer per tunnel,
 // and a mux whose streams are dialled to allowlisted targets only. The target field of a request is a
 // name looked up in the allowlist, never an address, so clients cannot make the gateway dial elsewhere.
 
@@ -23,7 +23,7 @@ export interface GatewayOptions {
   readonly targets: Readonly<Record<string, GatewayTarget>>;
   readonly log: (line: string) => void;
   readonly ice?: IceOptions;
-  /** The WebRTC library answering offers (default: werift). */
+  /** The WebRTC library answering offers (werift when none is given; `pam gateway` passes native). */
   readonly answerer?: Answerer;
   readonly mux?: MuxOptions;
   /** Largest signalling request body accepted. */

@@ -3,7 +3,7 @@
 import { Command, Option } from 'clipanion';
 import { TunnelError } from '../../machines/errors.js';
 import type { PamContext } from '../context.js';
-import { iceHosts, iceServers, keepalive, readToken, transportName } from '../config.js';
+import { iceHosts, iceServers, keepalive, importNative, readToken, transportChoice } from '../config.js';
 import { readFileSync } from 'node:fs';
 import * as t from 'typanion';
 
@@ -31,7 +31,7 @@ export class GatewayCommand extends Command<PamContext> {
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
   tlsCert = Option.String('--tls-cert', { description: 'PEM certificate: serve signalling over HTTPS (with --tls-key)' });
   tlsKey = Option.String('--tls-key', { description: 'PEM private key for --tls-cert' });
-  transport = Option.String('--transport', { description: 'WebRTC implementation: werift (default) or native (node-datachannel); or $PAM_TRANSPORT' });
+  transport = Option.String('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
   iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
   maxPeersPerClient = Option.String('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
 
@@ -43,11 +43,12 @@ export class GatewayCommand extends Command<PamContext> {
 
     if ((this.tlsCert === undefined) !== (this.tlsKey === undefined)) throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
     const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert'), key: readPem(this.tlsKey!, '--tls-key') } : undefined;
-    const transport = transportName(this.transport, this.context.env);
+    const transport = transportChoice(this.transport, this.context.env);
     const ice = { hosts: iceHosts(this.context.env), servers: iceServers(this.iceServers, this.context.env) };
-    const answerer = transport === 'native' ? (await import('../../gateway/native-answerer.js')).nativeAnswerer(ice) : undefined;
-    const { startGateway, listenWarning } = await import('../../gateway/server.js');
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
+    const native = await importNative(transport, () => import('../../gateway/native-answerer.js'), (line) => log(`warning: ${line}`));
+    const answerer = native?.nativeAnswerer(ice);
+    const { startGateway, listenWarning } = await import('../../gateway/server.js');
     const warning = listenWarning(listen.host, tls !== undefined);
     if (warning) log(`warning: ${warning}`);
     const gateway = await startGateway({

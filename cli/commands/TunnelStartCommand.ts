@@ -8,7 +8,7 @@ import { provideLauncher } from '../../machines/launcher.actors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
 import type { StartFlags } from '../../machines/start-flags.js';
 import type { PamContext } from '../context.js';
-import { gatewayUrl, iceServers, readConfigFile, readToken, transportName } from '../config.js';
+import { gatewayUrl, iceServers, readConfigFile, readToken, transportChoice } from '../config.js';
 import { createTunnelPrinter } from '../tunnel-output.js';
 import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
 import { createSystemdNotifier } from '../../adapters/sd-notify.js';
@@ -54,7 +54,7 @@ export class TunnelStartCommand extends Command<PamContext> {
   background = Option.Boolean('-bg,--background', { description: 'detach: a child process owns the tunnel; return once the port is usable' });
   run = Option.String('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
   timeout = Option.String('--timeout', { description: 'seconds to wait for the connection (default 30)' });
-  transport = Option.String('--transport', { description: 'WebRTC implementation: werift (default, pure TypeScript) or native (node-datachannel); or $PAM_TRANSPORT' });
+  transport = Option.String('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
   iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
   reconnectAttempts = Option.String('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
   pidFile = Option.String('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
@@ -100,7 +100,7 @@ export class TunnelStartCommand extends Command<PamContext> {
       },
     };
     iceServers(this.iceServers, this.context.env); // validate now: a bad URL is a usage error before anything starts
-    const transport = transportName(this.transport, this.context.env);
+    const transport = transportChoice(this.transport, this.context.env);
     const session = this.context.session;
     const ports = await createTunnelPorts({
       token,
@@ -108,6 +108,7 @@ export class TunnelStartCommand extends Command<PamContext> {
       announce,
       iceServers: this.iceServers,
       transport,
+      warn: (line) => this.context.stderr.write(`pam: ${line}\n`),
       ...(session ? { registry: session.registry, signals: session.signals } : {}),
     });
 

@@ -2,7 +2,7 @@
 // dependencies, no build step), and use the installed `pam` for real.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { echoServer, repoRoot, scratchDir, spawnProc, tunnelEnv } from '../support/processes.js';
@@ -45,4 +45,21 @@ t.test('the tarball holds only what runs, and installs into a fresh prefix as a 
   const tunnel = spawnProc(t, pamPath, ['tunnel', 'start', 'echo', '--gateway', url, '--run', script], { env, cwd: dir });
   t.equal(await tunnel.exited, 4, tunnel.stderr);
   t.equal(tunnel.stdout, 'installed', 'bytes went through a tunnel run by the installed binary');
+  gateway.child.kill('SIGTERM');
+  await gateway.exited;
+
+  // A platform without a node-datachannel binary (its optional platform package absent): the default
+  // falls back to werift and says so; asking for native by name is a usage error naming the fix.
+  rmSync(join(prefix, 'lib', 'node_modules', 'pam-tunnel', 'node_modules', '@node-datachannel'), { recursive: true, force: true });
+  const fallbackGateway = spawnProc(t, pamPath, ['gateway', '--listen', '127.0.0.1:0', '--json', '--target', `echo=127.0.0.1:${echo.port}`], { env, cwd: dir });
+  const fallbackUrl = String((await fallbackGateway.event('listening')).url);
+  t.match(fallbackGateway.stderr, /warning: the native WebRTC transport \(node-datachannel\) cannot load here .*using werift instead/);
+  const fallback = spawnProc(t, pamPath, ['tunnel', 'start', 'echo', '--gateway', fallbackUrl, '--run', script], { env, cwd: dir });
+  t.equal(await fallback.exited, 4, fallback.stderr);
+  t.equal(fallback.stdout, 'installed', 'bytes went through a werift tunnel');
+  t.match(fallback.stderr, /^pam: the native WebRTC transport \(node-datachannel\) cannot load here .*using werift instead/m);
+  const named = spawnProc(t, pamPath, ['tunnel', 'start', 'echo', '--gateway', fallbackUrl, '--transport', 'native', '--run', 'true'], { env, cwd: dir });
+  t.equal(await named.exited, 2, named.stderr);
+  t.match(named.stderr, /cannot load here .*use --transport werift/);
+  t.notMatch(named.stderr, /\n\s+at /, 'no stack trace');
 });

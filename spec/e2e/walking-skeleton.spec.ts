@@ -50,13 +50,13 @@ t.test('10 MiB each way through a foreground tunnel, sha256-equal; SIGTERM → e
   t.match(tunnel.stdout, /"event":"stopped".*"reason":"stopped by SIGTERM"/, 'stopped line says why');
 });
 
-t.test('--transport native on both ends carries the same 10 MiB each way', async (t) => {
+t.test('--transport werift on both ends carries the same 10 MiB each way', async (t) => {
   const dir = scratchDir(t);
   const upload = randomBytes(10 * 1024 * 1024);
   const download = randomBytes(10 * 1024 * 1024 + 5);
   const target = await hashingTarget(t, download);
-  const gateway = await startGatewayProc(t, dir, token, { files: target.port }, ['--transport', 'native']);
-  const tunnel = pam(t, ['tunnel', 'start', 'files', '--foreground', '--json', '--transport', 'native', '--gateway', gateway.url], { env: tunnelEnv(dir, token) });
+  const gateway = await startGatewayProc(t, dir, token, { files: target.port }, ['--transport', 'werift']);
+  const tunnel = pam(t, ['tunnel', 'start', 'files', '--foreground', '--json', '--transport', 'werift', '--gateway', gateway.url], { env: tunnelEnv(dir, token) });
   const port = Number((await tunnel.event('ready')).port);
   const downloaded = await halfCloseExchange(port, upload);
   t.equal(await target.received, createHash('sha256').update(upload).digest('hex'), 'upload intact');
