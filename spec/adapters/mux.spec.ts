@@ -85,7 +85,9 @@ t.test('a target that stops reading bounds what the gateway buffers', async (t) 
     targetSocket = socket;
   });
   const windowBytes = 128 * 1024;
-  const { local, far, dialled } = await tunnel(t, target.port, { windowBytes });
+  // The window may grow while kernel buffers still hide the stalled reader, never past this.
+  const maxWindowBytes = 4 * windowBytes;
+  const { local, far, dialled } = await tunnel(t, target.port, { windowBytes, maxWindowBytes });
   const writer = connect(local.port, '127.0.0.1');
   t.teardown(() => writer.destroy());
   writer.on('error', () => undefined);
@@ -104,7 +106,7 @@ t.test('a target that stops reading bounds what the gateway buffers', async (t) 
   });
   t.ok(targetSocket, 'target got the connection');
   const atGateway = dialled[0]?.writableLength ?? -1;
-  t.ok(atGateway >= 0 && atGateway <= windowBytes + 64 * 1024, `gateway holds ${atGateway} bytes for the stalled target (window ${windowBytes})`);
+  t.ok(atGateway >= 0 && atGateway <= maxWindowBytes + 64 * 1024, `gateway holds ${atGateway} bytes for the stalled target (window ${windowBytes}, at most ${maxWindowBytes})`);
   t.ok(far.bufferedAmount < 2 * 1024 * 1024, `channel back towards the client holds ${far.bufferedAmount} bytes`);
   t.ok(written < total, `the writer was held back (${written} of ${total} bytes accepted)`);
   // Resume the target: everything written arrives.
@@ -114,6 +116,42 @@ t.test('a target that stops reading bounds what the gateway buffers', async (t) 
   writer.end();
   await new Promise<void>((resolve) => targetSocket!.once('end', () => resolve()));
   t.equal(arrived, written, 'no byte lost once the target reads again');
+});
+
+t.test('connections that keep draining get larger windows, within both caps, given back when they end', async (t) => {
+  let delivered = 0;
+  const target = await listen(t, (socket) => {
+    socket.on('data', (chunk: Buffer) => (delivered += chunk.length));
+    socket.on('end', () => socket.end());
+  });
+  const windowBytes = 64 * 1024;
+  const maxWindowBytes = 1024 * 1024;
+  const maxGrowthBytes = 2 * 1024 * 1024;
+  const { local, gateway, far } = await tunnel(t, target.port, { windowBytes, maxWindowBytes, maxGrowthBytes });
+  // Credit the gateway grants, read off the frames it sends (type 5: window, u32 after the header).
+  let credited = 0;
+  const send = far.send.bind(far);
+  far.send = (frame: Buffer) => {
+    if (frame[0] === 5) credited += frame.readUInt32BE(5);
+    send(frame);
+  };
+  let peakGrowth = 0;
+  const sampler = setInterval(() => (peakGrowth = Math.max(peakGrowth, gateway.grownBytes)), 1);
+  t.teardown(() => clearInterval(sampler));
+  const upload = randomBytes(8 * 1024 * 1024);
+  // One connection first: its window grows past the initial one, never past maxWindowBytes.
+  await halfCloseExchange(local.port, upload);
+  t.equal(delivered, upload.length);
+  t.ok(credited > delivered, `credit granted (${credited}) exceeds the bytes delivered (${delivered}): the window grew`);
+  t.ok(peakGrowth > 0 && peakGrowth <= maxWindowBytes - windowBytes, `one stream grew by ${peakGrowth} bytes (cap ${maxWindowBytes - windowBytes})`);
+  // Eight at once: together they never borrow more than maxGrowthBytes.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  peakGrowth = 0;
+  await Promise.all(Array.from({ length: 8 }, () => halfCloseExchange(local.port, upload)));
+  t.equal(delivered, 9 * upload.length, 'every byte of the eight uploads arrived');
+  t.ok(peakGrowth > maxWindowBytes - windowBytes && peakGrowth <= maxGrowthBytes, `eight streams grew by ${peakGrowth} bytes at most at once (cap ${maxGrowthBytes})`);
+  for (let i = 0; i < 100 && gateway.streamCount > 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.equal(gateway.grownBytes, 0, 'ended streams give their growth back');
 });
 
 t.test('a refused target closes that one connection; the tunnel keeps serving', async (t) => {

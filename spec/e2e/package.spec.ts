@@ -51,14 +51,15 @@ t.test('the tarball holds only what runs, and installs into a fresh prefix as a 
   // A platform without a node-datachannel binary (its optional platform package absent): the default
   // falls back to werift and says so; asking for native by name is a usage error naming the fix.
   rmSync(join(prefix, 'lib', 'node_modules', 'pam-tunnel', 'node_modules', '@node-datachannel'), { recursive: true, force: true });
-  const fallbackGateway = spawnProc(t, pamPath, ['gateway', '--listen', '127.0.0.1:0', '--json', '--target', `echo=127.0.0.1:${echo.port}`], { env, cwd: dir });
+  const defaults = { ...env, PAM_TRANSPORT: undefined }; // the default, whatever this test run was given
+  const fallbackGateway = spawnProc(t, pamPath, ['gateway', '--listen', '127.0.0.1:0', '--json', '--target', `echo=127.0.0.1:${echo.port}`], { env: defaults, cwd: dir });
   const fallbackUrl = String((await fallbackGateway.event('listening')).url);
   t.match(fallbackGateway.stderr, /warning: the native WebRTC transport \(node-datachannel\) cannot load here .*using werift instead/);
-  const fallback = spawnProc(t, pamPath, ['tunnel', 'start', 'echo', '--gateway', fallbackUrl, '--run', script], { env, cwd: dir });
+  const fallback = spawnProc(t, pamPath, ['tunnel', 'start', 'echo', '--gateway', fallbackUrl, '--run', script], { env: defaults, cwd: dir });
   t.equal(await fallback.exited, 4, fallback.stderr);
   t.equal(fallback.stdout, 'installed', 'bytes went through a werift tunnel');
   t.match(fallback.stderr, /^pam: the native WebRTC transport \(node-datachannel\) cannot load here .*using werift instead/m);
-  const named = spawnProc(t, pamPath, ['tunnel', 'start', 'echo', '--gateway', fallbackUrl, '--transport', 'native', '--run', 'true'], { env, cwd: dir });
+  const named = spawnProc(t, pamPath, ['tunnel', 'start', 'echo', '--gateway', fallbackUrl, '--transport', 'native', '--run', 'true'], { env: defaults, cwd: dir });
   t.equal(await named.exited, 2, named.stderr);
   t.match(named.stderr, /cannot load here .*use --transport werift/);
   t.notMatch(named.stderr, /\n\s+at /, 'no stack trace');
