@@ -195,6 +195,9 @@ async function connectTimes(env: NodeJS.ProcessEnv, label: string): Promise<void
     if (i === 0) {
       await sleep(2_000);
       record(`${label}idle tunnel process RSS`, rssMiB(tunnel.pid), 'MiB', 'target ≤ 60');
+      const rollup = readFileSync(`/proc/${tunnel.pid}/smaps_rollup`, 'utf8');
+      const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(rollup)?.[1] ?? NaN);
+      record(`${label}idle tunnel process private / proportional memory`, (kib('Private_Clean') + kib('Private_Dirty')) / 1024, 'MiB', `PSS ${(kib('Pss') / 1024).toFixed(1)} MiB; the rest of RSS is file pages shared with every node process`);
     }
     tunnel.child.kill('SIGTERM');
     await tunnel.exited;
