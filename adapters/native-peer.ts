@@ -38,8 +38,9 @@ export function createNativePeer(name: string, ice: IceOptions = {}): PeerConnec
  * resends it only after its 1 s timer: measured on loopback, one connect in four took ~1 s. A passive
  * answerer waits for the offerer's ClientHello, which the offerer sends once it has the answer. Passive
  * is a legal answer to `actpass` (RFC 5763 §5), so the exchange on the wire stays standard; only the
- * answerer's own parser sees `active`. werift's offerer ignores the answer's role (it stays DTLS
- * server), which is why the client must ask rather than the gateway always doing it.
+ * answerer's own parser sees `active`. A werift offerer told by a passive answer to be DTLS client
+ * fails its handshake against libdatachannel's OpenSSL server (the channel closed within 200 ms when
+ * tried), which is why the client must ask rather than the gateway always doing it.
  */
 export function offerForPassiveAnswer(offer: string): string {
   return offer.replace(/^a=setup:actpass\r?$/gm, (line) => line.replace('actpass', 'active'));

@@ -20,8 +20,8 @@ export interface PeerKind<P> {
   open(peer: P, signal: AbortSignal): Promise<FrameChannel>;
   close(peer: P): Promise<void>;
   /**
-   * Ask the gateway to answer `a=setup:passive`, so this offerer is the DTLS client. Only for libraries
-   * that follow the answer's setup role (libdatachannel does; werift's offerer stays DTLS server).
+   * Ask the gateway to answer `a=setup:passive`, so this offerer is the DTLS client. libdatachannel
+   * asks; werift does not (as DTLS client it fails against libdatachannel's OpenSSL server).
    */
   readonly answerSetup?: 'passive';
 }
