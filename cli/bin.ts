@@ -20,6 +20,10 @@ runCli(process.argv.slice(2), context).then(
     // Everything of ours is closed by now; a library handle that lingers (a UDP socket, a retry
     // timer) must not keep a finished command alive. The timer is unref'd: a clean exit is not delayed.
     setTimeout(() => process.exit(code), 2000).unref();
+    // Once the loop is idle, leave through process.exit rather than Node's own teardown, which can
+    // spin forever closing a socket that was closed with resetAndDestroy() (seen: `pam gateway`
+    // hanging after SIGTERM in about one demo run in six, Node 20.20).
+    process.once('beforeExit', () => process.exit(code));
   },
   (error: unknown) => {
     process.stderr.write(`pam: internal error: ${error instanceof Error ? error.stack : String(error)}\n`);

@@ -2,7 +2,7 @@
 // a local port and a real TCP target over WebRTC, and the failure exit codes hold.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import t from 'tap';
 import { freePort, halfCloseExchange, pam, portIsOpen, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
 
@@ -92,4 +92,35 @@ t.test('a gateway that is down exits 69 and leaves no port or registry entry beh
   t.equal(await tunnel.exited, 69);
   t.match(tunnel.stderr, /unreachable/);
   t.notOk(await portIsOpen(local), 'local port released');
+});
+
+t.test('the gateway exits promptly on SIGTERM after commands left connections open (6 rounds)', async (t) => {
+  // An HTTP-like target that keeps each connection open after answering.
+  const held = new Set<Socket>();
+  const target = createServer((socket) => {
+    held.add(socket);
+    socket.on('error', () => undefined);
+    socket.on('data', () => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'));
+  });
+  t.teardown(() => new Promise<void>((resolve) => {
+    held.forEach((socket) => socket.destroy());
+    target.close(() => resolve());
+  }));
+  await new Promise<void>((resolve) => target.listen(0, '127.0.0.1', resolve));
+  const dir = scratchDir(t);
+  // The command asks once and exits at once, its connection still open: the tunnel resets it, and the
+  // gateway resets the target side (Node's own teardown used to hang on such a socket now and then).
+  const command = `"${process.execPath}" -e "const s=require('net').connect(+process.env.PAM_TUNNEL_PORT,'127.0.0.1',()=>s.write('GET / HTTP/1.1\\r\\n\\r\\n'));s.on('data',()=>process.exit(3))"`;
+  const exits: string[] = [];
+  for (let round = 0; round < 6; round += 1) {
+    const gateway = await startGatewayProc(t, dir, token, { web: (target.address() as AddressInfo).port });
+    for (let run = 0; run < 2; run += 1) {
+      const oneShot = pam(t, ['tunnel', 'start', 'web', '--gateway', gateway.url, '-R', command], { env: tunnelEnv(dir, token) });
+      t.equal(await oneShot.exited, 3, `the command ran through the tunnel: ${oneShot.stderr}`);
+    }
+    gateway.proc.child.kill('SIGTERM');
+    const code = await Promise.race([gateway.proc.exited, new Promise((resolve) => setTimeout(() => resolve('still running after 5 s'), 5_000))]);
+    exits.push(String(code));
+  }
+  t.same(exits, Array(6).fill('0'), 'every gateway exited 0 within 5 s of SIGTERM');
 });
