@@ -104,6 +104,13 @@ async function cleanUp(): Promise<void> {
   rmSync(workDir, { recursive: true, force: true });
 }
 
+// Interrupted (Ctrl-C, SIGTERM): stop what the demo started and remove its files before leaving.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    void cleanUp().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  });
+}
+
 main()
   .then(cleanUp, async (error: unknown) => {
     await cleanUp();

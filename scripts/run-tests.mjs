@@ -10,7 +10,8 @@ const require = createRequire(import.meta.url);
 const tapPackage = require.resolve('tap/package.json');
 const tapBin = join(dirname(tapPackage), JSON.parse(readFileSync(tapPackage, 'utf8')).bin.tap);
 const args = [tapBin, '--reporter=tap', ...process.argv.slice(2)];
-const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+// DISABLE_V8_COMPILE_CACHE: tap's TypeScript loader would otherwise leave a compile cache in /tmp.
+const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, DISABLE_V8_COMPILE_CACHE: '1' } });
 
 let summary;
 let buffered = '';

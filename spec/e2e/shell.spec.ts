@@ -2,7 +2,8 @@
 // session and are visible and stoppable from other processes; and as a piped script without a TTY.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { echoServer, isAlive, pam, pamBin, portIsOpen, roundTrip, scratchDir, spawnProc, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
@@ -37,9 +38,14 @@ t.test('in a terminal: two tunnels, one stopped from outside, exit with confirma
   const echo = await echoServer(t);
   const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
   const env = { ...tunnelEnv(dir, token, gateway.url), XDG_STATE_HOME: join(dir, 'state') };
-  const socket = `pam-spec-${process.pid}`;
-  const tmux = (...args: string[]) => spawnSync('tmux', ['-L', socket, ...args], { encoding: 'utf8' });
-  t.teardown(() => tmux('kill-server'));
+  // An explicit socket path, removed at teardown: with -L, tmux leaves /tmp/tmux-<uid> behind.
+  // Not inside `dir`, which may be removed before kill-server runs and would orphan the server.
+  const socket = join(tmpdir(), `pam-spec-tmux-${process.pid}.sock`);
+  const tmux = (...args: string[]) => spawnSync('tmux', ['-S', socket, ...args], { encoding: 'utf8' });
+  t.teardown(() => {
+    tmux('kill-server');
+    rmSync(socket, { force: true });
+  });
   const exports = Object.entries(env).map(([key, value]) => `${key}=${value}`);
   const started = tmux('new-session', '-d', '-s', 'pam', '-x', '220', '-y', '50', 'env', '-u', 'CI', ...exports, process.execPath, pamBin, 'shell');
   t.equal(started.status, 0, started.stderr);
