@@ -17,10 +17,10 @@ export interface TransportOptions {
   readonly token: () => string;
   readonly env: NodeJS.ProcessEnv;
   readonly iceServers?: readonly string[];
-  /** native (default, node-datachannel) or werift. */
-  readonly transport?: TransportChoice;
+  /** native (default, node-datachannel) or werift, as `transportChoice()` resolved it. */
+  readonly transport: TransportChoice;
   /** A line for the user that is not an error (e.g. native could not load, werift used instead). */
-  readonly warn?: (line: string) => void;
+  readonly warn: (line: string) => void;
 }
 
 export function lazyTransport(options: TransportOptions): Transport {
@@ -32,7 +32,7 @@ export function lazyTransport(options: TransportOptions): Transport {
         ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
         mux: keepalive(options.env),
       };
-      const native = await importNative(options.transport ?? { name: 'native', named: false }, () => import('../adapters/native-transport.js'), options.warn ?? (() => undefined));
+      const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
       if (native) return native.createNativeTransport(settings);
       return (await import('../adapters/werift-transport.js')).createWeriftTransport(settings);
     })());
