@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TunnelError } from '../machines/errors.js';
 import type { Link, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
+import { BodyTooLarge, readBody } from './http-body.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
 
 /** One WebRTC library's offerer side. `P` is its peer handle. */
@@ -157,23 +158,21 @@ function postJson(url: URL, token: string, body: string, signal: AbortSignal): P
     });
     request.on('error', reject);
     request.on('response', (response) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      response.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > maxResponseBytes) request.destroy(new Error(`answer larger than ${maxResponseBytes} bytes`));
-        else chunks.push(chunk);
-      });
-      response.on('error', reject);
-      response.on('end', () => {
-        let parsed: unknown;
-        try {
-          parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-        } catch {
-          parsed = {};
-        }
-        resolve({ status: response.statusCode ?? 0, statusText: response.statusMessage ?? '', body: typeof parsed === 'object' && parsed !== null ? parsed : {} });
-      });
+      readBody(response, maxResponseBytes).then(
+        (text) => {
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            parsed = {};
+          }
+          resolve({ status: response.statusCode ?? 0, statusText: response.statusMessage ?? '', body: typeof parsed === 'object' && parsed !== null ? parsed : {} });
+        },
+        (error: unknown) => {
+          request.destroy();
+          reject(error instanceof BodyTooLarge ? new Error(`answer larger than ${maxResponseBytes} bytes`) : error);
+        },
+      );
     });
     request.end(body);
   });

@@ -7,6 +7,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { createServer as createHttpsServer } from 'node:https';
 import { connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
+import { BodyTooLarge, readBody } from '../adapters/http-body.js';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
 import type { IceOptions } from '../adapters/werift-peer.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
@@ -80,7 +81,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   async function openTunnel(request: IncomingMessage): Promise<string> {
     if (!authorized(request)) throw new HttpError(401, 'token refused');
-    const body = await readBody(request, maxBodyBytes);
+    const body = await readBody(request, maxBodyBytes).catch((error: unknown) => {
+      throw error instanceof BodyTooLarge ? new HttpError(413, error.message) : error;
+    });
     let parsed: unknown;
     try {
       parsed = JSON.parse(body);
@@ -225,27 +228,6 @@ function reply(response: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...(status === 413 ? { connection: 'close' } : {}) });
   response.end(text);
-}
-
-function readBody(request: IncomingMessage, limit: number): Promise<string> {
-  const declared = Number(request.headers['content-length'] ?? 0);
-  if (declared > limit) return Promise.reject(new HttpError(413, `body larger than ${limit} bytes`));
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    request.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        reject(new HttpError(413, `body larger than ${limit} bytes`));
-        request.removeAllListeners('data');
-        request.resume();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    request.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    request.on('error', reject);
-  });
 }
 
 function dialTarget(target: GatewayTarget): Promise<Socket> {

@@ -13,6 +13,7 @@ import { startGateway } from '../../gateway/server.js';
 import { weriftAnswerer } from '../../gateway/answerer.js';
 import { nativeAnswerer } from '../../gateway/native-answerer.js';
 import { echoServer, roundTrip, sha256, until } from '../support/processes.js';
+import { framePair } from '../support/frame-pair.js';
 
 const token = 'transports-spec-token';
 const ice = { hosts: ['127.0.0.1'] };
@@ -98,4 +99,26 @@ t.test('a peer that fails at once is retried with growing pauses, not in a tight
   await t.rejects(transport.establish(await transport.negotiate({ gateway, target: 'echo', signal }), signal));
   // Pauses of 0, 250, 500, 1000 ms fit at most 5 offers in 1.5 s; without them it would be hundreds.
   t.ok(offers >= 2 && offers <= 5, `offers sent in 1.5 s: ${offers}`);
+});
+
+t.test('an answer over the size bound is refused as unreachable, not buffered', async (t) => {
+  const server = createServer((request, response) => {
+    request.resume();
+    response.setHeader('content-type', 'application/json');
+    // No content-length: the bound must hold while reading, not only against a declared length.
+    response.write(`{"answer":"${'x'.repeat(300 * 1024)}`);
+    response.end('"}');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const kind: PeerKind<object> = {
+    offer: async () => ({ peer: {}, sdp: 'v=0\r\n' }),
+    accept: async () => undefined,
+    open: async () => framePair()[0],
+    close: async () => undefined,
+  };
+  const gateway = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  await t.rejects(createPeerTransport(kind, { token }).negotiate({ gateway, target: 'echo', signal: AbortSignal.timeout(5_000) }), {
+    message: /gateway http:\/\/127\.0\.0\.1:\d+ is unreachable \(answer larger than 262144 bytes\)/,
+  });
 });
