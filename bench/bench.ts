@@ -161,27 +161,27 @@ async function dataPath(): Promise<void> {
   record(`bulk ${bulkMiB} MiB: direct TCP`, direct, 'MiB/s');
   const relayed = await upload(await relay(sink.port), sink, bulkMiB);
   record(`bulk ${bulkMiB} MiB: plain Node TCP relay`, relayed, 'MiB/s');
-  const tunnel = pam(scope, ['tunnel', 'start', 'sink', '-fg', '--json'], { env });
-  const ready = await tunnel.event('ready', 60_000);
-  const tunnelled = await upload(Number(ready.port), sink, bulkMiB);
-  record(`bulk ${bulkMiB} MiB: pam tunnel`, tunnelled, 'MiB/s', `${Math.round((tunnelled / relayed) * 1000) / 10}% of the relay; target ≥ 100 MiB/s and ≥ 25%`);
-  const peak = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${tunnel.pid}/status`, 'utf8'));
-  if (peak) record('tunnel process peak RSS after bulk', Number(peak[1]) / 1024, 'MiB');
-  tunnel.child.kill('SIGTERM');
-  await tunnel.exited;
+  await tunnelBulk(env, sink, relayed, { rate: `bulk ${bulkMiB} MiB: pam tunnel`, note: '; target ≥ 100 MiB/s and ≥ 25%', peak: 'tunnel process peak RSS after bulk' });
 
   // The same through --transport werift (pure TypeScript) on both ends.
   const weriftGateway = await startGatewayProc(scope, dir, 'bench-token', { sink: sink.port }, ['--transport', 'werift']);
   const weriftEnv = { ...tunnelEnv(dir, 'bench-token', weriftGateway.url), PAM_TRANSPORT: 'werift' };
   await connectTimes(weriftEnv, 'werift: ');
-  const weriftTunnel = pam(scope, ['tunnel', 'start', 'sink', '-fg', '--json'], { env: weriftEnv });
-  const weriftReady = await weriftTunnel.event('ready', 60_000);
-  const weriftRate = await upload(Number(weriftReady.port), sink, bulkMiB);
-  record(`werift: bulk ${bulkMiB} MiB through a pam tunnel`, weriftRate, 'MiB/s', `${Math.round((weriftRate / relayed) * 1000) / 10}% of the relay`);
-  weriftTunnel.child.kill('SIGTERM');
-  await weriftTunnel.exited;
+  await tunnelBulk(weriftEnv, sink, relayed, { rate: `werift: bulk ${bulkMiB} MiB through a pam tunnel` });
   const weriftSlow = await slowReader(dir, 20, weriftEnv, ['--transport', 'werift']);
   record('werift: RSS growth, 1 MiB/s reader vs fast sender (20 s)', weriftSlow.tunnel, 'MiB', `tunnel process; gateway ${weriftSlow.gateway.toFixed(1)} MiB`);
+}
+
+/** Upload bulkMiB through a fresh foreground tunnel: MiB/s and its share of the relay, optionally peak RSS. */
+async function tunnelBulk(env: NodeJS.ProcessEnv, sink: Awaited<ReturnType<typeof hashingSink>>, relayed: number, rows: { rate: string; note?: string; peak?: string }): Promise<void> {
+  const tunnel = pam(scope, ['tunnel', 'start', 'sink', '-fg', '--json'], { env });
+  const ready = await tunnel.event('ready', 60_000);
+  const rate = await upload(Number(ready.port), sink, bulkMiB);
+  record(rows.rate, rate, 'MiB/s', `${Math.round((rate / relayed) * 1000) / 10}% of the relay${rows.note ?? ''}`);
+  const peak = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${tunnel.pid}/status`, 'utf8'));
+  if (peak && rows.peak) record(rows.peak, Number(peak[1]) / 1024, 'MiB');
+  tunnel.child.kill('SIGTERM');
+  await tunnel.exited;
 }
 
 /** Connect 20 foreground tunnels one after another: p50/p95 spawn → ready, and the first one's idle RSS. */
