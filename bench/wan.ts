@@ -1,0 +1,235 @@
+// `npm run bench:wan`: throughput and connect time over the WAN lab (bench/wan-lab.ts), direct TCP vs
+// `ssh -L` vs a pam tunnel, over the same link in one run. Measured, never asserted. Needs root.
+// Settings (environment): PAM_WAN_SCENARIOS (RTTs in ms, `rtt:loss%`; default "0,10,40,100,40:1"),
+// PAM_BENCH_MIB (bulk size, default 64), PAM_WAN_TIMEOUT (seconds a bulk fetch may take, default 120),
+// PAM_WAN_RATE_MBIT (link rate, default 0 = unlimited), PAM_WAN_QUEUE_KIB (default 4096),
+// PAM_WAN_CONNECTS (connect samples per tool and RTT, default 5), PAM_WAN_ONLY (comma list of
+// direct,ssh,pam to run a subset). Interrupting it (SIGINT/SIGTERM) still removes the lab.
+
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pamBin, repoRoot, scratchDir, spawnProc, tunnelEnv, type Teardownable } from '../spec/support/processes.js';
+import { openWanLab, wanLabUnavailable, type LabHost, type WanLab } from './wan-lab.js';
+
+const peerJs = join(repoRoot, 'build', 'bench', 'wan-peer.js');
+const mib = Number(process.env.PAM_BENCH_MIB ?? 64);
+const timeoutS = Number(process.env.PAM_WAN_TIMEOUT ?? 120);
+const connects = Number(process.env.PAM_WAN_CONNECTS ?? 5);
+const rateMbit = Number(process.env.PAM_WAN_RATE_MBIT ?? 0);
+const queueKiB = Number(process.env.PAM_WAN_QUEUE_KIB ?? 4096);
+const only = new Set((process.env.PAM_WAN_ONLY ?? 'direct,ssh,pam').split(','));
+const scenarios = (process.env.PAM_WAN_SCENARIOS ?? '0,10,40,100,40:1').split(',').map((item) => {
+  const [rtt, loss] = item.split(':');
+  return { rttMs: Number(rtt), lossPct: Number(loss ?? 0) };
+});
+const servePort = 5201;
+const sshPort = 6201;
+
+const cleanups: Array<() => unknown> = [];
+const scope: Teardownable = { teardown: (fn) => void cleanups.push(fn) };
+let cleaning: Promise<void> | undefined;
+/** Run every teardown once, newest first, each bounded in time; the signal handler and main share it. */
+function cleanUp(): Promise<void> {
+  cleaning ??= (async () => {
+    while (cleanups.length > 0) {
+      try {
+        await Promise.race([cleanups.pop()!(), new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
+      } catch (error) {
+        process.stderr.write(`cleanup: ${error instanceof Error ? error.message : String(error)}\n`);
+      }
+    }
+  })();
+  return cleaning;
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    process.stderr.write(`\n${signal}: removing the lab\n`);
+    void cleanUp().then(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  });
+}
+
+const log = (text: string) => process.stderr.write(`${text}\n`);
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? NaN;
+
+/** Run a wan-peer mode inside a namespace and return its JSON line. */
+async function peer(lab: WanLab, host: LabHost, args: readonly string[], env: NodeJS.ProcessEnv = {}, wrap: readonly string[] = []): Promise<Record<string, unknown>> {
+  const [command, ...rest] = [...wrap, process.execPath, peerJs, ...args] as [string, ...string[]];
+  const proc = spawnProc(scope, ...lab.inNs(host, command, rest), { env });
+  const code = await proc.exited;
+  const line = proc.stdout.trim().split('\n').pop() ?? '';
+  if (code !== 0 || !line.startsWith('{')) throw new Error(`wan-peer ${args[0]} exited ${code}: ${proc.stderr.trim()}`);
+  return JSON.parse(line) as Record<string, unknown>;
+}
+
+function killInNs(ns: string, command: string): void {
+  const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout.split(/\s+/).filter(Boolean);
+  for (const pid of pids) {
+    try {
+      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === command) process.kill(Number(pid), 'SIGTERM');
+    } catch {
+      // gone already
+    }
+  }
+}
+
+/** A private sshd in the gateway namespace: its own host key and config, key authentication only. */
+async function startSshd(lab: WanLab, dir: string): Promise<string[]> {
+  const keygen = (file: string) => spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, file)]);
+  keygen('host_key');
+  keygen('client_key');
+  writeFileSync(join(dir, 'authorized_keys'), readFileSync(join(dir, 'client_key.pub')));
+  const config = join(dir, 'sshd_config');
+  writeFileSync(
+    config,
+    [
+      `ListenAddress ${lab.gateway.address}:22`,
+      `HostKey ${join(dir, 'host_key')}`,
+      `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      'PubkeyAuthentication yes',
+      'PermitRootLogin prohibit-password',
+      'UsePAM no',
+      'StrictModes no',
+      'AllowTcpForwarding yes',
+      'PidFile none',
+      '',
+    ].join('\n'),
+  );
+  // Debian's sshd refuses to start without its privilege-separation directory (systemd makes it).
+  if (!existsSync('/run/sshd')) {
+    mkdirSync('/run/sshd', { mode: 0o755 });
+    scope.teardown(() => rmdirSync('/run/sshd'));
+  }
+  const sshd = spawnProc(scope, ...lab.inNs(lab.gateway, '/usr/sbin/sshd', ['-D', '-e', '-f', config]));
+  await sshd.line(/Server listening/, 10_000);
+  return [
+    '-F', '/dev/null', '-i', join(dir, 'client_key'), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes',
+    '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR',
+    '-o', 'ExitOnForwardFailure=yes', '-f', '-N', '-L', `127.0.0.1:${sshPort}:127.0.0.1:${servePort}`, `root@${lab.gateway.address}`,
+  ];
+}
+
+/** The link's round trip: ICMP `ping` (kernel timestamps) when installed, else a UDP echo between two Node processes. */
+async function linkRoundTrip(lab: WanLab): Promise<{ tool: string; medianMs: number; minMs: number }> {
+  if (spawnSync('sh', ['-c', 'command -v ping']).status === 0) {
+    const result = spawnSync(...lab.inNs(lab.client, 'ping', ['-n', '-c', '20', '-i', '0.05', lab.gateway.address]), { encoding: 'utf8' });
+    const times = [...result.stdout.matchAll(/time=([\d.]+) ms/g)].map((match) => Number(match[1]));
+    if (times.length > 0) return { tool: 'ping', medianMs: median(times), minMs: Math.min(...times) };
+  }
+  // The echo and the pinger run at the link's priority, so the load on the machine does not add to the RTT.
+  spawnProc(scope, ...lab.inNs(lab.gateway, 'nice', ['-n', '-10', process.execPath, peerJs, 'udp-echo', lab.gateway.address, '7']));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const udp = await peer(lab, lab.client, ['udp-ping', lab.gateway.address, '7', '20'], {}, ['nice', '-n', '-10']);
+  return { tool: 'UDP echo', medianMs: Number(udp.medianMs), minMs: Number(udp.minMs) };
+}
+
+interface Row {
+  scenario: string;
+  pingMs: number;
+  bulk: Record<string, string>;
+  rates: Record<string, number>;
+  connect: Record<string, string>;
+}
+
+function bulkText(result: Record<string, unknown>): string {
+  const rate = Number(result.mibps).toFixed(1);
+  if (result.ok === true) return `${rate} MiB/s`;
+  if (result.finished === true) return `CORRUPT (${result.bytes} bytes)`;
+  return `did not finish in ${timeoutS} s (${(Number(result.bytes) / 1048576).toFixed(1)} MiB, ${rate} MiB/s)`;
+}
+
+async function scenario(rttMs: number, lossPct: number): Promise<Row> {
+  const name = `RTT ${rttMs} ms${lossPct ? `, ${lossPct} % loss` : ''}`;
+  log(`\n${name}`);
+  const lab = await openWanLab(scope, { delayMs: rttMs / 2, lossPct, rateMbit, queueKiB, seed: 7 });
+  const dir = scratchDir(scope, 'pam-wan-');
+  const gw = lab.gateway;
+  const server = spawnProc(scope, ...lab.inNs(gw, process.execPath, [peerJs, 'serve', '0.0.0.0', String(servePort), String(mib), 'bulk']));
+  await server.line(/listening/, 10_000);
+  const ping = await linkRoundTrip(lab);
+  const pingMs = ping.medianMs;
+  const off = rttMs > 0 ? `, ${(((pingMs - rttMs) / rttMs) * 100).toFixed(1)} % off 2 × delay (check: within 5 %)` : '';
+  log(`  ${ping.tool} round trip median ${pingMs.toFixed(2)} ms, min ${ping.minMs.toFixed(2)} ms (link: 2 × ${rttMs / 2} ms${off})`);
+
+  const row: Row = { scenario: name, pingMs, bulk: {}, rates: {}, connect: {} };
+  const fetch = async (label: string, port: number, host = '127.0.0.1') => {
+    const result = await peer(lab, lab.client, ['fetch', host, String(port), String(mib), 'bulk', String(timeoutS)]);
+    row.bulk[label] = bulkText(result);
+    row.rates[label] = result.ok === true ? Number(result.mibps) : 0;
+    log(`  bulk ${mib} MiB ${label}: ${row.bulk[label]}`);
+  };
+  const connectTimes = async (label: string, command: readonly string[], port: number, after: (stdout: string) => void, env: NodeJS.ProcessEnv = {}) => {
+    const times: number[] = [];
+    for (let i = 0; i < connects; i += 1) {
+      const ready = await peer(lab, lab.client, ['ready', String(port), '60', '--', ...command], env);
+      if (ready.ok !== true) throw new Error(`${label} did not connect: ${JSON.stringify(ready)}`);
+      times.push(Number(ready.usableMs));
+      // All but the last are stopped at once; the last one carries the bulk fetch.
+      if (i < connects - 1) after(String(ready.stdout));
+      else return { stdout: String(ready.stdout), median: median(times) };
+    }
+    throw new Error('no connect samples');
+  };
+  const roundTrips = (ms: number) => (rttMs > 0 ? `, ${(ms / pingMs).toFixed(1)} RTT` : '');
+
+  if (only.has('direct')) await fetch('direct', servePort, gw.address);
+  if (only.has('ssh')) {
+    const sshArgs = await startSshd(lab, dir);
+    const ssh = await connectTimes('ssh -f', ['ssh', ...sshArgs], sshPort, () => killInNs(lab.client.ns, 'ssh'));
+    row.connect['ssh -f -N -L'] = `${ssh.median.toFixed(0)} ms${roundTrips(ssh.median)}`;
+    log(`  connect ssh -f -N -L (median of ${connects}): ${row.connect['ssh -f -N -L']}`);
+    await fetch('ssh -L', sshPort);
+    killInNs(lab.client.ns, 'ssh');
+  }
+  if (only.has('pam')) {
+    const env = { ...tunnelEnv(dir, 'wan-token'), PAM_ICE_HOSTS: gw.address };
+    const gateway = spawnProc(scope, ...lab.inNs(gw, process.execPath, [pamBin, 'gateway', '--listen', `${gw.address}:8765`, '--json', '--target', `src=127.0.0.1:${servePort}`]), { env });
+    await gateway.event('listening', 20_000);
+    const clientEnv = { ...env, PAM_ICE_HOSTS: lab.client.address, PAM_GATEWAY_URL: `http://${gw.address}:8765` };
+    const stop = (stdout: string) => {
+      const pid = Number(/"pid":(\d+)/.exec(stdout)?.[1]);
+      if (pid > 0) process.kill(pid, 'SIGTERM');
+    };
+    const pam = await connectTimes('pam -bg', [process.execPath, pamBin, 'tunnel', 'start', 'src', '-bg', '--json'], 0, stop, clientEnv);
+    row.connect['pam tunnel start -bg'] = `${pam.median.toFixed(0)} ms${roundTrips(pam.median)}`;
+    log(`  connect pam tunnel start -bg (median of ${connects}): ${row.connect['pam tunnel start -bg']}`);
+    await fetch('pam tunnel', Number(/"port":(\d+)/.exec(pam.stdout)?.[1]));
+    stop(pam.stdout);
+  }
+  await lab.close();
+  return row;
+}
+
+async function main(): Promise<void> {
+  const unavailable = wanLabUnavailable();
+  if (unavailable) throw new Error(unavailable);
+  if (!existsSync(peerJs)) throw new Error('build first: npm run build');
+  log(`pam-tunnel WAN bench — node ${process.version}, ${new Date().toISOString()}, ${mib} MiB bulk, link rate ${rateMbit || 'unlimited'} Mbit/s, queue ${queueKiB} KiB`);
+  const rows: Row[] = [];
+  for (const { rttMs, lossPct } of scenarios) rows.push(await scenario(rttMs, lossPct));
+  const columns = ['link', 'ping RTT', 'direct', 'ssh -L', 'pam tunnel', 'pam / ssh', 'connect pam -bg', 'connect ssh -f'];
+  const lines = rows.map((row) => [
+    row.scenario,
+    `${row.pingMs.toFixed(1)} ms`,
+    row.bulk.direct ?? '',
+    row.bulk['ssh -L'] ?? '',
+    row.bulk['pam tunnel'] ?? '',
+    row.rates['ssh -L'] && row.bulk['pam tunnel'] ? `${((row.rates['pam tunnel'] ?? 0) / row.rates['ssh -L']).toFixed(2)}×` : '',
+    row.connect['pam tunnel start -bg'] ?? '',
+    row.connect['ssh -f -N -L'] ?? '',
+  ]);
+  process.stdout.write(`\n| ${columns.join(' | ')} |\n|${columns.map(() => ' --- |').join('')}\n`);
+  for (const line of lines) process.stdout.write(`| ${line.join(' | ')} |\n`);
+}
+
+main()
+  .catch((error: unknown) => {
+    process.stderr.write(`bench:wan failed: ${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(async () => {
+    await cleanUp();
+    setTimeout(() => process.exit(), 1000).unref();
+  });
