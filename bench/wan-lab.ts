@@ -34,6 +34,8 @@ export interface WanLab {
   readonly client: LabHost;
   readonly gateway: LabHost;
   readonly link: LinkOptions;
+  /** The link's drop counts per direction (random, queue, ring), once it has been closed. */
+  readonly linkReport: () => string;
   /** `ip netns exec` in front of a command, as [command, args] for spawn. */
   inNs(host: LabHost, command: string, args: readonly string[]): [string, string[]];
   close(): Promise<void>;
@@ -127,8 +129,10 @@ export async function openWanLab(scope: Teardownable, link: LinkOptions): Promis
   // SCHED_FIFO so its timing does not depend on the load (measured under a load average of 14: ping at
   // 40 ms RTT read 44.5 ms median at nice -10, 40.2 ms with SCHED_FIFO). It sleeps in ppoll between
   // packets, and the kernel's RT throttling keeps it from starving the machine.
-  const child = spawn('chrt', ['-f', '10', binary, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn('chrt', ['-f', '10', binary, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   linkProcess = child;
+  let report = '';
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => (report += text));
   await new Promise<void>((resolve, reject) => {
     child.stdout!.setEncoding('utf8').on('data', (text: string) => {
       if (text.includes('ready')) resolve();
@@ -147,6 +151,7 @@ export async function openWanLab(scope: Teardownable, link: LinkOptions): Promis
     client,
     gateway,
     link,
+    linkReport: () => report.trim(),
     inNs: (host, command, rest) => ['ip', ['netns', 'exec', host.ns, command, ...rest]],
     close,
   };

@@ -53,6 +53,15 @@ function receive(socket: Socket, bytes: number, deadline: number): Promise<{ dig
       resolve({ digest: hash.digest('hex'), bytes: received, firstMs, lastMs, finished });
     };
     const timer = setTimeout(() => done(false), Math.max(0, deadline - now()));
+    // Investigation aid: MiB received per second on stderr.
+    let traced = 0;
+    const trace = process.env.PAM_WAN_TRACE
+      ? setInterval(() => {
+          process.stderr.write(`${((received - traced) / mib).toFixed(2)} `);
+          traced = received;
+        }, 1000)
+      : undefined;
+    socket.once('close', () => clearInterval(trace));
     socket.on('data', (chunk: Buffer) => {
       if (received === 0) firstMs = now();
       received += chunk.length;

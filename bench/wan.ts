@@ -4,7 +4,9 @@
 // PAM_BENCH_MIB (bulk size, default 64), PAM_WAN_TIMEOUT (seconds a bulk fetch may take, default 120),
 // PAM_WAN_RATE_MBIT (link rate, default 0 = unlimited), PAM_WAN_QUEUE_KIB (default 4096),
 // PAM_WAN_CONNECTS (connect samples per tool and RTT, default 5), PAM_WAN_ONLY (comma list of
-// direct,ssh,pam to run a subset). Interrupting it (SIGINT/SIGTERM) still removes the lab.
+// direct,ssh,pam to run a subset). For investigation: PAM_WAN_DIAG=1 prints where packets were dropped
+// (the link's counters, UDP buffer overflows, TCP retransmits), PAM_WAN_TRACE=1 the MiB received each
+// second of every fetch. Interrupting it (SIGINT/SIGTERM) still removes the lab.
 
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
@@ -58,6 +60,7 @@ async function peer(lab: WanLab, host: LabHost, args: readonly string[], env: No
   const proc = spawnProc(scope, ...lab.inNs(host, command, rest), { env });
   const code = await proc.exited;
   const line = proc.stdout.trim().split('\n').pop() ?? '';
+  if (process.env.PAM_WAN_TRACE && proc.stderr) log(`  ${args[0]} trace: ${proc.stderr.trim()}`);
   if (code !== 0 || !line.startsWith('{')) throw new Error(`wan-peer ${args[0]} exited ${code}: ${proc.stderr.trim()}`);
   return JSON.parse(line) as Record<string, unknown>;
 }
@@ -196,9 +199,18 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     row.connect['pam tunnel start -bg'] = `${pam.median.toFixed(0)} ms${roundTrips(pam.median)}`;
     log(`  connect pam tunnel start -bg (median of ${connects}): ${row.connect['pam tunnel start -bg']}`);
     await fetch('pam tunnel', Number(/"port":(\d+)/.exec(pam.stdout)?.[1]));
+    if (process.env.PAM_MUX_TRACE) log(gateway.stderr.split('\n').filter((l) => l.includes('mux trace') && !l.includes('sentMiB/s=0.00')).join('\n'));
     stop(pam.stdout);
   }
+  if (process.env.PAM_WAN_DIAG) {
+    // Where packets were lost, for investigation runs: UDP receive-buffer overflows and TCP retransmits per side.
+    for (const host of [lab.client, lab.gateway]) {
+      const counters = spawnSync(...lab.inNs(host, 'nstat', ['-az', 'UdpRcvbufErrors', 'UdpSndbufErrors', 'UdpInErrors', 'TcpRetransSegs']), { encoding: 'utf8' }).stdout;
+      log(`  ${host.ns}: ${counters.split('\n').filter((line) => /^\w+\s+\d/.test(line)).map((line) => line.split(/\s+/).slice(0, 2).join('=')).join(' ')}`);
+    }
+  }
   await lab.close();
+  if (process.env.PAM_WAN_DIAG) log(lab.linkReport().replace(/^/gm, '  '));
   return row;
 }
 

@@ -24,7 +24,7 @@
 #define MAXPKT 2048
 
 struct packet { uint64_t due; uint16_t len; unsigned char data[MAXPKT]; };
-struct lane { int from, to; struct packet *ring; unsigned head, tail; uint64_t link_free, queued_until; };
+struct lane { int from, to; struct packet *ring; unsigned head, tail; uint64_t link_free, lost, tail_dropped, ring_dropped; };
 
 static volatile sig_atomic_t stop;
 static uint64_t delay_ns, rate_bps, queue_bytes, loss_threshold, rng;
@@ -59,16 +59,17 @@ static void admit(struct lane *lane) {
     if (lane->tail - lane->head >= SLOTS) { /* ring full: read and drop, so the device never blocks */
       unsigned char sink[MAXPKT];
       if (read(lane->from, sink, sizeof sink) < 0) return;
+      lane->ring_dropped++;
       continue;
     }
     struct packet *p = &lane->ring[lane->tail % SLOTS];
     ssize_t n = read(lane->from, p->data, MAXPKT);
     if (n <= 0) return;
-    if (loss_threshold && next_random() < loss_threshold) continue;
+    if (loss_threshold && next_random() < loss_threshold) { lane->lost++; continue; }
     uint64_t t = now_ns(), leave = t;
     if (rate_bps) {
       uint64_t start = lane->link_free > t ? lane->link_free : t;
-      if ((start - t) * rate_bps / 8000000000ull > queue_bytes) continue; /* tail drop */
+      if ((start - t) * rate_bps / 8000000000ull > queue_bytes) { lane->tail_dropped++; continue; }
       leave = start + (uint64_t)n * 8000000000ull / rate_bps;
       lane->link_free = leave;
     }
@@ -84,7 +85,7 @@ static int64_t release(struct lane *lane) {
   while (lane->head != lane->tail) {
     struct packet *p = &lane->ring[lane->head % SLOTS];
     if (p->due > t) return (int64_t)(p->due - t);
-    if (write(lane->to, p->data, p->len) < 0 && errno != EAGAIN && errno != EIO) perror("write");
+    if (write(lane->to, p->data, p->len) < 0 && errno != EAGAIN && errno != EIO && errno != EBADFD) perror("write");
     lane->head++;
   }
   return -1;
@@ -128,5 +129,8 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < 2; i++) if (fds[i].revents & POLLIN) admit(&lanes[i]);
   }
+  for (int i = 0; i < 2; i++)
+    fprintf(stderr, "wanlink %s->%s: dropped %llu at random, %llu at the queue, %llu with the ring full\n", argv[1 + i], argv[2 - i],
+            (unsigned long long)lanes[i].lost, (unsigned long long)lanes[i].tail_dropped, (unsigned long long)lanes[i].ring_dropped);
   return 0;
 }
