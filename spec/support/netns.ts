@@ -92,18 +92,37 @@ function sweepStale(): void {
   }
 }
 
-/** Why this machine cannot run a lab, or undefined when it can (root, and `ip netns add` works). */
-function labProblem(token: string): string | undefined {
+let probed: { problem: string | undefined } | undefined;
+
+/** Why this machine cannot run a lab, or undefined when it can (root, and `ip netns add` works); probed once. */
+export function labProblem(): string | undefined {
+  probed ??= { problem: probe() };
+  return probed.problem;
+}
+
+function probe(): string | undefined {
   if (process.getuid?.() !== 0) return 'not running as root';
-  const probe = `${token}probe`;
+  const name = `${prefix}${process.pid}-probe`;
   try {
-    ip(['netns', 'add', probe]);
+    ip(['netns', 'add', name]);
   } catch (error) {
     return `\`ip netns add\` failed (${(error as Error).message})`;
   } finally {
-    removeNamespace(probe);
+    removeNamespace(name);
   }
   return undefined;
+}
+
+/**
+ * Whether labs can run here. If not, one visible skip line on `t` saying why, or, under CI=true
+ * (where root is promised), a failure. Call once per file, on the root test, before the lab tests.
+ */
+export function labAvailable(t: TapTest): boolean {
+  const problem = labProblem();
+  if (!problem) return true;
+  if (process.env.CI === 'true') t.fail(`network lab unavailable under CI: ${problem}`);
+  else skipBecause(t, `network lab tests skipped: ${problem} (under CI=true this is a failure)`);
+  return false;
 }
 
 function hookExit(): void {
@@ -123,17 +142,12 @@ function hookExit(): void {
 }
 
 /**
- * A lab whose teardown is registered on `t` before anything is created. Undefined when the
- * machine cannot run one (not root, no `ip netns`): that is a visible skip, but a failure under CI=true.
+ * A lab whose teardown is registered on `t` before anything is created. Undefined (after
+ * `labAvailable`'s skip line or failure on `t`) when the machine cannot run one.
  */
 export function netLab(t: TapTest): Lab | undefined {
+  if (!labAvailable(t)) return undefined;
   const token = `${prefix}${process.pid}-${randomBytes(2).toString('hex')}-`;
-  const problem = labProblem(token);
-  if (problem) {
-    if (process.env.CI === 'true') t.fail(`network lab unavailable under CI: ${problem}`);
-    else skipBecause(t, `network lab skipped: ${problem} (CI=true makes this a failure)`);
-    return undefined;
-  }
   const created: string[] = [];
   let interfaces = 0;
   const lab = {
@@ -175,11 +189,13 @@ export function netLab(t: TapTest): Lab | undefined {
       return { name };
     },
     link(a, aAddress, b, bAddress) {
+      [aAddress, bAddress].forEach(checkAddress);
       const [aEnd, bEnd] = veth(a, b);
       address(a, aEnd, aAddress);
       address(b, bEnd, bAddress);
     },
     bridge(hub, members) {
+      members.forEach((member) => checkAddress(member.address));
       interfaces += 1;
       const bridge = `plbr${interfaces}`;
       ip(['-n', hub.name, 'link', 'add', bridge, 'type', 'bridge']);
