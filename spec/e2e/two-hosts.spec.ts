@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import t from 'tap';
 import { labAvailable, netLab } from '../support/netns.js';
-import { pamBin, repoRoot, scratchDir, tunnelEnv } from '../support/processes.js';
+import { echoServer, pam, pamBin, repoRoot, scratchDir, tunnelEnv } from '../support/processes.js';
 
 const token = 'two-hosts-token-5e1d';
 const gatewayHost = '198.18.0.1';
@@ -45,7 +45,7 @@ for (const client of labAvailable(t) ? transports : []) {
         const started = Date.now();
         const outcome = await Promise.race([tunnel.event('ready', 60_000).then((ready) => ({ ready })), tunnel.exited.then((code) => ({ code }))]);
         if (!('ready' in outcome)) {
-          t.fail(`pam tunnel start exited ${outcome.code} before it was ready`, { stderr: tunnel.stderr });
+          t.fail(`pam tunnel start exited ${outcome.code} before it was ready`, { stdout: tunnel.stdout, stderr: tunnel.stderr });
           return;
         }
 
@@ -67,3 +67,17 @@ for (const client of labAvailable(t) ? transports : []) {
     }
   }
 }
+
+t.test('native with several PAM_ICE_HOSTS uses the first and says so, on the gateway and the tunnel', async (t) => {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const hosts = { PAM_TRANSPORT: 'native', PAM_ICE_HOSTS: '127.0.0.1,::1' };
+  const gateway = pam(t, ['gateway', '--listen', '127.0.0.1:0', '--json', '--target', `echo=127.0.0.1:${echo.port}`], { env: { ...tunnelEnv(dir, token), ...hosts } });
+  const url = String((await gateway.event('listening')).url);
+  const warning = /PAM_ICE_HOSTS lists 2 addresses; the native transport binds ICE to one and uses 127\.0\.0\.1 only/;
+  t.match(gateway.stderr, warning, 'the gateway warns');
+  const tunnel = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json'], { env: { ...tunnelEnv(dir, token, url), ...hosts } });
+  await tunnel.event('ready', 60_000);
+  t.match(tunnel.stderr, warning, 'the tunnel warns');
+  t.equal(tunnel.stderr.split('\n').filter((line) => warning.test(line)).length, 1, 'once');
+});
