@@ -1,15 +1,14 @@
 // The WAN lab: two network namespaces (client side, gateway side) joined only through bench/wanlink.c,
 // a user-space delay line between two TUN devices (the kernel here has no netem). Addresses come from
 // 198.18.0.0/15 only. Used by `npm run bench:wan` and by spec/e2e/wan.spec.ts; needs root.
-// Everything it creates is removed at teardown: processes in the namespaces, the link process (whose
-// exit removes both TUN devices), the namespaces, the compiled link. Namespaces left by a run that was
-// killed outright (SIGKILL) are removed by the next lab, found by the dead pid in their name.
+// The namespaces are spec/support/netns.ts's (teardown, interrupt and stale-run sweeping are its); this
+// adds the link process, whose exit removes both TUN devices, and the compiled link binary.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isProcessAlive } from '../adapters/process-identity.js';
+import { labProblem, type Lab, type Namespace } from '../spec/support/netns.js';
 import { repoRoot, type Teardownable } from '../spec/support/processes.js';
 
 export interface LinkOptions {
@@ -26,7 +25,7 @@ export interface LinkOptions {
 }
 
 export interface LabHost {
-  readonly ns: string;
+  readonly ns: Namespace;
   readonly address: string;
 }
 
@@ -41,13 +40,12 @@ export interface WanLab {
   close(): Promise<void>;
 }
 
-const prefix = 'wan';
-let labCount = 0;
 let compiled: string | undefined;
 
 /** Why this machine cannot build the lab, or undefined when it can. */
 export function wanLabUnavailable(): string | undefined {
-  if (process.getuid?.() !== 0) return 'the WAN lab needs root (network namespaces, TUN devices)';
+  const problem = labProblem();
+  if (problem) return `the WAN lab cannot run: ${problem}`;
   for (const tool of ['ip', 'cc']) {
     if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) return `the WAN lab needs \`${tool}\``;
   }
@@ -74,85 +72,46 @@ function wanlinkBinary(scope: Teardownable): string {
   return binary;
 }
 
-/** Kill every process inside `ns` (SIGKILL), then delete it. */
-function removeNamespace(ns: string): void {
-  const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout.split(/\s+/).filter(Boolean).map(Number);
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  spawnSync('ip', ['netns', 'del', ns]);
-}
-
-/** Namespaces of an earlier lab whose process is dead (it was SIGKILLed before it could clean up). */
-function removeStaleNamespaces(): void {
-  const names = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n').map((line) => line.split(' ')[0] ?? '');
-  for (const name of names) {
-    const owner = new RegExp(`^${prefix}(\\d+)x\\d+-[cg]$`).exec(name);
-    if (owner && !isProcessAlive(Number(owner[1]))) removeNamespace(name);
-  }
-}
-
 function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => child.once('exit', () => resolve()));
 }
 
-export async function openWanLab(scope: Teardownable, link: LinkOptions): Promise<WanLab> {
+/** Two namespaces of `net` joined by the delay line; the link stops at teardown (or close()). */
+export async function openWanLab(scope: Teardownable, net: Lab, link: LinkOptions): Promise<WanLab> {
   const binary = wanlinkBinary(scope);
-  removeStaleNamespaces();
-  labCount += 1;
-  const tag = `${process.pid}x${labCount}`;
-  const client: LabHost = { ns: `${prefix}${tag}-c`, address: '198.18.0.1' };
-  const gateway: LabHost = { ns: `${prefix}${tag}-g`, address: '198.18.0.2' };
-  let linkProcess: ChildProcess | undefined;
-  let closed = false;
-  const close = async () => {
-    if (closed) return;
-    closed = true;
-    removeNamespace(client.ns);
-    removeNamespace(gateway.ns);
-    if (linkProcess) {
-      linkProcess.kill('SIGTERM');
-      await exited(linkProcess);
-    }
-  };
-  scope.teardown(close);
-  run('ip', ['netns', 'add', client.ns]);
-  run('ip', ['netns', 'add', gateway.ns]);
-  const devices = [`${prefix}${tag}c`.slice(-15), `${prefix}${tag}g`.slice(-15)] as const;
-  const args = [devices[0], devices[1], String(link.delayMs), String(link.lossPct ?? 0), String(link.rateMbit ?? 0), String(link.queueKiB ?? 1024), String(link.seed ?? 1)];
+  const client: LabHost = { ns: net.namespace('wanc'), address: '198.18.0.1' };
+  const gateway: LabHost = { ns: net.namespace('wang'), address: '198.18.0.2' };
+  const args = [client.ns.name, gateway.ns.name, 'wan0', String(link.delayMs), String(link.lossPct ?? 0), String(link.rateMbit ?? 0), String(link.queueKiB ?? 1024), String(link.seed ?? 1)];
   // The link stands for the network, not for one more process competing for the two cores: it runs
   // SCHED_FIFO so its timing does not depend on the load (measured under a load average of 14: ping at
   // 40 ms RTT read 44.5 ms median at nice -10, 40.2 ms with SCHED_FIFO). It sleeps in ppoll between
   // packets, and the kernel's RT throttling keeps it from starving the machine.
   const child = spawn('chrt', ['-f', '10', binary, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  linkProcess = child;
   let report = '';
   child.stderr!.setEncoding('utf8').on('data', (text: string) => (report += text));
+  const close = async () => {
+    child.kill('SIGTERM');
+    await exited(child);
+  };
+  scope.teardown(close);
   await new Promise<void>((resolve, reject) => {
     child.stdout!.setEncoding('utf8').on('data', (text: string) => {
       if (text.includes('ready')) resolve();
     });
-    child.once('exit', (code) => reject(new Error(`wanlink exited ${code} before it was ready`)));
+    child.once('exit', (code) => reject(new Error(`wanlink exited ${code} before it was ready: ${report.trim()}`)));
   });
-  for (const [host, device, peer] of [[client, devices[0], gateway], [gateway, devices[1], client]] as const) {
-    run('ip', ['link', 'set', device, 'netns', host.ns]);
-    const ip = (...rest: string[]) => run('ip', ['netns', 'exec', host.ns, 'ip', ...rest]);
-    ip('link', 'set', 'lo', 'up');
-    ip('addr', 'add', `${host.address}/32`, 'peer', `${peer.address}/32`, 'dev', device);
+  for (const [host, peer] of [[client, gateway], [gateway, client]] as const) {
+    net.ip(host.ns, 'addr', 'add', `${host.address}/32`, 'peer', `${peer.address}/32`, 'dev', 'wan0');
     // The TUN device's own queue (default 500 packets) would drop before the lab's queue does.
-    ip('link', 'set', device, 'txqueuelen', '10000', 'up');
+    net.ip(host.ns, 'link', 'set', 'wan0', 'txqueuelen', '10000', 'up');
   }
   return {
     client,
     gateway,
     link,
     linkReport: () => report.trim(),
-    inNs: (host, command, rest) => ['ip', ['netns', 'exec', host.ns, command, ...rest]],
+    inNs: (host, command, rest) => ['ip', ['netns', 'exec', host.ns.name, command, ...rest]],
     close,
   };
 }

@@ -12,6 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pamBin, repoRoot, scratchDir, spawnProc, tunnelEnv, type Teardownable } from '../spec/support/processes.js';
+import { openLab } from '../spec/support/netns.js';
 import { openWanLab, wanLabUnavailable, type LabHost, type WanLab } from './wan-lab.js';
 
 const peerJs = join(repoRoot, 'build', 'bench', 'wan-peer.js');
@@ -30,22 +31,24 @@ const sshPort = 6201;
 
 const cleanups: Array<() => unknown> = [];
 const scope: Teardownable = { teardown: (fn) => void cleanups.push(fn) };
-let cleaning: Promise<void> | undefined;
-/** Run every teardown once, newest first, each bounded in time; the signal handler and main share it. */
-function cleanUp(): Promise<void> {
-  cleaning ??= (async () => {
-    while (cleanups.length > 0) {
-      try {
-        await Promise.race([cleanups.pop()!(), new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
-      } catch (error) {
-        process.stderr.write(`cleanup: ${error instanceof Error ? error.message : String(error)}\n`);
-      }
+/** Run the teardowns registered after `mark`, newest first, each bounded in time. */
+async function unwind(mark: number): Promise<void> {
+  while (cleanups.length > mark) {
+    try {
+      await Promise.race([cleanups.pop()!(), new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
+    } catch (error) {
+      process.stderr.write(`cleanup: ${error instanceof Error ? error.message : String(error)}\n`);
     }
-  })();
-  return cleaning;
+  }
 }
+let cleaning: Promise<void> | undefined;
+/** Every teardown, once; the signal handler and main share it. */
+const cleanUp = () => (cleaning ??= unwind(0));
+// `on`, not `once`: the namespace helper re-raises the signal after deleting its namespaces, and this
+// process must live until the rest of the teardown (link process, temp dirs) is done.
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
+  process.on(signal, () => {
+    if (cleaning) return;
     process.stderr.write(`\n${signal}: removing the lab\n`);
     void cleanUp().then(() => process.exit(signal === 'SIGINT' ? 130 : 143));
   });
@@ -146,7 +149,8 @@ function bulkText(result: Record<string, unknown>): string {
 async function scenario(rttMs: number, lossPct: number): Promise<Row> {
   const name = `RTT ${rttMs} ms${lossPct ? `, ${lossPct} % loss` : ''}`;
   log(`\n${name}`);
-  const lab = await openWanLab(scope, { delayMs: rttMs / 2, lossPct, rateMbit, queueKiB, seed: 7 });
+  const mark = cleanups.length;
+  const lab = await openWanLab(scope, openLab(scope), { delayMs: rttMs / 2, lossPct, rateMbit, queueKiB, seed: 7 });
   const dir = scratchDir(scope, 'pam-wan-');
   const gw = lab.gateway;
   const server = spawnProc(scope, ...lab.inNs(gw, process.execPath, [peerJs, 'serve', '0.0.0.0', String(servePort), String(mib), 'bulk']));
@@ -180,11 +184,11 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
   if (only.has('direct')) await fetch('direct', servePort, gw.address);
   if (only.has('ssh')) {
     const sshArgs = await startSshd(lab, dir);
-    const ssh = await connectTimes('ssh -f', ['ssh', ...sshArgs], sshPort, () => killInNs(lab.client.ns, 'ssh'));
+    const ssh = await connectTimes('ssh -f', ['ssh', ...sshArgs], sshPort, () => killInNs(lab.client.ns.name, 'ssh'));
     row.connect['ssh -f -N -L'] = `${ssh.median.toFixed(0)} ms${roundTrips(ssh.median)}`;
     log(`  connect ssh -f -N -L (median of ${connects}): ${row.connect['ssh -f -N -L']}`);
     await fetch('ssh -L', sshPort);
-    killInNs(lab.client.ns, 'ssh');
+    killInNs(lab.client.ns.name, 'ssh');
   }
   if (only.has('pam')) {
     const env = { ...tunnelEnv(dir, 'wan-token'), PAM_ICE_HOSTS: gw.address };
@@ -206,10 +210,10 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     // Where packets were lost, for investigation runs: UDP receive-buffer overflows and TCP retransmits per side.
     for (const host of [lab.client, lab.gateway]) {
       const counters = spawnSync(...lab.inNs(host, 'nstat', ['-az', 'UdpRcvbufErrors', 'UdpSndbufErrors', 'UdpInErrors', 'TcpRetransSegs']), { encoding: 'utf8' }).stdout;
-      log(`  ${host.ns}: ${counters.split('\n').filter((line) => /^\w+\s+\d/.test(line)).map((line) => line.split(/\s+/).slice(0, 2).join('=')).join(' ')}`);
+      log(`  ${host.ns.name}: ${counters.split('\n').filter((line) => /^\w+\s+\d/.test(line)).map((line) => line.split(/\s+/).slice(0, 2).join('=')).join(' ')}`);
     }
   }
-  await lab.close();
+  await unwind(mark);
   if (process.env.PAM_WAN_DIAG) log(lab.linkReport().replace(/^/gm, '  '));
   return row;
 }

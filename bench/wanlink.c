@@ -1,15 +1,18 @@
 /* A user-space WAN link for the bench and the WAN spec (the kernel here has no netem): moves IP packets
- * between two TUN devices (IFF_TUN|IFF_NO_PI) through one timed queue per direction.
- *   wanlink <tunA> <tunB> <one-way delay ms> <loss %> <rate Mbit/s, 0 = unlimited> <queue KiB> <seed>
+ * between two TUN devices (IFF_TUN|IFF_NO_PI) through one timed queue per direction. Each device is
+ * created inside its network namespace (setns before TUNSETIFF), so none ever exists in the host's.
+ *   wanlink <netnsA> <netnsB> <tun name> <one-way delay ms> <loss %> <rate Mbit/s, 0 = unlimited> <queue KiB> <seed>
  * Each packet is dropped with probability loss (seeded PRNG, so a run can be repeated), then waits for
  * the link to serialise it at `rate` (tail drop when more than `queue` KiB wait), then for the delay.
  * Prints "ready" once both devices exist; exits on SIGINT/SIGTERM or when stdin closes (the parent
  * died), and the kernel removes both devices with the process. Compiled by bench/wan-lab.ts. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -42,7 +45,12 @@ static uint64_t next_random(void) { /* xorshift64 */
   return rng;
 }
 
-static int open_tun(const char *name) {
+static int open_tun(const char *netns, const char *name) {
+  char path[512];
+  snprintf(path, sizeof path, "/var/run/netns/%s", netns);
+  int nsfd = open(path, O_RDONLY);
+  if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) < 0) { perror(path); exit(1); }
+  close(nsfd);
   struct ifreq ifr;
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK);
   if (fd < 0) { perror("/dev/net/tun"); exit(1); }
@@ -92,21 +100,21 @@ static int64_t release(struct lane *lane) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 8) {
-    fprintf(stderr, "usage: wanlink tunA tunB delay_ms loss_pct rate_mbit queue_kib seed\n");
+  if (argc != 9) {
+    fprintf(stderr, "usage: wanlink netnsA netnsB tun delay_ms loss_pct rate_mbit queue_kib seed\n");
     return 2;
   }
-  delay_ns = (uint64_t)(atof(argv[3]) * 1e6);
-  loss_threshold = (uint64_t)(atof(argv[4]) / 100.0 * 18446744073709551615.0);
-  rate_bps = (uint64_t)(atof(argv[5]) * 1e6);
-  queue_bytes = (uint64_t)atoll(argv[6]) * 1024;
-  rng = (uint64_t)atoll(argv[7]) * 2654435761ull + 88172645463325252ull;
+  delay_ns = (uint64_t)(atof(argv[4]) * 1e6);
+  loss_threshold = (uint64_t)(atof(argv[5]) / 100.0 * 18446744073709551615.0);
+  rate_bps = (uint64_t)(atof(argv[6]) * 1e6);
+  queue_bytes = (uint64_t)atoll(argv[7]) * 1024;
+  rng = (uint64_t)atoll(argv[8]) * 2654435761ull + 88172645463325252ull;
   prctl(PR_SET_TIMERSLACK, 1UL); /* wake at the packet's due time, not up to 50 µs later */
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   signal(SIGPIPE, SIG_IGN);
-  struct lane lanes[2] = { { .from = open_tun(argv[1]) }, { .from = 0 } };
-  lanes[1].from = open_tun(argv[2]);
+  struct lane lanes[2] = { { .from = open_tun(argv[1], argv[3]) }, { .from = 0 } };
+  lanes[1].from = open_tun(argv[2], argv[3]);
   lanes[0].to = lanes[1].from;
   lanes[1].to = lanes[0].from;
   for (int i = 0; i < 2; i++)

@@ -147,6 +147,11 @@ function hookExit(): void {
  */
 export function netLab(t: TapTest): Lab | undefined {
   if (!labAvailable(t)) return undefined;
+  return openLab(t);
+}
+
+/** The lab itself, for callers that did their own availability check (the WAN bench has no tap test). */
+export function openLab(t: Teardownable): Lab {
   const token = `${prefix}${process.pid}-${randomBytes(2).toString('hex')}-`;
   const created: string[] = [];
   let interfaces = 0;
