@@ -86,7 +86,9 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     const frame = Buffer.isBuffer(message) ? message : typeof message === 'string' ? Buffer.from(message) : Buffer.from(new Uint8Array(message));
     for (const handler of frameHandlers) handler(frame);
   });
-  channel.onBufferedAmountLow(() => drainHandlers.forEach((handler) => handler()));
+  channel.onBufferedAmountLow(() => {
+    for (const handler of drainHandlers) handler();
+  });
   channel.onClosed(() => closed('the data channel closed'));
   peer.onStateChange((state) => {
     if (state === 'failed' || state === 'closed') closed(`the peer connection ${state}`);

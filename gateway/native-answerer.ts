@@ -22,7 +22,7 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
       };
       const ended: Array<() => void> = [];
       peer.onStateChange((state) => {
-        if (state === 'failed' || state === 'closed') ended.splice(0).forEach((handler) => handler());
+        if (state === 'failed' || state === 'closed') for (const handler of ended.splice(0)) handler();
       });
       try {
         const channel = new Promise<FrameChannel>((resolve) => {

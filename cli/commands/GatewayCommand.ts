@@ -82,7 +82,7 @@ export class GatewayCommand extends Command<PamContext> {
 function parseHostPort(text: string, flag: string): { host: string; port: number } {
   const match = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(text.trim());
   const port = match ? Number(match[2]) : NaN;
-  if (!match || !match[1] || port > 65535) {
+  if (!match?.[1] || port > 65535) {
     throw new TunnelError('usage', `${flag} '${text}' must be host:port, e.g. 127.0.0.1:8765 (port 0 picks a free one)`);
   }
   return { host: match[1], port };

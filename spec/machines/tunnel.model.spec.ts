@@ -194,8 +194,8 @@ function oracle(variant: Variant, path: Path): number {
 function allTransitions(machine: AnyStateMachine): Set<string> {
   const found = new Set<string>();
   const visit = (node: AnyStateMachine['root']) => {
-    for (const [eventType, list] of node.transitions) list.forEach((_, index) => found.add(`${node.id}#${eventType}#${index}`));
-    node.always?.forEach((_, index) => found.add(`${node.id}#always#${index}`));
+    for (const [eventType, list] of node.transitions) for (const index of list.keys()) found.add(`${node.id}#${eventType}#${index}`);
+    for (const index of node.always?.keys() ?? []) found.add(`${node.id}#always#${index}`);
     for (const child of Object.values(node.states)) visit(child as AnyStateMachine['root']);
   };
   visit(machine.root);
