@@ -6,11 +6,10 @@ import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
-import type { Cli } from 'clipanion';
 import type { Outcome, StopSignal } from '../machines/errors.js';
 import type { Signals } from '../machines/ports.js';
 import type { PamContext, ShellSession } from './context.js';
-import { runCli } from './main.js';
+import { type CliHandle, runLine } from './pam-command.js';
 import { splitWords } from './words.js';
 import type { FsRegistry } from '../adapters/fs-registry.js';
 import { openControlServer } from '../adapters/control-channel.js';
@@ -42,7 +41,7 @@ function sessionSignals(): Signals {
   };
 }
 
-export async function runShell(cli: Cli<PamContext>, context: PamContext, registry: FsRegistry): Promise<number> {
+export async function runShell(cli: CliHandle, context: PamContext, registry: FsRegistry): Promise<number> {
   const tunnels = new Map<string, Owned>();
   const session: ShellSession = {
     registry,
@@ -152,7 +151,7 @@ export async function runShell(cli: Cli<PamContext>, context: PamContext, regist
           }
           if (words[0] === 'shell') context.stderr.write('pam: already in pam shell\n');
           else if (words.length > 0) {
-            const code = await runCli(words, { ...context, inShell: true, session }, cli);
+            const code = await runLine(cli, words, { ...context, inShell: true, session });
             if (code !== 0) lastFailure = code;
           }
         }

@@ -2,12 +2,13 @@
 
 import { Command, Option } from 'clipanion';
 import { TunnelError } from '../../machines/errors.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { iceHosts, iceServers, keepalive, importNative, readToken, transportChoice } from '../config.js';
+import { iceServerOption, numberFlag, transportOption } from '../options.js';
+import { isTargetName, targetNameRule } from '../../machines/start-flags.js';
 import { readFileSync } from 'node:fs';
-import * as t from 'typanion';
 
-export class GatewayCommand extends Command<PamContext> {
+export class GatewayCommand extends PamCommand {
   static override paths = [['gateway']];
 
   static override usage = Command.Usage({
@@ -31,14 +32,15 @@ export class GatewayCommand extends Command<PamContext> {
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
   tlsCert = Option.String('--tls-cert', { description: 'PEM certificate: serve signalling over HTTPS (with --tls-key)' });
   tlsKey = Option.String('--tls-key', { description: 'PEM private key for --tls-cert' });
-  transport = Option.String('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
-  iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
-  maxPeersPerClient = Option.String('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
+  transport = transportOption();
+  iceServers = iceServerOption();
+  maxPeersPerClient = Option.String('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)' });
 
   async execute(): Promise<number> {
     const listen = parseHostPort(this.listen, '--listen');
     const targets = Object.fromEntries(this.targets.map(parseTarget));
     if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
+    const maxPeersPerClient = numberFlag('--max-tunnels-per-client', this.maxPeersPerClient, { min: 1, max: 10_000, whole: true });
     const token = readToken(this.tokenFile, this.context.env, 'gateway');
 
     if ((this.tlsCert === undefined) !== (this.tlsKey === undefined)) throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
@@ -60,7 +62,7 @@ export class GatewayCommand extends Command<PamContext> {
       ice,
       ...(answerer ? { answerer } : {}),
       mux: keepalive(this.context.env),
-      maxPeersPerClient: this.maxPeersPerClient,
+      maxPeersPerClient,
       ...(tls ? { tls } : {}),
     });
     const names = Object.keys(targets);
@@ -91,8 +93,8 @@ function parseHostPort(text: string, flag: string): { host: string; port: number
 function parseTarget(text: string): [string, { host: string; port: number }] {
   const eq = text.indexOf('=');
   const name = text.slice(0, eq);
-  if (eq <= 0 || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) {
-    throw new TunnelError('usage', `--target '${text}' must be name=host:port, e.g. db=127.0.0.1:5432`);
+  if (eq <= 0 || !isTargetName(name)) {
+    throw new TunnelError('usage', `--target '${text}' must be name=host:port, e.g. db=127.0.0.1:5432 (a name: ${targetNameRule})`);
   }
   return [name, parseHostPort(text.slice(eq + 1), `--target ${name}`)];
 }

@@ -2,11 +2,11 @@
 
 import { Command, Option } from 'clipanion';
 import { allTunnels } from '../../machines/selector.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 import { renderTable } from '../table.js';
 
-export class TunnelListCommand extends Command<PamContext> {
+export class TunnelListCommand extends PamCommand {
   static override paths = [['tunnel', 'list'], ['tunnel', 'ls']];
 
   static override usage = Command.Usage({

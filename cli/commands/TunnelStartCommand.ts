@@ -4,19 +4,24 @@ import { randomBytes } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import { Command, Option } from 'clipanion';
 import { createActor, toPromise } from 'xstate';
+import { exitCodeSummary, failureKinds, type FailureKind, signalExitBase } from '../../machines/errors.js';
 import { provideLauncher } from '../../machines/launcher.actors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
 import type { StartFlags } from '../../machines/start-flags.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { gatewayUrl, iceServers, readConfigFile, readToken, transportChoice } from '../config.js';
 import { createTunnelPrinter } from '../tunnel-output.js';
+import { iceServerOption, transportOption } from '../options.js';
 import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
 import { createSystemdNotifier } from '../../adapters/sd-notify.js';
 import { journalRetention, openJournal } from '../../adapters/fs-journal.js';
 import { processStartTime } from '../../adapters/process-identity.js';
 import { attachInspector, defaultInspectUrl, inspectUrl } from '../inspector.js';
 
-export class TunnelStartCommand extends Command<PamContext> {
+/** Every failure kind but `generic` can end `tunnel start`. */
+const startExitCodes = exitCodeSummary((Object.keys(failureKinds) as FailureKind[]).filter((kind) => kind !== 'generic'));
+
+export class TunnelStartCommand extends PamCommand {
   static override paths = [['tunnel', 'start']];
 
   static override usage = Command.Usage({
@@ -33,9 +38,8 @@ export class TunnelStartCommand extends Command<PamContext> {
 
       The gateway comes from --gateway, PAM_GATEWAY_URL or the config file; the token from
       --token-file, PAM_GATEWAY_TOKEN or the config file's tokenFile (never from the command line).
-      Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout. Exit codes: 0 ok, 2 usage, 68 unknown target,
-      69 gateway unreachable or tunnel lost, 70 internal, 75 local port busy, 77 token refused,
-      124 connect timeout, 128+N killed by signal N; with --run, the command's code.
+      Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout. Exit codes: ${startExitCodes},
+      ${signalExitBase}+N killed by signal N; with --run, the command's code.
     `,
     examples: [
       ['Keep a tunnel to `db` on port 15432 until Ctrl+C', '$0 tunnel start db --port 15432'],
@@ -54,12 +58,11 @@ export class TunnelStartCommand extends Command<PamContext> {
   background = Option.Boolean('-bg,--background', { description: 'detach: a child process owns the tunnel; return once the port is usable' });
   run = Option.String('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
   timeout = Option.String('--timeout', { description: 'seconds to wait for the connection (default 30)' });
-  transport = Option.String('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
-  iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
+  transport = transportOption();
+  iceServers = iceServerOption();
   reconnectAttempts = Option.String('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
   pidFile = Option.String('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
-  debug = Option.Boolean('--debug', false, { description: 'print stack traces for errors' });
   inspect = Option.String('--inspect', { tolerateBoolean: true, description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)` });
 
   async execute(): Promise<number> {
