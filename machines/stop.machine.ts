@@ -4,6 +4,7 @@
 import { assign, fromPromise, setup } from 'xstate';
 import { failure, failureOf, type Outcome } from './errors.js';
 import type { RegistryEntry, TunnelRecord } from './ports.js';
+import { firstOutcome, notProvided } from './provided.js';
 
 export interface StopInput {
   readonly entry: RegistryEntry;
@@ -28,9 +29,6 @@ export interface StopOutput extends Outcome {
 
 type TargetInput = Pick<StopInput, 'entry' | 'tunnel' | 'onlyThisTunnel'>;
 
-const notProvided = (name: string) => () => {
-  throw new Error(`${name} not provided`);
-};
 
 export const stopMachine = setup({
   types: { context: {} as StopContext, input: {} as StopInput, output: {} as StopOutput },
@@ -45,7 +43,7 @@ export const stopMachine = setup({
     forceStop: fromPromise<void, TargetInput>(notProvided('forceStop actor')),
   },
   actions: {
-    recordOutcome: assign(({ context }, outcome: Outcome) => (context.exit ? {} : { exit: outcome })),
+    recordOutcome: assign(({ context }, outcome: Outcome) => firstOutcome(context, outcome)),
   },
   guards: {
     isForceAllowed: ({ context }) => context.force,
