@@ -1,22 +1,15 @@
-// `pam tunnel start`: parse flags, run a tunnel actor, and exit with its output's code.
+// `pam tunnel start`: parse flags and hand them to the runtime (cli/tunnel-runtime.ts), which runs the
+// tunnel actor (or, with -bg, the launcher) and returns its output's exit code.
 
-import { randomBytes } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import { Command, Option } from 'clipanion';
-import { createActor, toPromise } from 'xstate';
 import { exitCodeSummary, failureKinds, type FailureKind, signalExitBase } from '../../machines/errors.js';
-import { provideLauncher } from '../../machines/launcher.actors.js';
-import { provideTunnel } from '../../machines/tunnel.actors.js';
 import type { StartFlags } from '../../machines/start-flags.js';
-import { PamCommand } from '../pam-command.js';
-import { gatewayUrl, iceServers, readConfigFile, readToken, transportChoice } from '../config.js';
-import { createTunnelPrinter } from '../tunnel-output.js';
+import { gatewayUrl, readConfigFile } from '../config.js';
+import { defaultInspectUrl } from '../inspector.js';
 import { iceServerOption, transportOption } from '../options.js';
-import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
-import { createSystemdNotifier } from '../../adapters/sd-notify.js';
-import { journalRetention, openJournal } from '../../adapters/fs-journal.js';
-import { processStartTime } from '../../adapters/process-identity.js';
-import { attachInspector, defaultInspectUrl, inspectUrl } from '../inspector.js';
+import { PamCommand } from '../pam-command.js';
+import { launchInBackground, runTunnel, takeOwnerId } from '../tunnel-runtime.js';
 
 /** Every failure kind but `generic` can end `tunnel start`. */
 const startExitCodes = exitCodeSummary((Object.keys(failureKinds) as FailureKind[]).filter((kind) => kind !== 'generic'));
@@ -84,91 +77,17 @@ export class TunnelStartCommand extends PamCommand {
       }),
     };
     const ownerId = takeOwnerId(this.context.env);
-    if (this.background && !this.context.inShell && ownerId === undefined) return this.launchInBackground(flags);
-
-    const id = ownerId ?? randomBytes(4).toString('hex');
-    // A background owner writes JSON lines to its log, so the launcher can read why it stopped.
-    const json = this.json || ownerId !== undefined;
-    const printer = createTunnelPrinter(this.context, { json, runMode: this.run !== undefined, pid: process.pid, target: this.target });
-    const token = () => readToken(this.tokenFile, this.context.env, 'client', file);
-    const notifier = createSystemdNotifier(this.context.env, printer.announce.problem);
-    let markReady!: () => void;
-    const becameReady = new Promise<'ready'>((resolve) => (markReady = () => resolve('ready')));
-    const announce = {
-      ...printer.announce,
-      ready: (tunnel: Parameters<typeof printer.announce.ready>[0]) => {
-        markReady();
-        printer.announce.ready(tunnel);
-        void notifier.ready(`listening on ${tunnel.listener?.host}:${tunnel.listener?.port} → ${tunnel.settings?.target}`);
-      },
-    };
-    iceServers(this.iceServers, this.context.env); // validate now: a bad URL is a usage error before anything starts
-    const transport = transportChoice(this.transport, this.context.env);
-    const session = this.context.session;
-    const ports = await createTunnelPorts({
-      token,
-      env: this.context.env,
-      announce,
+    if (this.background && !this.context.inShell && ownerId === undefined) return launchInBackground(this.context, { flags, json: this.json });
+    return runTunnel(this.context, {
+      flags,
+      ...(ownerId !== undefined ? { ownerId } : {}),
+      json: this.json,
+      tokenFile: this.tokenFile,
+      file,
       iceServers: this.iceServers,
-      transport,
-      warn: (line) => this.context.stderr.write(`pam: ${line}\n`),
-      ...(session ? { registry: session.registry, signals: session.signals } : {}),
+      transport: this.transport,
+      inspect: this.inspect,
     });
-
-    const input = { id, flags, startedAt: new Date().toISOString(), interactive: this.context.interactive };
-    const journal = openJournal({
-      registryDir: ports.registry.location,
-      meta: { id, pid: process.pid, startTime: (await processStartTime(process.pid)) ?? 'unknown', input },
-      ...journalRetention(this.context.env),
-      warn: printer.announce.problem,
-    });
-    const url = inspectUrl(this.inspect, this.context.env);
-    const inspector = url ? await attachInspector(url, (line) => this.context.stderr.write(`pam: ${line}\n`)) : undefined;
-    const actor = createActor(provideTunnel(ports), {
-      input,
-      inspect: (event) => {
-        journal.inspect(event);
-        inspector?.inspect(event);
-      },
-    });
-    const finished = toPromise(actor);
-    actor.start();
-    actor.send({ type: 'tunnel.start' });
-    const settle = finished.then((outcome) => {
-      inspector?.stop();
-      printer.stopped(id, outcome);
-      return outcome;
-    });
-    if (session && this.run === undefined) {
-      // In `pam shell` the tunnel lives on in the session: back to the prompt once it is ready.
-      if ((await Promise.race([becameReady, finished.then(() => 'stopped' as const)])) === 'ready') {
-        session.adopt({ id, target: this.target, stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }), finished: settle });
-        return 0;
-      }
-    }
-    return (await settle).exitCode;
-  }
-
-  private async launchInBackground(flags: StartFlags): Promise<number> {
-    const id = randomBytes(4).toString('hex');
-    const ports = await createLauncherPorts({ env: this.context.env, argv: process.argv.slice(1) });
-    const actor = createActor(provideLauncher(ports), { input: { id, flags } });
-    const finished = toPromise(actor);
-    actor.start();
-    actor.send({ type: 'launch.start' });
-    const outcome = await finished;
-    if (outcome.ready && outcome.owner) {
-      const { ready, owner } = outcome;
-      this.context.stdout.write(
-        this.json
-          ? `${JSON.stringify({ id: ready.id, pid: owner.pid, host: ready.host, port: ready.port, target: ready.target, logFile: owner.logFile })}\n`
-          : `pam: tunnel ${ready.id} ready on ${ready.host}:${ready.port} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
-              `stop it with \`pam tunnel stop ${ready.id}\`\n`,
-      );
-    } else {
-      this.context.stderr.write(`pam: ${outcome.reason}\n`);
-    }
-    return outcome.exitCode;
   }
 }
 
