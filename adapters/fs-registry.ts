@@ -3,14 +3,14 @@
 // private. Readers trust an entry only while its pid is alive with the recorded start time.
 
 import { constants, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, unlink } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { TunnelError } from '../machines/errors.js';
 import type { Registry, RegistryEntry, TunnelRecord } from '../machines/ports.js';
 import { processStartTime } from './process-identity.js';
 import { maxEntryBytes, parseEntry } from './registry-entry.js';
+import { writeAtomically } from './atomic-write.js';
 
 export interface FsRegistry extends Registry {
   /** This process's entry file. */
@@ -164,25 +164,4 @@ async function readNoFollow(path: string): Promise<string> {
 async function removeOldTemp(path: string): Promise<void> {
   const stats: Stats | undefined = await lstat(path).catch(() => undefined);
   if (stats && (!posix || stats.uid === uid()) && Date.now() - stats.mtimeMs > 60_000) await unlink(path).catch(() => undefined);
-}
-
-/** Temp file in the same directory, fsync, rename: readers see the old or the new file, never a torn one. */
-export async function writeAtomically(dir: string, path: string, text: string, mode: number): Promise<void> {
-  const temp = join(dir, `.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
-  try {
-    await handle.writeFile(text);
-    await handle.sync();
-  } catch (error) {
-    await handle.close();
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  await handle.close();
-  try {
-    await rename(temp, path);
-  } catch (error) {
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
 }

@@ -5,6 +5,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
+import { type IceServer, iceUrlForm, parseIceUrl } from '../adapters/ice-options.js';
 
 /** `$XDG_CONFIG_HOME/pam/config.json` (default `~/.config/pam/config.json`). */
 export interface ConfigFile {
@@ -110,10 +111,10 @@ export function keepalive(env: NodeJS.ProcessEnv): { keepaliveDeadMs: number; ke
 }
 
 /** `--ice-server` URLs, validated; TURN credentials come from PAM_ICE_USERNAME / PAM_ICE_CREDENTIAL, never argv. */
-export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): Array<{ urls: string; username?: string; credential?: string }> {
+export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): IceServer[] {
   return urls.map((url) => {
-    if (!/^(stun|turns?):[^\s:]+(:\d{1,5})?(\?transport=(udp|tcp))?$/.test(url)) {
-      throw new TunnelError('usage', `--ice-server '${url}' must be stun:host[:port] or turn:host[:port][?transport=udp|tcp]`);
+    if (!parseIceUrl(url)) {
+      throw new TunnelError('usage', `--ice-server '${url}' must be ${iceUrlForm}`);
     }
     if (!url.startsWith('turn')) return { urls: url };
     const username = env.PAM_ICE_USERNAME;

@@ -3,7 +3,7 @@
 import type { PeerConnection } from 'node-datachannel';
 import type { FrameChannel } from '../adapters/mux.js';
 import { createNativePeer, nativeFrames, nativeGathered, offerForPassiveAnswer } from '../adapters/native-peer.js';
-import type { IceOptions } from '../adapters/werift-peer.js';
+import type { IceOptions } from '../adapters/ice-options.js';
 import type { Answerer } from './answerer.js';
 
 export function nativeAnswerer(ice: IceOptions = {}): Answerer {

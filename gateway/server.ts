@@ -9,7 +9,8 @@ import { connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { BodyTooLarge, readBody } from '../adapters/http-body.js';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
-import type { IceOptions } from '../adapters/werift-peer.js';
+import type { IceOptions } from '../adapters/ice-options.js';
+import { isLoopback } from '../adapters/loopback.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
 
 export interface GatewayTarget {
@@ -215,11 +216,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   };
 }
 
-const loopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
-
 /** A warning for a gateway reachable from the network without TLS, or undefined. */
 export function listenWarning(host: string, tls: boolean): string | undefined {
-  if (loopback(host) || tls) return undefined;
+  if (isLoopback(host) || tls) return undefined;
   return `listening on ${host} without TLS: tokens and SDP would cross the network in clear; pass --tls-cert and --tls-key`;
 }
 

@@ -10,7 +10,7 @@ import { getAdjacencyMap, getShortestPaths, getSimplePaths } from 'xstate/graph'
 import { TunnelError, type StopSignal } from '../../machines/errors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
 import { tunnelMachine, type TunnelInput } from '../../machines/tunnel.machine.js';
-import { createMemoryRegistry, createMemoryStore } from '../../adapters/memory-registry.js';
+import { createMemoryRegistry, createMemoryStore } from '../support/memory-registry.js';
 import { createFakeListeners, createFakeRunner, createFakeTransport, createMemoryPidFiles, FakeSignals, gateRegistry, Gates } from '../support/fakes.js';
 
 type StepEvent = EventObject & { signal?: StopSignal; output?: unknown; error?: unknown; exit?: { exitCode: number }; reason?: string };
