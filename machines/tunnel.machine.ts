@@ -3,7 +3,7 @@
 
 import { assign, fromCallback, fromPromise, raise, sendTo, setup } from 'xstate';
 import { type Failure, failure, failureOf, signalExitCode, type Outcome, type StopSignal } from './errors.js';
-import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, TunnelMode, TunnelRecord } from './ports.js';
+import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, TunnelRecord } from './ports.js';
 import { parseStartFlags, type StartFlags, type StartSettings } from './start-flags.js';
 import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
 import { firstOutcome, notProvided } from './provided.js';
@@ -69,7 +69,7 @@ export function recordOf(context: TunnelContext, state: RegistryState): TunnelRe
     gateway: settings.gateway,
     host: context.listener?.host ?? settings.host,
     port: context.listener?.port ?? settings.port,
-    mode: settings.mode as TunnelMode,
+    mode: settings.mode,
     state,
     reconnects: context.reconnects ?? 0,
     startedAt: context.startedAt,
