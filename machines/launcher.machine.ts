@@ -77,7 +77,7 @@ export const launcherMachine = setup({
   initial: 'idle',
   states: {
     idle: {
-      description: 'Flags not yet checked',
+      description: 'Created with its flags parsed; a usage error ends it here, before any owner is spawned',
       on: {
         'launch.start': [
           { guard: 'hasUsageError', target: 'done', actions: { type: 'recordOutcome', params: ({ context }) => context.flagError! } },

@@ -259,7 +259,7 @@ export const tunnelMachine = tunnelSetup.createMachine({
   initial: 'idle',
   states: {
     idle: {
-      description: 'Created; flags not yet checked',
+      description: 'Created with its flags parsed; a usage error ends it here, before anything is touched',
       on: {
         'tunnel.start': [
           { guard: 'hasUsageError', target: 'stopped', actions: { type: 'recordOutcome', params: ({ context }) => context.flagError! } },
