@@ -23,7 +23,17 @@ import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
-import { type ConfigFile, iceHosts, iceServers, importNative, keepalive, readToken, type TransportChoice, transportChoice } from './config.js';
+import {
+  type ConfigFile,
+  iceHosts,
+  iceServers,
+  importNative,
+  keepalive,
+  nativeIceHostsWarning,
+  readToken,
+  type TransportChoice,
+  transportChoice,
+} from './config.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
@@ -46,7 +56,11 @@ export function lazyTransport(options: TransportOptions): Transport {
         mux: keepalive(options.env),
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
-      if (native) return native.createNativeTransport(settings);
+      if (native) {
+        const warning = nativeIceHostsWarning(settings.ice.hosts);
+        if (warning) options.warn(warning);
+        return native.createNativeTransport(settings);
+      }
       return (await import('../adapters/werift-transport.js')).createWeriftTransport(settings);
     })());
   return {

@@ -3,7 +3,7 @@
 import { Command, Option } from 'clipanion';
 import { TunnelError } from '../../machines/errors.js';
 import { PamCommand } from '../pam-command.js';
-import { iceHosts, iceServers, keepalive, importNative, readToken, transportChoice } from '../config.js';
+import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
 import { iceServerOption, numberFlag, transportOption } from '../options.js';
 import { isTargetName, targetNameRule } from '../../machines/start-flags.js';
 import { readFileSync } from 'node:fs';
@@ -50,6 +50,8 @@ export class GatewayCommand extends PamCommand {
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
     const native = await importNative(transport, () => import('../../gateway/native-answerer.js'), (line) => log(`warning: ${line}`));
     const answerer = native?.nativeAnswerer(ice);
+    const hostsWarning = native ? nativeIceHostsWarning(ice.hosts) : undefined;
+    if (hostsWarning) log(`warning: ${hostsWarning}`);
     const { startGateway, listenWarning } = await import('../../gateway/server.js');
     const warning = listenWarning(listen.host, tls !== undefined);
     if (warning) log(`warning: ${warning}`);
