@@ -150,6 +150,9 @@ export interface ProcessControl {
 
 /** Client of an owner's control channel (a 0600 unix socket named in its registry entry). */
 export interface ControlClient {
-  /** Ask the owner to stop one of its tunnels. */
-  stopTunnel(socketPath: string, id: string): Promise<void>;
+  /**
+   * Ask the owner to stop one of its tunnels. The request is valid for `validForMs` (an owner that
+   * reads it later refuses it); with `signal`, aborting is the caller's way to give up waiting.
+   */
+  stopTunnel(socketPath: string, id: string, options?: { readonly validForMs?: number; readonly signal?: AbortSignal }): Promise<void>;
 }
