@@ -5,6 +5,8 @@ import type { PamContext } from '../context.js';
 import { createCli } from '../main.js';
 import { runShell } from '../shell.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
+import { createProcessSignals } from '../../adapters/posix-signals.js';
+import { releaseHungUpTerminal } from '../../adapters/terminal.js';
 
 export class ShellCommand extends Command<PamContext> {
   static override paths = [['shell']];
@@ -33,6 +35,9 @@ export class ShellCommand extends Command<PamContext> {
     const registry = await openFsRegistry({ env: this.context.env });
     // The session's tunnels read PAM_INSPECT like one-shot ones; the flag sets it for them.
     const env = this.inspect === undefined ? this.context.env : { ...this.context.env, PAM_INSPECT: this.inspect === true ? '1' : String(this.inspect) };
-    return runShell(createCli({ colors: this.context.colorDepth > 1 }), { ...this.context, env }, registry);
+    return runShell(createCli({ colors: this.context.colorDepth > 1 }), { ...this.context, env }, registry, {
+      signals: createProcessSignals(process, ['SIGTERM', 'SIGHUP']),
+      releaseTerminal: () => releaseHungUpTerminal(process),
+    });
   }
 }
