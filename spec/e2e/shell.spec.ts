@@ -6,7 +6,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { echoServer, isAlive, pam, pamBin, portIsOpen, roundTrip, scratchDir, spawnProc, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
+import { echoServer, isAlive, pam, pamBin, portIsOpen, roundTrip, scratchDir, silentGateway, spawnProc, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
 import { skipBecause, type TapTest } from '../support/tap.js';
 
 const token = 'shell-token-d00d';
@@ -227,4 +227,83 @@ t.test('a frozen shell (SIGSTOP): stop --wait 2 fails without acting later; --fo
   t.match(forced.stdout, /killed with SIGKILL/);
   t.equal(await shell.exited, 128 + 9, 'the owner (the shell) was SIGKILLed');
   t.notOk(await portIsOpen(first!.port), 'its port is closed');
+});
+
+/** `pam shell` in a tmux pane of its own server (own socket file), killed and removed at teardown. */
+function tmuxShell(t: TapTest, env: NodeJS.ProcessEnv, name: string, stderrFile?: string) {
+  const socket = join(tmpdir(), `pam-spec-tmux-${process.pid}-${name}.sock`);
+  const tmux = (...args: string[]) => spawnSync('tmux', ['-S', socket, ...args], { encoding: 'utf8' });
+  t.teardown(() => {
+    tmux('kill-server');
+    rmSync(socket, { force: true });
+  });
+  const exports = Object.entries(env).map(([key, value]) => `${key}=${value}`);
+  const command = stderrFile
+    ? ['sh', '-c', `exec "$0" "$1" shell 2>"$2"`, process.execPath, pamBin, stderrFile]
+    : [process.execPath, pamBin, 'shell'];
+  const started = tmux('new-session', '-d', '-s', 'pam', '-x', '220', '-y', '50', 'env', '-u', 'CI', ...exports, ...command);
+  t.equal(started.status, 0, started.stderr);
+  const pane = () => tmux('capture-pane', '-p', '-J', '-t', 'pam', '-S', '-200').stdout;
+  const waitFor = async (pattern: RegExp, what: string) => {
+    await until(() => pattern.test(pane()), 20_000, `${what}; the pane shows:\n${pane()}`);
+    return pattern.exec(pane())!;
+  };
+  return { tmux, pane, waitFor, type: (text: string) => tmux('send-keys', '-t', 'pam', text, 'Enter'), keys: (...keys: string[]) => tmux('send-keys', '-t', 'pam', ...keys) };
+}
+
+t.test('closing the terminal (tmux kill-server) is an orderly stop: no crash, history says stopped, no .sock left', async (t) => {
+  if (!hasTmux) {
+    skipBecause(t, 'tmux is not installed: the pseudo-terminal test cannot run here');
+    return;
+  }
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
+  const env = { ...tunnelEnv(dir, token, gateway.url), XDG_STATE_HOME: join(dir, 'state') };
+  const stderrFile = join(dir, 'shell.stderr');
+  const { tmux, waitFor, type } = tmuxShell(t, env, 'hangup', stderrFile);
+  await waitFor(/pam> $/m, 'the prompt');
+  type('tunnel start echo');
+  const ready = await waitFor(/tunnel ([0-9a-f]{8})/, 'the tunnel');
+  const listed = pam(t, ['tunnel', 'list', '--json'], { env });
+  t.equal(await listed.exited, 0);
+  const shellPid = (JSON.parse(listed.stdout) as Array<{ pid: number }>)[0]!.pid;
+  t.ok(existsSync(join(dir, 'registry', `${shellPid}.sock`)), 'the control socket exists while the shell runs');
+
+  tmux('kill-server');
+  await until(() => !isAlive(shellPid), 10_000, 'the shell to end after the hangup');
+  const stderr = readFileSync(stderrFile, 'utf8');
+  t.notMatch(stderr, /Assertion failed|EIO|Unhandled|Segmentation|internal error|\n\s+at /, `no crash on the way out:\n${stderr}`);
+  const rows = await historyRows(t, env);
+  t.same(
+    rows.map(({ id, exitCode }) => ({ id, exitCode })),
+    [{ id: ready[1]!, exitCode: 0 }],
+    'history: the tunnel ended cleanly (exit 0, not "owner died")',
+  );
+  t.match(rows[0]!.reason, /^stopped by (SIGHUP|SIGTERM from the end of pam shell)$/, 'and says it was stopped');
+  t.same(registryFiles(dir), [], 'no registry entry or control socket left');
+});
+
+t.test('Ctrl+C cancels a tunnel start that is still connecting (130 for that line); the shell goes on', async (t) => {
+  if (!hasTmux) {
+    skipBecause(t, 'tmux is not installed: the pseudo-terminal test cannot run here');
+    return;
+  }
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
+  const silent = await silentGateway(t);
+  const env = { ...tunnelEnv(dir, token, gateway.url), XDG_STATE_HOME: join(dir, 'state') };
+  const { pane, waitFor, type, keys } = tmuxShell(t, env, 'interrupt');
+  await waitFor(/pam> $/m, 'the prompt');
+  type(`tunnel start echo --json --timeout 120 --gateway ${silent.url}`);
+  await until(() => silent.connections() > 0, 20_000, 'the tunnel to reach the silent gateway');
+  keys('C-c');
+  const stopped = await waitFor(/\{"event":"stopped".*\}/, 'the cancelled tunnel to report');
+  const outcome = JSON.parse(stopped[0]) as { exitCode: number; reason: string };
+  t.equal(outcome.exitCode, 130, 'that line ends with 130');
+  t.match(outcome.reason, /^stopped by SIGINT while signalling$/);
+  type('tunnel start echo');
+  await waitFor(/listening on 127\.0\.0\.1:\d+ → echo/, 'the shell to go on and start another tunnel');
+  t.notMatch(pane(), /connect timeout/, 'not ended by --timeout');
 });
