@@ -119,7 +119,10 @@ export interface CommandExit {
 export interface RunningCommand {
   readonly pid: number | undefined;
   readonly exited: Promise<CommandExit>;
+  /** Forward a stop signal to the command (its process group, or its process tree). */
   kill(signal: StopSignal): void;
+  /** The tunnel stops waiting for it: SIGKILL whatever is left of the command, even after it exited. */
+  end(): void;
 }
 
 export interface CommandRunner {
@@ -146,6 +149,8 @@ export interface BackgroundOwners {
 export interface ProcessControl {
   /** Send a signal; a process that is already gone is not an error. */
   signal(pid: number, signal: 'SIGTERM' | 'SIGKILL'): void;
+  /** SIGKILL `pid`, every process it started, and the process groups those lead (a --run command's). */
+  killTree(pid: number): void;
 }
 
 /** Client of an owner's control channel (a 0600 unix socket named in its registry entry). */

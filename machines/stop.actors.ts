@@ -40,7 +40,7 @@ export function provideStop(ports: StopPorts) {
         while (!signal.aborted && (await stillThere(input))) await ports.sleep(50);
       }),
       forceStop: fromPromise<void, Target>(async ({ input }) => {
-        if (await ports.registry.isLive(input.entry)) ports.processes.signal(input.entry.pid, 'SIGKILL');
+        if (await ports.registry.isLive(input.entry)) ports.processes.killTree(input.entry.pid);
         for (let tries = 0; tries < 100 && (await ports.registry.isLive(input.entry)); tries += 1) await ports.sleep(20);
         // The owner cannot clean up after SIGKILL: its pid file and registry entry are ours to remove.
         if (input.tunnel.pidFile) await ports.pidFiles.remove(input.tunnel.pidFile, input.entry.pid);

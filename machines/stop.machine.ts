@@ -46,7 +46,7 @@ export const stopMachine = setup({
     requestStop: fromPromise<void, TargetInput>(notProvided('requestStop actor')),
     /** Resolves when the tunnel is gone (owner exited, or tunnel dropped from its entry). */
     awaitGone: fromPromise<void, TargetInput>(notProvided('awaitGone actor')),
-    /** SIGKILL the owner (identity re-checked) and remove what it left: registry entry, pid file. */
+    /** SIGKILL the owner (identity re-checked) and what it started; remove what it left: registry entry, pid file. */
     forceStop: fromPromise<void, TargetInput>(notProvided('forceStop actor')),
   },
   actions: {

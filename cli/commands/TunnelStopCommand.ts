@@ -26,7 +26,8 @@ export class TunnelStopCommand extends Command<PamContext> {
       Sends SIGTERM to the owner (or, for \`pam shell\`, asks its control channel to stop just that
       tunnel: the shell itself is never signalled), then waits up to --wait seconds. A tunnel still
       running then (or an owner that does not answer) exits 1, unless --force: SIGKILL to the owner,
-      and its registry entry and pid file are removed.
+      to every process it started and to the process groups they lead (a --run command and all its
+      children), and its registry entry and pid file are removed.
     `,
     examples: [
       ['Stop the tunnel with id 3f2a9c1e', '$0 tunnel stop 3f2a9c1e'],
