@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import type { InspectionEvent } from 'xstate';
 import { journalEvent, parseJournal, stateName, type JournalEntry, type JournalMeta } from '../machines/journal.js';
 import { TunnelError, type Outcome } from '../machines/errors.js';
+import { blankSelector } from '../machines/selector.js';
 
 export interface JournalOptions {
   readonly registryDir: string;
@@ -110,6 +111,8 @@ export function readJournals(registryDir: string): Array<{ id: string; entries: 
 
 /** The one journal whose id starts with `prefix`: none → exit 1, several → exit 2 naming them. */
 export function findJournal(registryDir: string, prefix: string): { id: string; entries: JournalEntry[] } {
+  const blank = blankSelector(prefix, 'journal id', 'name a tunnel id (or prefix) from `pam tunnel history`');
+  if (blank) throw new TunnelError(blank.kind, blank.reason);
   const matches = readJournals(registryDir).filter((journal) => journal.id.startsWith(prefix));
   if (matches.length === 0) throw new TunnelError('generic', `no journal matches '${prefix}': see \`pam tunnel history\``);
   if (matches.length > 1) throw new TunnelError('usage', `'${prefix}' matches ${matches.length} journals: ${matches.map((match) => match.id).join(', ')}`);

@@ -22,7 +22,8 @@ export class TunnelStopCommand extends Command<PamContext> {
     description: 'stop running tunnels by id, target, local port or pid',
     details: `
       The selector is a tunnel id (or a unique prefix), a target name, a local port, or the owning
-      pid. An ambiguous selector exits 2 and lists the candidates; nothing matching exits 1.
+      pid. An ambiguous selector exits 2 and lists the candidates, an empty or blank one exits 2 and
+      stops nothing; nothing matching exits 1.
       Sends SIGTERM to the owner (or, for an owner with several tunnels such as \`pam shell\`, asks its
       control channel to stop just that one), then waits up to --wait seconds. A tunnel still
       running then exits 1, unless --force: SIGKILL, and its registry entry and pid file are removed.

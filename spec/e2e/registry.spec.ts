@@ -195,3 +195,26 @@ t.test('stop waits, reports a tunnel that will not go (1), and --force kills it 
   t.notOk(existsSync(pidFile), 'its pid file is gone');
   t.notOk(await portIsOpen(stuck.port), 'its port is closed');
 });
+
+t.test('an empty or blank selector is a usage error (2) for stop, history, replay and completion, and stops nothing', async (t) => {
+  const { env } = await setup(t);
+  const running = await backgroundTunnel(t, env, 'echo');
+  for (const args of [
+    ['tunnel', 'stop', ''],
+    ['tunnel', 'stop', '   '],
+    ['tunnel', 'stop', '\t'],
+    ['tunnel', 'history', ''],
+    ['tunnel', 'history', ' '],
+    ['tunnel', 'replay', ''],
+    ['tunnel', 'replay', '  '],
+    ['completion', ''],
+    ['completion', 'constructor'],
+  ]) {
+    const proc = pam(t, args, { env });
+    t.equal(await proc.exited, 2, `${JSON.stringify(args)} exits 2: ${proc.stderr}`);
+    t.match(proc.stderr, /^pam: .*(empty|name a shell)/m, 'one line naming the fix');
+    t.notMatch(proc.stderr, /^\s+at /m, 'no stack trace');
+  }
+  t.ok(isAlive(running.pid), 'the running tunnel was not stopped');
+  t.same((await list(t, env)).map((row) => row.id), [running.id], 'and is still listed');
+});
