@@ -3,9 +3,9 @@
 // private. Readers trust an entry only while its pid is alive with the recorded start time.
 
 import { constants, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, realpath, rename, unlink } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { TunnelError } from '../machines/errors.js';
 import type { Registry, RegistryEntry, TunnelRecord } from '../machines/ports.js';
@@ -33,13 +33,34 @@ const ignoreMissing = (error: NodeJS.ErrnoException) => {
   if (error.code !== 'ENOENT') throw error;
 };
 
-/** Why `path` cannot hold the registry, or undefined when it is a private directory of ours. */
+/**
+ * The first component of absolute `path` that is a symlink, walked the way the kernel resolves it
+ * (`link/`, `link/.` and `link/../x` all go through `link`), or undefined when there is none.
+ */
+async function symlinkOnTheWay(path: string): Promise<string | undefined> {
+  let current: string = sep;
+  for (const part of path.split(sep)) {
+    if (part === '' || part === '.') continue;
+    // No symlink so far, so `..` means the lexical parent, exactly as the kernel will take it.
+    current = part === '..' ? dirname(current) : join(current, part);
+    const stats = await lstat(current).catch(() => undefined);
+    if (!stats) return undefined; // the rest does not exist yet: mkdir creates real directories
+    if (stats.isSymbolicLink()) return current;
+  }
+  return undefined;
+}
+
+/** Why absolute `path` cannot hold the registry, or undefined when it is a private directory of ours. */
 async function problemWith(path: string): Promise<string | undefined> {
+  const before = await symlinkOnTheWay(path);
+  if (before) return before === resolve(path) ? 'is a symlink' : `goes through the symlink ${before}`;
   try {
     await mkdir(path, { recursive: true, mode: 0o700 });
   } catch (error) {
     return `cannot be created (${(error as NodeJS.ErrnoException).code})`;
   }
+  // Checked again once it exists: a component swapped for a link meanwhile shows up in realpath.
+  if ((await realpath(path)) !== resolve(path)) return `resolves to ${await realpath(path)} through a symlink`;
   const stats = await lstat(path);
   if (stats.isSymbolicLink()) return 'is a symlink';
   if (!stats.isDirectory()) return 'is not a directory';
@@ -53,14 +74,18 @@ async function resolveLocation(options: FsRegistryOptions): Promise<string> {
   const explicit = options.dir ?? options.env.PAM_TUNNEL_REGISTRY;
   const fix = 'remove it, or set PAM_TUNNEL_REGISTRY to a directory of yours with mode 0700';
   if (explicit) {
+    // Relative would mean a different registry in every working directory: list and stop would miss tunnels.
+    if (!isAbsolute(explicit)) throw new TunnelError('unsafeRegistry', `registry directory ${explicit} is a relative path: set PAM_TUNNEL_REGISTRY to an absolute path`);
     const problem = await problemWith(explicit);
     if (problem) throw new TunnelError('unsafeRegistry', `registry directory ${explicit} ${problem}: ${fix}`);
     return explicit;
   }
-  const shared = join(tmpdir(), 'keeper-tunnel-sessions');
+  // The system temp directory itself may be a link (macOS: /var → /private/var): start from its real path.
+  const base = await realpath(tmpdir()).catch(() => tmpdir());
+  const shared = join(base, 'keeper-tunnel-sessions');
   const sharedProblem = await problemWith(shared);
   if (!sharedProblem) return shared;
-  const own = join(tmpdir(), `keeper-tunnel-sessions-${uid()}`);
+  const own = join(base, `keeper-tunnel-sessions-${uid()}`);
   const ownProblem = await problemWith(own);
   if (!ownProblem) return own;
   throw new TunnelError('unsafeRegistry', `registry directory ${shared} ${sharedProblem}, and ${own} ${ownProblem}: ${fix}`);

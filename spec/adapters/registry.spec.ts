@@ -94,8 +94,19 @@ t.test('unsafe directories are refused with exit code 78', async (t) => {
   const open = join(base, 'open');
   mkdirSync(open);
   chmodSync(open, 0o775);
+  // Relative paths below would land in the working directory if accepted: make that the scratch dir.
+  const cwd = process.cwd();
+  process.chdir(base);
+  t.teardown(() => process.chdir(cwd));
   for (const [dir, problem] of [
     [join(base, 'link'), /is a symlink/],
+    [`${join(base, 'link')}/`, /is a symlink/],
+    [`${join(base, 'link')}/.`, /is a symlink/],
+    [`${join(base, 'link')}//./`, /is a symlink/],
+    [join(base, 'link', 'sub'), /goes through the symlink .*link/],
+    [`${join(base, 'link')}/../real`, /goes through the symlink .*link/],
+    ['relative/registry', /is a relative path: set PAM_TUNNEL_REGISTRY to an absolute path/],
+    ['./registry', /is a relative path/],
     [open, /group- or world-writable \(mode 775\)/],
   ] as const) {
     const refused = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } }).then(
@@ -107,6 +118,8 @@ t.test('unsafe directories are refused with exit code 78', async (t) => {
     t.match(refused?.message, problem);
     t.match(refused?.message, /PAM_TUNNEL_REGISTRY/, 'the message names the fix');
   }
+  t.same(readdirSync(real), [], 'nothing was created through the link');
+  t.notOk(existsSync('relative'), 'nor relative to the working directory');
 });
 
 t.test('forged, torn and oversized files never break entries() and ours are removed', async (t) => {

@@ -106,6 +106,15 @@ t.test('an unsafe registry directory is refused with exit 78', async (t) => {
   const viaLink = pam(t, ['tunnel', 'list'], { env: { PAM_TUNNEL_REGISTRY: link } });
   t.equal(await viaLink.exited, 78, 'a symlink');
   t.match(viaLink.stderr, /symlink/);
+  for (const spelling of [`${link}/`, `${link}/.`, join(link, 'sub')]) {
+    const start = pam(t, ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', 'http://127.0.0.1:9'], { env: { PAM_TUNNEL_REGISTRY: spelling, PAM_GATEWAY_TOKEN: token } });
+    t.equal(await start.exited, 78, `${spelling} is refused like the link itself`);
+    t.match(start.stderr, /symlink/);
+  }
+  t.same(readdirSync(real), [], 'nothing was written through the link');
+  const relative = pam(t, ['tunnel', 'list'], { env: { PAM_TUNNEL_REGISTRY: 'registry' } });
+  t.equal(await relative.exited, 78, 'a relative registry path');
+  t.match(relative.stderr, /relative path: set PAM_TUNNEL_REGISTRY to an absolute path/);
 
   const open = join(dir, 'open');
   mkdirSync(open);
