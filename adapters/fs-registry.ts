@@ -10,9 +10,18 @@ import { randomBytes } from 'node:crypto';
 import { TunnelError } from '../machines/errors.js';
 import type { Registry, RegistryEntry, TunnelRecord } from '../machines/ports.js';
 import { processStartTime } from './process-identity.js';
-import { maxEntryBytes, parseEntry } from './registry-entry.js';
+import { commanderView, maxEntryBytes, parseEntry, parseForeign, type ForeignEntry } from './registry-entry.js';
+
+export interface RegistryScan {
+  /** Our live entries, as `entries()` returns them. */
+  readonly entries: RegistryEntry[];
+  /** Other programs' entries whose owner pid is alive (e.g. Keeper Commander's), never ours to act on. */
+  readonly foreign: ForeignEntry[];
+}
 
 export interface FsRegistry extends Registry {
+  /** Our live entries and the live foreign ones; removes only files that are provably ours and dead. */
+  scan(): Promise<RegistryScan>;
   /** This process's entry file. */
   readonly entryPath: string;
   /** Record (or clear) this process's control socket in its entry. */
@@ -117,7 +126,8 @@ export async function openFsRegistry(options: FsRegistryOptions): Promise<FsRegi
         return;
       }
       try {
-        await writeAtomically(location, entryPath, `${JSON.stringify(await ownEntry())}\n`, 0o600);
+        const entry = await ownEntry();
+        await writeAtomically(location, entryPath, `${JSON.stringify({ ...entry, ...commanderView(entry) })}\n`, 0o600);
       } catch (error) {
         const code = (error as NodeJS.ErrnoException).code ?? String(error);
         throw new TunnelError('registryWrite', `cannot write the registry entry in ${location} (${code}): check its permissions and free space`);
@@ -144,33 +154,67 @@ export async function openFsRegistry(options: FsRegistryOptions): Promise<FsRegi
       if (tunnels.size > 0) await persist();
     },
     isLive,
+    scan,
     async entries() {
-      const names = await readdir(location);
-      const found = await Promise.all(
-        names.map(async (name): Promise<RegistryEntry | undefined> => {
-          const match = /^(\d{1,10})\.json$/.exec(name);
-          const path = join(location, name);
-          if (!match) {
-            if (/^\..*\.tmp$/.test(name)) await removeOldTemp(path);
-            return undefined;
-          }
-          const filePid = Number(match[1]);
-          // Our own entry from memory when this instance writes it; another instance in this process
-          // (a command inside `pam shell`) reads the file like anyone else.
-          if (filePid === pid && tunnels.size > 0) return ownEntry();
-          const stats = await lstat(path).catch(() => undefined);
-          if (!stats || (posix && stats.uid !== uid())) return undefined; // gone, or not ours to judge
-          if (filePid === pid) return stats.isFile() ? parseEntry(await readNoFollow(path), filePid) : undefined;
-          const entry = stats.isFile() && stats.size <= maxEntryBytes ? parseEntry(await readNoFollow(path), filePid) : undefined;
-          if (entry && (await isLive(entry))) return entry;
-          // Ours and not a live owner's: a stale, torn or forged file. Another reader may beat us to it.
-          await unlink(path).catch(() => undefined);
-          return undefined;
-        }),
-      );
-      return found.filter((entry): entry is RegistryEntry => entry !== undefined).sort((a, b) => a.pid - b.pid);
+      return (await scan()).entries;
     },
   };
+
+  async function scan(): Promise<RegistryScan> {
+    const names = await readdir(location);
+    const found = await Promise.all(names.map((name) => judge(name)));
+    return {
+      entries: found.filter((item): item is RegistryEntry => item !== undefined && 'schema' in item).sort((a, b) => a.pid - b.pid),
+      foreign: found.filter((item): item is ForeignEntry => item !== undefined && !('schema' in item)).sort((a, b) => a.pid - b.pid),
+    };
+  }
+
+  /**
+   * One file of the directory, which other programs share (Keeper Commander) and users may drop files
+   * in: ours and live → listed; another program's with a live pid → foreign; removed only when the
+   * name is ours, the content is our schema (or our temp file), and its pid is gone or reincarnated.
+   * Anything unreadable is left alone: a live owner's entry may be mid-replace, a foreign file is not ours.
+   */
+  async function judge(name: string): Promise<RegistryEntry | ForeignEntry | undefined> {
+    const path = join(location, name);
+    const temp = /^\.(\d{1,10})\.[0-9a-f]{8}\.tmp$/.exec(name);
+    if (temp) {
+      if ((await ownFile(path)) && (await processStartTime(Number(temp[1]))) === undefined) await unlink(path).catch(() => undefined);
+      return undefined;
+    }
+    const match = /^(\d{1,10})\.json$/.exec(name);
+    if (!match) return undefined;
+    const filePid = Number(match[1]);
+    // Our own entry from memory when this instance writes it; another instance in this process
+    // (a command inside `pam shell`) reads the file like anyone else.
+    if (filePid === pid && tunnels.size > 0) return ownEntry();
+    const stats = await ownFile(path);
+    if (!stats || stats.size > maxEntryBytes) return undefined;
+    const text = await readNoFollow(path);
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+    const current = await processStartTime(filePid);
+    if (typeof value !== 'object' || value === null || (value as { schema?: unknown }).schema !== 1) {
+      return current === undefined ? undefined : parseForeign(value, filePid);
+    }
+    const entry = parseEntry(text, filePid);
+    if (entry && current === entry.startTime) return entry;
+    const recorded = (value as { startTime?: unknown }).startTime;
+    const dead = current === undefined || (typeof recorded === 'string' && recorded !== '' && recorded !== current);
+    // Ours by name and schema, and its owner is gone: stale. Another reader may beat us to it.
+    if (dead) await unlink(path).catch(() => undefined);
+    return undefined;
+  }
+}
+
+/** The file's stats if it is a regular file of this user (anything else is not ours to judge). */
+async function ownFile(path: string): Promise<Stats | undefined> {
+  const stats = await lstat(path).catch(() => undefined);
+  return stats && stats.isFile() && (!posix || stats.uid === uid()) ? stats : undefined;
 }
 
 async function readNoFollow(path: string): Promise<string> {
@@ -184,11 +228,6 @@ async function readNoFollow(path: string): Promise<string> {
   } catch {
     return '';
   }
-}
-
-async function removeOldTemp(path: string): Promise<void> {
-  const stats: Stats | undefined = await lstat(path).catch(() => undefined);
-  if (stats && (!posix || stats.uid === uid()) && Date.now() - stats.mtimeMs > 60_000) await unlink(path).catch(() => undefined);
 }
 
 /** Temp file in the same directory, fsync, rename: readers see the old or the new file, never a torn one. */

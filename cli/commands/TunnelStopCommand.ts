@@ -45,12 +45,16 @@ export class TunnelStopCommand extends Command<PamContext> {
       throw new TunnelError('usage', 'name a tunnel to stop (id, target, port or pid) or pass --all, not both');
     }
     const registry = await openFsRegistry({ env: this.context.env });
-    const entries = await registry.entries();
+    const { entries, foreign } = await registry.scan();
     let targets: readonly Selected[];
     if (this.all) {
       targets = allTunnels(entries);
     } else {
       const selection = selectTunnels(entries, this.selector!);
+      const other = foreign.find((entry) => String(entry.pid) === this.selector);
+      if (!selection.ok && other) {
+        throw new TunnelError('generic', `pid ${other.pid} owns another program's tunnel (a foreign registry entry, e.g. Keeper Commander's): stop it with that program`);
+      }
       if (!selection.ok) throw new TunnelError(selection.failure.kind as 'usage' | 'generic', selection.failure.reason);
       targets = selection.selected;
     }

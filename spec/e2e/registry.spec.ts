@@ -2,7 +2,7 @@
 // die hard, forged entries, unsafe registry directories, and many owners writing at once.
 
 import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { skipBecause } from '../support/tap.js';
@@ -226,4 +226,43 @@ t.test('an empty or blank selector is a usage error (2) for stop, history, repla
   }
   t.ok(isAlive(running.pid), 'the running tunnel was not stopped');
   t.same((await list(t, env)).map((row) => row.id), [running.id], 'and is still listed');
+});
+
+t.test("list leaves files that are not pam's alone, shows Commander's live entry as foreign, and stop never touches it", async (t) => {
+  const { env, registry } = await setup(t);
+  const ours = await backgroundTunnel(t, env, 'echo');
+  const commander = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => commander.kill('SIGKILL'));
+  await new Promise((resolve) => commander.once('spawn', resolve));
+  const commanderPid = commander.pid!;
+  const foreignFiles: Record<string, string> = {
+    '2023.json': '{"year": 2023}',
+    '.notes.tmp': 'my notes',
+    [`${commanderPid}.json`]: JSON.stringify({ pid: commanderPid, record_uid: 'rec-1', host: '127.0.0.1', port: 15432, mode: 'foreground' }),
+  };
+  const old = new Date(Date.now() - 3_600_000);
+  for (const [name, text] of Object.entries(foreignFiles)) {
+    writeFileSync(join(registry, name), text, { mode: 0o600 });
+    utimesSync(join(registry, name), old, old);
+  }
+  const snapshot = () => Object.keys(foreignFiles).map((name) => (existsSync(join(registry, name)) ? readFileSync(join(registry, name), 'utf8') : null));
+  const before = snapshot();
+
+  const listed = (await list(t, env)) as Array<Listed & { foreign: boolean; logFile: string | null }>;
+  t.match(listed, [
+    { id: ours.id, pid: ours.pid, foreign: false },
+    { id: null, pid: commanderPid, host: '127.0.0.1', port: 15432, mode: 'foreground', target: 'rec-1', state: null, foreign: true },
+  ], 'ours, then the foreign live entry, marked foreign');
+  const table = pam(t, ['tunnel', 'list'], { env });
+  t.equal(await table.exited, 0);
+  t.match(table.stdout, new RegExp(`^-\\s+rec-1\\s+127\\.0\\.0\\.1:15432\\s+${commanderPid}\\s+foreground\\s+foreign\\s`, 'm'), 'the table marks it foreign');
+
+  const byPid = pam(t, ['tunnel', 'stop', String(commanderPid)], { env });
+  t.equal(await byPid.exited, 1, 'stop by its pid matches no pam tunnel');
+  t.match(byPid.stderr, /another program's tunnel/);
+  const all = pam(t, ['tunnel', 'stop', '--all', '--json'], { env });
+  t.equal(await all.exited, 0, all.stderr);
+  t.match(JSON.parse(all.stdout), [{ id: ours.id, stopped: true }], 'stop --all stops only ours');
+  t.ok(isAlive(commanderPid), 'the foreign owner was never signalled');
+  t.same(snapshot(), before, 'every foreign file is still there, unchanged');
 });
