@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Outcome } from '../machines/errors.js';
+import { logDir } from './fs-journal.js';
 import type { BackgroundOwners, Registry } from '../machines/ports.js';
 
 /** The environment variable that tells a `pam tunnel start -bg` process it is the owner, not the launcher. */
@@ -22,9 +23,9 @@ export function createBackgroundOwners(options: {
 
   return {
     async spawn(id) {
-      const logDir = join(options.registry.location, 'logs');
-      mkdirSync(logDir, { recursive: true, mode: 0o700 });
-      const logFile = join(logDir, `${id}.log`);
+      const logs = logDir(options.registry.location);
+      mkdirSync(logs, { recursive: true, mode: 0o700 });
+      const logFile = join(logs, `${id}.log`);
       const log = openSync(logFile, 'a', 0o600);
       try {
         const child = spawn(process.execPath, [...options.argv], {

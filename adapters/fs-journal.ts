@@ -3,7 +3,7 @@
 // Old journals are pruned when a new one opens: keep the newest `keep`, none older than `maxAgeDays`.
 
 import { appendFileSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { InspectionEvent } from 'xstate';
 import { journalEvent, parseJournal, stateName, type JournalEntry, type JournalMeta } from '../machines/journal.js';
 import { TunnelError, type Outcome } from '../machines/errors.js';
@@ -65,24 +65,49 @@ export function openJournal(options: JournalOptions): { readonly path: string; i
   };
 }
 
+/** The background owners' logs (`<registry>/logs/<id>.log`), pruned with the journals of the same ids. */
+export function logDir(registryDir: string): string {
+  return join(registryDir, 'logs');
+}
+
 function prune(dir: string, keep: number, maxAgeDays: number, current: string): void {
   const cutoff = Date.now() - maxAgeDays * 86_400_000;
-  const journals = readdirSync(dir)
-    .filter((name) => name.endsWith('.jsonl'))
-    .map((name) => join(dir, name))
-    .filter((path) => path !== current)
-    .map((path) => ({ path, mtime: statSync(path, { throwIfNoEntry: false })?.mtimeMs ?? 0 }))
-    .sort((a, b) => b.mtime - a.mtime);
-  journals.forEach(({ path, mtime }, index) => {
-    // One slot is for the journal being opened.
-    if (index >= keep - 1 || mtime < cutoff) {
-      try {
-        unlinkSync(path);
-      } catch {
-        // a concurrent pruner got there first
-      }
+  const currentId = basename(current, '.jsonl');
+  const logs = logDir(dirname(dir));
+  const remove = (path: string) => {
+    try {
+      unlinkSync(path);
+    } catch {
+      // a concurrent pruner got there first, or there is no such log
     }
-  });
+  };
+  // Every id with a journal or a log, dated by the newer of the two; the same rule keeps or drops both.
+  const ids = new Map<string, number>();
+  const note = (folder: string, suffix: string) => {
+    let names: string[] = [];
+    try {
+      names = readdirSync(folder);
+    } catch {
+      return; // no logs yet
+    }
+    for (const name of names.filter((candidate) => candidate.endsWith(suffix))) {
+      const id = name.slice(0, -suffix.length);
+      if (id === currentId) continue;
+      const mtime = statSync(join(folder, name), { throwIfNoEntry: false })?.mtimeMs ?? 0;
+      ids.set(id, Math.max(ids.get(id) ?? 0, mtime));
+    }
+  };
+  note(dir, '.jsonl');
+  note(logs, '.log');
+  [...ids.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .forEach(([id, mtime], index) => {
+      // One slot is for the journal being opened.
+      if (index >= keep - 1 || mtime < cutoff) {
+        remove(join(dir, `${id}.jsonl`));
+        remove(join(logs, `${id}.log`));
+      }
+    });
 }
 
 /** Every journal in the registry, newest first, parsed (torn lines skipped). */

@@ -182,6 +182,14 @@ export async function openFsRegistry(options: FsRegistryOptions): Promise<FsRegi
       if ((await ownFile(path)) && (await processStartTime(Number(temp[1]))) === undefined) await unlink(path).catch(() => undefined);
       return undefined;
     }
+    const socket = /^(\d{1,10})\.sock$/.exec(name);
+    if (socket) {
+      // A `pam shell` control socket left by an owner that died (kill -9, a crash): nothing listens.
+      const stats = await lstat(path).catch(() => undefined);
+      const ours = stats?.isSocket() && (!posix || stats.uid === uid());
+      if (ours && Number(socket[1]) !== pid && (await processStartTime(Number(socket[1]))) === undefined) await unlink(path).catch(() => undefined);
+      return undefined;
+    }
     const match = /^(\d{1,10})\.json$/.exec(name);
     if (!match) return undefined;
     const filePid = Number(match[1]);

@@ -22,7 +22,8 @@ export class TunnelHistoryCommand extends Command<PamContext> {
       tunnel, newest first, with its exit code and reason, including owners that died without stopping
       (kill -9, power loss). With an id (or unique prefix): every state and event of that tunnel.
       Journals are pruned when a tunnel starts: the newest $PAM_JOURNAL_KEEP (200), none older than
-      $PAM_JOURNAL_MAX_AGE_DAYS (30).
+      $PAM_JOURNAL_MAX_AGE_DAYS (30); a background tunnel's log (\`<registry>/logs/<id>.log\`) goes with
+      its journal.
     `,
     examples: [
       ['Why did my tunnels end?', '$0 tunnel history'],

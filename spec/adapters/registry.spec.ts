@@ -3,6 +3,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
@@ -262,4 +263,29 @@ t.test('an unsafe shared directory falls back to keeper-tunnel-sessions-<uid>', 
   t.equal(registry.location, join(tmp, `keeper-tunnel-sessions-${process.geteuid!()}`));
   t.equal(statSync(registry.location).mode & 0o777, 0o700);
   t.same(readdirSync(elsewhere), [], 'nothing was written through the symlink');
+});
+
+t.test('a control socket left by a dead owner is removed; a live owner\'s stays', async (t) => {
+  const dir = join(scratchDir(t), 'registry');
+  const registry = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } });
+  // A process that listens on <its pid>.sock and is then killed: the socket file outlives it.
+  const script = "const p=require('path').join(process.argv[1], process.pid + '.sock'); require('net').createServer().listen(p, () => console.log(p))";
+  const child = spawn(process.execPath, ['-e', script, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  t.teardown(() => {
+    child.kill('SIGKILL');
+    return exited;
+  });
+  const stale = await new Promise<string>((resolve) => child.stdout!.once('data', (chunk: Buffer) => resolve(chunk.toString().trim())));
+  child.kill('SIGKILL');
+  await exited;
+  const live = await liveProcess(t);
+  const livePath = join(dir, `${live.pid}.sock`);
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(livePath, resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  t.ok(existsSync(stale), 'the dead owner left its socket');
+  await registry.entries();
+  t.notOk(existsSync(stale), 'removed: its pid is gone');
+  t.ok(existsSync(livePath), 'a live pid keeps its socket');
 });
