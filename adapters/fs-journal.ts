@@ -2,7 +2,7 @@
 // received, appended with O_APPEND (a crash can tear only the last line; readers skip it), 0600.
 // Old journals are pruned when a new one opens: keep the newest `keep`, none older than `maxAgeDays`.
 
-import { appendFileSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, utimesSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { InspectionEvent } from 'xstate';
 import { journalEvent, parseJournal, stateName, type JournalEntry, type JournalMeta } from '../machines/journal.js';
@@ -16,6 +16,9 @@ export interface JournalOptions {
   readonly maxAgeDays?: number;
   readonly warn?: (message: string) => void;
 }
+
+/** How often a running tunnel's journal is touched (its mtime is the owner's last sign of life). */
+export const heartbeatMs = 2_000;
 
 export function journalDir(registryDir: string): string {
   return join(registryDir, 'journal');
@@ -40,6 +43,17 @@ export function openJournal(options: JournalOptions): { readonly path: string; i
     broken = true;
     options.warn?.(`journal disabled: ${String(error)}`);
   }
+  // A sign of life while nothing happens: the file's mtime, touched every few seconds until the
+  // ending is written, so `history` can tell how long an owner killed with -9 really ran.
+  let heartbeat: NodeJS.Timeout | undefined;
+  const beat = () => {
+    try {
+      const now = new Date();
+      utimesSync(path, now, now);
+    } catch {
+      // not written yet, or removed: the next event recreates it
+    }
+  };
   return {
     path,
     inspect(inspection) {
@@ -55,10 +69,18 @@ export function openJournal(options: JournalOptions): { readonly path: string; i
         ...(seq === 0 ? { meta: options.meta } : {}),
       };
       seq += 1;
+      if (entry.output) {
+        clearInterval(heartbeat);
+        heartbeat = undefined;
+      } else if (!heartbeat) {
+        heartbeat = setInterval(beat, heartbeatMs);
+        heartbeat.unref();
+      }
       try {
         appendFileSync(path, `${JSON.stringify(entry)}\n`, { mode: 0o600 });
       } catch (error) {
         broken = true;
+        clearInterval(heartbeat);
         options.warn?.(`journal ${path} could not be written, no longer journalling: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
       }
     },
@@ -111,7 +133,7 @@ function prune(dir: string, keep: number, maxAgeDays: number, current: string): 
 }
 
 /** Every journal in the registry, newest first, parsed (torn lines skipped). */
-export function readJournals(registryDir: string): Array<{ id: string; entries: JournalEntry[] }> {
+export function readJournals(registryDir: string): Array<{ id: string; entries: JournalEntry[]; lastSeen?: string }> {
   const dir = journalDir(registryDir);
   let names: string[];
   try {
@@ -123,12 +145,14 @@ export function readJournals(registryDir: string): Array<{ id: string; entries: 
     .map((name) => {
       const path = join(dir, name);
       let text = '';
+      let lastSeen: string | undefined;
       try {
         text = readFileSync(path, 'utf8');
+        lastSeen = statSync(path).mtime.toISOString();
       } catch {
         // removed meanwhile
       }
-      return { id: name.slice(0, 8), entries: parseJournal(text) };
+      return { id: name.slice(0, 8), entries: parseJournal(text), ...(lastSeen ? { lastSeen } : {}) };
     })
     .filter((journal) => journal.entries.length > 0)
     .sort((a, b) => b.entries[0]!.at.localeCompare(a.entries[0]!.at));

@@ -30,7 +30,8 @@ export function lazyTransport(options: TransportOptions): Transport {
       const settings = {
         token: options.token(),
         ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
-        mux: keepalive(options.env),
+        // One stderr line per connection the target refused: the client itself sees only a reset.
+        mux: { ...keepalive(options.env), log: options.warn },
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
       if (native) return native.createNativeTransport(settings);

@@ -45,7 +45,7 @@ export class TunnelHistoryCommand extends Command<PamContext> {
       const pid = entries[0]?.meta?.pid;
       if (pid !== undefined && !alive.has(pid) && !entries.at(-1)?.output) alive.set(pid, await processStartTime(pid));
     }
-    const rows = journals.slice(0, this.limit).map(({ id, entries }) => summarize(id, entries, (pid, startTime) => alive.get(pid) === startTime));
+    const rows = journals.slice(0, this.limit).map(({ id, entries, lastSeen }) => summarize(id, entries, (pid, startTime) => alive.get(pid) === startTime, lastSeen));
     if (this.json) {
       this.context.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
       return 0;
