@@ -266,3 +266,31 @@ t.test("list leaves files that are not pam's alone, shows Commander's live entry
   t.ok(isAlive(commanderPid), 'the foreign owner was never signalled');
   t.same(snapshot(), before, 'every foreign file is still there, unchanged');
 });
+
+t.test('-bg --json: success prints the row list --json shows, failure one JSON object, and the log holds JSON lines only', async (t) => {
+  const { env } = await setup(t);
+  const launcher = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env });
+  t.equal(await launcher.exited, 0, launcher.stderr);
+  const launched = JSON.parse(launcher.stdout) as Record<string, unknown> & { pid: number; logFile: string };
+  t.teardown(() => {
+    if (isAlive(launched.pid)) process.kill(launched.pid, 'SIGKILL');
+  });
+  const [row] = (await list(t, env)) as unknown as Array<Record<string, unknown>>;
+  t.same(Object.keys(launched).sort(), Object.keys(row!).sort(), 'the same fields as list --json');
+  const { uptimeSeconds: _a, ...stable } = launched;
+  const { uptimeSeconds: _b, ...listedStable } = row!;
+  t.same(stable, listedStable, 'with the same values');
+  t.match(launched.logFile, /\/logs\/[0-9a-f]{8}\.log$/, 'logFile shown in both');
+
+  const failing = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env: { ...env, PAM_TRANSPORT: 'carrier-pigeon' } });
+  t.equal(await failing.exited, 2, failing.stderr);
+  const lines = failing.stdout.split('\n').filter(Boolean);
+  t.equal(lines.length, 1, `one JSON object on stdout: ${failing.stdout}`);
+  const failure = JSON.parse(lines[0]!) as { event: string; exitCode: number; reason: string; logFile: string | null };
+  t.match(failure, { event: 'stopped', exitCode: 2, reason: /carrier-pigeon/ });
+  for (const logFile of [launched.logFile, failure.logFile].filter((path): path is string => path !== null)) {
+    const logLines = readFileSync(logFile, 'utf8').split('\n').filter(Boolean);
+    t.ok(logLines.length > 0, `${logFile} is not empty`);
+    t.same(logLines.filter((line) => { try { return typeof JSON.parse(line) !== 'object'; } catch { return true; } }), [], `${logFile} holds JSON lines only`);
+  }
+});
