@@ -71,6 +71,9 @@ export class TunnelStartCommand extends Command<PamContext> {
     // A background owner's stdout and stderr are its log: JSON lines only, errors included, so the
     // launcher (and a person with jq) can read why it stopped.
     const log = this.context.stdout;
+    // A full disk makes writes to the log fail: the owner must still exit with its own code (73), not
+    // crash on an unhandled stream error (exit 1) that tells the launcher nothing.
+    log.on('error', () => undefined);
     this.context = { ...this.context, stderr: jsonLines(log) };
     try {
       return await this.start();

@@ -1,7 +1,7 @@
 // The cross-process registry as operators use it: `list` and `stop` from other processes, owners that
 // die hard, forged entries, unsafe registry directories, and many owners writing at once.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
@@ -293,4 +293,32 @@ t.test('-bg --json: success prints the row list --json shows, failure one JSON o
     t.ok(logLines.length > 0, `${logFile} is not empty`);
     t.same(logLines.filter((line) => { try { return typeof JSON.parse(line) !== 'object'; } catch { return true; } }), [], `${logFile} holds JSON lines only`);
   }
+});
+
+t.test('-bg on a full disk exits 73 like --run, and says why', async (t) => {
+  if (process.getuid?.() !== 0 && process.env.CI !== 'true') {
+    skipBecause(t, 'not root: cannot mount a tiny tmpfs to stand for a full disk');
+    return;
+  }
+  const { env, dir } = await setup(t);
+  const disk = join(dir, 'full-disk');
+  mkdirSync(disk, { mode: 0o700 });
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0700', 'tmpfs', disk], { encoding: 'utf8' });
+  t.equal(mounted.status, 0, `mount a 256 KiB tmpfs: ${mounted.stderr}`);
+  t.teardown(() => void spawnSync('umount', [disk]));
+  const registry = join(disk, 'registry');
+  mkdirSync(join(registry, 'logs'), { recursive: true, mode: 0o700 });
+  try {
+    writeFileSync(join(disk, 'fill'), Buffer.alloc(1024 * 1024));
+  } catch (error) {
+    t.equal((error as NodeJS.ErrnoException).code, 'ENOSPC', 'the disk is now full');
+  }
+  const fullEnv = { ...env, PAM_TUNNEL_REGISTRY: registry };
+  const run = pam(t, ['tunnel', 'start', 'echo', '-R', 'true'], { env: fullEnv });
+  t.equal(await run.exited, 73, `--run: ${run.stderr}`);
+  const background = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env: fullEnv });
+  t.equal(await background.exited, 73, `-bg exits 73 too: ${background.stderr}`);
+  t.match(background.stderr, /could not be written|cannot (write|create)/, 'and the line says what could not be written');
+  t.match(JSON.parse(background.stdout), { event: 'stopped', exitCode: 73, kind: 'registryWrite' });
+  t.same(readdirSync(registry).filter((name) => name.endsWith('.json')), [], 'no registry entry left');
 });
