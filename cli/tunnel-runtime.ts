@@ -12,7 +12,7 @@ import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-
 import { logDir } from '../adapters/fs-journal.js';
 import { join } from 'node:path';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
-import { iceHosts, iceServers, importNative, keepalive, type TransportChoice } from './config.js';
+import { iceHosts, iceServers, importNative, keepalive, nativeIceHostsWarning, type TransportChoice } from './config.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
@@ -36,7 +36,11 @@ export function lazyTransport(options: TransportOptions): Transport {
         mux: { ...keepalive(options.env), log: options.warn },
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
-      if (native) return native.createNativeTransport(settings);
+      if (native) {
+        const warning = nativeIceHostsWarning(settings.ice.hosts);
+        if (warning) options.warn(warning);
+        return native.createNativeTransport(settings);
+      }
       return (await import('../adapters/werift-transport.js')).createWeriftTransport(settings);
     })());
   return {

@@ -1,9 +1,10 @@
 // `pam gateway`: the peer pam-tunnel ships, so every tunnel is real end to end.
 
 import { Command, Option } from 'clipanion';
-import { TunnelError } from '../../machines/errors.js';
+import { TunnelError, type StopSignal } from '../../machines/errors.js';
+import { createProcessSignals } from '../../adapters/posix-signals.js';
 import type { PamContext } from '../context.js';
-import { iceHosts, iceServers, keepalive, importNative, readToken, transportChoice } from '../config.js';
+import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
 import { readFileSync } from 'node:fs';
 import * as t from 'typanion';
 
@@ -48,6 +49,8 @@ export class GatewayCommand extends Command<PamContext> {
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
     const native = await importNative(transport, () => import('../../gateway/native-answerer.js'), (line) => log(`warning: ${line}`));
     const answerer = native?.nativeAnswerer(ice);
+    const hostsWarning = native ? nativeIceHostsWarning(ice.hosts) : undefined;
+    if (hostsWarning) log(`warning: ${hostsWarning}`);
     const { startGateway, listenWarning } = await import('../../gateway/server.js');
     const warning = listenWarning(listen.host, tls !== undefined);
     if (warning) log(`warning: ${warning}`);
@@ -70,8 +73,13 @@ export class GatewayCommand extends Command<PamContext> {
         : `pam gateway: listening on ${gateway.url} (targets: ${names.join(', ')})\n`,
     );
 
-    const signal = await new Promise<NodeJS.Signals>((resolve) => {
-      for (const name of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(name, () => resolve(name));
+    // The process's one signal policy: the first stop signal closes in order; once unwatched, a
+    // second one ends the process at once (Node's default).
+    const signal = await new Promise<StopSignal>((resolve) => {
+      const unwatch = createProcessSignals().watch((name) => {
+        unwatch();
+        resolve(name);
+      });
     });
     log(`${signal}: closing`);
     await gateway.close();

@@ -24,9 +24,11 @@ export class TunnelStopCommand extends Command<PamContext> {
       The selector is a tunnel id (or a unique prefix), a target name, a local port, or the owning
       pid. An ambiguous selector exits 2 and lists the candidates, an empty or blank one exits 2 and
       stops nothing; nothing matching exits 1.
-      Sends SIGTERM to the owner (or, for an owner with several tunnels such as \`pam shell\`, asks its
-      control channel to stop just that one), then waits up to --wait seconds. A tunnel still
-      running then exits 1, unless --force: SIGKILL, and its registry entry and pid file are removed.
+      Sends SIGTERM to the owner (or, for \`pam shell\`, asks its control channel to stop just that
+      tunnel: the shell itself is never signalled), then waits up to --wait seconds. A tunnel still
+      running then (or an owner that does not answer) exits 1, unless --force: SIGKILL to the owner,
+      to every process it started and to the process groups they lead (a --run command and all its
+      children), and its registry entry and pid file are removed.
     `,
     examples: [
       ['Stop the tunnel with id 3f2a9c1e', '$0 tunnel stop 3f2a9c1e'],
@@ -69,7 +71,8 @@ export class TunnelStopCommand extends Command<PamContext> {
     // One stop per owner process unless it owns several tunnels and only some are meant.
     const results = await Promise.all(
       targets.map(({ entry, tunnel }) => {
-        const wholeProcess = targets.filter((other) => other.entry.pid === entry.pid).length === entry.tunnels.length;
+        // An owner with a control channel (pam shell) is asked per tunnel and outlives them all.
+        const wholeProcess = entry.control === undefined && targets.filter((other) => other.entry.pid === entry.pid).length === entry.tunnels.length;
         const actor = createActor(machine, {
           input: { entry, tunnel, onlyThisTunnel: !wholeProcess, waitMs: this.wait * 1000, force: this.force },
         });
