@@ -16,12 +16,15 @@ import { createSystemdNotifier } from '../adapters/sd-notify.js';
 import type { PamContext } from './context.js';
 import { attachInspector, inspectUrl } from './inspector.js';
 import { createTunnelPrinter } from './tunnel-output.js';
+import { tunnelRow } from './registry-rows.js';
 import { createProcessSignals } from '../adapters/posix-signals.js';
 import { createShellRunner } from '../adapters/shell-runner.js';
 import { createTcpListenerFactory } from '../adapters/tcp-listener.js';
 import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
+import { logDir } from '../adapters/fs-journal.js';
+import { join } from 'node:path';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
 import {
   type ConfigFile,
@@ -53,7 +56,8 @@ export function lazyTransport(options: TransportOptions): Transport {
       const settings = {
         token: options.token(),
         ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
-        mux: keepalive(options.env),
+        // One stderr line per connection the target refused: the client itself sees only a reset.
+        mux: { ...keepalive(options.env), log: options.warn },
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
       if (native) {
@@ -74,9 +78,12 @@ export function lazyTransport(options: TransportOptions): Transport {
 }
 
 export async function createTunnelPorts(
-  options: TransportOptions & { announce: TunnelPorts['announce']; registry?: Registry; signals?: Signals },
+  options: TransportOptions & { announce: TunnelPorts['announce']; registry?: Registry; signals?: Signals; ownerLogId?: string },
 ): Promise<TunnelPorts> {
-  const registry = options.registry ?? (await openFsRegistry({ env: options.env }));
+  const opened = options.registry ?? (await openFsRegistry({ env: options.env }));
+  // A background owner records where its log is, so `list --json` shows it as the launcher did.
+  const logFile = options.ownerLogId === undefined ? undefined : join(logDir(opened.location), `${options.ownerLogId}.log`);
+  const registry: Registry = logFile === undefined ? opened : { ...opened, put: (record) => opened.put({ ...record, logFile }) };
   return {
     listeners: createTcpListenerFactory(),
     transport: lazyTransport(options),
@@ -137,6 +144,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
   const transport = transportChoice(options.transport, env);
   const session = context.session;
   const ports = await createTunnelPorts({
+    ...(options.ownerId !== undefined ? { ownerLogId: options.ownerId } : {}),
     token: () => readToken(options.tokenFile, env, 'client', options.file),
     env,
     announce,
@@ -193,11 +201,18 @@ export async function launchInBackground(context: PamContext, options: { flags: 
     const { ready, owner } = outcome;
     context.stdout.write(
       options.json
-        ? `${JSON.stringify({ id: ready.id, pid: owner.pid, host: ready.host, port: ready.port, target: ready.target, logFile: owner.logFile })}\n`
+        ? // The very row `pam tunnel list --json` shows for this tunnel.
+          `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
         : `pam: tunnel ${ready.id} ready on ${ready.host}:${ready.port} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
             `stop it with \`pam tunnel stop ${ready.id}\`\n`,
     );
   } else {
+    // With --json, failure is one JSON object on stdout too, shaped like the foreground `stopped` event.
+    if (options.json) {
+      context.stdout.write(
+        `${JSON.stringify({ event: 'stopped', id, exitCode: outcome.exitCode, kind: outcome.kind, reason: outcome.reason, logFile: outcome.owner?.logFile ?? null })}\n`,
+      );
+    }
     context.stderr.write(`pam: ${outcome.reason}\n`);
   }
   return outcome.exitCode;

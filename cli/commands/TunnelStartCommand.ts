@@ -2,8 +2,10 @@
 // tunnel actor (or, with -bg, the launcher) and returns its output's exit code.
 
 import { resolve as resolvePath } from 'node:path';
+import { Writable } from 'node:stream';
 import { Command, Option } from 'clipanion';
-import { exitCodeSummary, failureKinds, type FailureKind, signalExitBase } from '../../machines/errors.js';
+import { exitCodeSummary, failureKinds, failureOf, type FailureKind, signalExitBase } from '../../machines/errors.js';
+import { ownerIdVariable } from '../../adapters/background-owner.js';
 import type { StartFlags } from '../../machines/start-flags.js';
 import { gatewayUrl, readConfigFile } from '../config.js';
 import { defaultInspectUrl } from '../inspector.js';
@@ -59,6 +61,26 @@ export class TunnelStartCommand extends PamCommand {
   inspect = Option.String('--inspect', { tolerateBoolean: true, description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)` });
 
   async execute(): Promise<number> {
+    if (this.context.env[ownerIdVariable] === undefined) return this.start();
+    // A background owner's stdout and stderr are its log: JSON lines only, errors included, so the
+    // launcher (and a person with jq) can read why it stopped.
+    const log = this.context.stdout;
+    // A full disk makes writes to the log fail: the owner must still exit with its own code (73), not
+    // crash on an unhandled stream error (exit 1) that tells the launcher nothing.
+    log.on('error', () => undefined);
+    this.context = { ...this.context, stderr: jsonLines(log) };
+    try {
+      return await this.start();
+    } catch (error) {
+      const failed = failureOf(error);
+      const usage = error instanceof Error && error.name === 'UsageError';
+      const outcome = usage ? { kind: 'usage', exitCode: failureKinds.usage.exitCode, reason: error.message } : failed;
+      log.write(`${JSON.stringify({ event: 'stopped', exitCode: outcome.exitCode, kind: outcome.kind, reason: outcome.reason })}\n`);
+      return outcome.exitCode;
+    }
+  }
+
+  private async start(): Promise<number> {
     const file = readConfigFile(this.context.env);
     const flags: StartFlags = {
       target: this.target,
@@ -94,4 +116,16 @@ export class TunnelStartCommand extends PamCommand {
 /** Drop undefined values, so optional fields stay absent (exactOptionalPropertyTypes-friendly). */
 function defined<T extends Record<string, unknown>>(values: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
   return Object.fromEntries(Object.entries(values).filter(([, value]) => value !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+}
+
+/** Each line written becomes `{"event":"log","message":…}` on `target` (JSON lines pass through). */
+function jsonLines(target: NodeJS.WritableStream): Writable {
+  return new Writable({
+    write(chunk: Buffer | string, _encoding, done) {
+      for (const line of String(chunk).split('\n').filter((text) => text.trim() !== '')) {
+        target.write(line.startsWith('{') ? `${line}\n` : `${JSON.stringify({ event: 'log', message: line.replace(/^pam: /, '') })}\n`);
+      }
+      done();
+    },
+  });
 }

@@ -22,7 +22,8 @@ export class TunnelStopCommand extends PamCommand {
     description: 'stop running tunnels by id, target, local port or pid',
     details: `
       The selector is a tunnel id (or a unique prefix), a target name, a local port, or the owning
-      pid. An ambiguous selector exits 2 and lists the candidates; nothing matching exits 1.
+      pid. An ambiguous selector exits 2 and lists the candidates, an empty or blank one exits 2 and
+      stops nothing; nothing matching exits 1.
       Sends SIGTERM to the owner (or, for \`pam shell\`, asks its control channel to stop just that
       tunnel: the shell itself is never signalled), then waits up to --wait seconds. A tunnel still
       running then (or an owner that does not answer) exits 1, unless --force: SIGKILL to the owner,
@@ -47,12 +48,16 @@ export class TunnelStopCommand extends PamCommand {
     }
     const waitMs = numberFlag('--wait', this.wait, { min: 0, max: 3600, whole: false, unit: 'seconds' }) * 1000;
     const registry = await openFsRegistry({ env: this.context.env });
-    const entries = await registry.entries();
+    const { entries, foreign } = await registry.scan();
     let targets: readonly Selected[];
     if (this.all) {
       targets = allTunnels(entries);
     } else {
       const selection = selectTunnels(entries, this.selector!);
+      const other = foreign.find((entry) => String(entry.pid) === this.selector);
+      if (!selection.ok && other) {
+        throw new TunnelError('generic', `pid ${other.pid} owns another program's tunnel (a foreign registry entry, e.g. Keeper Commander's): stop it with that program`);
+      }
       if (!selection.ok) throw new TunnelError(selection.failure.kind as 'usage' | 'generic', selection.failure.reason);
       targets = selection.selected;
     }
