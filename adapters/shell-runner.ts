@@ -19,7 +19,7 @@ export function createShellRunner(options: { stdio?: 'inherit' | 'ignore' } = {}
       const child = spawn(command, {
         shell: true,
         stdio: options.stdio ?? 'inherit',
-        env: { ...process.env, ...env },
+        env: commandEnvironment(process.env, env),
       });
       const exited = new Promise<CommandExit>((resolve) => {
         child.once('error', () => resolve({ exitCode: notFoundExitCode }));
@@ -51,6 +51,17 @@ export function createShellRunner(options: { stdio?: 'inherit' | 'ignore' } = {}
       };
     },
   };
+}
+
+/**
+ * What the wrapped command inherits: pam's own environment without any PAM_* variable (the gateway
+ * token, TURN credentials and pam's settings are pam's business, not the command's), plus the
+ * variables pam sets for it (PAM_TUNNEL_HOST, PAM_TUNNEL_PORT, PAM_TUNNEL_ID).
+ */
+export function commandEnvironment(inherited: NodeJS.ProcessEnv, set: Readonly<Record<string, string>>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(inherited)) if (!/^PAM_/i.test(name)) env[name] = value;
+  return { ...env, ...set };
 }
 
 /** Every descendant of `root`, from /proc (Linux); elsewhere none are known and only the shell is signalled. */
