@@ -1,6 +1,7 @@
 // `pam tunnel list`: every live tunnel of this user, from every process, read from the registry.
 
 import { Command, Option } from 'clipanion';
+import { hostPort } from '../../machines/address.js';
 import { allTunnels } from '../../machines/selector.js';
 import type { PamContext } from '../context.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
@@ -53,7 +54,7 @@ export class TunnelListCommand extends Command<PamContext> {
     }
     const table = renderTable(
       ['ID', 'TARGET', 'LOCAL', 'PID', 'MODE', 'STATE', 'UPTIME', 'RECONNECTS'],
-      rows.map((row) => [row.id, row.target, `${row.host}:${row.port}`, String(row.pid), row.mode, row.state, formatUptime(row.uptimeSeconds), String(row.reconnects)]),
+      rows.map((row) => [row.id, row.target, hostPort(row.host, row.port), String(row.pid), row.mode, row.state, formatUptime(row.uptimeSeconds), String(row.reconnects)]),
     );
     this.context.stdout.write(table);
     return 0;
