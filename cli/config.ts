@@ -122,8 +122,10 @@ function strongEnough(token: string, source: string, who: 'client' | 'gateway'):
 }
 
 /**
- * Local addresses ICE may use as host candidates, from `PAM_ICE_HOSTS` (comma-separated), e.g.
- * `127.0.0.1` when gateway and client share a machine. Unset: every non-loopback interface.
+ * This host's own addresses ICE may offer as host candidates, from `PAM_ICE_HOSTS` (comma-separated),
+ * e.g. `127.0.0.1` when gateway and client share a machine. Unset: every non-loopback interface. It
+ * restricts local host candidates only: the peer's candidates are used as offered, and srflx/relay
+ * candidates from --ice-server are unaffected.
  */
 export function iceHosts(env: NodeJS.ProcessEnv): string[] {
   const hosts = (env.PAM_ICE_HOSTS ?? '')
@@ -134,6 +136,15 @@ export function iceHosts(env: NodeJS.ProcessEnv): string[] {
     if (isIP(host) === 0) throw new TunnelError('usage', `PAM_ICE_HOSTS: '${host}' is not an IP address (comma-separated local addresses, e.g. 127.0.0.1)`);
   }
   return hosts;
+}
+
+/**
+ * libdatachannel binds ICE to one address (`bindAddress`; a list fails to gather), so the native
+ * transport uses the first of several PAM_ICE_HOSTS; werift offers each. Said once, not silently.
+ */
+export function nativeIceHostsWarning(hosts: readonly string[]): string | undefined {
+  if (hosts.length < 2) return undefined;
+  return `PAM_ICE_HOSTS lists ${hosts.length} addresses; the native transport binds ICE to one and uses ${hosts[0]} only (--transport werift offers all of them)`;
 }
 
 /**

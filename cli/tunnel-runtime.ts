@@ -10,7 +10,7 @@ import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
-import { iceHosts, iceServers, importNative, keepalive, type TransportChoice } from './config.js';
+import { iceHosts, iceServers, importNative, keepalive, nativeIceHostsWarning, type TransportChoice } from './config.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
@@ -33,7 +33,11 @@ export function lazyTransport(options: TransportOptions): Transport {
         mux: keepalive(options.env),
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
-      if (native) return native.createNativeTransport(settings);
+      if (native) {
+        const warning = nativeIceHostsWarning(settings.ice.hosts);
+        if (warning) options.warn(warning);
+        return native.createNativeTransport(settings);
+      }
       return (await import('../adapters/werift-transport.js')).createWeriftTransport(settings);
     })());
   return {

@@ -4,7 +4,7 @@ import { Command, Option } from 'clipanion';
 import { TunnelError } from '../../machines/errors.js';
 import type { PamContext } from '../context.js';
 import { SingleString } from '../single-option.js';
-import { iceHosts, iceServers, keepalive, importNative, readToken, transportChoice } from '../config.js';
+import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
 import { readFileSync } from 'node:fs';
 import * as t from 'typanion';
 
@@ -52,6 +52,8 @@ export class GatewayCommand extends Command<PamContext> {
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
     const native = await importNative(transport, () => import('../../gateway/native-answerer.js'), (line) => log(`warning: ${line}`));
     const answerer = native?.nativeAnswerer(ice);
+    const hostsWarning = native ? nativeIceHostsWarning(ice.hosts) : undefined;
+    if (hostsWarning) log(`warning: ${hostsWarning}`);
     const { startGateway, listenWarning } = await import('../../gateway/server.js');
     const warning = listenWarning(listen.host, tls !== undefined);
     if (warning) log(`warning: ${warning}`);
