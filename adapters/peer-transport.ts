@@ -136,7 +136,7 @@ async function exchange(gateway: string, target: string, offer: { offer: string;
     throw new TunnelError('unknownTarget', `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`);
   }
   const detail = typeof body.error === 'string' ? body.error : response.statusText;
-  throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status} for ${url.pathname}: ${detail}`);
+  throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status}: ${detail}`);
 }
 
 interface JsonResponse {
