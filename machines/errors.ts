@@ -10,7 +10,7 @@ export const failureKinds = {
   portBusy: { exitCode: 75, summary: 'the local port or pid file is already held (checked before connecting), or the gateway\'s --listen address' },
   registryWrite: { exitCode: 73, summary: 'a registry entry or pid file could not be written (permissions, disk full): nothing half-written is left' },
   authRefused: { exitCode: 77, summary: 'the gateway refused the token' },
-  unsafeRegistry: { exitCode: 78, summary: 'the registry directory is unsafe to use (symlink, foreign owner or writable by others)' },
+  unsafeRegistry: { exitCode: 78, summary: 'the registry directory is unsafe to use (a symlink in its path, a relative path, foreign owner or writable by others)' },
   connectTimeout: { exitCode: 124, summary: 'the connection was not ready within --timeout' },
 } as const;
 

@@ -48,7 +48,7 @@ export class CompletionCommand extends Command<PamContext> {
         flags: definition.options.flatMap((option) => option.definition.split(' ')[0]!.split(',')).filter((flag) => flag.startsWith('-')),
       }));
     const scripts = { bash: bashScript, zsh: zshScript, fish: fishScript };
-    // Own keys only: `pam completion constructor` names no shell.
+    // Own keys only: `pam completion constructor` must not reach Object.prototype.
     const script = this.shell !== undefined && Object.hasOwn(scripts, this.shell) ? scripts[this.shell as keyof typeof scripts] : undefined;
     if (!script) throw new TunnelError('usage', `name a shell: \`pam completion bash\`, \`pam completion zsh\` or \`pam completion fish\``);
     this.context.stdout.write(script(commands));
