@@ -2,9 +2,9 @@
 // command; errors are reported by the command itself, see PamCommand).
 
 import { Builtins, Cli, type Command } from 'clipanion';
-import { failureKinds } from '../machines/errors.js';
 import { commandClasses } from './commands/index.js';
 import type { PamContext } from './context.js';
+import { bindNegativeValues, parseError } from './pam-command.js';
 import { packageVersion } from './version.js';
 
 export function createCli(options: { colors?: boolean } = {}): Cli<PamContext> {
@@ -23,13 +23,12 @@ export function createCli(options: { colors?: boolean } = {}): Cli<PamContext> {
 
 export async function runCli(argv: readonly string[], context: PamContext): Promise<number> {
   const cli = createCli({ colors: context.colorDepth > 1 });
+  const input = bindNegativeValues(argv);
   let command: Command<PamContext>;
   try {
-    command = cli.process([...argv], context);
+    command = cli.process(input, context);
   } catch (error) {
-    // clipanion's own run() would print this on stdout with exit 1; a parse error is a usage error.
-    context.stderr.write(cli.error(error, { colored: false }));
-    return failureKinds.usage.exitCode;
+    return parseError(error, context, (unknown) => cli.error(unknown, { colored: false }));
   }
   return cli.run(command, context);
 }

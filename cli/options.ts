@@ -4,9 +4,10 @@
 import { Option } from 'clipanion';
 import { TunnelError } from '../machines/errors.js';
 import { parseNumberFlag } from '../machines/start-flags.js';
+import { SingleString } from './single-option.js';
 
 export const transportOption = () =>
-  Option.String('--transport', {
+  SingleString('--transport', {
     description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT',
   });
 

@@ -3,7 +3,7 @@
 // anything else is a bug: stack trace and exit 70.
 
 import { Command, Option } from 'clipanion';
-import { failureKinds, failureOf } from '../machines/errors.js';
+import { failureKinds, failureOf, TunnelError } from '../machines/errors.js';
 import type { PamContext } from './context.js';
 
 /** The CLI as a command sees it (`this.cli`): definitions, process, run. */
@@ -41,11 +41,38 @@ export function reportError(error: unknown, context: PamContext, debug: boolean)
  * clipanion's run() would print a parse error on stdout with exit 1; ours is a usage error: stderr, 2.
  */
 export async function runLine(cli: CliHandle, argv: readonly string[], context: PamContext): Promise<number> {
+  const input = bindNegativeValues(argv);
   try {
-    cli.process([...argv], context);
+    cli.process(input, context);
   } catch (error) {
-    context.stderr.write(cli.error(error as Error));
-    return failureKinds.usage.exitCode;
+    return parseError(error, context, (unknown) => cli.error(unknown as Error));
   }
-  return cli.run([...argv], context);
+  return cli.run(input, context);
+}
+
+/** A line clipanion could not parse: our own parse-time refusals (a repeated flag) are one line; clipanion's get its usage. */
+export function parseError(error: unknown, context: PamContext, format: (error: unknown) => string): number {
+  if (error instanceof TunnelError) return reportError(error, context, false);
+  context.stderr.write(format(error));
+  return failureKinds.usage.exitCode;
+}
+
+/**
+ * `--port -1`: clipanion takes `-1` for an option and answers "Not enough arguments" with the whole
+ * usage. Bound to its flag (`--port=-1`), the value reaches validation, which says what is wrong with it.
+ */
+export function bindNegativeValues(argv: readonly string[]): string[] {
+  const bound: string[] = [];
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i]!;
+    if (arg === '--') return [...bound, ...argv.slice(i)];
+    const next = argv[i + 1];
+    if (/^--[a-z][a-z-]*$/.test(arg) && next !== undefined && /^-\d/.test(next)) {
+      bound.push(`${arg}=${next}`);
+      i += 1;
+    } else {
+      bound.push(arg);
+    }
+  }
+  return bound;
 }

@@ -5,6 +5,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { createActor, toPromise, waitFor } from 'xstate';
+import { hostPort } from '../machines/address.js';
 import type { Outcome } from '../machines/errors.js';
 import { provideLauncher } from '../machines/launcher.actors.js';
 import type { Link, Negotiation, NegotiateRequest, Transport } from '../machines/ports.js';
@@ -137,7 +138,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     ...printer.announce,
     ready: (tunnel) => {
       printer.announce.ready(tunnel);
-      void notifier.ready(`listening on ${tunnel.listener?.host}:${tunnel.listener?.port} → ${tunnel.settings?.target}`);
+      void notifier.ready(`listening on ${hostPort(tunnel.listener?.host ?? '', tunnel.listener?.port ?? 0)} → ${tunnel.settings?.target}`);
     },
   };
   iceServers(options.iceServers, env); // validate now: a bad URL is a usage error before anything starts
@@ -203,7 +204,7 @@ export async function launchInBackground(context: PamContext, options: { flags: 
       options.json
         ? // The very row `pam tunnel list --json` shows for this tunnel.
           `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
-        : `pam: tunnel ${ready.id} ready on ${ready.host}:${ready.port} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
+        : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
             `stop it with \`pam tunnel stop ${ready.id}\`\n`,
     );
   } else {

@@ -7,7 +7,7 @@ export const failureKinds = {
   unknownTarget: { exitCode: 68, brief: 'unknown target', summary: 'the gateway has no target of that name' },
   gatewayUnreachable: { exitCode: 69, brief: 'gateway unreachable or tunnel lost', summary: 'the gateway could not be reached, or the tunnel was lost' },
   internal: { exitCode: 70, brief: 'internal', summary: 'internal error (a bug: please report it with the output of --debug)' },
-  portBusy: { exitCode: 75, brief: 'local port busy', summary: 'the local port or pid file is already held (checked before connecting)' },
+  portBusy: { exitCode: 75, brief: 'local port busy', summary: 'the local port or pid file is already held (checked before connecting), or the gateway\'s --listen address' },
   registryWrite: { exitCode: 73, brief: 'registry or pid file not writable', summary: 'a registry entry or pid file could not be written (permissions, disk full): nothing half-written is left' },
   authRefused: { exitCode: 77, brief: 'token refused', summary: 'the gateway refused the token' },
   unsafeRegistry: { exitCode: 78, brief: 'unsafe registry directory', summary: 'the registry directory is unsafe to use (a symlink in its path, a relative path, foreign owner or writable by others)' },
@@ -70,7 +70,7 @@ function isTunnelErrorLike(error: unknown): error is { kind: FailureKind; messag
     error !== null &&
     (error as { name?: unknown }).name === 'TunnelError' &&
     typeof (error as { kind?: unknown }).kind === 'string' &&
-    (error as { kind: string }).kind in failureKinds
+    Object.hasOwn(failureKinds, (error as { kind: string }).kind)
   );
 }
 

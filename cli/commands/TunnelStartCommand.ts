@@ -4,7 +4,11 @@
 import { resolve as resolvePath } from 'node:path';
 import { Writable } from 'node:stream';
 import { Command, Option } from 'clipanion';
-import { exitCodeSummary, failureKinds, failureOf, type FailureKind, signalExitBase } from '../../machines/errors.js';
+import { exitCodeSummary, failureKinds, failureOf, type FailureKind, signalExitBase, TunnelError } from '../../machines/errors.js';
+import { gatewayUrlProblem } from '../../machines/start-flags.js';
+import { SingleString } from '../single-option.js';
+import { gatewaySource, iceHosts, keepalive } from '../config.js';
+import { inspectUrl } from '../inspector.js';
 import { ownerIdVariable } from '../../adapters/background-owner.js';
 import type { StartFlags } from '../../machines/start-flags.js';
 import { gatewayUrl, readConfigFile } from '../config.js';
@@ -29,9 +33,11 @@ export class TunnelStartCommand extends PamCommand {
       Modes (choose one): \`--foreground\` (the default) keeps the tunnel in this process until
       SIGINT/SIGTERM/SIGHUP; \`--background\` detaches a child process that owns the tunnel and
       returns only once the port is usable (printing id, pid and port); \`--run\` brings the tunnel up, runs the command through the shell with
-      PAM_TUNNEL_HOST/PAM_TUNNEL_PORT/PAM_TUNNEL_ID set, tears down and exits with its code.
+      PAM_TUNNEL_HOST/PAM_TUNNEL_PORT/PAM_TUNNEL_ID set (and no other PAM_* variable: the token never
+      reaches it), tears down and exits with its code.
 
-      The gateway comes from --gateway, PAM_GATEWAY_URL or the config file; the token from
+      The gateway comes from --gateway, PAM_GATEWAY_URL or the config file (a path is kept, for a
+      gateway behind a path-prefix proxy; credentials in the URL are refused); the token from
       --token-file, PAM_GATEWAY_TOKEN or the config file's tokenFile (never from the command line).
       Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout. Exit codes: ${startExitCodes},
       ${signalExitBase}+N killed by signal N; with --run, the command's code.
@@ -45,18 +51,18 @@ export class TunnelStartCommand extends PamCommand {
   });
 
   target = Option.String({ name: 'target' });
-  port = Option.String('--port', { description: 'local port to listen on (0 or omitted: any free port)' });
-  host = Option.String('--host', { description: 'local address to bind (default 127.0.0.1)' });
-  gateway = Option.String('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
-  tokenFile = Option.String('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
+  port = SingleString('--port', { description: 'local port to listen on (0 or omitted: any free port)' });
+  host = SingleString('--host', { description: 'local address to bind (default 127.0.0.1)' });
+  gateway = SingleString('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
+  tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
   foreground = Option.Boolean('-fg,--foreground', { description: 'keep the tunnel in this process until a signal (default)' });
   background = Option.Boolean('-bg,--background', { description: 'detach: a child process owns the tunnel; return once the port is usable' });
-  run = Option.String('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
-  timeout = Option.String('--timeout', { description: 'seconds to wait for the connection (default 30)' });
+  run = SingleString('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
+  timeout = SingleString('--timeout', { description: 'seconds to wait for the connection (default 30)' });
   transport = transportOption();
   iceServers = iceServerOption();
-  reconnectAttempts = Option.String('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
-  pidFile = Option.String('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
+  reconnectAttempts = SingleString('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
+  pidFile = SingleString('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
   inspect = Option.String('--inspect', { tolerateBoolean: true, description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)` });
 
@@ -82,10 +88,20 @@ export class TunnelStartCommand extends PamCommand {
 
   private async start(): Promise<number> {
     const file = readConfigFile(this.context.env);
+    const gateway = gatewayUrl(this.gateway, this.context.env, file);
+    const source = gatewaySource(this.gateway, this.context.env, file);
+    // Credentials in the URL are refused before anything records the flags (journal, registry, launcher).
+    const credentials = gateway !== undefined && /^[^/]*\/\/[^/]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
+    if (credentials) throw new TunnelError('usage', credentials);
+    // Settings from the environment are checked before anything starts, naming the variable.
+    iceHosts(this.context.env);
+    keepalive(this.context.env);
+    inspectUrl(this.inspect, this.context.env); // a bad --inspect/PAM_INSPECT is refused before anything starts
     const flags: StartFlags = {
       target: this.target,
       ...defined({
-        gateway: gatewayUrl(this.gateway, this.context.env, file),
+        gateway,
+        gatewaySource: source,
         host: this.host,
         port: this.port,
         foreground: this.foreground,
