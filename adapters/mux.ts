@@ -24,6 +24,9 @@ const headerBytes = 5;
 /** werift refuses messages above 64 KiB; keep every frame below it. */
 export const maxPayloadBytes = 60 * 1024;
 
+/** Both transports raise `bufferedamountlow` here: the mux resumes its sockets once the channel drains to it. */
+export const channelLowWater = 256 * 1024;
+
 /** The message channel under the mux (a data channel in production, an in-memory pair in tests). */
 export interface FrameChannel {
   send(frame: Buffer): void;
@@ -248,7 +251,7 @@ export class Mux {
         this.updateFlow(stream);
         return;
       case frameType.openFail:
-        this.options.log?.(`connection refused by the gateway: ${payload.toString('utf8')}`);
+        this.options.log?.(`the target refused a connection (${payload.toString('utf8').slice(0, 200)}): the local client got a reset`);
         return this.drop(stream);
       case frameType.data:
         return this.deliver(stream, payload);

@@ -3,22 +3,20 @@
 // channel seen as a FrameChannel for the mux. Chosen with --transport native (decision 0003).
 
 import { PeerConnection, type DataChannel } from 'node-datachannel';
-import type { FrameChannel } from './mux.js';
-import type { IceOptions } from './werift-peer.js';
-
-export const nativeLowWater = 256 * 1024;
+import { type IceOptions, type IceServer, parseIceUrl } from './ice-options.js';
+import { channelLowWater, type FrameChannel } from './mux.js';
 
 type NativeIceServer = string | { hostname: string; port: number; username?: string; password?: string; relayType?: 'TurnUdp' | 'TurnTcp' };
 
-function iceServer(server: { urls: string; username?: string; credential?: string }): NativeIceServer {
+function iceServer(server: IceServer): NativeIceServer {
   if (server.urls.startsWith('stun:')) return server.urls;
-  const match = /^turns?:([^:?]+)(?::(\d+))?(?:\?transport=(udp|tcp))?$/.exec(server.urls);
+  const url = parseIceUrl(server.urls);
   return {
-    hostname: match?.[1] ?? '',
-    port: Number(match?.[2] ?? 3478),
+    hostname: url?.host ?? '',
+    port: url?.port ?? 3478,
     ...(server.username ? { username: server.username } : {}),
     ...(server.credential ? { password: server.credential } : {}),
-    relayType: match?.[3] === 'tcp' ? 'TurnTcp' : 'TurnUdp',
+    relayType: url?.transport === 'tcp' ? 'TurnTcp' : 'TurnUdp',
   };
 }
 
@@ -72,7 +70,7 @@ export function nativeChannelOpen(peer: PeerConnection, channel: DataChannel, si
 }
 
 export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameChannel {
-  channel.setBufferedAmountLowThreshold(nativeLowWater);
+  channel.setBufferedAmountLowThreshold(channelLowWater);
   let closing = false;
   const frameHandlers: Array<(frame: Buffer) => void> = [];
   const drainHandlers: Array<() => void> = [];
@@ -86,7 +84,9 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     const frame = Buffer.isBuffer(message) ? message : typeof message === 'string' ? Buffer.from(message) : Buffer.from(new Uint8Array(message));
     for (const handler of frameHandlers) handler(frame);
   });
-  channel.onBufferedAmountLow(() => drainHandlers.forEach((handler) => handler()));
+  channel.onBufferedAmountLow(() => {
+    for (const handler of drainHandlers) handler();
+  });
   channel.onClosed(() => closed('the data channel closed'));
   peer.onStateChange((state) => {
     if (state === 'failed' || state === 'closed') closed(`the peer connection ${state}`);

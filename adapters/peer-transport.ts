@@ -108,7 +108,9 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
 
 /** POST the offer; map every way signalling can fail to a failure kind that names the fix. */
 async function exchange(gateway: string, target: string, offer: { offer: string; answerSetup?: 'passive' }, token: string, signal: AbortSignal): Promise<string> {
-  const url = new URL('/v1/tunnels', gateway);
+  // Relative to the gateway URL's own path, so a gateway behind a path-prefix proxy
+  // (http://host/pam → http://host/pam/v1/tunnels) is reached where it lives.
+  const url = new URL('v1/tunnels', gateway.endsWith('/') ? gateway : `${gateway}/`);
   let response: JsonResponse;
   try {
     response = await postJson(url, token, JSON.stringify({ target, ...offer }), signal);
@@ -117,11 +119,15 @@ async function exchange(gateway: string, target: string, offer: { offer: string;
     const { code, message } = error as { code?: string; message?: string };
     throw new TunnelError(
       'gatewayUnreachable',
-      `gateway ${url.origin} is unreachable (${code ?? message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
+      `gateway ${gateway} is unreachable (${code ?? message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
     );
   }
   const body = response.body as { answer?: unknown; error?: unknown; targets?: unknown };
-  if (response.status === 200 && typeof body.answer === 'string') return body.answer;
+  if (response.status === 200 && typeof body.answer === 'string') {
+    // Handed to the WebRTC library as is, a non-SDP answer fails deep inside it as an internal error.
+    if (/^v=0\r?\n/.test(body.answer)) return body.answer;
+    throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`);
+  }
   if (response.status === 401 || response.status === 403) {
     throw new TunnelError('authRefused', `the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file`);
   }
@@ -130,7 +136,7 @@ async function exchange(gateway: string, target: string, offer: { offer: string;
     throw new TunnelError('unknownTarget', `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`);
   }
   const detail = typeof body.error === 'string' ? body.error : response.statusText;
-  throw new TunnelError('gatewayUnreachable', `gateway ${url.origin} answered HTTP ${response.status}: ${detail}`);
+  throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status}: ${detail}`);
 }
 
 interface JsonResponse {

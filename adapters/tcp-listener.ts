@@ -2,13 +2,11 @@
 // link is up wait (paused) until accept(); peers other than loopback are refused when bound to loopback.
 
 import { createServer, isIP, type Server, type Socket } from 'node:net';
+import { hostPort } from '../machines/address.js';
 import { TunnelError } from '../machines/errors.js';
 import type { ListenerFactory, LocalListener } from '../machines/ports.js';
+import { isLoopback } from './loopback.js';
 
-/** Is a peer address loopback? The listener refuses anything else while bound to loopback. */
-export const isLoopbackPeer = (address: string | undefined): boolean =>
-  address !== undefined && (address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.'));
-const isLoopback = isLoopbackPeer;
 
 /** Connections that may wait for the link (before it is up, or while it reconnects); more are refused. */
 const maxWaiting = 128;
@@ -67,9 +65,9 @@ export function createTcpListenerFactory(): ListenerFactory<Socket> {
       return new Promise<LocalListener<Socket>>((resolve, reject) => {
         server.once('error', (error: NodeJS.ErrnoException) => {
           if (error.code === 'EADDRINUSE') {
-            reject(new TunnelError('portBusy', `local port ${host}:${port} is already in use; pick another --port (or 0 for any free one)`));
+            reject(new TunnelError('portBusy', `local port ${hostPort(host, port)} is already in use; pick another --port (or 0 for any free one)`));
           } else if (error.code === 'EACCES') {
-            reject(new TunnelError('portBusy', `not allowed to bind ${host}:${port}; ports below 1024 need privileges — pick another --port`));
+            reject(new TunnelError('portBusy', `not allowed to bind ${hostPort(host, port)}; ports below 1024 need privileges — pick another --port`));
           } else if (error.code === 'EADDRNOTAVAIL') {
             reject(new TunnelError('usage', `--host ${host} is not an address of this machine`));
           } else reject(error);
@@ -77,7 +75,7 @@ export function createTcpListenerFactory(): ListenerFactory<Socket> {
         server.listen({ host, port, exclusive: true }, () => {
           const address = server.address();
           const bound = typeof address === 'object' && address ? address.port : port;
-          resolve(new TcpListener(server, host, bound, isLoopback(host) || host === 'localhost'));
+          resolve(new TcpListener(server, host, bound, isLoopback(host)));
         });
       });
     },

@@ -3,7 +3,7 @@
 import type { PeerConnection } from 'node-datachannel';
 import type { FrameChannel } from '../adapters/mux.js';
 import { createNativePeer, nativeFrames, nativeGathered, offerForPassiveAnswer } from '../adapters/native-peer.js';
-import type { IceOptions } from '../adapters/werift-peer.js';
+import type { IceOptions } from '../adapters/ice-options.js';
 import type { Answerer } from './answerer.js';
 
 export function nativeAnswerer(ice: IceOptions = {}): Answerer {
@@ -22,7 +22,7 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
       };
       const ended: Array<() => void> = [];
       peer.onStateChange((state) => {
-        if (state === 'failed' || state === 'closed') ended.splice(0).forEach((handler) => handler());
+        if (state === 'failed' || state === 'closed') for (const handler of ended.splice(0)) handler();
       });
       try {
         const channel = new Promise<FrameChannel>((resolve) => {

@@ -8,8 +8,10 @@ import { createServer as createHttpsServer } from 'node:https';
 import { connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { BodyTooLarge, readBody } from '../adapters/http-body.js';
+import { TunnelError } from '../machines/errors.js';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
-import type { IceOptions } from '../adapters/werift-peer.js';
+import type { IceOptions } from '../adapters/ice-options.js';
+import { isLoopback } from '../adapters/loopback.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
 
 export interface GatewayTarget {
@@ -177,7 +179,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         }
       });
   };
-  const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, handler) : createServer(handler);
+  const server = options.tls ? httpsServer(options.tls, handler) : createServer(handler);
   // Slow or stalled clients cannot hold signalling sockets open.
   server.headersTimeout = 10_000;
   server.requestTimeout = 15_000;
@@ -194,12 +196,12 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     throw new HttpError(404, 'not found');
   }
 
+  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, `${hostPart}:${options.port}`)));
     server.listen({ host: options.host, port: options.port }, () => resolve());
   });
   const { port } = server.address() as AddressInfo;
-  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
 
   return {
     url: `${options.tls ? 'https' : 'http'}://${hostPart}:${port}`,
@@ -215,11 +217,29 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   };
 }
 
-const loopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
+/** A certificate and key that do not load (not PEM, not a pair) are the operator's to fix, not a crash. */
+function httpsServer(tls: { readonly cert: string; readonly key: string }, handler: (request: IncomingMessage, response: ServerResponse) => void) {
+  try {
+    return createHttpsServer({ cert: tls.cert, key: tls.key }, handler);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new TunnelError('usage', `--tls-cert/--tls-key cannot be used (${reason}): give a PEM certificate and its matching private key`);
+  }
+}
+
+/** Why the signalling address cannot be bound, as an error the operator can act on. */
+function listenError(error: NodeJS.ErrnoException, address: string): Error {
+  if (error.code === 'EADDRINUSE') return new TunnelError('portBusy', `--listen ${address} is already in use: stop what holds it, or pick another port (port 0 picks a free one)`);
+  if (error.code === 'EACCES') return new TunnelError('portBusy', `not allowed to listen on ${address}: ports below 1024 need privileges; pick another --listen port`);
+  if (error.code === 'EADDRNOTAVAIL' || error.code === 'ENOTFOUND' || error.code === 'EAI_AGAIN') {
+    return new TunnelError('usage', `--listen ${address}: that address is not one of this machine's (${error.code})`);
+  }
+  return error;
+}
 
 /** A warning for a gateway reachable from the network without TLS, or undefined. */
 export function listenWarning(host: string, tls: boolean): string | undefined {
-  if (loopback(host) || tls) return undefined;
+  if (isLoopback(host) || tls) return undefined;
   return `listening on ${host} without TLS: tokens and SDP would cross the network in clear; pass --tls-cert and --tls-key`;
 }
 

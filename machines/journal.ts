@@ -82,7 +82,7 @@ function replayEvent(event: JournalEvent): AnyEventObject {
 }
 
 // Typed loosely on purpose: one inert implementation stands in for actors of every output type.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: one inert implementation for actors of every output type
 const never = () => new Promise<any>(() => undefined);
 
 /** The machine with every side effect inert: events drive it, nothing is done. */

@@ -1,6 +1,7 @@
 // Which registered tunnels a `pam tunnel stop <selector>` means: an id (or unique prefix), a target
 // name, a local port, or an owner pid. Pure, so ambiguity rules are tested without processes.
 
+import { hostPort } from './address.js';
 import { failure, type Failure } from './errors.js';
 import type { RegistryEntry, TunnelRecord } from './ports.js';
 
@@ -15,7 +16,18 @@ export function allTunnels(entries: readonly RegistryEntry[]): Selected[] {
   return entries.flatMap((entry) => entry.tunnels.map((tunnel) => ({ entry, tunnel })));
 }
 
+/**
+ * The one check every selector and matcher goes through (stop, history, replay, completion): an empty
+ * or blank selector is a prefix of every id, so it would match everything. It is a usage error instead.
+ */
+export function blankSelector(selector: string, what: string, fix: string): Failure | undefined {
+  if (selector.trim() !== '') return undefined;
+  return failure('usage', `the ${what} is empty: ${fix}`);
+}
+
 export function selectTunnels(entries: readonly RegistryEntry[], selector: string): Selection {
+  const blank = blankSelector(selector, 'tunnel selector', 'name a tunnel by id, target, local port or pid (see `pam tunnel list`), or pass --all');
+  if (blank) return { ok: false, failure: blank };
   const tunnels = allTunnels(entries);
   const exact = tunnels.filter(({ tunnel }) => tunnel.id === selector);
   if (exact.length > 0) return { ok: true, selected: exact };
@@ -31,7 +43,7 @@ export function selectTunnels(entries: readonly RegistryEntry[], selector: strin
     return { ok: false, failure: failure('generic', `no running tunnel matches '${selector}': see \`pam tunnel list\``) };
   }
   if (candidates.length > 1) {
-    const listed = candidates.map(({ entry, tunnel }) => `${tunnel.id} (${tunnel.target} on ${tunnel.host}:${tunnel.port}, pid ${entry.pid})`);
+    const listed = candidates.map(({ entry, tunnel }) => `${tunnel.id} (${tunnel.target} on ${hostPort(tunnel.host, tunnel.port)}, pid ${entry.pid})`);
     return {
       ok: false,
       failure: failure('usage', `'${selector}' matches ${candidates.length} tunnels: ${listed.join(', ')}; name one by id, or use --all`),

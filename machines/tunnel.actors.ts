@@ -2,6 +2,7 @@
 // adapters, the tests pass fakes: both go through this one wiring, so tests exercise what ships.
 
 import { fromCallback, fromPromise } from 'xstate';
+import { hostPort } from './address.js';
 import { TunnelError } from './errors.js';
 import type { CommandRunner, ListenerFactory, PidFiles, Registry, Signals, Transport } from './ports.js';
 import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
@@ -75,15 +76,11 @@ export function provideTunnel(ports: TunnelPorts) {
       }),
       runCommand: fromCallback<CommandControlEvent, RunInput>(({ input, sendBack, receive }) => {
         const running = ports.runner.run(input.command, input.env);
-        let done = false;
-        void running.exited.then((exit) => {
-          done = true;
-          sendBack({ type: 'command.exited', exit });
-        });
+        void running.exited.then((exit) => sendBack({ type: 'command.exited', exit }));
         receive((event) => running.kill(event.signal));
-        return () => {
-          if (!done) running.kill('SIGTERM');
-        };
+        // Leaving runningCommand (the command exited, or a second signal cut the wait short): nothing
+        // of the command may outlive the tunnel, not even what it left running in the background.
+        return () => running.end();
       }),
       watchSignals: fromCallback<TunnelEvent>(({ sendBack }) => ports.signals.watch((signal) => sendBack({ type: 'tunnel.stop', signal }))),
       teardown: fromPromise<void, TeardownInput>(({ input }) => teardown(ports, input)),
@@ -111,7 +108,7 @@ async function refuseRegisteredPort(registry: Registry, host: string, port: numb
     if (holder) {
       throw new TunnelError(
         'portBusy',
-        `local port ${host}:${port} is held by tunnel ${holder.id} (target ${holder.target}, pid ${entry.pid}); ` +
+        `local port ${hostPort(host, port)} is held by tunnel ${holder.id} (target ${holder.target}, pid ${entry.pid}); ` +
           `pick another --port or stop it with \`pam tunnel stop ${holder.id}\``,
       );
     }

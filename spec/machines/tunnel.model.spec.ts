@@ -10,7 +10,7 @@ import { getAdjacencyMap, getShortestPaths, getSimplePaths } from 'xstate/graph'
 import { TunnelError, type StopSignal } from '../../machines/errors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
 import { tunnelMachine, type TunnelInput } from '../../machines/tunnel.machine.js';
-import { createMemoryRegistry, createMemoryStore } from '../../adapters/memory-registry.js';
+import { createMemoryRegistry, createMemoryStore } from '../support/memory-registry.js';
 import { createFakeListeners, createFakeRunner, createFakeTransport, createMemoryPidFiles, FakeSignals, gateRegistry, Gates } from '../support/fakes.js';
 
 type StepEvent = EventObject & { signal?: StopSignal; output?: unknown; error?: unknown; exit?: { exitCode: number }; reason?: string };
@@ -91,8 +91,8 @@ interface Path {
 }
 
 const key = (snapshot: { value: unknown; context: unknown }) => {
-  const context = snapshot.context as { exit?: unknown; reconnectAttempt?: number };
-  return JSON.stringify([snapshot.value, context.exit, context.reconnectAttempt ?? 0]);
+  const context = snapshot.context as { exit?: unknown; reconnectAttempt?: number; commandSignalled?: string };
+  return JSON.stringify([snapshot.value, context.exit, context.reconnectAttempt ?? 0, context.commandSignalled ?? null]);
 };
 
 function generatePaths(input: TunnelInput): Path[] {
@@ -160,6 +160,7 @@ function oracle(variant: Variant, path: Path): number {
   let stateBefore = '"idle"';
   const budget = Number(variant.input.flags.reconnectAttempts ?? 5);
   let failedAttempts = 0;
+  let commandSignalled = false;
   const attemptFailed = () => {
     failedAttempts += 1;
     if (failedAttempts >= budget) decided = 69; // reconnect budget spent: lost for good
@@ -172,7 +173,8 @@ function oracle(variant: Variant, path: Path): number {
     if (event.type === 'tunnel.stop') {
       if (where === '"stopping"') decided = decided !== undefined && decided !== 0 ? decided : signalCode;
       else if (where.includes('serving')) decided = 0;
-      else if (where.includes('runningCommand')) continue; // forwarded to the command, which decides
+      else if (where.includes('runningCommand') && !commandSignalled) commandSignalled = true; // forwarded: the command decides
+      else if (where.includes('runningCommand')) decided = signalCode; // a second signal stops waiting for the command
       else decided = signalCode;
     } else if (event.type === 'link.lost') {
       failedAttempts = 0;
@@ -194,8 +196,8 @@ function oracle(variant: Variant, path: Path): number {
 function allTransitions(machine: AnyStateMachine): Set<string> {
   const found = new Set<string>();
   const visit = (node: AnyStateMachine['root']) => {
-    for (const [eventType, list] of node.transitions) list.forEach((_, index) => found.add(`${node.id}#${eventType}#${index}`));
-    node.always?.forEach((_, index) => found.add(`${node.id}#always#${index}`));
+    for (const [eventType, list] of node.transitions) for (const index of list.keys()) found.add(`${node.id}#${eventType}#${index}`);
+    for (const index of node.always?.keys() ?? []) found.add(`${node.id}#always#${index}`);
     for (const child of Object.values(node.states)) visit(child as AnyStateMachine['root']);
   };
   visit(machine.root);

@@ -200,7 +200,7 @@ export function openLab(t: Teardownable): Lab {
       address(b, bEnd, bAddress);
     },
     bridge(hub, members) {
-      members.forEach((member) => checkAddress(member.address));
+      for (const member of members) checkAddress(member.address);
       interfaces += 1;
       const bridge = `plbr${interfaces}`;
       ip(['-n', hub.name, 'link', 'add', bridge, 'type', 'bridge']);
