@@ -82,7 +82,16 @@ export async function openWanLab(scope: Teardownable, net: Lab, link: LinkOption
   const binary = wanlinkBinary(scope);
   const client: LabHost = { ns: net.namespace('wanc'), address: '198.18.0.1' };
   const gateway: LabHost = { ns: net.namespace('wang'), address: '198.18.0.2' };
-  const args = [client.ns.name, gateway.ns.name, 'wan0', String(link.delayMs), String(link.lossPct ?? 0), String(link.rateMbit ?? 0), String(link.queueKiB ?? 1024), String(link.seed ?? 1)];
+  const args = [
+    client.ns.name,
+    gateway.ns.name,
+    'wan0',
+    String(link.delayMs),
+    String(link.lossPct ?? 0),
+    String(link.rateMbit ?? 0),
+    String(link.queueKiB ?? 1024),
+    String(link.seed ?? 1),
+  ];
   // The link stands for the network, not for one more process competing for the two cores: it runs
   // SCHED_FIFO so its timing does not depend on the load (measured under a load average of 14: ping at
   // 40 ms RTT read 44.5 ms median at nice -10, 40.2 ms with SCHED_FIFO). It sleeps in ppoll between
@@ -101,7 +110,10 @@ export async function openWanLab(scope: Teardownable, net: Lab, link: LinkOption
     });
     child.once('exit', (code) => reject(new Error(`wanlink exited ${code} before it was ready: ${report.trim()}`)));
   });
-  for (const [host, peer] of [[client, gateway], [gateway, client]] as const) {
+  for (const [host, peer] of [
+    [client, gateway],
+    [gateway, client],
+  ] as const) {
     net.ip(host.ns, 'addr', 'add', `${host.address}/32`, 'peer', `${peer.address}/32`, 'dev', 'wan0');
     // The TUN device's own queue (default 500 packets) would drop before the lab's queue does.
     net.ip(host.ns, 'link', 'set', 'wan0', 'txqueuelen', '10000', 'up');

@@ -41,7 +41,11 @@ async function send(socket: Socket, mibs: number, seed: string): Promise<void> {
 }
 
 /** Hash what arrives until FIN, `bytes` or the deadline; resolves with what was seen. */
-function receive(socket: Socket, bytes: number, deadline: number): Promise<{ digest: string; bytes: number; firstMs: number; lastMs: number; finished: boolean }> {
+function receive(
+  socket: Socket,
+  bytes: number,
+  deadline: number,
+): Promise<{ digest: string; bytes: number; firstMs: number; lastMs: number; finished: boolean }> {
   return new Promise((resolve) => {
     const hash = createHash('sha256');
     let received = 0;
@@ -105,22 +109,38 @@ async function main(argv: string[]): Promise<void> {
       socket.write('F');
       const seen = await receive(socket, bytes, deadline);
       const ok = seen.finished && seen.bytes === bytes && seen.digest === expected;
-      out({ ok, finished: seen.finished, bytes: seen.bytes, seconds: (seen.lastMs - started) / 1000, mibps: seen.bytes / mib / ((seen.lastMs - started) / 1000) });
+      out({
+        ok,
+        finished: seen.finished,
+        bytes: seen.bytes,
+        seconds: (seen.lastMs - started) / 1000,
+        mibps: seen.bytes / mib / ((seen.lastMs - started) / 1000),
+      });
     } else {
       socket.write('U');
       const reply: Buffer[] = [];
       socket.on('data', (chunk: Buffer) => reply.push(chunk));
       const answered = new Promise<boolean>((resolve) => {
         const timer = setTimeout(() => resolve(false), Math.max(0, deadline - now()));
-        socket.on('end', () => (clearTimeout(timer), resolve(true)));
-        socket.on('close', () => (clearTimeout(timer), resolve(false)));
+        const settle = (value: boolean) => {
+          clearTimeout(timer);
+          resolve(value);
+        };
+        socket.on('end', () => settle(true));
+        socket.on('close', () => settle(false));
       });
       await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
       void send(socket, Number(mibs), seed);
       const finished = await answered;
       const elapsed = (now() - started) / 1000;
       const ok = finished && Buffer.concat(reply).toString().trim() === expected;
-      out({ ok, finished, bytes: finished ? bytes : socket.bytesWritten, seconds: elapsed, mibps: (finished ? bytes : socket.bytesWritten) / mib / elapsed });
+      out({
+        ok,
+        finished,
+        bytes: finished ? bytes : socket.bytesWritten,
+        seconds: elapsed,
+        mibps: (finished ? bytes : socket.bytesWritten) / mib / elapsed,
+      });
       socket.destroy();
     }
     return;
@@ -140,7 +160,10 @@ async function main(argv: string[]): Promise<void> {
       const started = now();
       const answered = await new Promise<boolean>((resolve) => {
         const timer = setTimeout(() => resolve(false), 2000);
-        socket.once('message', () => (clearTimeout(timer), resolve(true)));
+        socket.once('message', () => {
+          clearTimeout(timer);
+          resolve(true);
+        });
         socket.send(Buffer.from(String(i)), Number(port), host);
       });
       if (answered) times.push(now() - started);

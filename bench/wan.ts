@@ -60,7 +60,13 @@ const log = (text: string) => process.stderr.write(`${text}\n`);
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? NaN;
 
 /** Run a wan-peer mode inside a namespace and return its JSON line. */
-async function peer(lab: WanLab, host: LabHost, args: readonly string[], env: NodeJS.ProcessEnv = {}, wrap: readonly string[] = []): Promise<Record<string, unknown>> {
+async function peer(
+  lab: WanLab,
+  host: LabHost,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = {},
+  wrap: readonly string[] = [],
+): Promise<Record<string, unknown>> {
   const [command, ...rest] = [...wrap, process.execPath, peerJs, ...args] as [string, ...string[]];
   const proc = spawnProc(scope, ...lab.inNs(host, command, rest), { env });
   const code = await proc.exited;
@@ -113,9 +119,27 @@ async function startSshd(lab: WanLab, dir: string): Promise<string[]> {
   const sshd = spawnProc(scope, ...lab.inNs(lab.gateway, '/usr/sbin/sshd', ['-D', '-e', '-f', config]));
   await sshd.line(/Server listening/, 10_000);
   return [
-    '-F', '/dev/null', '-i', join(dir, 'client_key'), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes',
-    '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR',
-    '-o', 'ExitOnForwardFailure=yes', '-f', '-N', '-L', `127.0.0.1:${sshPort}:127.0.0.1:${servePort}`, `root@${lab.gateway.address}`,
+    '-F',
+    '/dev/null',
+    '-i',
+    join(dir, 'client_key'),
+    '-o',
+    'IdentitiesOnly=yes',
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'StrictHostKeyChecking=no',
+    '-o',
+    'UserKnownHostsFile=/dev/null',
+    '-o',
+    'LogLevel=ERROR',
+    '-o',
+    'ExitOnForwardFailure=yes',
+    '-f',
+    '-N',
+    '-L',
+    `127.0.0.1:${sshPort}:127.0.0.1:${servePort}`,
+    `root@${lab.gateway.address}`,
   ];
 }
 
@@ -170,7 +194,13 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     row.rates[label] = result.ok === true || result.finished !== true ? Number(result.mibps) : 0;
     log(`  bulk ${mib} MiB ${label}: ${row.bulk[label]}`);
   };
-  const connectTimes = async (label: string, command: readonly string[], port: number, after: (stdout: string) => void, env: NodeJS.ProcessEnv = {}) => {
+  const connectTimes = async (
+    label: string,
+    command: readonly string[],
+    port: number,
+    after: (stdout: string) => void,
+    env: NodeJS.ProcessEnv = {},
+  ) => {
     const times: number[] = [];
     for (let i = 0; i < connects; i += 1) {
       const ready = await peer(lab, lab.client, ['ready', String(port), '60', '--', ...command], env);
@@ -206,7 +236,19 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
   }
   if (only.has('pam')) {
     const env = { ...tunnelEnv(dir, 'wan-token'), PAM_ICE_HOSTS: gw.address };
-    const gateway = spawnProc(scope, ...lab.inNs(gw, process.execPath, [pamBin, 'gateway', '--listen', `${gw.address}:8765`, '--json', '--target', `src=127.0.0.1:${servePort}`]), { env });
+    const gateway = spawnProc(
+      scope,
+      ...lab.inNs(gw, process.execPath, [
+        pamBin,
+        'gateway',
+        '--listen',
+        `${gw.address}:8765`,
+        '--json',
+        '--target',
+        `src=127.0.0.1:${servePort}`,
+      ]),
+      { env },
+    );
     await gateway.event('listening', 20_000);
     const clientEnv = { ...env, PAM_ICE_HOSTS: lab.client.address, PAM_GATEWAY_URL: `http://${gw.address}:8765` };
     const stop = (stdout: string) => {
@@ -217,17 +259,34 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     row.connect['pam tunnel start -bg'] = `${pam.median.toFixed(0)} ms${roundTrips('pam', pam.median)}`;
     log(`  connect pam tunnel start -bg (median of ${connects}): ${row.connect['pam tunnel start -bg']}`);
     await fetch('pam tunnel', Number(/"port":(\d+)/.exec(pam.stdout)?.[1]));
-    if (process.env.PAM_MUX_TRACE) log(gateway.stderr.split('\n').filter((l) => l.includes('mux trace') && !l.includes('sentMiB/s=0.00')).join('\n'));
+    if (process.env.PAM_MUX_TRACE)
+      log(
+        gateway.stderr
+          .split('\n')
+          .filter((l) => l.includes('mux trace') && !l.includes('sentMiB/s=0.00'))
+          .join('\n'),
+      );
     stop(pam.stdout);
   }
   if (process.env.PAM_WAN_DIAG) {
     // Where packets were lost, for investigation runs: UDP receive-buffer overflows and TCP retransmits per side.
     for (const host of [lab.client, lab.gateway]) {
-      const counters = spawnSync(...lab.inNs(host, 'nstat', ['-az', 'UdpRcvbufErrors', 'UdpSndbufErrors', 'UdpInErrors', 'TcpRetransSegs']), { encoding: 'utf8' }).stdout;
+      const counters = spawnSync(
+        ...lab.inNs(host, 'nstat', ['-az', 'UdpRcvbufErrors', 'UdpSndbufErrors', 'UdpInErrors', 'TcpRetransSegs']),
+        { encoding: 'utf8' },
+      ).stdout;
       const link = spawnSync(...lab.inNs(host, 'ip', ['-s', 'link', 'show', 'wan0']), { encoding: 'utf8' }).stdout;
-      const [rx, tx] = [...link.matchAll(/^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/gm)].map((match) => `${match[2]} packets, ${match[3]} errors, ${match[4]} dropped`);
+      const [rx, tx] = [...link.matchAll(/^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/gm)].map(
+        (match) => `${match[2]} packets, ${match[3]} errors, ${match[4]} dropped`,
+      );
       log(`  ${host.ns.name} wan0: RX ${rx}; TX ${tx}`);
-      log(`  ${host.ns.name}: ${counters.split('\n').filter((line) => /^\w+\s+\d/.test(line)).map((line) => line.split(/\s+/).slice(0, 2).join('=')).join(' ')}`);
+      log(
+        `  ${host.ns.name}: ${counters
+          .split('\n')
+          .filter((line) => /^\w+\s+\d/.test(line))
+          .map((line) => line.split(/\s+/).slice(0, 2).join('='))
+          .join(' ')}`,
+      );
     }
   }
   await unwind(mark);
@@ -239,7 +298,9 @@ async function main(): Promise<void> {
   const unavailable = wanLabUnavailable();
   if (unavailable) throw new Error(unavailable);
   if (!existsSync(peerJs)) throw new Error('build first: npm run build');
-  log(`pam-tunnel WAN bench — node ${process.version}, ${new Date().toISOString()}, ${mib} MiB bulk, link rate ${rateMbit || 'unlimited'} Mbit/s, queue ${queueKiB} KiB`);
+  log(
+    `pam-tunnel WAN bench — node ${process.version}, ${new Date().toISOString()}, ${mib} MiB bulk, link rate ${rateMbit || 'unlimited'} Mbit/s, queue ${queueKiB} KiB`,
+  );
   const rows: Row[] = [];
   for (const { rttMs, lossPct } of scenarios) rows.push(await scenario(rttMs, lossPct));
   const columns = ['link', 'ping RTT', 'direct', 'ssh -L', 'pam tunnel', 'pam / ssh', 'connect pam -bg', 'connect ssh -f'];

@@ -25,22 +25,52 @@ if (net) {
     const server = spawnProc(t, ...lab.inNs(gw, process.execPath, [peerJs, 'serve', '127.0.0.1', '5201', String(mib), 'spec']));
     await server.line(/listening/, 20_000);
     const env = { ...tunnelEnv(dir, 'wan-spec-token'), PAM_ICE_HOSTS: gw.address };
-    const gateway = spawnProc(t, ...lab.inNs(gw, process.execPath, [join(repoRoot, 'bin', 'pam'), 'gateway', '--listen', `${gw.address}:8765`, '--json', '--target', 'data=127.0.0.1:5201']), { env });
+    const gateway = spawnProc(
+      t,
+      ...lab.inNs(gw, process.execPath, [
+        join(repoRoot, 'bin', 'pam'),
+        'gateway',
+        '--listen',
+        `${gw.address}:8765`,
+        '--json',
+        '--target',
+        'data=127.0.0.1:5201',
+      ]),
+      { env },
+    );
     await gateway.event('listening', 30_000);
     const clientEnv = { ...env, PAM_ICE_HOSTS: lab.client.address, PAM_GATEWAY_URL: `http://${gw.address}:8765` };
-    const [command, args] = lab.inNs(lab.client, process.execPath, [join(repoRoot, 'bin', 'pam'), 'tunnel', 'start', 'data', '-fg', '--json']);
+    const [command, args] = lab.inNs(lab.client, process.execPath, [
+      join(repoRoot, 'bin', 'pam'),
+      'tunnel',
+      'start',
+      'data',
+      '-fg',
+      '--json',
+    ]);
     const tunnel = spawnProc(t, command, args, { env: clientEnv });
     const port = String((await tunnel.event('ready', 60_000)).port);
 
     const transfer = async (scope: Teardownable, mode: 'fetch' | 'upload') => {
-      const proc = spawnProc(scope, ...lab.inNs(lab.client, process.execPath, [peerJs, mode, '127.0.0.1', port, String(mib), 'spec', '240']));
+      const proc = spawnProc(
+        scope,
+        ...lab.inNs(lab.client, process.execPath, [peerJs, mode, '127.0.0.1', port, String(mib), 'spec', '240']),
+      );
       t.equal(await proc.exited, 0, `${mode} exited 0 ${proc.stderr}`);
       return JSON.parse(proc.stdout.trim().split('\n').pop() ?? '{}') as { ok?: boolean; bytes?: number; finished?: boolean };
     };
     // Both directions at once, on two connections of the one tunnel.
     const [down, up] = await Promise.all([transfer(t, 'fetch'), transfer(t, 'upload')]);
-    t.same({ ok: down.ok, finished: down.finished, bytes: down.bytes }, { ok: true, finished: true, bytes: mib * 1048576 }, 'gateway → client: every byte, sha256-equal');
-    t.same({ ok: up.ok, finished: up.finished }, { ok: true, finished: true }, 'client → gateway: the target saw the sha256 of what was sent');
+    t.same(
+      { ok: down.ok, finished: down.finished, bytes: down.bytes },
+      { ok: true, finished: true, bytes: mib * 1048576 },
+      'gateway → client: every byte, sha256-equal',
+    );
+    t.same(
+      { ok: up.ok, finished: up.finished },
+      { ok: true, finished: true },
+      'client → gateway: the target saw the sha256 of what was sent',
+    );
     t.equal(tunnel.child.exitCode, null, 'the tunnel is still up');
   });
 }
