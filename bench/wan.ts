@@ -235,7 +235,7 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     killInNs(lab.client.ns.name, 'ssh');
   }
   if (only.has('pam')) {
-    const env = { ...tunnelEnv(dir, 'wan-token'), PAM_ICE_HOSTS: gw.address };
+    const env = { ...tunnelEnv(dir, 'wan-bench-token-7d3e01'), PAM_ICE_HOSTS: gw.address };
     const gateway = spawnProc(
       scope,
       ...lab.inNs(gw, process.execPath, [

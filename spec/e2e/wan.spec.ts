@@ -24,7 +24,7 @@ if (net) {
     const dir = scratchDir(t, 'pam-wan-spec-');
     const server = spawnProc(t, ...lab.inNs(gw, process.execPath, [peerJs, 'serve', '127.0.0.1', '5201', String(mib), 'spec']));
     await server.line(/listening/, 20_000);
-    const env = { ...tunnelEnv(dir, 'wan-spec-token'), PAM_ICE_HOSTS: gw.address };
+    const env = { ...tunnelEnv(dir, 'wan-spec-token-5f1c9a2e'), PAM_ICE_HOSTS: gw.address };
     const gateway = spawnProc(
       t,
       ...lab.inNs(gw, process.execPath, [
