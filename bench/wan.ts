@@ -176,8 +176,10 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
   const name = `RTT ${rttMs} ms${lossPct ? `, ${lossPct} % loss` : ''}`;
   log(`\n${name}`);
   const mark = cleanups.length;
-  const lab = await openWanLab(scope, openLab(scope), { delayMs: rttMs / 2, lossPct, rateMbit, queueKiB, seed: 7 });
+  // Before the lab, so it is removed after every process in the namespaces is gone (a -bg owner still
+  // alive would write its registry into it again).
   const dir = scratchDir(scope, 'pam-wan-');
+  const lab = await openWanLab(scope, openLab(scope), { delayMs: rttMs / 2, lossPct, rateMbit, queueKiB, seed: 7 });
   const gw = lab.gateway;
   const server = spawnProc(scope, ...lab.inNs(gw, process.execPath, [peerJs, 'serve', '0.0.0.0', String(servePort), String(mib), 'bulk']));
   await server.line(/listening/, 10_000);
