@@ -16,8 +16,8 @@ export function nativeKind(ice: IceOptions = {}): PeerKind<NativePeer> {
   return {
     // libdatachannel follows the answer's role: as DTLS client it speaks first, once it has the answer.
     answerSetup: 'passive',
-    async offer(signal) {
-      const connection = createNativePeer('pam-client', ice);
+    async offer(signal, servers = []) {
+      const connection = createNativePeer('pam-client', { ...ice, servers: [...(ice.servers ?? []), ...servers] });
       try {
         const channel = connection.createDataChannel('pam-mux', { unordered: false });
         return { peer: { connection, channel }, sdp: await nativeGathered(connection, signal) };

@@ -5,11 +5,18 @@
 import { RTCPeerConnection, type RTCDataChannel } from 'werift';
 import type { FrameChannel } from './mux.js';
 
+/** A stun:/turn: server as RTCPeerConnection takes it. */
+export interface IceServer {
+  readonly urls: string;
+  readonly username?: string;
+  readonly credential?: string;
+}
+
 export interface IceOptions {
   /** Only these local addresses become host candidates (e.g. 127.0.0.1); empty → all interfaces. */
   readonly hosts?: readonly string[];
   /** stun:/turn: URLs; none by default, so nothing outside the configured hosts is contacted. */
-  readonly servers?: ReadonlyArray<{ urls: string; username?: string; credential?: string }>;
+  readonly servers?: readonly IceServer[];
 }
 
 export function createPeer(ice: IceOptions = {}): RTCPeerConnection {

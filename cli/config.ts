@@ -5,6 +5,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
+import { createGatewayKeyCheck, fingerprintPattern, knownGatewaysPath, type GatewayKeyCheck } from '../adapters/known-gateways.js';
 
 /** `$XDG_CONFIG_HOME/pam/config.json` (default `~/.config/pam/config.json`). */
 export interface ConfigFile {
@@ -13,17 +14,21 @@ export interface ConfigFile {
   readonly tokenFile?: string;
   /** Default --timeout, in seconds. */
   readonly timeout?: number;
+  /** The gateway key fingerprint to pin (as PAM_GATEWAY_KEY). */
+  readonly gatewayKey?: string;
 }
 
 const configKeys: Record<string, (value: unknown) => boolean> = {
   gateway: (value) => typeof value === 'string' && /^https?:\/\//.test(value),
   tokenFile: (value) => typeof value === 'string' && isAbsolute(value),
   timeout: (value) => typeof value === 'number' && value > 0 && value <= 86_400,
+  gatewayKey: (value) => typeof value === 'string' && fingerprintPattern.test(value),
 };
 const keyHints: Record<string, string> = {
   gateway: 'an http(s) URL string',
   tokenFile: 'an absolute path string',
   timeout: 'a number of seconds, 0 < timeout ≤ 86400',
+  gatewayKey: "a key fingerprint 'SHA256:…' as `pam gateway` prints it",
 };
 
 export function configPath(env: NodeJS.ProcessEnv): string {
@@ -153,4 +158,18 @@ export async function importNative<T>(choice: TransportChoice, load: () => Promi
     warn(`${problem}; using werift instead (slower); pass --transport werift to say so and silence this`);
     return undefined;
   }
+}
+
+/** The pin from PAM_GATEWAY_KEY, else the config file's gatewayKey; else TOFU in known_gateways. */
+export function gatewayKeyCheck(env: NodeJS.ProcessEnv, file: ConfigFile = {}): GatewayKeyCheck {
+  const fromEnv = env.PAM_GATEWAY_KEY?.trim();
+  if (fromEnv && !fingerprintPattern.test(fromEnv)) {
+    throw new TunnelError('usage', `PAM_GATEWAY_KEY '${fromEnv.slice(0, 80)}' is not a key fingerprint: use SHA256:… as \`pam gateway\` prints it`);
+  }
+  const pin = fromEnv
+    ? { fingerprint: fromEnv, source: 'PAM_GATEWAY_KEY' }
+    : file.gatewayKey
+      ? { fingerprint: file.gatewayKey, source: `gatewayKey in ${file.path ?? configPath(env)}` }
+      : undefined;
+  return createGatewayKeyCheck({ ...(pin ? { pin } : {}), file: knownGatewaysPath(env) });
 }

@@ -10,6 +10,7 @@ import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
+import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
 import { iceHosts, iceServers, importNative, keepalive, type TransportChoice } from './config.js';
 
 export interface TransportOptions {
@@ -21,6 +22,8 @@ export interface TransportOptions {
   readonly transport: TransportChoice;
   /** A line for the user that is not an error (e.g. native could not load, werift used instead). */
   readonly warn: (line: string) => void;
+  /** Gateway key pinning / known_gateways (see adapters/known-gateways.ts). */
+  readonly keys?: GatewayKeyCheck;
 }
 
 export function lazyTransport(options: TransportOptions): Transport {
@@ -31,6 +34,7 @@ export function lazyTransport(options: TransportOptions): Transport {
         token: options.token(),
         ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
         mux: keepalive(options.env),
+        ...(options.keys ? { keys: options.keys } : {}),
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
       if (native) return native.createNativeTransport(settings);

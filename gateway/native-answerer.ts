@@ -10,7 +10,7 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
   const open = new Set<PeerConnection>();
   return {
     async answer(offer, signal, options = {}) {
-      const peer = createNativePeer('pam-gateway', ice);
+      const peer = createNativePeer('pam-gateway', { ...ice, servers: [...(ice.servers ?? []), ...(options.servers ?? [])] });
       open.add(peer);
       const close = () => {
         if (!open.delete(peer)) return;

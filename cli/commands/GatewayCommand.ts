@@ -18,6 +18,10 @@ export class GatewayCommand extends Command<PamContext> {
       named target. Only targets given with --target can be reached. The token comes from
       PAM_GATEWAY_TOKEN or --token-file, never from the command line; without one the gateway
       refuses to start. Stops on SIGINT/SIGTERM.
+
+      Signalling is sealed to the gateway's long-term key (HPKE, RFC 9180), created on first start
+      in --key-file (default $XDG_STATE_HOME/pam/gateway.key, mode 0600). Its fingerprint is printed
+      at start (\`gateway key SHA256:…\`, \`key\` in --json): give it to clients as PAM_GATEWAY_KEY.
     `,
     examples: [
       ['Serve a web and a database target on loopback', 'PAM_GATEWAY_TOKEN=s3cret $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432'],
@@ -33,6 +37,7 @@ export class GatewayCommand extends Command<PamContext> {
   tlsKey = Option.String('--tls-key', { description: 'PEM private key for --tls-cert' });
   transport = Option.String('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
   iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
+  keyFile = Option.String('--key-file', { description: 'the gateway\'s long-term key (created 0600 on first start; default $XDG_STATE_HOME/pam/gateway.key)' });
   maxPeersPerClient = Option.String('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
 
   async execute(): Promise<number> {
@@ -48,6 +53,10 @@ export class GatewayCommand extends Command<PamContext> {
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
     const native = await importNative(transport, () => import('../../gateway/native-answerer.js'), (line) => log(`warning: ${line}`));
     const answerer = native?.nativeAnswerer(ice);
+    const { defaultKeyFile, loadOrCreateGatewayKey } = await import('../../adapters/gateway-key-file.js');
+    const keyPath = this.keyFile ?? defaultKeyFile(this.context.env);
+    const key = await loadOrCreateGatewayKey(keyPath);
+    log(`gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`);
     const { startGateway, listenWarning } = await import('../../gateway/server.js');
     const warning = listenWarning(listen.host, tls !== undefined);
     if (warning) log(`warning: ${warning}`);
@@ -55,6 +64,7 @@ export class GatewayCommand extends Command<PamContext> {
       host: listen.host,
       port: listen.port,
       token,
+      key,
       targets,
       log,
       ice,
@@ -66,8 +76,8 @@ export class GatewayCommand extends Command<PamContext> {
     const names = Object.keys(targets);
     this.context.stdout.write(
       this.json
-        ? `${JSON.stringify({ event: 'listening', url: gateway.url, port: gateway.port, targets: names })}\n`
-        : `pam gateway: listening on ${gateway.url} (targets: ${names.join(', ')})\n`,
+        ? `${JSON.stringify({ event: 'listening', url: gateway.url, port: gateway.port, targets: names, key: key.fingerprint })}\n`
+        : `pam gateway: listening on ${gateway.url} (targets: ${names.join(', ')}; gateway key ${key.fingerprint})\n`,
     );
 
     const signal = await new Promise<NodeJS.Signals>((resolve) => {

@@ -8,7 +8,7 @@ import { provideLauncher } from '../../machines/launcher.actors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
 import type { StartFlags } from '../../machines/start-flags.js';
 import type { PamContext } from '../context.js';
-import { gatewayUrl, iceServers, readConfigFile, readToken, transportChoice } from '../config.js';
+import { gatewayKeyCheck, gatewayUrl, iceServers, readConfigFile, readToken, transportChoice } from '../config.js';
 import { createTunnelPrinter } from '../tunnel-output.js';
 import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
 import { createSystemdNotifier } from '../../adapters/sd-notify.js';
@@ -33,8 +33,13 @@ export class TunnelStartCommand extends Command<PamContext> {
 
       The gateway comes from --gateway, PAM_GATEWAY_URL or the config file; the token from
       --token-file, PAM_GATEWAY_TOKEN or the config file's tokenFile (never from the command line).
-      Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout. Exit codes: 0 ok, 2 usage, 68 unknown target,
-      69 gateway unreachable or tunnel lost, 70 internal, 75 local port busy, 77 token refused,
+      Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout, gatewayKey.
+
+      Signalling is sealed to the gateway's key (HPKE). PAM_GATEWAY_KEY=SHA256:… (or gatewayKey) pins
+      it; otherwise the first key a gateway URL shows is recorded in $XDG_CONFIG_HOME/pam/known_gateways
+      and a different one later is refused (77) before any tunnel is set up. A gateway behind a broker
+      is reached with --gateway http(s)://BROKER/sites/NAME. Exit codes: 0 ok, 2 usage, 68 unknown target,
+      69 gateway unreachable or tunnel lost, 70 internal, 75 local port busy, 77 token refused or gateway key mismatch,
       124 connect timeout, 128+N killed by signal N; with --run, the command's code.
     `,
     examples: [
@@ -108,6 +113,7 @@ export class TunnelStartCommand extends Command<PamContext> {
       announce,
       iceServers: this.iceServers,
       transport,
+      keys: gatewayKeyCheck(this.context.env, file),
       warn: (line) => this.context.stderr.write(`pam: ${line}\n`),
       ...(session ? { registry: session.registry, signals: session.signals } : {}),
     });

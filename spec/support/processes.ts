@@ -201,6 +201,9 @@ export function tunnelEnv(dir: string, token: string, gatewayUrl?: string): Node
   return {
     PAM_TUNNEL_REGISTRY: join(dir, 'registry'),
     PAM_GATEWAY_TOKEN: token,
+    // The gateway's key and the client's known_gateways live in the test's own directory.
+    XDG_STATE_HOME: join(dir, 'state'),
+    XDG_CONFIG_HOME: join(dir, 'config'),
     // ICE host candidates on loopback only: tests never talk to any other address.
     PAM_ICE_HOSTS: '127.0.0.1',
     ...(gatewayUrl ? { PAM_GATEWAY_URL: gatewayUrl } : {}),
