@@ -114,12 +114,19 @@ export function keepalive(env: NodeJS.ProcessEnv): { keepaliveDeadMs: number; ke
   return { keepaliveDeadMs: deadMs, keepaliveIntervalMs: Math.max(250, Math.round(deadMs / 3)) };
 }
 
-/** `--ice-server` URLs, validated; TURN credentials come from PAM_ICE_USERNAME / PAM_ICE_CREDENTIAL, never argv. */
-export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): Array<{ urls: string; username?: string; credential?: string }> {
+/** `--ice-server` URLs, validated, without credentials (a broker with --turn-secret-file mints them). */
+export function iceServerUrls(urls: readonly string[]): Array<{ urls: string }> {
   return urls.map((url) => {
     if (!/^(stun|turns?):[^\s:]+(:\d{1,5})?(\?transport=(udp|tcp))?$/.test(url)) {
       throw new TunnelError('usage', `--ice-server '${url}' must be stun:host[:port] or turn:host[:port][?transport=udp|tcp]`);
     }
+    return { urls: url };
+  });
+}
+
+/** `--ice-server` URLs, validated; TURN credentials come from PAM_ICE_USERNAME / PAM_ICE_CREDENTIAL, never argv. */
+export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): Array<{ urls: string; username?: string; credential?: string }> {
+  return iceServerUrls(urls).map(({ urls: url }) => {
     if (!url.startsWith('turn')) return { urls: url };
     const username = env.PAM_ICE_USERNAME;
     const credential = env.PAM_ICE_CREDENTIAL;

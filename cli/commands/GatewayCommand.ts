@@ -6,6 +6,7 @@ import type { PamContext } from '../context.js';
 import { iceHosts, iceServers, keepalive, importNative, readToken, transportChoice } from '../config.js';
 import { readFileSync } from 'node:fs';
 import * as t from 'typanion';
+import { siteNamePattern } from '../../broker/protocol.js';
 
 export class GatewayCommand extends Command<PamContext> {
   static override paths = [['gateway']];
@@ -22,14 +23,23 @@ export class GatewayCommand extends Command<PamContext> {
       Signalling is sealed to the gateway's long-term key (HPKE, RFC 9180), created on first start
       in --key-file (default $XDG_STATE_HOME/pam/gateway.key, mode 0600). Its fingerprint is printed
       at start (\`gateway key SHA256:…\`, \`key\` in --json): give it to clients as PAM_GATEWAY_KEY.
+
+      With --broker URL --site NAME instead of --listen, the gateway opens no listening socket: it
+      dials the broker over a WebSocket (authenticated by PAM_BROKER_TOKEN), registers the site,
+      answers the sealed offers the broker relays, and re-registers with backoff when the broker goes
+      away; tunnels already up keep running meanwhile. Clients then use
+      --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
     `,
     examples: [
       ['Serve a web and a database target on loopback', 'PAM_GATEWAY_TOKEN=s3cret $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432'],
       ['Any free port, announced as a JSON line', '$0 gateway --listen 127.0.0.1:0 --token-file ~/.config/pam/token --target web=127.0.0.1:8080 --json'],
+      ['No inbound port: register site "lab" with a broker (PAM_BROKER_TOKEN set)', '$0 gateway --broker https://broker.example:8443 --site lab --target db=10.0.0.5:5432'],
     ],
   });
 
-  listen = Option.String('--listen', '127.0.0.1:8765', { description: 'address:port for signalling (default 127.0.0.1:8765)' });
+  listen = Option.String('--listen', { description: 'address:port for signalling (default 127.0.0.1:8765; not with --broker)' });
+  broker = Option.String('--broker', { description: 'http(s) URL of a `pam broker` to register with instead of listening (with --site)' });
+  site = Option.String('--site', { description: 'site name to register at --broker; clients use BROKER/sites/NAME' });
   targets = Option.Array('--target', [], { description: 'name=host:port of an allowlisted target (repeatable)' });
   tokenFile = Option.String('--token-file', { description: 'file holding the token clients must present (default: $PAM_GATEWAY_TOKEN)' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
@@ -41,7 +51,12 @@ export class GatewayCommand extends Command<PamContext> {
   maxPeersPerClient = Option.String('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
 
   async execute(): Promise<number> {
-    const listen = parseHostPort(this.listen, '--listen');
+    if (this.broker !== undefined && this.listen !== undefined) throw new TunnelError('usage', '--broker and --listen exclude each other: a gateway behind a broker opens no listening socket');
+    if ((this.broker === undefined) !== (this.site === undefined)) throw new TunnelError('usage', '--broker and --site go together: pass both, or neither');
+    if (this.site !== undefined && !siteNamePattern.test(this.site)) throw new TunnelError('usage', `--site '${this.site}' must be letters, digits, '.', '_' or '-' (at most 64)`);
+    if (this.broker !== undefined && this.tlsCert !== undefined) throw new TunnelError('usage', '--tls-cert is for --listen; a broker gateway serves nothing (give the broker its certificate)');
+    const listen = parseHostPort(this.listen ?? '127.0.0.1:8765', '--listen');
+    const brokerToken = this.broker !== undefined ? readBrokerToken(this.context.env) : undefined;
     const targets = Object.fromEntries(this.targets.map(parseTarget));
     if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
     const token = readToken(this.tokenFile, this.context.env, 'gateway');
@@ -57,12 +72,8 @@ export class GatewayCommand extends Command<PamContext> {
     const keyPath = this.keyFile ?? defaultKeyFile(this.context.env);
     const key = await loadOrCreateGatewayKey(keyPath);
     log(`gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`);
-    const { startGateway, listenWarning } = await import('../../gateway/server.js');
-    const warning = listenWarning(listen.host, tls !== undefined);
-    if (warning) log(`warning: ${warning}`);
-    const gateway = await startGateway({
-      host: listen.host,
-      port: listen.port,
+    const names = Object.keys(targets);
+    const options = {
       token,
       key,
       targets,
@@ -71,25 +82,64 @@ export class GatewayCommand extends Command<PamContext> {
       ...(answerer ? { answerer } : {}),
       mux: keepalive(this.context.env),
       maxPeersPerClient: this.maxPeersPerClient,
-      ...(tls ? { tls } : {}),
-    });
-    const names = Object.keys(targets);
-    this.context.stdout.write(
-      this.json
-        ? `${JSON.stringify({ event: 'listening', url: gateway.url, port: gateway.port, targets: names, key: key.fingerprint })}\n`
-        : `pam gateway: listening on ${gateway.url} (targets: ${names.join(', ')}; gateway key ${key.fingerprint})\n`,
+    };
+    const print = (event: Record<string, unknown>, prose: string) => this.context.stdout.write(this.json ? `${JSON.stringify(event)}\n` : `pam gateway: ${prose}\n`);
+    if (this.broker !== undefined && this.site !== undefined && brokerToken !== undefined) {
+      const broker = this.broker;
+      const site = this.site;
+      const [{ createSignalling }, { connectBroker }] = await Promise.all([import('../../gateway/signalling.js'), import('../../gateway/broker-link.js')]);
+      const signalling = createSignalling(options);
+      const link = connectBroker({
+        broker,
+        site,
+        token: brokerToken,
+        key,
+        targets: names,
+        signalling,
+        log,
+        onRegistered: (before) =>
+          print(
+            { event: before === 0 ? 'registered' : 'reregistered', broker, site, url: `${broker.replace(/\/+$/, '')}/sites/${site}`, targets: names, key: key.fingerprint },
+            `${before === 0 ? 'registered' : 'registered again:'} site ${site} at ${broker} (clients: --gateway ${broker.replace(/\/+$/, '')}/sites/${site}; targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
+          ),
+      });
+      const ended = await Promise.race([stopSignal(), link.failed]).catch((error: unknown) => error);
+      link.close();
+      signalling.closeAll();
+      if (typeof ended !== 'string') throw ended;
+      log(`${ended}: closing`);
+      return 0;
+    }
+    const { startGateway, listenWarning } = await import('../../gateway/server.js');
+    const warning = listenWarning(listen.host, tls !== undefined);
+    if (warning) log(`warning: ${warning}`);
+    const gateway = await startGateway({ host: listen.host, port: listen.port, ...options, ...(tls ? { tls } : {}) });
+    print(
+      { event: 'listening', url: gateway.url, port: gateway.port, targets: names, key: key.fingerprint },
+      `listening on ${gateway.url} (targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
     );
 
-    const signal = await new Promise<NodeJS.Signals>((resolve) => {
-      for (const name of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(name, () => resolve(name));
-    });
+    const signal = await stopSignal();
     log(`${signal}: closing`);
     await gateway.close();
     return 0;
   }
 }
 
-function parseHostPort(text: string, flag: string): { host: string; port: number } {
+export function stopSignal(): Promise<NodeJS.Signals> {
+  return new Promise<NodeJS.Signals>((resolve) => {
+    for (const name of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(name, () => resolve(name));
+  });
+}
+
+/** PAM_BROKER_TOKEN, shared by the broker and its gateways; never a flag (argv is visible in `ps`). */
+export function readBrokerToken(env: NodeJS.ProcessEnv): string {
+  const token = env.PAM_BROKER_TOKEN?.trim();
+  if (!token) throw new TunnelError('usage', 'no broker token: set PAM_BROKER_TOKEN (the same value on the broker and its gateways)');
+  return token;
+}
+
+export function parseHostPort(text: string, flag: string): { host: string; port: number } {
   const match = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(text.trim());
   const port = match ? Number(match[2]) : NaN;
   if (!match || !match[1] || port > 65535) {
@@ -107,7 +157,7 @@ function parseTarget(text: string): [string, { host: string; port: number }] {
   return [name, parseHostPort(text.slice(eq + 1), `--target ${name}`)];
 }
 
-function readPem(path: string, flag: string): string {
+export function readPem(path: string, flag: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (error) {

@@ -30,7 +30,7 @@ t.test('bash completion: commands, subcommands, flags from the definitions, live
     );
     return result.stdout.split('\n').filter(Boolean).sort();
   };
-  t.same(complete('pam', ''), ['completion', 'gateway', 'shell', 'tunnel']);
+  t.same(complete('pam', ''), ['broker', 'completion', 'gateway', 'shell', 'tunnel']);
   t.same(complete('pam', 'tunnel', ''), ['history', 'list', 'machine', 'replay', 'start', 'stop']);
   t.same(complete('pam', 'tunnel', 'start', '--back'), ['--background']);
   t.same(complete('pam', 'tunnel', 'stop', '--a'), ['--all']);
