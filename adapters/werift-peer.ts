@@ -1,6 +1,6 @@
-// werift peer connections as both ends use them: ICE limited to the configured host addresses, no
-// public STUN unless asked for, gathering completed before an SDP is sent (no trickle), and the data
-// channel seen as a FrameChannel for the mux.
+// werift peer connections as both ends use them: local host candidates limited to the configured
+// addresses, no public STUN unless asked for, gathering completed before an SDP is sent (no trickle),
+// and the data channel seen as a FrameChannel for the mux.
 
 import { RTCPeerConnection, type RTCDataChannel } from 'werift';
 import type { FrameChannel } from './mux.js';
@@ -21,16 +21,12 @@ export interface IceOptions {
 
 export function createPeer(ice: IceOptions = {}): RTCPeerConnection {
   const hosts = ice.hosts ?? [];
+  // With hosts: no interface scan, only these addresses become local host candidates. Remote
+  // candidates are whatever the peer offered: they are the other host's addresses, which are never in
+  // our own list (filtering pairs by it left only loopback-to-loopback pairs: issue 22).
   return new RTCPeerConnection({
     iceServers: [...(ice.servers ?? [])],
-    ...(hosts.length > 0
-      ? {
-          iceUseIpv4: false,
-          iceUseIpv6: false,
-          iceAdditionalHostAddresses: [...hosts],
-          iceFilterCandidatePair: (pair) => hosts.includes(pair.remoteCandidate.host) && hosts.includes(pair.localCandidate.host),
-        }
-      : {}),
+    ...(hosts.length > 0 ? { iceUseIpv4: false, iceUseIpv6: false, iceAdditionalHostAddresses: [...hosts] } : {}),
   });
 }
 

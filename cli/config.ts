@@ -94,14 +94,25 @@ export function readToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv,
 }
 
 /**
- * Local addresses ICE may use as host candidates, from `PAM_ICE_HOSTS` (comma-separated), e.g.
- * `127.0.0.1` when gateway and client share a machine. Unset: every non-loopback interface.
+ * This host's own addresses ICE may offer as host candidates, from `PAM_ICE_HOSTS` (comma-separated),
+ * e.g. `127.0.0.1` when gateway and client share a machine. Unset: every non-loopback interface. It
+ * restricts local host candidates only: the peer's candidates are used as offered, and srflx/relay
+ * candidates from --ice-server are unaffected.
  */
 export function iceHosts(env: NodeJS.ProcessEnv): string[] {
   return (env.PAM_ICE_HOSTS ?? '')
     .split(',')
     .map((host) => host.trim())
     .filter(Boolean);
+}
+
+/**
+ * libdatachannel binds ICE to one address (`bindAddress`; a list fails to gather), so the native
+ * transport uses the first of several PAM_ICE_HOSTS; werift offers each. Said once, not silently.
+ */
+export function nativeIceHostsWarning(hosts: readonly string[]): string | undefined {
+  if (hosts.length < 2) return undefined;
+  return `PAM_ICE_HOSTS lists ${hosts.length} addresses; the native transport binds ICE to one and uses ${hosts[0]} only (--transport werift offers all of them)`;
 }
 
 /**

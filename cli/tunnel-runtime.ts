@@ -11,7 +11,7 @@ import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
 import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
-import { iceHosts, iceServers, importNative, keepalive, type TransportChoice } from './config.js';
+import { iceHosts, iceServers, importNative, keepalive, nativeIceHostsWarning, type TransportChoice } from './config.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
@@ -37,7 +37,11 @@ export function lazyTransport(options: TransportOptions): Transport {
         ...(options.keys ? { keys: options.keys } : {}),
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
-      if (native) return native.createNativeTransport(settings);
+      if (native) {
+        const warning = nativeIceHostsWarning(settings.ice.hosts);
+        if (warning) options.warn(warning);
+        return native.createNativeTransport(settings);
+      }
       return (await import('../adapters/werift-transport.js')).createWeriftTransport(settings);
     })());
   return {

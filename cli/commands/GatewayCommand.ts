@@ -3,7 +3,7 @@
 import { Command, Option } from 'clipanion';
 import { TunnelError } from '../../machines/errors.js';
 import type { PamContext } from '../context.js';
-import { iceHosts, iceServers, keepalive, importNative, readToken, transportChoice } from '../config.js';
+import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
 import { readFileSync } from 'node:fs';
 import * as t from 'typanion';
 import { siteNamePattern } from '../../broker/protocol.js';
@@ -68,6 +68,8 @@ export class GatewayCommand extends Command<PamContext> {
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
     const native = await importNative(transport, () => import('../../gateway/native-answerer.js'), (line) => log(`warning: ${line}`));
     const answerer = native?.nativeAnswerer(ice);
+    const hostsWarning = native ? nativeIceHostsWarning(ice.hosts) : undefined;
+    if (hostsWarning) log(`warning: ${hostsWarning}`);
     const { defaultKeyFile, loadOrCreateGatewayKey } = await import('../../adapters/gateway-key-file.js');
     const keyPath = this.keyFile ?? defaultKeyFile(this.context.env);
     const key = await loadOrCreateGatewayKey(keyPath);

@@ -15,6 +15,7 @@ import { nativeAnswerer } from '../../gateway/native-answerer.js';
 import { echoServer, roundTrip, sha256, until } from '../support/processes.js';
 import { framePair } from '../support/frame-pair.js';
 import { sealedHandler, testGatewayKey } from '../support/sealed.js';
+import { nativeIceHostsWarning } from '../../cli/config.js';
 
 const token = 'transports-spec-token';
 const ice = { hosts: ['127.0.0.1'] };
@@ -119,4 +120,19 @@ t.test('an answer over the size bound is refused as unreachable, not buffered', 
   await t.rejects(createPeerTransport(kind, { token }).negotiate({ gateway, target: 'echo', signal: AbortSignal.timeout(5_000) }), {
     message: /gateway http:\/\/127\.0\.0\.1:\d+ is unreachable \(answer larger than 262144 bytes\)/,
   });
+});
+
+t.test('PAM_ICE_HOSTS restricts local host candidates: werift offers each address, native binds to the first only', async (t) => {
+  const hostsOf = (sdp: string) => [...sdp.matchAll(/^a=candidate:\S+ \d+ udp \d+ (\S+) \d+ typ host/gim)].map((match) => match[1]);
+  const hosts = ['127.0.0.1', '::1'];
+  const werift = weriftKind({ hosts });
+  const weriftOffer = await werift.offer(AbortSignal.timeout(10_000));
+  t.teardown(() => werift.close(weriftOffer.peer));
+  t.same(hostsOf(weriftOffer.sdp).sort(), [...hosts].sort(), 'werift: one host candidate per configured address, nothing else');
+  const native = nativeKind({ hosts });
+  const nativeOffer = await native.offer(AbortSignal.timeout(10_000));
+  t.teardown(() => native.close(nativeOffer.peer));
+  t.same(hostsOf(nativeOffer.sdp), ['127.0.0.1'], "native: libdatachannel's single bindAddress, the first address");
+  t.match(nativeIceHostsWarning(hosts), /uses 127\.0\.0\.1 only \(--transport werift offers all of them\)/, 'the CLI says so in one line');
+  t.equal(nativeIceHostsWarning(['127.0.0.1']), undefined, 'one address: nothing to say');
 });
