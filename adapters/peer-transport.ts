@@ -10,7 +10,7 @@ import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TunnelError } from '../machines/errors.js';
-import type { Link, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
+import type { Link, LinkPath, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
 import { BodyTooLarge, readBodyBytes } from './http-body.js';
 import type { GatewayKeyCheck } from './known-gateways.js';
 import { SealError, sealedContentType, sealRequest } from './sealed-signalling.js';
@@ -25,6 +25,8 @@ export interface PeerKind<P> {
   /** Resolve with the channel once open; reject with a readable reason if the connection fails. */
   open(peer: P, signal: AbortSignal): Promise<FrameChannel>;
   close(peer: P): Promise<void>;
+  /** The selected candidate pair once connected, if the library exposes it. */
+  selectedPath?(peer: P): LinkPath | undefined;
   /**
    * Ask the gateway to answer `a=setup:passive`, so this offerer is the DTLS client. libdatachannel
    * asks; werift does not (as DTLS client it fails against libdatachannel's OpenSSL server).
@@ -107,6 +109,7 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       const mux = new Mux(channel, options.mux);
       const peer = current;
       return {
+        path: () => kind.selectedPath?.(peer.peer),
         carry: (socket) => mux.carry(socket),
         onLost: (handler) => mux.onLost(handler),
         async close() {

@@ -26,12 +26,14 @@ export function createTunnelPrinter(context: PamContext, options: { json: boolea
         const host = tunnel.listener?.host ?? '';
         const port = tunnel.listener?.port ?? 0;
         const target = tunnel.settings?.target ?? '';
+        const path = tunnel.link?.path?.();
+        const via = path ? `, ${path.kind}` : '';
         if (options.json) {
-          json({ event: 'ready', id: tunnel.id, pid: options.pid, host, port, target, mode: tunnel.settings?.mode });
+          json({ event: 'ready', id: tunnel.id, pid: options.pid, host, port, target, mode: tunnel.settings?.mode, ...(path ? { path: path.kind, pair: path.pair } : {}) });
         } else if (context.interactive && !options.runMode) {
-          line(`pam: listening on ${host}:${port} → ${target} (tunnel ${tunnel.id}); Ctrl+C to stop; use -bg to detach`);
+          line(`pam: listening on ${host}:${port} → ${target} (tunnel ${tunnel.id}${via}); Ctrl+C to stop; use -bg to detach`);
         } else {
-          line(`pam: listening on ${host}:${port} → ${target} (tunnel ${tunnel.id}, pid ${options.pid})`);
+          line(`pam: listening on ${host}:${port} → ${target} (tunnel ${tunnel.id}, pid ${options.pid}${via})`);
         }
       },
       skipped(tunnel: TunnelContext) {

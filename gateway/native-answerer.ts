@@ -2,7 +2,9 @@
 
 import type { PeerConnection } from 'node-datachannel';
 import type { FrameChannel } from '../adapters/mux.js';
-import { createNativePeer, nativeFrames, nativeGathered, offerForPassiveAnswer } from '../adapters/native-peer.js';
+import { createNativePeer, nativeFrames, nativeGathered, nativeSelectedPath, offerForPassiveAnswer } from '../adapters/native-peer.js';
+
+const describePath = (path: { kind: string; pair: string } | undefined) => (path ? `${path.kind}: ${path.pair}` : undefined);
 import type { IceOptions } from '../adapters/werift-peer.js';
 import type { Answerer } from './answerer.js';
 
@@ -33,7 +35,7 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
         });
         peer.setRemoteDescription(options.passive ? offerForPassiveAnswer(offer) : offer, 'offer');
         const sdp = await nativeGathered(peer, signal);
-        return { sdp, channel, onEnded: (handler) => void ended.push(handler), close };
+        return { sdp, channel, onEnded: (handler) => void ended.push(handler), close, selectedPath: () => describePath(nativeSelectedPath(peer)) };
       } catch (error) {
         close();
         throw error;
