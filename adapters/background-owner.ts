@@ -4,7 +4,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Outcome } from '../machines/errors.js';
+import { failureKinds, TunnelError, type FailureKind, type Outcome } from '../machines/errors.js';
+import { logDir } from './fs-journal.js';
 import type { BackgroundOwners, Registry } from '../machines/ports.js';
 
 /** The environment variable that tells a `pam tunnel start -bg` process it is the owner, not the launcher. */
@@ -22,10 +23,16 @@ export function createBackgroundOwners(options: {
 
   return {
     async spawn(id) {
-      const logDir = join(options.registry.location, 'logs');
-      mkdirSync(logDir, { recursive: true, mode: 0o700 });
-      const logFile = join(logDir, `${id}.log`);
-      const log = openSync(logFile, 'a', 0o600);
+      const logs = logDir(options.registry.location);
+      const logFile = join(logs, `${id}.log`);
+      let log: number;
+      try {
+        mkdirSync(logs, { recursive: true, mode: 0o700 });
+        log = openSync(logFile, 'a', 0o600);
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code ?? String(error);
+        throw new TunnelError('registryWrite', `cannot create the background log ${logFile} (${code}): check free space and permissions`);
+      }
       try {
         const child = spawn(process.execPath, [...options.argv], {
           detached: true,
@@ -107,8 +114,10 @@ function ownerOutcome(logFile: string, code: number | null, signal: NodeJS.Signa
     // no log: fall through to the bare exit status
   }
   if (reported) return code === null ? reported : { ...reported, exitCode: code };
-  const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-  return { kind: 'generic', exitCode: code ?? 1, reason: `the background owner ${how} before it was ready; see ${logFile}` };
+  // No word in the log (a full disk): the exit code still says which failure it was.
+  const known = Object.entries(failureKinds).find(([, kind]) => kind.exitCode === code);
+  const how = signal ? `was killed by ${signal}` : known ? `exited with code ${code} (${known[1].summary})` : `exited with code ${code}`;
+  return { kind: known ? (known[0] as FailureKind) : 'generic', exitCode: code ?? 1, reason: `the background owner ${how} before it was ready; see ${logFile}` };
 }
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());

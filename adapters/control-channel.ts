@@ -1,6 +1,7 @@
 // The owner's control channel: a 0600 unix socket next to its registry entry, so `pam tunnel stop <id>`
 // can stop one tunnel of a process that owns several (the interactive shell) without killing the rest.
-// Protocol: one JSON line each way: {"op":"stop","id":"..."} → {"ok":true} | {"ok":false,"error":"..."}.
+// Protocol: one JSON line each way: {"op":"stop","id":"...","expiresAt":ms} → {"ok":true} | {"ok":false,"error":"..."}.
+// A request read after `expiresAt` (the owner was frozen, the client gave up) is refused, never acted on.
 
 import { chmodSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
@@ -11,16 +12,20 @@ const maxRequestBytes = 4096;
 
 export function createControlClient(timeoutMs = 5_000): ControlClient {
   return {
-    stopTunnel(socketPath, id) {
+    stopTunnel(socketPath, id, options = {}) {
+      const validForMs = options.validForMs ?? timeoutMs;
       return new Promise((resolve, reject) => {
         const socket = createConnection(socketPath);
         let reply = '';
-        const timer = setTimeout(() => {
+        const giveUp = () => {
           socket.destroy();
           reject(new TunnelError('generic', `the owner's control channel ${socketPath} did not answer`));
-        }, timeoutMs);
+        };
+        // With an abort signal the caller bounds the wait; otherwise our own timer does.
+        const timer = options.signal ? undefined : setTimeout(giveUp, validForMs);
+        options.signal?.addEventListener('abort', giveUp, { once: true });
         socket.setEncoding('utf8');
-        socket.on('connect', () => socket.write(`${JSON.stringify({ op: 'stop', id })}\n`));
+        socket.on('connect', () => socket.write(`${JSON.stringify({ op: 'stop', id, expiresAt: Date.now() + validForMs })}\n`));
         socket.on('data', (chunk: string) => {
           reply += chunk;
           if (!reply.includes('\n') && reply.length < maxRequestBytes) return;
@@ -56,13 +61,15 @@ export async function openControlServer(socketPath: string, stop: (id: string) =
       if (!request.includes('\n')) return;
       let answer: { ok: boolean; error?: string };
       try {
-        const message = JSON.parse(request.split('\n')[0]!) as { op?: unknown; id?: unknown };
+        const message = JSON.parse(request.split('\n')[0]!) as { op?: unknown; id?: unknown; expiresAt?: unknown };
         answer =
-          message.op === 'stop' && typeof message.id === 'string'
-            ? stop(message.id)
-              ? { ok: true }
-              : { ok: false, error: `no tunnel ${message.id} here` }
-            : { ok: false, error: 'unknown request' };
+          message.op !== 'stop' || typeof message.id !== 'string'
+            ? { ok: false, error: 'unknown request' }
+            : typeof message.expiresAt === 'number' && Date.now() > message.expiresAt
+              ? { ok: false, error: 'the request expired before it was read' }
+              : stop(message.id)
+                ? { ok: true }
+                : { ok: false, error: `no tunnel ${message.id} here` };
       } catch {
         answer = { ok: false, error: 'unreadable request' };
       }

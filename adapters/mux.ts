@@ -248,7 +248,7 @@ export class Mux {
         this.updateFlow(stream);
         return;
       case frameType.openFail:
-        this.options.log?.(`connection refused by the gateway: ${payload.toString('utf8')}`);
+        this.options.log?.(`the target refused a connection (${payload.toString('utf8').slice(0, 200)}): the local client got a reset`);
         return this.drop(stream);
       case frameType.data:
         return this.deliver(stream, payload);

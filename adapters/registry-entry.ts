@@ -57,3 +57,38 @@ export function parseEntry(text: string, pid: number): RegistryEntry | undefined
     tunnels: tunnels as TunnelRecord[],
   };
 }
+
+/**
+ * Another program's live entry in the shared directory (Keeper Commander writes `<pid>.json` there with
+ * top-level `pid`, `host`, `port`, `mode` and no `schema`). Shown by `list`, never signalled or removed.
+ */
+export interface ForeignEntry {
+  readonly pid: number;
+  readonly host?: string;
+  readonly port?: number;
+  readonly mode?: string;
+  /** What it is a tunnel to, as that program names it (Commander: record title or uid). */
+  readonly label?: string;
+}
+
+/** Printable ASCII only: a foreign file must not put terminal escapes into our table. */
+const printable = (value: unknown): string | undefined => (typeof value === 'string' && /^[\x20-\x7e]{1,255}$/.test(value) ? value : undefined);
+
+/** `value` (parsed JSON, not our schema) as a foreign entry if it names `pid` (the file's name) as its owner. */
+export function parseForeign(value: unknown, pid: number): ForeignEntry | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
+  const entry = value as Record<string, unknown>;
+  if (entry.pid !== pid) return undefined;
+  const port = isPort(entry.port) && entry.port > 0 ? entry.port : undefined;
+  const fields = { host: printable(entry.host), port, mode: printable(entry.mode), label: printable(entry.record_title) ?? printable(entry.record_uid) };
+  return { pid, ...Object.fromEntries(Object.entries(fields).filter(([, field]) => field !== undefined)) };
+}
+
+/**
+ * Top-level fields Keeper Commander reads from every `<pid>.json` (its list and duplicate-port check):
+ * our first tunnel's. See docs/decisions/0005-registry-coexistence.md.
+ */
+export function commanderView(entry: RegistryEntry): { host?: string; port?: number; mode?: string } {
+  const first = entry.tunnels[0];
+  return first ? { host: first.host, port: first.port, mode: first.mode } : {};
+}

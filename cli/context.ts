@@ -7,7 +7,7 @@ import type { Registry, Signals } from '../machines/ports.js';
 /** What `pam shell` lends the commands it runs: one registry entry and signal policy for all its tunnels. */
 export interface ShellSession {
   readonly registry: Registry;
-  /** SIGTERM/SIGHUP only: Ctrl+C at the prompt must not stop the session's tunnels. */
+  /** Relayed by the shell: SIGTERM/SIGHUP to every tunnel once, Ctrl+C only to the tunnels of the line running. */
   readonly signals: Signals;
   /** Keep a tunnel that is ready; `stop` asks it to stop, `finished` settles when it has. */
   adopt(tunnel: { id: string; target: string; stop(origin: string): void; finished: Promise<Outcome> }): void;

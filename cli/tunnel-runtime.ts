@@ -9,6 +9,8 @@ import { createTcpListenerFactory } from '../adapters/tcp-listener.js';
 import { openFsRegistry } from '../adapters/fs-registry.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
+import { logDir } from '../adapters/fs-journal.js';
+import { join } from 'node:path';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
 import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
 import { iceHosts, iceServers, importNative, keepalive, nativeIceHostsWarning, type TransportChoice } from './config.js';
@@ -33,7 +35,8 @@ export function lazyTransport(options: TransportOptions): Transport {
       const settings = {
         token: options.token(),
         ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
-        mux: keepalive(options.env),
+        // One stderr line per connection the target refused: the client itself sees only a reset.
+        mux: { ...keepalive(options.env), log: options.warn },
         ...(options.keys ? { keys: options.keys } : {}),
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
@@ -55,9 +58,12 @@ export function lazyTransport(options: TransportOptions): Transport {
 }
 
 export async function createTunnelPorts(
-  options: TransportOptions & { announce: TunnelPorts['announce']; registry?: Registry; signals?: Signals },
+  options: TransportOptions & { announce: TunnelPorts['announce']; registry?: Registry; signals?: Signals; ownerLogId?: string },
 ): Promise<TunnelPorts> {
-  const registry = options.registry ?? (await openFsRegistry({ env: options.env }));
+  const opened = options.registry ?? (await openFsRegistry({ env: options.env }));
+  // A background owner records where its log is, so `list --json` shows it as the launcher did.
+  const logFile = options.ownerLogId === undefined ? undefined : join(logDir(opened.location), `${options.ownerLogId}.log`);
+  const registry: Registry = logFile === undefined ? opened : { ...opened, put: (record) => opened.put({ ...record, logFile }) };
   return {
     listeners: createTcpListenerFactory(),
     transport: lazyTransport(options),

@@ -1,5 +1,6 @@
 // Split a command line into words the way a POSIX shell would for simple commands: whitespace
-// separates, '…' is literal, "…" allows \" and \\, a backslash escapes the next character.
+// separates, '…' is literal, "…" allows \" and \\, a backslash escapes the next character, and a
+// `#` that starts a word starts a comment.
 
 export function splitWords(line: string): { words: string[] } | { error: string } {
   const words: string[] = [];
@@ -26,6 +27,8 @@ export function splitWords(line: string): { words: string[] } | { error: string 
       word += line[index + 1];
       index += 1;
       inWord = true;
+    } else if (char === '#' && !inWord) {
+      break; // a comment runs to the end of the line, as in sh
     } else if (/\s/.test(char)) {
       if (inWord) words.push(word);
       word = '';

@@ -11,7 +11,7 @@ export const failureKinds = {
   registryWrite: { exitCode: 73, summary: 'a registry entry or pid file could not be written (permissions, disk full): nothing half-written is left' },
   authRefused: { exitCode: 77, summary: 'the gateway refused the token (or the broker refused PAM_BROKER_TOKEN)' },
   gatewayKeyMismatch: { exitCode: 77, summary: "the gateway's key is not the pinned (PAM_GATEWAY_KEY, gatewayKey) or recorded (known_gateways) one: checked before any tunnel is set up" },
-  unsafeRegistry: { exitCode: 78, summary: 'the registry directory is unsafe to use (symlink, foreign owner or writable by others)' },
+  unsafeRegistry: { exitCode: 78, summary: 'the registry directory is unsafe to use (a symlink in its path, a relative path, foreign owner or writable by others)' },
   connectTimeout: { exitCode: 124, summary: 'the connection was not ready within --timeout' },
 } as const;
 

@@ -16,8 +16,11 @@ export interface HistoryRow {
   readonly reason: string;
 }
 
-/** `ownerAlive`: is the process that wrote the journal still the same live process? */
-export function summarize(id: string, entries: readonly JournalEntry[], ownerAlive: (pid: number, startTime: string) => boolean): HistoryRow {
+/**
+ * `ownerAlive`: is the process that wrote the journal still the same live process? `lastSeen`: the
+ * journal's last sign of life (its heartbeat), later than its last entry while the tunnel idled.
+ */
+export function summarize(id: string, entries: readonly JournalEntry[], ownerAlive: (pid: number, startTime: string) => boolean, lastSeen?: string): HistoryRow {
   const first = entries[0]!;
   const last = entries.at(-1)!;
   const meta = first.meta;
@@ -31,10 +34,11 @@ export function summarize(id: string, entries: readonly JournalEntry[], ownerAli
   if (meta && ownerAlive(meta.pid, meta.startTime)) {
     return { ...base, endedAt: null, durationSeconds: null, exitCode: null, status: 'running', reason: `running (${last.state})` };
   }
+  const diedBy = lastSeen !== undefined && Date.parse(lastSeen) > Date.parse(last.at) ? lastSeen : last.at;
   return {
     ...base,
-    endedAt: last.at,
-    durationSeconds: seconds(first.at, last.at),
+    endedAt: diedBy,
+    durationSeconds: seconds(first.at, diedBy),
     exitCode: null,
     status: 'died',
     reason: `owner died without stopping (pid ${meta?.pid ?? '?'}, last seen ${last.state})`,

@@ -128,7 +128,10 @@ export interface CommandExit {
 export interface RunningCommand {
   readonly pid: number | undefined;
   readonly exited: Promise<CommandExit>;
+  /** Forward a stop signal to the command (its process group, or its process tree). */
   kill(signal: StopSignal): void;
+  /** The tunnel stops waiting for it: SIGKILL whatever is left of the command, even after it exited. */
+  end(): void;
 }
 
 export interface CommandRunner {
@@ -155,10 +158,15 @@ export interface BackgroundOwners {
 export interface ProcessControl {
   /** Send a signal; a process that is already gone is not an error. */
   signal(pid: number, signal: 'SIGTERM' | 'SIGKILL'): void;
+  /** SIGKILL `pid`, every process it started, and the process groups those lead (a --run command's). */
+  killTree(pid: number): void;
 }
 
 /** Client of an owner's control channel (a 0600 unix socket named in its registry entry). */
 export interface ControlClient {
-  /** Ask the owner to stop one of its tunnels. */
-  stopTunnel(socketPath: string, id: string): Promise<void>;
+  /**
+   * Ask the owner to stop one of its tunnels. The request is valid for `validForMs` (an owner that
+   * reads it later refuses it); with `signal`, aborting is the caller's way to give up waiting.
+   */
+  stopTunnel(socketPath: string, id: string, options?: { readonly validForMs?: number; readonly signal?: AbortSignal }): Promise<void>;
 }

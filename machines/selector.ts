@@ -15,7 +15,18 @@ export function allTunnels(entries: readonly RegistryEntry[]): Selected[] {
   return entries.flatMap((entry) => entry.tunnels.map((tunnel) => ({ entry, tunnel })));
 }
 
+/**
+ * The one check every selector and matcher goes through (stop, history, replay, completion): an empty
+ * or blank selector is a prefix of every id, so it would match everything. It is a usage error instead.
+ */
+export function blankSelector(selector: string, what: string, fix: string): Failure | undefined {
+  if (selector.trim() !== '') return undefined;
+  return failure('usage', `the ${what} is empty: ${fix}`);
+}
+
 export function selectTunnels(entries: readonly RegistryEntry[], selector: string): Selection {
+  const blank = blankSelector(selector, 'tunnel selector', 'name a tunnel by id, target, local port or pid (see `pam tunnel list`), or pass --all');
+  if (blank) return { ok: false, failure: blank };
   const tunnels = allTunnels(entries);
   const exact = tunnels.filter(({ tunnel }) => tunnel.id === selector);
   if (exact.length > 0) return { ok: true, selected: exact };

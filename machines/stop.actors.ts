@@ -2,7 +2,7 @@
 
 import { fromPromise } from 'xstate';
 import type { ControlClient, PidFiles, ProcessControl, Registry } from './ports.js';
-import { stopMachine, type StopInput } from './stop.machine.js';
+import { requestWaitMs, stopMachine, type StopInput } from './stop.machine.js';
 
 export interface StopPorts {
   readonly registry: Registry;
@@ -13,7 +13,7 @@ export interface StopPorts {
   readonly sleep: (ms: number) => Promise<void>;
 }
 
-type Target = Pick<StopInput, 'entry' | 'tunnel' | 'onlyThisTunnel'>;
+type Target = Pick<StopInput, 'entry' | 'tunnel' | 'onlyThisTunnel' | 'waitMs'>;
 
 export function provideStop(ports: StopPorts) {
   const stillThere = async ({ entry, tunnel, onlyThisTunnel }: Target): Promise<boolean> => {
@@ -26,9 +26,11 @@ export function provideStop(ports: StopPorts) {
   return stopMachine.provide({
     actors: {
       verifyOwner: fromPromise<boolean, Target>(({ input }) => ports.registry.isLive(input.entry)),
-      requestStop: fromPromise<void, Target>(async ({ input }) => {
-        if (input.onlyThisTunnel && input.entry.control) {
-          await ports.control.stopTunnel(input.entry.control, input.tunnel.id);
+      requestStop: fromPromise<void, Target>(async ({ input, signal }) => {
+        // An owner with a control channel (pam shell) holds other tunnels and a person's session:
+        // it is asked, never signalled to stop (only --force signals it, after --wait).
+        if (input.entry.control) {
+          await ports.control.stopTunnel(input.entry.control, input.tunnel.id, { validForMs: requestWaitMs(input.waitMs), signal });
           return;
         }
         // Identity was verified a moment ago; check once more, as close to the signal as we can.
@@ -38,7 +40,7 @@ export function provideStop(ports: StopPorts) {
         while (!signal.aborted && (await stillThere(input))) await ports.sleep(50);
       }),
       forceStop: fromPromise<void, Target>(async ({ input }) => {
-        if (await ports.registry.isLive(input.entry)) ports.processes.signal(input.entry.pid, 'SIGKILL');
+        if (await ports.registry.isLive(input.entry)) ports.processes.killTree(input.entry.pid);
         for (let tries = 0; tries < 100 && (await ports.registry.isLive(input.entry)); tries += 1) await ports.sleep(20);
         // The owner cannot clean up after SIGKILL: its pid file and registry entry are ours to remove.
         if (input.tunnel.pidFile) await ports.pidFiles.remove(input.tunnel.pidFile, input.entry.pid);

@@ -26,7 +26,12 @@ export interface StopOutput extends Outcome {
   readonly forced: boolean;
 }
 
-type TargetInput = Pick<StopInput, 'entry' | 'tunnel' | 'onlyThisTunnel'>;
+type TargetInput = Pick<StopInput, 'entry' | 'tunnel' | 'onlyThisTunnel' | 'waitMs'>;
+
+/** How long the owner has to answer a stop request: --wait, but at least a second (--wait 0 still asks). */
+export function requestWaitMs(waitMs: number): number {
+  return Math.max(waitMs, 1_000);
+}
 
 const notProvided = (name: string) => () => {
   throw new Error(`${name} not provided`);
@@ -41,7 +46,7 @@ export const stopMachine = setup({
     requestStop: fromPromise<void, TargetInput>(notProvided('requestStop actor')),
     /** Resolves when the tunnel is gone (owner exited, or tunnel dropped from its entry). */
     awaitGone: fromPromise<void, TargetInput>(notProvided('awaitGone actor')),
-    /** SIGKILL the owner (identity re-checked) and remove what it left: registry entry, pid file. */
+    /** SIGKILL the owner (identity re-checked) and what it started; remove what it left: registry entry, pid file. */
     forceStop: fromPromise<void, TargetInput>(notProvided('forceStop actor')),
   },
   actions: {
@@ -52,6 +57,7 @@ export const stopMachine = setup({
   },
   delays: {
     stopWait: ({ context }) => context.waitMs,
+    requestWait: ({ context }) => requestWaitMs(context.waitMs),
   },
 }).createMachine({
   id: 'stop',
@@ -80,6 +86,20 @@ export const stopMachine = setup({
         input: ({ context }) => context,
         onDone: { target: 'waiting' },
         onError: { target: 'done', actions: { type: 'recordOutcome', params: ({ event }) => failureOf(event.error) } },
+      },
+      // An owner that does not answer (frozen, SIGSTOP) is one that did not stop: --force signals it.
+      after: {
+        requestWait: [
+          { guard: 'isForceAllowed', target: 'forcing' },
+          {
+            target: 'done',
+            actions: {
+              type: 'recordOutcome',
+              params: ({ context }) =>
+                failure('generic', `tunnel ${context.tunnel.id} (pid ${context.entry.pid}) did not answer within ${requestWaitMs(context.waitMs) / 1000} s; retry with --force to SIGKILL its owner`),
+            },
+          },
+        ],
       },
     },
     waiting: {

@@ -75,15 +75,11 @@ export function provideTunnel(ports: TunnelPorts) {
       }),
       runCommand: fromCallback<CommandControlEvent, RunInput>(({ input, sendBack, receive }) => {
         const running = ports.runner.run(input.command, input.env);
-        let done = false;
-        void running.exited.then((exit) => {
-          done = true;
-          sendBack({ type: 'command.exited', exit });
-        });
+        void running.exited.then((exit) => sendBack({ type: 'command.exited', exit }));
         receive((event) => running.kill(event.signal));
-        return () => {
-          if (!done) running.kill('SIGTERM');
-        };
+        // Leaving runningCommand (the command exited, or a second signal cut the wait short): nothing
+        // of the command may outlive the tunnel, not even what it left running in the background.
+        return () => running.end();
       }),
       watchSignals: fromCallback<TunnelEvent>(({ sendBack }) => ports.signals.watch((signal) => sendBack({ type: 'tunnel.stop', signal }))),
       teardown: fromPromise<void, TeardownInput>(({ input }) => teardown(ports, input)),

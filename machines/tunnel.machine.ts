@@ -32,6 +32,8 @@ export interface TunnelContext {
   readonly exit?: Outcome;
   /** Exit code of the wrapped command, once it has exited. */
   readonly commandExit?: CommandExit;
+  /** The stop signal already passed on to the wrapped command: a second one stops waiting for it. */
+  readonly commandSignalled?: StopSignal;
   /** Successful reconnects so far (shown by `list`). */
   readonly reconnects?: number;
   /** Failed attempts in the current reconnect. */
@@ -226,6 +228,8 @@ export const tunnelMachine = setup({
     isRunMode: ({ context }) => context.settings?.mode === 'run',
     /** Ctrl+C on a terminal already reached the command through the process group: don't signal twice. */
     isTerminalInterrupt: ({ context, event }) => context.interactive && event.type === 'tunnel.stop' && event.signal === 'SIGINT',
+    /** A stop signal already went to the wrapped command. */
+    isCommandSignalled: ({ context }) => context.commandSignalled !== undefined,
     /** --reconnect-attempts is not 0. */
     mayReconnect: ({ context }) => (context.settings?.reconnectAttempts ?? 0) > 0,
     hasAttemptsLeft: ({ context }) => (context.reconnectAttempt ?? 0) + 1 < (context.settings?.reconnectAttempts ?? 0),
@@ -404,8 +408,27 @@ export const tunnelMachine = setup({
               ],
             },
             'tunnel.stop': [
-              { guard: 'isTerminalInterrupt' },
-              { actions: sendTo('command', ({ event }): CommandControlEvent => ({ type: 'command.signal', signal: event.signal })) },
+              // A second signal: the command ignored the first. Leaving this state SIGKILLs its process
+              // group (the runCommand actor's cleanup), then teardown runs, and pam exits 128+N.
+              {
+                guard: 'isCommandSignalled',
+                target: '#tunnel.stopping',
+                actions: {
+                  type: 'recordOutcome',
+                  params: ({ context, event }) => ({
+                    kind: 'signal',
+                    exitCode: signalExitCode(event.signal),
+                    reason: `wrapped command still running after ${context.commandSignalled}; killed (SIGKILL) on a second signal, ${event.signal}`,
+                  }),
+                },
+              },
+              { guard: 'isTerminalInterrupt', actions: assign({ commandSignalled: ({ event }) => event.signal }) },
+              {
+                actions: [
+                  assign({ commandSignalled: ({ event }) => event.signal }),
+                  sendTo('command', ({ event }): CommandControlEvent => ({ type: 'command.signal', signal: event.signal })),
+                ],
+              },
             ],
             // Lost for good (the outcome is recorded): the command gets SIGTERM; its exit ends the tunnel.
             'link.gone': { actions: sendTo('command', { type: 'command.signal', signal: 'SIGTERM' } satisfies CommandControlEvent) },

@@ -47,7 +47,9 @@ export class CompletionCommand extends Command<PamContext> {
         words: definition.path.split(' ').slice(1),
         flags: definition.options.flatMap((option) => option.definition.split(' ')[0]!.split(',')).filter((flag) => flag.startsWith('-')),
       }));
-    const script = { bash: bashScript, zsh: zshScript, fish: fishScript }[this.shell ?? ''];
+    const scripts = { bash: bashScript, zsh: zshScript, fish: fishScript };
+    // Own keys only: `pam completion constructor` must not reach Object.prototype.
+    const script = this.shell !== undefined && Object.hasOwn(scripts, this.shell) ? scripts[this.shell as keyof typeof scripts] : undefined;
     if (!script) throw new TunnelError('usage', `name a shell: \`pam completion bash\`, \`pam completion zsh\` or \`pam completion fish\``);
     this.context.stdout.write(script(commands));
     return 0;

@@ -1,7 +1,8 @@
 // `pam gateway`: the peer pam-tunnel ships, so every tunnel is real end to end.
 
 import { Command, Option } from 'clipanion';
-import { TunnelError } from '../../machines/errors.js';
+import { TunnelError, type StopSignal } from '../../machines/errors.js';
+import { createProcessSignals } from '../../adapters/posix-signals.js';
 import type { PamContext } from '../context.js';
 import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
 import { readFileSync } from 'node:fs';
@@ -128,9 +129,16 @@ export class GatewayCommand extends Command<PamContext> {
   }
 }
 
-export function stopSignal(): Promise<NodeJS.Signals> {
-  return new Promise<NodeJS.Signals>((resolve) => {
-    for (const name of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(name, () => resolve(name));
+/**
+ * The process's one signal policy: the first stop signal closes in order; once unwatched, a second
+ * one ends the process at once (Node's default).
+ */
+export function stopSignal(): Promise<StopSignal> {
+  return new Promise<StopSignal>((resolve) => {
+    const unwatch = createProcessSignals().watch((name) => {
+      unwatch();
+      resolve(name);
+    });
   });
 }
 

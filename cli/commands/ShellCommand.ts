@@ -5,6 +5,8 @@ import type { PamContext } from '../context.js';
 import { createCli } from '../main.js';
 import { runShell } from '../shell.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
+import { createProcessSignals } from '../../adapters/posix-signals.js';
+import { releaseHungUpTerminal } from '../../adapters/terminal.js';
 
 export class ShellCommand extends Command<PamContext> {
   static override paths = [['shell']];
@@ -16,9 +18,12 @@ export class ShellCommand extends Command<PamContext> {
       Every pam command works without the \`pam\` prefix. \`tunnel start\` returns to the prompt once the
       tunnel is ready; it runs in this process, so \`-fg\`/\`-bg\` are skipped with a notice (use one-shot
       \`pam tunnel start -bg\` for a tunnel that outlives the shell). Other terminals see the session's
-      tunnels in \`pam tunnel list\` and can stop one with \`pam tunnel stop <id>\`. Leaving (exit, Ctrl+D,
-      SIGTERM, SIGHUP) stops them all. With stdin not a terminal, lines run one by one without prompts
-      and the exit code is that of the last command that failed. History: $XDG_STATE_HOME/pam/history.
+      tunnels in \`pam tunnel list\` and can stop one with \`pam tunnel stop <id>\` (the shell itself lives on).
+      Ctrl+C cancels the line being typed, or a command still running (a connecting \`tunnel start\`
+      ends with 130). Leaving (\`exit\`, \`exit N\`, Ctrl+D, SIGTERM, SIGHUP, the terminal closing) stops
+      them all, each once and cleanly. With stdin not a terminal, lines run one by one without prompts,
+      blank lines and \`# comments\` are skipped, and the exit code is N for \`exit N\`, else that of
+      the last command that failed. History: $XDG_STATE_HOME/pam/history.
     `,
     examples: [
       ['Start an interactive session', '$0 shell'],
@@ -33,6 +38,9 @@ export class ShellCommand extends Command<PamContext> {
     const registry = await openFsRegistry({ env: this.context.env });
     // The session's tunnels read PAM_INSPECT like one-shot ones; the flag sets it for them.
     const env = this.inspect === undefined ? this.context.env : { ...this.context.env, PAM_INSPECT: this.inspect === true ? '1' : String(this.inspect) };
-    return runShell(createCli({ colors: this.context.colorDepth > 1 }), { ...this.context, env }, registry);
+    return runShell(createCli({ colors: this.context.colorDepth > 1 }), { ...this.context, env }, registry, {
+      signals: createProcessSignals(process, ['SIGTERM', 'SIGHUP']),
+      releaseTerminal: () => releaseHungUpTerminal(process),
+    });
   }
 }

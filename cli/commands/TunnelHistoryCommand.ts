@@ -22,7 +22,8 @@ export class TunnelHistoryCommand extends Command<PamContext> {
       tunnel, newest first, with its exit code and reason, including owners that died without stopping
       (kill -9, power loss). With an id (or unique prefix): every state and event of that tunnel.
       Journals are pruned when a tunnel starts: the newest $PAM_JOURNAL_KEEP (200), none older than
-      $PAM_JOURNAL_MAX_AGE_DAYS (30).
+      $PAM_JOURNAL_MAX_AGE_DAYS (30); a background tunnel's log (\`<registry>/logs/<id>.log\`) goes with
+      its journal.
     `,
     examples: [
       ['Why did my tunnels end?', '$0 tunnel history'],
@@ -44,7 +45,7 @@ export class TunnelHistoryCommand extends Command<PamContext> {
       const pid = entries[0]?.meta?.pid;
       if (pid !== undefined && !alive.has(pid) && !entries.at(-1)?.output) alive.set(pid, await processStartTime(pid));
     }
-    const rows = journals.slice(0, this.limit).map(({ id, entries }) => summarize(id, entries, (pid, startTime) => alive.get(pid) === startTime));
+    const rows = journals.slice(0, this.limit).map(({ id, entries, lastSeen }) => summarize(id, entries, (pid, startTime) => alive.get(pid) === startTime, lastSeen));
     if (this.json) {
       this.context.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
       return 0;

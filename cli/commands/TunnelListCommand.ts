@@ -5,6 +5,7 @@ import { allTunnels } from '../../machines/selector.js';
 import type { PamContext } from '../context.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 import { renderTable } from '../table.js';
+import { foreignRow, tunnelRow } from '../registry-rows.js';
 
 export class TunnelListCommand extends Command<PamContext> {
   static override paths = [['tunnel', 'list'], ['tunnel', 'ls']];
@@ -13,8 +14,10 @@ export class TunnelListCommand extends Command<PamContext> {
     category: 'Tunnels',
     description: 'list running tunnels of this user, from every process',
     details: `
-      Reads the registry (\`<tmp>/keeper-tunnel-sessions/\`, or $PAM_TUNNEL_REGISTRY); entries whose
-      owner is gone, or whose pid now belongs to another process, are removed on the way.
+      Reads the registry (\`<tmp>/keeper-tunnel-sessions/\`, or $PAM_TUNNEL_REGISTRY); pam's entries whose
+      owner is gone, or whose pid now belongs to another process, are removed on the way. Files that
+      are not pam's are left alone; another program's live entry (Keeper Commander shares the
+      directory) is shown with STATE foreign (\`"foreign": true\` in JSON) and is never stopped by pam.
       With --json: an array of objects with stable field names.
     `,
     examples: [
@@ -28,21 +31,8 @@ export class TunnelListCommand extends Command<PamContext> {
   async execute(): Promise<number> {
     const registry = await openFsRegistry({ env: this.context.env });
     const now = Date.now();
-    const rows = allTunnels(await registry.entries()).map(({ entry, tunnel }) => ({
-      id: tunnel.id,
-      target: tunnel.target,
-      host: tunnel.host,
-      port: tunnel.port,
-      pid: entry.pid,
-      mode: tunnel.mode,
-      state: tunnel.state,
-      startedAt: tunnel.startedAt,
-      uptimeSeconds: Math.max(0, Math.round((now - Date.parse(tunnel.startedAt)) / 1000)),
-      reconnects: tunnel.reconnects,
-      gateway: tunnel.gateway,
-      pidFile: tunnel.pidFile ?? null,
-      logFile: tunnel.logFile ?? null,
-    }));
+    const { entries, foreign } = await registry.scan();
+    const rows = [...allTunnels(entries).map(({ entry, tunnel }) => tunnelRow(entry, tunnel, now)), ...foreign.map(foreignRow)];
     if (this.json) {
       this.context.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
       return 0;
@@ -51,9 +41,19 @@ export class TunnelListCommand extends Command<PamContext> {
       this.context.stderr.write('no tunnels running\n');
       return 0;
     }
+    const dash = (value: string | number | null) => (value === null ? '-' : String(value));
     const table = renderTable(
       ['ID', 'TARGET', 'LOCAL', 'PID', 'MODE', 'STATE', 'UPTIME', 'RECONNECTS'],
-      rows.map((row) => [row.id, row.target, `${row.host}:${row.port}`, String(row.pid), row.mode, row.state, formatUptime(row.uptimeSeconds), String(row.reconnects)]),
+      rows.map((row) => [
+        dash(row.id),
+        dash(row.target),
+        row.port === null ? '-' : `${row.host ?? '?'}:${row.port}`,
+        String(row.pid),
+        dash(row.mode),
+        row.foreign ? 'foreign' : dash(row.state),
+        row.uptimeSeconds === null ? '-' : formatUptime(row.uptimeSeconds),
+        dash(row.reconnects),
+      ]),
     );
     this.context.stdout.write(table);
     return 0;

@@ -1,6 +1,7 @@
 // `pam tunnel start`: parse flags, run a tunnel actor, and exit with its output's code.
 
 import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
 import { resolve as resolvePath } from 'node:path';
 import { Command, Option } from 'clipanion';
 import { createActor, toPromise } from 'xstate';
@@ -11,6 +12,9 @@ import type { PamContext } from '../context.js';
 import { gatewayKeyCheck, gatewayUrl, iceServers, readConfigFile, readToken, transportChoice } from '../config.js';
 import { createTunnelPrinter } from '../tunnel-output.js';
 import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
+import { tunnelRow } from '../registry-rows.js';
+import { ownerIdVariable } from '../../adapters/background-owner.js';
+import { failureKinds, failureOf } from '../../machines/errors.js';
 import { createSystemdNotifier } from '../../adapters/sd-notify.js';
 import { journalRetention, openJournal } from '../../adapters/fs-journal.js';
 import { processStartTime } from '../../adapters/process-identity.js';
@@ -68,6 +72,26 @@ export class TunnelStartCommand extends Command<PamContext> {
   inspect = Option.String('--inspect', { tolerateBoolean: true, description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)` });
 
   async execute(): Promise<number> {
+    if (this.context.env[ownerIdVariable] === undefined) return this.start();
+    // A background owner's stdout and stderr are its log: JSON lines only, errors included, so the
+    // launcher (and a person with jq) can read why it stopped.
+    const log = this.context.stdout;
+    // A full disk makes writes to the log fail: the owner must still exit with its own code (73), not
+    // crash on an unhandled stream error (exit 1) that tells the launcher nothing.
+    log.on('error', () => undefined);
+    this.context = { ...this.context, stderr: jsonLines(log) };
+    try {
+      return await this.start();
+    } catch (error) {
+      const failed = failureOf(error);
+      const usage = error instanceof Error && error.name === 'UsageError';
+      const outcome = usage ? { kind: 'usage', exitCode: failureKinds.usage.exitCode, reason: error.message } : failed;
+      log.write(`${JSON.stringify({ event: 'stopped', exitCode: outcome.exitCode, kind: outcome.kind, reason: outcome.reason })}\n`);
+      return outcome.exitCode;
+    }
+  }
+
+  private async start(): Promise<number> {
     const file = readConfigFile(this.context.env);
     const flags: StartFlags = {
       target: this.target,
@@ -108,6 +132,7 @@ export class TunnelStartCommand extends Command<PamContext> {
     const transport = transportChoice(this.transport, this.context.env);
     const session = this.context.session;
     const ports = await createTunnelPorts({
+      ...(ownerId !== undefined ? { ownerLogId: ownerId } : {}),
       token,
       env: this.context.env,
       announce,
@@ -164,11 +189,18 @@ export class TunnelStartCommand extends Command<PamContext> {
       const { ready, owner } = outcome;
       this.context.stdout.write(
         this.json
-          ? `${JSON.stringify({ id: ready.id, pid: owner.pid, host: ready.host, port: ready.port, target: ready.target, logFile: owner.logFile })}\n`
+          ? // The very row `pam tunnel list --json` shows for this tunnel.
+            `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
           : `pam: tunnel ${ready.id} ready on ${ready.host}:${ready.port} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
               `stop it with \`pam tunnel stop ${ready.id}\`\n`,
       );
     } else {
+      // With --json, failure is one JSON object on stdout too, shaped like the foreground `stopped` event.
+      if (this.json) {
+        this.context.stdout.write(
+          `${JSON.stringify({ event: 'stopped', id, exitCode: outcome.exitCode, kind: outcome.kind, reason: outcome.reason, logFile: outcome.owner?.logFile ?? null })}\n`,
+        );
+      }
       this.context.stderr.write(`pam: ${outcome.reason}\n`);
     }
     return outcome.exitCode;
@@ -178,4 +210,16 @@ export class TunnelStartCommand extends Command<PamContext> {
 /** Drop undefined values, so optional fields stay absent (exactOptionalPropertyTypes-friendly). */
 function defined<T extends Record<string, unknown>>(values: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
   return Object.fromEntries(Object.entries(values).filter(([, value]) => value !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+}
+
+/** Each line written becomes `{"event":"log","message":…}` on `target` (JSON lines pass through). */
+function jsonLines(target: NodeJS.WritableStream): Writable {
+  return new Writable({
+    write(chunk: Buffer | string, _encoding, done) {
+      for (const line of String(chunk).split('\n').filter((text) => text.trim() !== '')) {
+        target.write(line.startsWith('{') ? `${line}\n` : `${JSON.stringify({ event: 'log', message: line.replace(/^pam: /, '') })}\n`);
+      }
+      done();
+    },
+  });
 }

@@ -22,10 +22,13 @@ export class TunnelStopCommand extends Command<PamContext> {
     description: 'stop running tunnels by id, target, local port or pid',
     details: `
       The selector is a tunnel id (or a unique prefix), a target name, a local port, or the owning
-      pid. An ambiguous selector exits 2 and lists the candidates; nothing matching exits 1.
-      Sends SIGTERM to the owner (or, for an owner with several tunnels such as \`pam shell\`, asks its
-      control channel to stop just that one), then waits up to --wait seconds. A tunnel still
-      running then exits 1, unless --force: SIGKILL, and its registry entry and pid file are removed.
+      pid. An ambiguous selector exits 2 and lists the candidates, an empty or blank one exits 2 and
+      stops nothing; nothing matching exits 1.
+      Sends SIGTERM to the owner (or, for \`pam shell\`, asks its control channel to stop just that
+      tunnel: the shell itself is never signalled), then waits up to --wait seconds. A tunnel still
+      running then (or an owner that does not answer) exits 1, unless --force: SIGKILL to the owner,
+      to every process it started and to the process groups they lead (a --run command and all its
+      children), and its registry entry and pid file are removed.
     `,
     examples: [
       ['Stop the tunnel with id 3f2a9c1e', '$0 tunnel stop 3f2a9c1e'],
@@ -44,12 +47,16 @@ export class TunnelStopCommand extends Command<PamContext> {
       throw new TunnelError('usage', 'name a tunnel to stop (id, target, port or pid) or pass --all, not both');
     }
     const registry = await openFsRegistry({ env: this.context.env });
-    const entries = await registry.entries();
+    const { entries, foreign } = await registry.scan();
     let targets: readonly Selected[];
     if (this.all) {
       targets = allTunnels(entries);
     } else {
       const selection = selectTunnels(entries, this.selector!);
+      const other = foreign.find((entry) => String(entry.pid) === this.selector);
+      if (!selection.ok && other) {
+        throw new TunnelError('generic', `pid ${other.pid} owns another program's tunnel (a foreign registry entry, e.g. Keeper Commander's): stop it with that program`);
+      }
       if (!selection.ok) throw new TunnelError(selection.failure.kind as 'usage' | 'generic', selection.failure.reason);
       targets = selection.selected;
     }
@@ -64,7 +71,8 @@ export class TunnelStopCommand extends Command<PamContext> {
     // One stop per owner process unless it owns several tunnels and only some are meant.
     const results = await Promise.all(
       targets.map(({ entry, tunnel }) => {
-        const wholeProcess = targets.filter((other) => other.entry.pid === entry.pid).length === entry.tunnels.length;
+        // An owner with a control channel (pam shell) is asked per tunnel and outlives them all.
+        const wholeProcess = entry.control === undefined && targets.filter((other) => other.entry.pid === entry.pid).length === entry.tunnels.length;
         const actor = createActor(machine, {
           input: { entry, tunnel, onlyThisTunnel: !wholeProcess, waitMs: this.wait * 1000, force: this.force },
         });

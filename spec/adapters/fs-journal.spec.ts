@@ -5,7 +5,7 @@ import { readdirSync, readFileSync, statSync, utimesSync, writeFileSync, mkdirSy
 import { join } from 'node:path';
 import t from 'tap';
 import { createActor } from 'xstate';
-import { journalDir, openJournal, readJournals } from '../../adapters/fs-journal.js';
+import { journalDir, logDir, openJournal, readJournals } from '../../adapters/fs-journal.js';
 import { inertTunnelMachine, replay } from '../../machines/journal.js';
 import { scratchDir } from '../support/processes.js';
 
@@ -26,6 +26,29 @@ t.test('old journals are pruned on open: newest `keep` kept, none older than max
   utimesSync(ancient, now - 40 * 86_400, now - 40 * 86_400);
   openJournal({ registryDir, meta: { id: '0000aaaa', pid: process.pid, startTime: 'x', input }, keep: 4, maxAgeDays: 30 });
   t.same(readdirSync(dir).sort(), ['00000000.jsonl', '00000001.jsonl', '00000002.jsonl'], 'the 3 newest stay (one slot is for the new journal), the 40-day-old one goes');
+});
+
+t.test('background logs are pruned with the journals of the same ids; the opening tunnel keeps its log', async (t) => {
+  const registryDir = scratchDir(t);
+  const dir = journalDir(registryDir);
+  const logs = logDir(registryDir);
+  mkdirSync(dir, { recursive: true });
+  mkdirSync(logs, { recursive: true });
+  const now = Date.now() / 1000;
+  const age = (path: string, seconds: number) => utimesSync(path, now - seconds, now - seconds);
+  for (let i = 0; i < 6; i += 1) {
+    writeFileSync(join(dir, `0000000${i}.jsonl`), '{}\n');
+    age(join(dir, `0000000${i}.jsonl`), i * 60);
+    writeFileSync(join(logs, `0000000${i}.log`), '{}\n');
+    age(join(logs, `0000000${i}.log`), i * 60);
+  }
+  writeFileSync(join(logs, '000000ee.log'), 'a log whose journal is gone\n');
+  age(join(logs, '000000ee.log'), 40 * 86_400);
+  writeFileSync(join(logs, '0000aaaa.log'), 'the launcher opened it just before the owner opens its journal\n');
+  age(join(logs, '0000aaaa.log'), 40 * 86_400);
+  openJournal({ registryDir, meta: { id: '0000aaaa', pid: process.pid, startTime: 'x', input }, keep: 4, maxAgeDays: 30 });
+  t.same(readdirSync(logs).sort(), ['00000000.log', '00000001.log', '00000002.log', '0000aaaa.log'], 'logs follow their journals; an orphan past the age goes');
+  t.same(readdirSync(dir).sort(), ['00000000.jsonl', '00000001.jsonl', '00000002.jsonl'], 'the journals as before');
 });
 
 t.test('each event is one 0600 line, redacted, and the journal replays', async (t) => {

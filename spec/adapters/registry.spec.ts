@@ -2,7 +2,8 @@
 // modes, unsafe directories, forged and torn files, concurrent cleaners, and pid files.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
@@ -94,8 +95,19 @@ t.test('unsafe directories are refused with exit code 78', async (t) => {
   const open = join(base, 'open');
   mkdirSync(open);
   chmodSync(open, 0o775);
+  // Relative paths below would land in the working directory if accepted: make that the scratch dir.
+  const cwd = process.cwd();
+  process.chdir(base);
+  t.teardown(() => process.chdir(cwd));
   for (const [dir, problem] of [
     [join(base, 'link'), /is a symlink/],
+    [`${join(base, 'link')}/`, /is a symlink/],
+    [`${join(base, 'link')}/.`, /is a symlink/],
+    [`${join(base, 'link')}//./`, /is a symlink/],
+    [join(base, 'link', 'sub'), /goes through the symlink .*link/],
+    [`${join(base, 'link')}/../real`, /goes through the symlink .*link/],
+    ['relative/registry', /is a relative path: set PAM_TUNNEL_REGISTRY to an absolute path/],
+    ['./registry', /is a relative path/],
     [open, /group- or world-writable \(mode 775\)/],
   ] as const) {
     const refused = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } }).then(
@@ -107,9 +119,11 @@ t.test('unsafe directories are refused with exit code 78', async (t) => {
     t.match(refused?.message, problem);
     t.match(refused?.message, /PAM_TUNNEL_REGISTRY/, 'the message names the fix');
   }
+  t.same(readdirSync(real), [], 'nothing was created through the link');
+  t.notOk(existsSync('relative'), 'nor relative to the working directory');
 });
 
-t.test('forged, torn and oversized files never break entries() and ours are removed', async (t) => {
+t.test('forged, torn and oversized files never break entries(); only ours by schema and dead are removed', async (t) => {
   const dir = join(scratchDir(t), 'registry');
   const registry = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } });
   const live = await liveProcess(t);
@@ -133,11 +147,61 @@ t.test('forged, torn and oversized files never break entries() and ours are remo
     pids.set(label, pid);
     writeFileSync(join(dir, `${pid}.json`), text.replace(`"pid":${live.pid}`, `"pid":${label === 'pid not the file name' ? live.pid + 1 : pid}`));
   }
-  symlinkSync('/etc/passwd', join(dir, `${deadPid()}.json`));
+  const link = `${deadPid()}.json`;
+  symlinkSync('/etc/passwd', join(dir, link));
   writeFileSync(join(dir, 'notes.txt'), 'not an entry');
   const entries = await registry.entries();
   t.same(entries.map((entry) => entry.pid), [live.pid], 'only the well-formed live entry is listed');
-  t.same(readdirSync(dir).sort(), [`${live.pid}.json`, 'notes.txt'].sort(), 'forged and stale files of ours were removed; other names left alone');
+  // Not provably ours (unparsable, another schema, not JSON of an object, a link): left alone.
+  const kept = ['garbage', 'wrong schema', 'huge', 'array'].map((label) => `${pids.get(label)}.json`);
+  t.same(readdirSync(dir).sort(), [`${live.pid}.json`, 'notes.txt', link, ...kept].sort(), 'stale files of our schema were removed, nothing else');
+});
+
+t.test("files that are not provably ours and dead are left alone; another program's live entry is foreign", async (t) => {
+  const dir = join(scratchDir(t), 'registry');
+  const registry = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } });
+  const commander = await liveProcess(t);
+  const owner = await liveProcess(t);
+  const old = new Date(Date.now() - 3_600_000);
+  const files: Record<string, string> = {
+    '2023.json': '{"year": 2023, "notes": "mine"}',
+    '.notes.tmp': 'draft',
+    // Keeper Commander's schema (tunnel_registry.py): no `schema`, top-level pid/host/port/mode.
+    [`${commander.pid}.json`]: JSON.stringify({ pid: commander.pid, record_uid: 'rUid', host: '127.0.0.1', port: 5432, mode: 'background', pid_started_at: 'x' }),
+    [`${deadPid()}.json`]: JSON.stringify({ pid: 1, record_uid: 'gone', host: '127.0.0.1', port: 1, mode: 'run' }),
+    // A live owner's entry caught torn (another writer's bug, a disk hiccup): not a reason to delete it.
+    [`${owner.pid}.json`]: '{"schema":1,"pid":',
+    [`.${owner.pid}.0a0b0c0d.tmp`]: 'being written',
+  };
+  for (const [name, text] of Object.entries(files)) {
+    writeFileSync(join(dir, name), text, { mode: 0o600 });
+    utimesSync(join(dir, name), old, old);
+  }
+  const ourDeadTemp = `.${deadPid()}.0a0b0c0e.tmp`;
+  writeFileSync(join(dir, ourDeadTemp), 'left by a writer that died');
+  const scan = await registry.scan();
+  t.same(scan.entries, [], 'none of them is a live entry of ours');
+  t.same(scan.foreign, [{ pid: commander.pid, host: '127.0.0.1', port: 5432, mode: 'background', label: 'rUid' }], "Commander's live entry is foreign");
+  t.same(readdirSync(dir).sort(), Object.keys(files).sort(), 'only our own temp file of a dead writer was removed');
+
+  const good = { schema: 1, pid: owner.pid, startTime: owner.startTime, hostname: 'h', tunnels: [record('000000d1', 3101)] };
+  writeFileSync(join(dir, `${owner.pid}.json`), JSON.stringify(good));
+  t.same((await registry.entries()).map((entry) => entry.pid), [owner.pid], 'once whole again, the live owner is listed');
+  await owner.kill();
+  await commander.kill();
+  const after = await registry.scan();
+  t.same([after.entries, after.foreign], [[], []], 'dead owners are not listed');
+  t.notOk(existsSync(join(dir, `${owner.pid}.json`)), 'our dead entry is removed');
+  t.ok(existsSync(join(dir, `${commander.pid}.json`)), "Commander's dead entry is Commander's to clean");
+});
+
+t.test('our entries carry the top-level fields Keeper Commander reads (pid, host, port, mode)', async (t) => {
+  const registry = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: join(scratchDir(t), 'registry') } });
+  await registry.put(record('000000e1', 6001));
+  const written = JSON.parse(readFileSync(registry.entryPath, 'utf8')) as Record<string, unknown>;
+  t.match(written, { schema: 1, pid: process.pid, host: '127.0.0.1', port: 6001, mode: record('000000e1', 6001).mode });
+  t.same((await registry.entries())[0]?.tunnels.map((tunnel) => tunnel.port), [6001], 'and still read back as ours');
+  await registry.remove('000000e1');
 });
 
 t.test('two cleaners racing over the same stale files both succeed', async (t) => {
@@ -199,4 +263,29 @@ t.test('an unsafe shared directory falls back to keeper-tunnel-sessions-<uid>', 
   t.equal(registry.location, join(tmp, `keeper-tunnel-sessions-${process.geteuid!()}`));
   t.equal(statSync(registry.location).mode & 0o777, 0o700);
   t.same(readdirSync(elsewhere), [], 'nothing was written through the symlink');
+});
+
+t.test('a control socket left by a dead owner is removed; a live owner\'s stays', async (t) => {
+  const dir = join(scratchDir(t), 'registry');
+  const registry = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } });
+  // A process that listens on <its pid>.sock and is then killed: the socket file outlives it.
+  const script = "const p=require('path').join(process.argv[1], process.pid + '.sock'); require('net').createServer().listen(p, () => console.log(p))";
+  const child = spawn(process.execPath, ['-e', script, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  t.teardown(() => {
+    child.kill('SIGKILL');
+    return exited;
+  });
+  const stale = await new Promise<string>((resolve) => child.stdout!.once('data', (chunk: Buffer) => resolve(chunk.toString().trim())));
+  child.kill('SIGKILL');
+  await exited;
+  const live = await liveProcess(t);
+  const livePath = join(dir, `${live.pid}.sock`);
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(livePath, resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  t.ok(existsSync(stale), 'the dead owner left its socket');
+  await registry.entries();
+  t.notOk(existsSync(stale), 'removed: its pid is gone');
+  t.ok(existsSync(livePath), 'a live pid keeps its socket');
 });

@@ -1,7 +1,7 @@
 // The real shell runner beyond the shared contract: environment, "not found", and no orphans.
 
 import t from 'tap';
-import { createShellRunner, descendantsOf } from '../../adapters/shell-runner.js';
+import { createShellRunner, descendantsOf, execIfSimple } from '../../adapters/shell-runner.js';
 import { isAlive, until } from '../support/processes.js';
 
 t.test('the command sees the environment it is given', async (t) => {
@@ -29,4 +29,19 @@ t.test('a forwarded signal reaches what the shell started: nothing is orphaned',
   t.equal(exit.exitCode, 143);
   await until(() => !isAlive(sleeper), 5_000, 'sleep to exit');
   t.notOk(isAlive(sleeper), 'the grandchild got the signal too');
+});
+
+t.test('one simple command runs with exec; anything a shell must interpret runs as given', async (t) => {
+  const cases: Array<[string, boolean]> = [
+    ['psql -h "$PAM_TUNNEL_HOST" -c "select 1; select 2"', true],
+    ["curl -fsS 'http://x/?a=1&b=2' 2>&1", true],
+    ['sleep 41 & echo bye', false],
+    ['trap "" TERM; sleep 47', false],
+    ['a | b', false],
+    ['exit 7', false],
+    ['FOO=1 env', false],
+    ['if true; then :; fi', false],
+    ['echo `date`', false],
+  ];
+  for (const [command, exec] of cases) t.equal(execIfSimple(command), exec ? `exec ${command}` : command, command);
 });

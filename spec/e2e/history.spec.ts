@@ -4,7 +4,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { echoServer, isAlive, pam, scratchDir, silentGateway, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
+import { echoServer, freePort, isAlive, pam, scratchDir, silentGateway, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
 
 const token = 'history-token-44e1';
 
@@ -82,4 +82,39 @@ t.test('a torn last line is skipped, and an edited journal no longer replays', a
   const replayed = pam(t, ['tunnel', 'replay', id], { env });
   t.equal(await replayed.exited, 1, 'a different event sequence is reported as a divergence');
   t.match(replayed.stderr, /replay differs from the recording/);
+});
+
+t.test('an owner killed with -9 after idling shows how long it ran, not just until its last event', async (t) => {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
+  const env = tunnelEnv(dir, token, gateway.url);
+  const doomed = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json'], { env });
+  const id = String((await doomed.event('ready')).id);
+  const journal = join(dir, 'registry', 'journal', `${id}.jsonl`);
+  const firstAt = Date.parse((JSON.parse(readFileSync(journal, 'utf8').split('\n')[0]!) as { at: string }).at);
+  // No event happens while it idles; only its heartbeat says it is still there.
+  await until(() => statSync(journal).mtimeMs - firstAt >= 3_000, 20_000, 'the journal to show 3 s of life');
+  doomed.child.kill('SIGKILL');
+  await doomed.exited;
+  await until(() => !isAlive(doomed.pid), 5_000, 'owner death');
+  const history = pam(t, ['tunnel', 'history', '--json'], { env });
+  t.equal(await history.exited, 0, history.stderr);
+  const row = (JSON.parse(history.stdout) as Array<{ id: string; status: string; durationSeconds: number }>).find((candidate) => candidate.id === id);
+  t.equal(row?.status, 'died');
+  t.ok((row?.durationSeconds ?? 0) >= 3, `died after at least 3 s of life, history says ${row?.durationSeconds} s`);
+});
+
+t.test('a target that refuses: the client gets a reset and pam says so in one stderr line; --run stdout stays clean', async (t) => {
+  const dir = scratchDir(t);
+  const closed = await freePort();
+  const gateway = await startGatewayProc(t, dir, token, { closed });
+  const env = tunnelEnv(dir, token, gateway.url);
+  const client = `node -e "const s=require('net').connect(process.env.PAM_TUNNEL_PORT,'127.0.0.1');s.on('error',e=>{console.log('client:',e.code);});s.on('close',()=>console.log('client: closed'))"`;
+  const run = pam(t, ['tunnel', 'start', 'closed', '-R', client], { env });
+  t.equal(await run.exited, 0, run.stderr);
+  t.match(run.stdout, /^(client: ECONNRESET\n)?client: closed\n$/, "stdout holds only the command's output");
+  const lines = run.stderr.split('\n').filter((line) => /refused/.test(line));
+  t.equal(lines.length, 1, `one line about the refusal: ${run.stderr}`);
+  t.match(lines[0], new RegExp(`^pam: the target refused a connection \\(target 127\\.0\\.0\\.1:${closed}: ECONNREFUSED\\)`));
 });

@@ -190,3 +190,90 @@ t.test('usage errors exit 2 with one line naming the fix, before anything connec
   const missing = pam(t, ['tunnel', 'start'], { env });
   t.equal(await missing.exited, 2, 'a missing target is a usage error too (clipanion would say 1)');
 });
+
+/** Pids of processes whose command line is exactly `cmdline` (argv joined by spaces). */
+function pidsOf(cmdline: string): number[] {
+  return readdirSync('/proc')
+    .filter((name) => /^\d+$/.test(name))
+    .filter((name) => {
+      try {
+        return readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ') === cmdline;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+function killAtTeardown(t: Teardownable, cmdline: string): void {
+  t.teardown(() => {
+    for (const pid of pidsOf(cmdline)) process.kill(pid, 'SIGKILL');
+  });
+}
+
+/** Wait until the tunnel's journal shows it received `type` (so the next signal is a separate one). */
+async function journalled(registry: string, type: string): Promise<void> {
+  const journal = join(registry, 'journal');
+  await until(
+    () => existsSync(journal) && readdirSync(journal).some((name) => readFileSync(join(journal, name), 'utf8').includes(`"type":"${type}"`)),
+    10_000,
+    `the journal to record ${type}`,
+  );
+}
+
+t.test('--run: a command that ignores SIGTERM/SIGINT: a second signal SIGKILLs its group, tears down, exits 128+N', async (t) => {
+  const { env, entries, registry } = await setup(t);
+  const sleeper = 'sleep 47.1517';
+  killAtTeardown(t, sleeper);
+  const tunnel = pam(t, ['tunnel', 'start', 'echo', '--json', '-R', `trap "" TERM INT; echo "shell $$"; ${sleeper}`], { env });
+  const shellPid = Number((await tunnel.line(/^shell \d+$/)).split(' ')[1]);
+  await until(() => pidsOf(sleeper).length === 1, 5_000, 'the sleep to start');
+  tunnel.child.kill('SIGTERM');
+  await journalled(registry, 'tunnel.stop');
+  t.ok(isAlive(shellPid), 'the first signal is passed on and ignored');
+  tunnel.child.kill('SIGINT');
+  t.equal(await tunnel.exited, 130, 'the second signal (SIGINT) sets the exit code: 128+2');
+  t.match(tunnel.stderr, /"event":"stopped".*killed \(SIGKILL\) on a second signal, SIGINT/);
+  t.notOk(isAlive(shellPid), 'the sh -c is gone');
+  t.same(pidsOf(sleeper), [], 'and so is its sleep');
+  t.same(entries(), [], 'registry entry removed');
+});
+
+t.test('--run: nothing the command started outlives pam (a background job the shell left behind)', async (t) => {
+  const { env } = await setup(t);
+  const sleeper = 'sleep 41.2719';
+  killAtTeardown(t, sleeper);
+  const tunnel = pam(t, ['tunnel', 'start', 'echo', '-R', `${sleeper} & echo bye`], { env });
+  t.equal(await tunnel.exited, 0, tunnel.stderr);
+  t.equal(tunnel.stdout, 'bye\n');
+  await until(() => pidsOf(sleeper).length === 0, 5_000, `${sleeper} to be gone`).catch(() => undefined);
+  t.same(pidsOf(sleeper), [], `${sleeper} did not outlive pam`);
+});
+
+t.test('pam tunnel stop --wait 2 --force on a --run tunnel kills pam, the sh -c and its children', async (t) => {
+  const { env, registry } = await setup(t);
+  const sleeper = 'sleep 43.3137';
+  killAtTeardown(t, sleeper);
+  const tunnel = pam(t, ['tunnel', 'start', 'echo', '--json', '-R', `trap "" TERM INT; echo "shell $$"; ${sleeper}`], { env });
+  const shellPid = Number((await tunnel.line(/^shell \d+$/)).split(' ')[1]);
+  await until(() => pidsOf(sleeper).length === 1, 5_000, 'the sleep to start');
+  const id = String((await tunnel.event('ready')).id);
+  const stop = pam(t, ['tunnel', 'stop', id, '--wait', '2', '--force'], { env });
+  t.equal(await stop.exited, 0, stop.stderr);
+  t.match(stop.stdout, /killed with SIGKILL/);
+  t.equal(await tunnel.exited, 128 + 9, 'pam was SIGKILLed');
+  await until(() => !isAlive(shellPid) && pidsOf(sleeper).length === 0, 5_000, 'the command to be gone').catch(() => undefined);
+  t.notOk(isAlive(shellPid), 'the sh -c is gone');
+  t.same(pidsOf(sleeper), [], 'and so is its sleep');
+  t.same(readdirSync(registry).filter((name) => name.endsWith('.json')), [], 'registry entry removed');
+});
+
+t.test('--run: a command that handles SIGINT and exits 0 gives pam exit 0 (no shell re-raises it)', async (t) => {
+  const { env } = await setup(t);
+  const handler = `${node} -e 'process.on("SIGINT",()=>{console.log("handled");process.exit(0)});console.log("ready");setInterval(()=>{},1000)'`;
+  const tunnel = pam(t, ['tunnel', 'start', 'echo', '-R', handler], { env });
+  await tunnel.line(/^ready$/);
+  tunnel.child.kill('SIGINT');
+  t.equal(await tunnel.exited, 0, tunnel.stderr);
+  t.equal(tunnel.stdout, 'ready\nhandled\n');
+});

@@ -1,8 +1,8 @@
 // The cross-process registry as operators use it: `list` and `stop` from other processes, owners that
 // die hard, forged entries, unsafe registry directories, and many owners writing at once.
 
-import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { skipBecause } from '../support/tap.js';
@@ -106,6 +106,15 @@ t.test('an unsafe registry directory is refused with exit 78', async (t) => {
   const viaLink = pam(t, ['tunnel', 'list'], { env: { PAM_TUNNEL_REGISTRY: link } });
   t.equal(await viaLink.exited, 78, 'a symlink');
   t.match(viaLink.stderr, /symlink/);
+  for (const spelling of [`${link}/`, `${link}/.`, join(link, 'sub')]) {
+    const start = pam(t, ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', 'http://127.0.0.1:9'], { env: { PAM_TUNNEL_REGISTRY: spelling, PAM_GATEWAY_TOKEN: token } });
+    t.equal(await start.exited, 78, `${spelling} is refused like the link itself`);
+    t.match(start.stderr, /symlink/);
+  }
+  t.same(readdirSync(real), [], 'nothing was written through the link');
+  const relative = pam(t, ['tunnel', 'list'], { env: { PAM_TUNNEL_REGISTRY: 'registry' } });
+  t.equal(await relative.exited, 78, 'a relative registry path');
+  t.match(relative.stderr, /relative path: set PAM_TUNNEL_REGISTRY to an absolute path/);
 
   const open = join(dir, 'open');
   mkdirSync(open);
@@ -194,4 +203,122 @@ t.test('stop waits, reports a tunnel that will not go (1), and --force kills it 
   t.same(entries(), [], 'its registry entry is gone');
   t.notOk(existsSync(pidFile), 'its pid file is gone');
   t.notOk(await portIsOpen(stuck.port), 'its port is closed');
+});
+
+t.test('an empty or blank selector is a usage error (2) for stop, history, replay and completion, and stops nothing', async (t) => {
+  const { env } = await setup(t);
+  const running = await backgroundTunnel(t, env, 'echo');
+  for (const args of [
+    ['tunnel', 'stop', ''],
+    ['tunnel', 'stop', '   '],
+    ['tunnel', 'stop', '\t'],
+    ['tunnel', 'history', ''],
+    ['tunnel', 'history', ' '],
+    ['tunnel', 'replay', ''],
+    ['tunnel', 'replay', '  '],
+    ['completion', ''],
+    ['completion', 'constructor'],
+  ]) {
+    const proc = pam(t, args, { env });
+    t.equal(await proc.exited, 2, `${JSON.stringify(args)} exits 2: ${proc.stderr}`);
+    t.match(proc.stderr, /^pam: .*(empty|name a shell)/m, 'one line naming the fix');
+    t.notMatch(proc.stderr, /^\s+at /m, 'no stack trace');
+  }
+  t.ok(isAlive(running.pid), 'the running tunnel was not stopped');
+  t.same((await list(t, env)).map((row) => row.id), [running.id], 'and is still listed');
+});
+
+t.test("list leaves files that are not pam's alone, shows Commander's live entry as foreign, and stop never touches it", async (t) => {
+  const { env, registry } = await setup(t);
+  const ours = await backgroundTunnel(t, env, 'echo');
+  const commander = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => commander.kill('SIGKILL'));
+  await new Promise((resolve) => commander.once('spawn', resolve));
+  const commanderPid = commander.pid!;
+  const foreignFiles: Record<string, string> = {
+    '2023.json': '{"year": 2023}',
+    '.notes.tmp': 'my notes',
+    [`${commanderPid}.json`]: JSON.stringify({ pid: commanderPid, record_uid: 'rec-1', host: '127.0.0.1', port: 15432, mode: 'foreground' }),
+  };
+  const old = new Date(Date.now() - 3_600_000);
+  for (const [name, text] of Object.entries(foreignFiles)) {
+    writeFileSync(join(registry, name), text, { mode: 0o600 });
+    utimesSync(join(registry, name), old, old);
+  }
+  const snapshot = () => Object.keys(foreignFiles).map((name) => (existsSync(join(registry, name)) ? readFileSync(join(registry, name), 'utf8') : null));
+  const before = snapshot();
+
+  const listed = (await list(t, env)) as Array<Listed & { foreign: boolean; logFile: string | null }>;
+  t.match(listed, [
+    { id: ours.id, pid: ours.pid, foreign: false },
+    { id: null, pid: commanderPid, host: '127.0.0.1', port: 15432, mode: 'foreground', target: 'rec-1', state: null, foreign: true },
+  ], 'ours, then the foreign live entry, marked foreign');
+  const table = pam(t, ['tunnel', 'list'], { env });
+  t.equal(await table.exited, 0);
+  t.match(table.stdout, new RegExp(`^-\\s+rec-1\\s+127\\.0\\.0\\.1:15432\\s+${commanderPid}\\s+foreground\\s+foreign\\s`, 'm'), 'the table marks it foreign');
+
+  const byPid = pam(t, ['tunnel', 'stop', String(commanderPid)], { env });
+  t.equal(await byPid.exited, 1, 'stop by its pid matches no pam tunnel');
+  t.match(byPid.stderr, /another program's tunnel/);
+  const all = pam(t, ['tunnel', 'stop', '--all', '--json'], { env });
+  t.equal(await all.exited, 0, all.stderr);
+  t.match(JSON.parse(all.stdout), [{ id: ours.id, stopped: true }], 'stop --all stops only ours');
+  t.ok(isAlive(commanderPid), 'the foreign owner was never signalled');
+  t.same(snapshot(), before, 'every foreign file is still there, unchanged');
+});
+
+t.test('-bg --json: success prints the row list --json shows, failure one JSON object, and the log holds JSON lines only', async (t) => {
+  const { env } = await setup(t);
+  const launcher = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env });
+  t.equal(await launcher.exited, 0, launcher.stderr);
+  const launched = JSON.parse(launcher.stdout) as Record<string, unknown> & { pid: number; logFile: string };
+  t.teardown(() => {
+    if (isAlive(launched.pid)) process.kill(launched.pid, 'SIGKILL');
+  });
+  const [row] = (await list(t, env)) as unknown as Array<Record<string, unknown>>;
+  t.same(Object.keys(launched).sort(), Object.keys(row!).sort(), 'the same fields as list --json');
+  const { uptimeSeconds: _a, ...stable } = launched;
+  const { uptimeSeconds: _b, ...listedStable } = row!;
+  t.same(stable, listedStable, 'with the same values');
+  t.match(launched.logFile, /\/logs\/[0-9a-f]{8}\.log$/, 'logFile shown in both');
+
+  const failing = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env: { ...env, PAM_TRANSPORT: 'carrier-pigeon' } });
+  t.equal(await failing.exited, 2, failing.stderr);
+  const lines = failing.stdout.split('\n').filter(Boolean);
+  t.equal(lines.length, 1, `one JSON object on stdout: ${failing.stdout}`);
+  const failure = JSON.parse(lines[0]!) as { event: string; exitCode: number; reason: string; logFile: string | null };
+  t.match(failure, { event: 'stopped', exitCode: 2, reason: /carrier-pigeon/ });
+  for (const logFile of [launched.logFile, failure.logFile].filter((path): path is string => path !== null)) {
+    const logLines = readFileSync(logFile, 'utf8').split('\n').filter(Boolean);
+    t.ok(logLines.length > 0, `${logFile} is not empty`);
+    t.same(logLines.filter((line) => { try { return typeof JSON.parse(line) !== 'object'; } catch { return true; } }), [], `${logFile} holds JSON lines only`);
+  }
+});
+
+t.test('-bg on a full disk exits 73 like --run, and says why', async (t) => {
+  if (process.getuid?.() !== 0 && process.env.CI !== 'true') {
+    skipBecause(t, 'not root: cannot mount a tiny tmpfs to stand for a full disk');
+    return;
+  }
+  const { env, dir } = await setup(t);
+  const disk = join(dir, 'full-disk');
+  mkdirSync(disk, { mode: 0o700 });
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0700', 'tmpfs', disk], { encoding: 'utf8' });
+  t.equal(mounted.status, 0, `mount a 256 KiB tmpfs: ${mounted.stderr}`);
+  t.teardown(() => void spawnSync('umount', [disk]));
+  const registry = join(disk, 'registry');
+  mkdirSync(join(registry, 'logs'), { recursive: true, mode: 0o700 });
+  try {
+    writeFileSync(join(disk, 'fill'), Buffer.alloc(1024 * 1024));
+  } catch (error) {
+    t.equal((error as NodeJS.ErrnoException).code, 'ENOSPC', 'the disk is now full');
+  }
+  const fullEnv = { ...env, PAM_TUNNEL_REGISTRY: registry };
+  const run = pam(t, ['tunnel', 'start', 'echo', '-R', 'true'], { env: fullEnv });
+  t.equal(await run.exited, 73, `--run: ${run.stderr}`);
+  const background = pam(t, ['tunnel', 'start', 'echo', '-bg', '--json'], { env: fullEnv });
+  t.equal(await background.exited, 73, `-bg exits 73 too: ${background.stderr}`);
+  t.match(background.stderr, /could not be written|cannot (write|create)/, 'and the line says what could not be written');
+  t.match(JSON.parse(background.stdout), { event: 'stopped', exitCode: 73, kind: 'registryWrite' });
+  t.same(readdirSync(registry).filter((name) => name.endsWith('.json')), [], 'no registry entry left');
 });

@@ -91,8 +91,8 @@ interface Path {
 }
 
 const key = (snapshot: { value: unknown; context: unknown }) => {
-  const context = snapshot.context as { exit?: unknown; reconnectAttempt?: number };
-  return JSON.stringify([snapshot.value, context.exit, context.reconnectAttempt ?? 0]);
+  const context = snapshot.context as { exit?: unknown; reconnectAttempt?: number; commandSignalled?: string };
+  return JSON.stringify([snapshot.value, context.exit, context.reconnectAttempt ?? 0, context.commandSignalled ?? null]);
 };
 
 function generatePaths(input: TunnelInput): Path[] {
@@ -160,6 +160,7 @@ function oracle(variant: Variant, path: Path): number {
   let stateBefore = '"idle"';
   const budget = Number(variant.input.flags.reconnectAttempts ?? 5);
   let failedAttempts = 0;
+  let commandSignalled = false;
   const attemptFailed = () => {
     failedAttempts += 1;
     if (failedAttempts >= budget) decided = 69; // reconnect budget spent: lost for good
@@ -172,7 +173,8 @@ function oracle(variant: Variant, path: Path): number {
     if (event.type === 'tunnel.stop') {
       if (where === '"stopping"') decided = decided !== undefined && decided !== 0 ? decided : signalCode;
       else if (where.includes('serving')) decided = 0;
-      else if (where.includes('runningCommand')) continue; // forwarded to the command, which decides
+      else if (where.includes('runningCommand') && !commandSignalled) commandSignalled = true; // forwarded: the command decides
+      else if (where.includes('runningCommand')) decided = signalCode; // a second signal stops waiting for the command
       else decided = signalCode;
     } else if (event.type === 'link.lost') {
       failedAttempts = 0;

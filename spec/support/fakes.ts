@@ -190,6 +190,7 @@ export class FakeSignals implements Signals {
 export class FakeCommand implements RunningCommand {
   readonly pid = 4242;
   readonly signals: StopSignal[] = [];
+  ended = false;
   readonly exited: Promise<CommandExit>;
   private resolveExit!: (exit: CommandExit) => void;
   private done = false;
@@ -211,6 +212,12 @@ export class FakeCommand implements RunningCommand {
     this.signals.push(signal);
     // Like a real process without a trap: the signal ends it with 128+N.
     if (!this.trapsSignals) this.finish({ exitCode: signalExitBase + signalNumbers[signal], signal });
+  }
+
+  /** The tunnel let go of the command: a real runner SIGKILLs what is left of it. */
+  end(): void {
+    this.ended = true;
+    this.finish({ exitCode: signalExitBase + 9, signal: 'SIGKILL' });
   }
 
   private finish(exit: CommandExit): void {
