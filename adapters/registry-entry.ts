@@ -29,6 +29,7 @@ function parseRecord(value: unknown): TunnelRecord | undefined {
     (record.reconnects as number) >= 0 &&
     isString(record.startedAt, 64) &&
     !Number.isNaN(Date.parse(record.startedAt)) &&
+    (record.path === undefined || record.path === 'direct' || record.path === 'relay') &&
     isOptionalPath(record.pidFile) &&
     isOptionalPath(record.logFile);
   return valid ? (record as unknown as TunnelRecord) : undefined;

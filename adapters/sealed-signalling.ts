@@ -2,7 +2,7 @@
 // can read or alter the offer, the answer or the token. HPKE (RFC 9180, @hpke/core) base mode with
 // DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM seals the request to the gateway's long-term
 // key; the answer is sealed back under a key exported from the same context, exactly as RFC 9458
-// (Oblivious HTTP) §4.4 encapsulates responses. See docs/decisions/0005-broker-and-sealed-signalling.md.
+// (Oblivious HTTP) §4.4 encapsulates responses. See docs/decisions/0006-broker-and-sealed-signalling.md.
 
 import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto';
 import { Aes128Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';

@@ -15,6 +15,8 @@ export interface JournalEvent {
   readonly exit?: { readonly exitCode: number; readonly signal?: string };
   /** The local listener's address (the only actor output worth keeping). */
   readonly output?: { readonly host: string; readonly port: number };
+  /** The selected ICE candidate pair, when the link was established (`direct` or `relay`). */
+  readonly path?: { readonly kind: string; readonly pair: string };
   readonly error?: { readonly kind?: string; readonly message: string };
 }
 
@@ -56,6 +58,11 @@ export function journalEvent(event: AnyEventObject): JournalEvent {
   }
   if (event.type.startsWith('xstate.done.actor.') && typeof event.output?.port === 'number') {
     projection.output = { host: String(event.output.host), port: event.output.port };
+  }
+  if (event.type.startsWith('xstate.done.actor.') && typeof event.output?.path === 'function') {
+    const path: unknown = event.output.path();
+    const { kind, pair } = (path ?? {}) as { kind?: unknown; pair?: unknown };
+    if (typeof kind === 'string' && typeof pair === 'string') projection.path = { kind, pair };
   }
   if (event.type.startsWith('xstate.error.actor.')) {
     const error = event.error as { kind?: unknown; message?: unknown } | undefined;

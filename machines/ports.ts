@@ -72,6 +72,8 @@ export interface TunnelRecord {
   readonly mode: TunnelMode;
   readonly state: RegistryState;
   readonly reconnects: number;
+  /** The ICE path of the current link, when known: `direct` or `relay`. */
+  readonly path?: LinkPath['kind'];
   /** ISO-8601 */
   readonly startedAt: string;
   readonly pidFile?: string;

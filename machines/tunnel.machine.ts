@@ -75,9 +75,15 @@ export function recordOf(context: TunnelContext, state: RegistryState): TunnelRe
     mode: settings.mode as TunnelMode,
     state,
     reconnects: context.reconnects ?? 0,
+    ...pathOf(context),
     startedAt: context.startedAt,
     ...(settings.pidFile !== undefined ? { pidFile: settings.pidFile } : {}),
   };
+}
+
+function pathOf(context: TunnelContext): { path?: 'direct' | 'relay' } {
+  const kind = context.link?.path?.()?.kind;
+  return kind ? { path: kind } : {};
 }
 
 function stoppedBy(event: { signal: StopSignal; origin?: string }): string {

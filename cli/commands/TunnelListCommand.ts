@@ -43,7 +43,7 @@ export class TunnelListCommand extends Command<PamContext> {
     }
     const dash = (value: string | number | null) => (value === null ? '-' : String(value));
     const table = renderTable(
-      ['ID', 'TARGET', 'LOCAL', 'PID', 'MODE', 'STATE', 'UPTIME', 'RECONNECTS'],
+      ['ID', 'TARGET', 'LOCAL', 'PID', 'MODE', 'STATE', 'UPTIME', 'RECONNECTS', 'PATH'],
       rows.map((row) => [
         dash(row.id),
         dash(row.target),
@@ -53,6 +53,7 @@ export class TunnelListCommand extends Command<PamContext> {
         row.foreign ? 'foreign' : dash(row.state),
         row.uptimeSeconds === null ? '-' : formatUptime(row.uptimeSeconds),
         dash(row.reconnects),
+        dash(row.path),
       ]),
     );
     this.context.stdout.write(table);

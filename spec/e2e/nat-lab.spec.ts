@@ -2,7 +2,7 @@
 // broker and coturn on a public segment, real `pam` processes in each namespace (spec/support/nat-lab.ts).
 // Each tunnel case asserts the bytes (sha256 both ways) and the path the tunnel took.
 
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { labAvailable } from '../support/netns.js';
@@ -40,6 +40,15 @@ async function tunnelThrough(t: TapTest, options: NatLabOptions, expectedPath: '
   t.equal(atClient.receivedBytes, bytesEachWay, 'every byte came back');
   t.equal(outcome.ready.path, expectedPath, `path ${expectedPath} (${String(outcome.ready.pair)})`);
   t.match(gateway.proc.stderr, new RegExp(`tunnel to sink open \\(path ${expectedPath}: `), 'the gateway logs the selected pair');
+  const env = nat.clientEnv(gateway.url, gateway.key);
+  const listed = nat.lab.spawn(t, nat.ns.client, process.execPath, [pamBin, 'tunnel', 'list', '--json'], { env });
+  t.equal(await listed.exited, 0);
+  t.match(JSON.parse(listed.stdout), [{ id: outcome.ready.id, path: expectedPath }], '`pam tunnel list --json` shows the path');
+  const table = nat.lab.spawn(t, nat.ns.client, process.execPath, [pamBin, 'tunnel', 'list'], { env });
+  await table.exited;
+  t.match(table.stdout, new RegExp(`\\s${expectedPath}\\n`), 'and so does the table');
+  const journal = readFileSync(join(String(env.PAM_TUNNEL_REGISTRY), 'journal', `${String(outcome.ready.id)}.jsonl`), 'utf8');
+  t.match(journal, new RegExp(`"path":\\{"kind":"${expectedPath}","pair":"[^"]+"\\}`), 'the journal records the selected pair');
   tunnel.child.kill('SIGTERM');
   t.equal(await tunnel.exited, 0);
 }

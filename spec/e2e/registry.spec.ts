@@ -47,7 +47,7 @@ t.test('list and stop from other processes; a kill -9 owner disappears; ambiguit
   );
   const table = pam(t, ['tunnel', 'list'], { env });
   t.equal(await table.exited, 0);
-  t.match(table.stdout, /^ID\s+TARGET\s+LOCAL\s+PID\s+MODE\s+STATE\s+UPTIME\s+RECONNECTS\n/, 'no TTY: a plain table');
+  t.match(table.stdout, /^ID\s+TARGET\s+LOCAL\s+PID\s+MODE\s+STATE\s+UPTIME\s+RECONNECTS\s+PATH\n/, 'no TTY: a plain table');
   t.notMatch(table.stdout, /\x1b\[/, 'without colour');
 
   process.kill(a.pid, 'SIGKILL');
