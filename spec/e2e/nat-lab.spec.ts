@@ -58,6 +58,34 @@ if (labAvailable(t)) {
 
   t.test("2. the gateway's NAT symmetric: path relay through coturn", (t) => tunnelThrough(t, { clientNat: 'cone', gatewayNat: 'symmetric' }, 'relay'));
 
+  t.test('4. the broker killed mid-tunnel: bytes keep flowing; restarted, the gateway re-registers and a new tunnel works', async (t) => {
+    const nat = natLab(t, { clientNat: 'cone', gatewayNat: 'cone' });
+    if (!nat) return;
+    await nat.startCoturn();
+    const { broker, target, gateway } = await siteWithTarget(t, nat);
+    const env = nat.clientEnv(gateway.url, gateway.key);
+    const tunnel = nat.lab.spawn(t, nat.ns.client, process.execPath, [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'], { env });
+    const ready = await tunnel.event('ready', 60_000);
+    broker.proc.child.kill('SIGKILL');
+    await broker.proc.exited;
+    await gateway.proc.line(/lost the broker .*re-registering/, 30_000);
+    const user = nat.lab.spawn(t, nat.ns.client, process.execPath, [exchangePeer, 'connect', '127.0.0.1', String(ready.port), String(bytesEachWay)]);
+    const [atClient, atTarget] = await Promise.all([user.event('exchanged', 60_000), target.event('exchanged', 60_000)]);
+    t.equal(atTarget.received, atClient.sent, 'with the broker down: client → target sha256-equal');
+    t.equal(atClient.received, atTarget.sent, 'with the broker down: target → client sha256-equal');
+
+    await nat.startBroker(broker.port);
+    await gateway.proc.event('reregistered', 30_000);
+    const fresh = nat.lab.spawn(t, nat.ns.client, process.execPath, [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'], { env });
+    const again = await fresh.event('ready', 60_000);
+    t.ok(Number(again.port) > 0, 'a new tunnel is ready after the broker came back');
+    t.match(again.path, /^(direct|relay)$/);
+    fresh.child.kill('SIGTERM');
+    t.equal(await fresh.exited, 0);
+    tunnel.child.kill('SIGTERM');
+    t.equal(await tunnel.exited, 0, 'the first tunnel stopped cleanly');
+  });
+
   t.test('5. coturn stopped, the gateway behind a symmetric NAT: start fails naming ICE, within --timeout', async (t) => {
     const nat = natLab(t, { clientNat: 'cone', gatewayNat: 'symmetric' });
     if (!nat) return;
