@@ -26,8 +26,13 @@ export function journalDir(registryDir: string): string {
 
 /** Retention from the environment: PAM_JOURNAL_KEEP (default 200), PAM_JOURNAL_MAX_AGE_DAYS (default 30). */
 export function journalRetention(env: NodeJS.ProcessEnv): { keep: number; maxAgeDays: number } {
-  const number = (text: string | undefined, fallback: number) => (text && /^\d+$/.test(text) ? Number(text) : fallback);
-  return { keep: number(env.PAM_JOURNAL_KEEP, 200), maxAgeDays: number(env.PAM_JOURNAL_MAX_AGE_DAYS, 30) };
+  const number = (name: 'PAM_JOURNAL_KEEP' | 'PAM_JOURNAL_MAX_AGE_DAYS', fallback: number) => {
+    const text = env[name]?.trim();
+    if (!text) return fallback;
+    if (!/^\d{1,6}$/.test(text)) throw new TunnelError('usage', `${name} '${env[name]}' must be a whole number (default ${fallback})`);
+    return Number(text);
+  };
+  return { keep: number('PAM_JOURNAL_KEEP', 200), maxAgeDays: number('PAM_JOURNAL_MAX_AGE_DAYS', 30) };
 }
 
 /** Start a tunnel's journal; `inspect` goes to createActor's `inspect` option. */

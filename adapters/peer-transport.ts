@@ -129,11 +129,11 @@ export function signallingUrl(base: string, path: string): URL {
   return url;
 }
 
-const unreachable = (url: URL, error: unknown) => {
+const unreachable = (gateway: string, error: unknown) => {
   const { code, message } = error as { code?: string; message?: string };
   return new TunnelError(
     'gatewayUnreachable',
-    `gateway ${url.origin} is unreachable (${code ?? message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
+    `gateway ${gateway} is unreachable (${code ?? message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
   );
 };
 
@@ -145,7 +145,7 @@ async function fetchKey(gateway: string, signal: AbortSignal): Promise<{ key: Bu
     response = await send(url, 'GET', undefined, signal);
   } catch (error) {
     if (signal.aborted) throw error;
-    throw unreachable(url, error);
+    throw unreachable(gateway, error);
   }
   const body = parseJson(response.body) as { kem?: unknown; key?: unknown; iceServers?: unknown; error?: unknown };
   if (response.status === 200 && body.kem === 'X25519' && typeof body.key === 'string') {
@@ -154,10 +154,8 @@ async function fetchKey(gateway: string, signal: AbortSignal): Promise<{ key: Bu
     if (key.length === 32) return { key, iceServers: servers };
   }
   const detail = typeof body.error === 'string' ? body.error : response.status === 200 ? 'no gateway key in the answer' : response.statusText;
-  if (response.status === 200 || response.status === 404) {
-    throw new TunnelError('gatewayUnreachable', `${url.origin}${url.pathname} does not show a gateway key (${detail}): is ${gateway} a pam gateway or broker site URL, and is the site's gateway registered?`);
-  }
-  throw new TunnelError('gatewayUnreachable', `gateway ${url.origin} answered HTTP ${response.status}: ${detail}`);
+  const hint = response.status === 200 || response.status === 404 ? `; is ${gateway} a pam gateway, or a broker site (…/sites/NAME) whose gateway is registered?` : '';
+  throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status}: ${detail}${hint}`);
 }
 
 function isIceServer(value: unknown): value is IceServer {
@@ -190,22 +188,26 @@ async function exchange(sealed: SealedExchange, target: string, offer: { offer: 
     response = await send(url, 'POST', envelope, signal);
   } catch (error) {
     if (signal.aborted) throw error;
-    throw unreachable(url, error);
+    throw unreachable(sealed.gateway, error);
   }
   if (response.status !== 200 || !response.sealed) {
     const body = parseJson(response.body) as { error?: unknown };
     const detail = typeof body.error === 'string' ? body.error : response.statusText;
-    throw new TunnelError('gatewayUnreachable', `gateway ${url.origin} answered HTTP ${response.status}: ${detail}`);
+    throw new TunnelError('gatewayUnreachable', `gateway ${sealed.gateway} answered HTTP ${response.status}: ${detail}`);
   }
   let reply: { status?: unknown; answer?: unknown; error?: unknown; targets?: unknown };
   try {
     reply = parseJson(open(response.body)) as typeof reply;
   } catch (error) {
-    if (error instanceof SealError) throw new TunnelError('gatewayKeyMismatch', `the answer from ${url.origin} is not sealed by the gateway's key (${error.message}): no tunnel was set up`);
+    if (error instanceof SealError) throw new TunnelError('gatewayKeyMismatch', `the answer from ${sealed.gateway} is not sealed by the gateway's key (${error.message}): no tunnel was set up`);
     throw error;
   }
   sealed.trust();
-  if (reply.status === 200 && typeof reply.answer === 'string') return reply.answer;
+  if (reply.status === 200 && typeof reply.answer === 'string') {
+    // Handed to the WebRTC library as is, a non-SDP answer fails deep inside it as an internal error.
+    if (/^v=0\r?\n/.test(reply.answer)) return reply.answer;
+    throw new TunnelError('gatewayUnreachable', `gateway ${sealed.gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`);
+  }
   if (reply.status === 401 || reply.status === 403) {
     throw new TunnelError('authRefused', `the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file`);
   }
@@ -214,7 +216,7 @@ async function exchange(sealed: SealedExchange, target: string, offer: { offer: 
     throw new TunnelError('unknownTarget', `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`);
   }
   const detail = typeof reply.error === 'string' ? reply.error : 'no reason given';
-  throw new TunnelError('gatewayUnreachable', `gateway ${url.origin} answered HTTP ${String(reply.status)}: ${detail}`);
+  throw new TunnelError('gatewayUnreachable', `gateway ${sealed.gateway} answered HTTP ${String(reply.status)}: ${detail}`);
 }
 
 function parseJson(body: Buffer): object {

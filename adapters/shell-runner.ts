@@ -24,7 +24,7 @@ export function createShellRunner(options: { stdio?: 'inherit' | 'ignore'; ownGr
       const child = spawn(process.platform === 'win32' ? command : execIfSimple(command), {
         shell: true,
         stdio: options.stdio ?? 'inherit',
-        env: { ...process.env, ...env },
+        env: commandEnvironment(process.env, env),
         detached: ownGroup,
       });
       const exited = new Promise<CommandExit>((resolve) => {
@@ -73,6 +73,17 @@ export function createShellRunner(options: { stdio?: 'inherit' | 'ignore'; ownGr
       };
     },
   };
+}
+
+/**
+ * What the wrapped command inherits: pam's own environment without any PAM_* variable (the gateway
+ * token, TURN credentials and pam's settings are pam's business, not the command's), plus the
+ * variables pam sets for it (PAM_TUNNEL_HOST, PAM_TUNNEL_PORT, PAM_TUNNEL_ID).
+ */
+export function commandEnvironment(inherited: NodeJS.ProcessEnv, set: Readonly<Record<string, string>>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(inherited)) if (!/^PAM_/i.test(name)) env[name] = value;
+  return { ...env, ...set };
 }
 
 const reservedWords = new Set(['!', '{', '}', 'case', 'do', 'done', 'elif', 'else', 'esac', 'fi', 'for', 'if', 'in', 'then', 'until', 'while']);

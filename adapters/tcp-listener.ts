@@ -2,6 +2,7 @@
 // link is up wait (paused) until accept(); peers other than loopback are refused when bound to loopback.
 
 import { createServer, isIP, type Server, type Socket } from 'node:net';
+import { hostPort } from '../machines/address.js';
 import { TunnelError } from '../machines/errors.js';
 import type { ListenerFactory, LocalListener } from '../machines/ports.js';
 
@@ -67,9 +68,9 @@ export function createTcpListenerFactory(): ListenerFactory<Socket> {
       return new Promise<LocalListener<Socket>>((resolve, reject) => {
         server.once('error', (error: NodeJS.ErrnoException) => {
           if (error.code === 'EADDRINUSE') {
-            reject(new TunnelError('portBusy', `local port ${host}:${port} is already in use; pick another --port (or 0 for any free one)`));
+            reject(new TunnelError('portBusy', `local port ${hostPort(host, port)} is already in use; pick another --port (or 0 for any free one)`));
           } else if (error.code === 'EACCES') {
-            reject(new TunnelError('portBusy', `not allowed to bind ${host}:${port}; ports below 1024 need privileges — pick another --port`));
+            reject(new TunnelError('portBusy', `not allowed to bind ${hostPort(host, port)}; ports below 1024 need privileges — pick another --port`));
           } else if (error.code === 'EADDRNOTAVAIL') {
             reject(new TunnelError('usage', `--host ${host} is not an address of this machine`));
           } else reject(error);

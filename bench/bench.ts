@@ -134,13 +134,13 @@ async function relay(targetPort: number): Promise<number> {
 async function dataPath(): Promise<void> {
   const dir = scratchDir(scope, 'pam-bench-');
   const sink = await hashingSink();
-  const gateway = await startGatewayProc(scope, dir, 'bench-token', { sink: sink.port });
-  const env = tunnelEnv(dir, 'bench-token', gateway.url);
+  const gateway = await startGatewayProc(scope, dir, 'bench-token-0a1b2c3d', { sink: sink.port });
+  const env = tunnelEnv(dir, 'bench-token-0a1b2c3d', gateway.url);
   await connectTimes(env, '');
 
   const echo = await echoTarget();
-  const echoGateway = await startGatewayProc(scope, dir, 'bench-token', { echo: echo });
-  const echoEnv = tunnelEnv(dir, 'bench-token', echoGateway.url);
+  const echoGateway = await startGatewayProc(scope, dir, 'bench-token-0a1b2c3d', { echo: echo });
+  const echoEnv = tunnelEnv(dir, 'bench-token-0a1b2c3d', echoGateway.url);
   const echoTunnel = pam(scope, ['tunnel', 'start', 'echo', '-fg', '--json'], { env: echoEnv });
   const echoPort = Number((await echoTunnel.event('ready', 60_000)).port);
   const direct1 = await pingPong(echo, 500);
@@ -164,8 +164,8 @@ async function dataPath(): Promise<void> {
   await tunnelBulk(env, sink, relayed, { rate: `bulk ${bulkMiB} MiB: pam tunnel`, note: '; target ≥ 100 MiB/s and ≥ 25%', peak: 'tunnel process peak RSS after bulk' });
 
   // The same through --transport werift (pure TypeScript) on both ends.
-  const weriftGateway = await startGatewayProc(scope, dir, 'bench-token', { sink: sink.port }, ['--transport', 'werift']);
-  const weriftEnv = { ...tunnelEnv(dir, 'bench-token', weriftGateway.url), PAM_TRANSPORT: 'werift' };
+  const weriftGateway = await startGatewayProc(scope, dir, 'bench-token-0a1b2c3d', { sink: sink.port }, ['--transport', 'werift']);
+  const weriftEnv = { ...tunnelEnv(dir, 'bench-token-0a1b2c3d', weriftGateway.url), PAM_TRANSPORT: 'werift' };
   await connectTimes(weriftEnv, 'werift: ');
   await tunnelBulk(weriftEnv, sink, relayed, { rate: `werift: bulk ${bulkMiB} MiB through a pam tunnel` });
   const weriftSlow = await slowReader(dir, 20, weriftEnv, ['--transport', 'werift']);
@@ -266,8 +266,8 @@ async function slowReader(dir: string, seconds: number, env: NodeJS.ProcessEnv, 
     server.close();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const gateway = await startGatewayProc(scope, dir, 'bench-token', { slow: (server.address() as AddressInfo).port }, gatewayArgs);
-  const tunnel = pam(scope, ['tunnel', 'start', 'slow', '-fg', '--json'], { env: { ...env, ...tunnelEnv(dir, 'bench-token', gateway.url) } });
+  const gateway = await startGatewayProc(scope, dir, 'bench-token-0a1b2c3d', { slow: (server.address() as AddressInfo).port }, gatewayArgs);
+  const tunnel = pam(scope, ['tunnel', 'start', 'slow', '-fg', '--json'], { env: { ...env, ...tunnelEnv(dir, 'bench-token-0a1b2c3d', gateway.url) } });
   const port = Number((await tunnel.event('ready', 60_000)).port);
   const sender = connect(port, '127.0.0.1');
   sender.on('error', () => undefined);

@@ -5,12 +5,12 @@
 
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { BodyTooLarge, readBodyBytes } from '../adapters/http-body.js';
 import { keyFingerprint, sealedContentType } from '../adapters/sealed-signalling.js';
 import type { IceServer } from '../adapters/werift-peer.js';
+import { httpsServer, listenError } from '../adapters/http-listen.js';
 import { brokerProtocol, type BrokerToGateway, type GatewayToBroker, parseMessage, siteNamePattern } from './protocol.js';
 
 export interface BrokerOptions {
@@ -146,7 +146,7 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
         }
       });
   };
-  const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, handler) : createServer(handler);
+  const server = options.tls ? httpsServer(options.tls, handler) : createServer(handler);
   server.headersTimeout = 10_000;
   server.requestTimeout = 30_000;
   server.keepAliveTimeout = 5_000;
@@ -216,12 +216,12 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
     });
   }
 
+  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, `${hostPart}:${options.port}`)));
     server.listen({ host: options.host, port: options.port }, () => resolve());
   });
   const { port } = server.address() as AddressInfo;
-  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
   return {
     url: `${options.tls ? 'https' : 'http'}://${hostPart}:${port}`,
     port,

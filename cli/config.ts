@@ -2,10 +2,12 @@
 // from argv (other users can read argv in `ps`): only from PAM_GATEWAY_TOKEN or a token file.
 
 import { readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
 import { createGatewayKeyCheck, fingerprintPattern, knownGatewaysPath, type GatewayKeyCheck } from '../adapters/known-gateways.js';
+import { gatewayUrlProblem } from '../machines/start-flags.js';
 
 /** `$XDG_CONFIG_HOME/pam/config.json` (default `~/.config/pam/config.json`). */
 export interface ConfigFile {
@@ -18,18 +20,23 @@ export interface ConfigFile {
   readonly gatewayKey?: string;
 }
 
-const configKeys: Record<string, (value: unknown) => boolean> = {
-  gateway: (value) => typeof value === 'string' && /^https?:\/\//.test(value),
-  tokenFile: (value) => typeof value === 'string' && isAbsolute(value),
-  timeout: (value) => typeof value === 'number' && value > 0 && value <= 86_400,
-  gatewayKey: (value) => typeof value === 'string' && fingerprintPattern.test(value),
+interface ConfigKey {
+  readonly valid: (value: unknown) => boolean;
+  readonly hint: string;
+}
+
+// Keys are looked up with Object.hasOwn: a key named `__proto__`, `constructor` or `toString` is
+// unknown, not a property every object inherits.
+const configKeys: Readonly<Record<string, ConfigKey>> = {
+  gateway: { valid: (value) => typeof value === 'string' && gatewayUrlProblem(value, 'gateway') === undefined, hint: 'an http(s) URL string without credentials' },
+  tokenFile: { valid: (value) => typeof value === 'string' && isAbsolute(value), hint: 'an absolute path string' },
+  timeout: { valid: (value) => typeof value === 'number' && value >= 1 && value <= 86_400, hint: 'a number of seconds, 1 ≤ timeout ≤ 86400' },
+  gatewayKey: { valid: (value) => typeof value === 'string' && fingerprintPattern.test(value), hint: "a key fingerprint 'SHA256:…' as `pam gateway` prints it" },
 };
-const keyHints: Record<string, string> = {
-  gateway: 'an http(s) URL string',
-  tokenFile: 'an absolute path string',
-  timeout: 'a number of seconds, 0 < timeout ≤ 86400',
-  gatewayKey: "a key fingerprint 'SHA256:…' as `pam gateway` prints it",
-};
+
+/** The gateway refuses shorter tokens: 16 random characters is the least that resists guessing. */
+export const minGatewayTokenLength = 16;
+const makeToken = "make one with `openssl rand -hex 32` (or node -e \"console.log(require('crypto').randomBytes(32).toString('hex'))\")";
 
 export function configPath(env: NodeJS.ProcessEnv): string {
   return join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config'), 'pam', 'config.json');
@@ -57,16 +64,26 @@ export function readConfigFile(env: NodeJS.ProcessEnv): ConfigFile {
     throw new TunnelError('usage', `config file ${path} is not valid JSON (${(error as Error).message})`);
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new TunnelError('usage', `config file ${path} must hold a JSON object`);
+  const settings: { -readonly [K in keyof ConfigFile]: ConfigFile[K] } = { path };
   for (const [key, entry] of Object.entries(value)) {
-    const valid = configKeys[key];
-    if (!valid) throw new TunnelError('usage', `config file ${path}: unknown key '${key}' (known: ${Object.keys(configKeys).join(', ')})`);
-    if (!valid(entry)) throw new TunnelError('usage', `config file ${path}: '${key}' must be ${keyHints[key]}`);
+    const known = Object.hasOwn(configKeys, key) ? configKeys[key] : undefined;
+    if (!known) throw new TunnelError('usage', `config file ${path}: unknown key '${key}' (known: ${Object.keys(configKeys).join(', ')})`);
+    if (!known.valid(entry)) throw new TunnelError('usage', `config file ${path}: '${key}' must be ${known.hint}`);
+    if (key === 'gateway' || key === 'tokenFile') settings[key] = entry as string;
+    else if (key === 'timeout') settings.timeout = entry as number;
   }
-  return { path, ...(value as Omit<ConfigFile, 'path'>) };
+  return settings;
 }
 
 export function gatewayUrl(flag: string | undefined, env: NodeJS.ProcessEnv, file: ConfigFile = {}): string | undefined {
   return flag ?? env.PAM_GATEWAY_URL ?? file.gateway;
+}
+
+/** Which setting gatewayUrl() took, for messages that name it. */
+export function gatewaySource(flag: string | undefined, env: NodeJS.ProcessEnv, file: ConfigFile = {}): string {
+  if (flag !== undefined) return '--gateway';
+  if (env.PAM_GATEWAY_URL !== undefined) return 'PAM_GATEWAY_URL';
+  return file.path ? `config file ${file.path}: 'gateway'` : '--gateway';
 }
 
 /** --token-file, then PAM_GATEWAY_TOKEN, then the config file's tokenFile. */
@@ -80,17 +97,32 @@ export function readToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv,
       const code = (error as NodeJS.ErrnoException).code ?? String(error);
       throw new TunnelError('usage', `cannot read --token-file ${tokenFile} (${code}): check the path and its permissions`);
     }
+    // Like the config file: a secret others can read is no longer a secret (systemd credentials are 0400).
+    if (process.platform !== 'win32') {
+      const mode = statSync(tokenFile).mode & 0o777;
+      if ((mode & 0o077) !== 0) {
+        throw new TunnelError('usage', `--token-file ${tokenFile} is readable or writable by others (mode ${mode.toString(8)}): run chmod 600 ${tokenFile}`);
+      }
+    }
     const token = text.trim();
     if (token === '') throw new TunnelError('usage', `--token-file ${tokenFile} is empty: put the gateway token in it`);
-    return token;
+    return strongEnough(token, `--token-file ${tokenFile}`, who);
   }
   const token = env.PAM_GATEWAY_TOKEN?.trim();
-  if (token) return token;
+  if (token) return strongEnough(token, 'PAM_GATEWAY_TOKEN', who);
   const hint =
     who === 'gateway'
       ? 'the gateway refuses to start without a token: set PAM_GATEWAY_TOKEN or pass --token-file (never on the command line)'
       : 'no gateway token: set PAM_GATEWAY_TOKEN or pass --token-file';
   throw new TunnelError('usage', hint);
+}
+
+/** The gateway decides what a token must be; a client presents whatever it was given. */
+function strongEnough(token: string, source: string, who: 'client' | 'gateway'): string {
+  if (who === 'gateway' && token.length < minGatewayTokenLength) {
+    throw new TunnelError('usage', `the gateway token from ${source} is too short (${token.length} characters, at least ${minGatewayTokenLength}): ${makeToken}`);
+  }
+  return token;
 }
 
 /**
@@ -100,10 +132,14 @@ export function readToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv,
  * candidates from --ice-server are unaffected.
  */
 export function iceHosts(env: NodeJS.ProcessEnv): string[] {
-  return (env.PAM_ICE_HOSTS ?? '')
+  const hosts = (env.PAM_ICE_HOSTS ?? '')
     .split(',')
     .map((host) => host.trim())
     .filter(Boolean);
+  for (const host of hosts) {
+    if (isIP(host) === 0) throw new TunnelError('usage', `PAM_ICE_HOSTS: '${host}' is not an IP address (comma-separated local addresses, e.g. 127.0.0.1)`);
+  }
+  return hosts;
 }
 
 /**
@@ -120,8 +156,12 @@ export function nativeIceHostsWarning(hosts: readonly string[]): string | undefi
  * tunnel reconnects; pings go out every third of it.
  */
 export function keepalive(env: NodeJS.ProcessEnv): { keepaliveDeadMs: number; keepaliveIntervalMs: number } {
-  const seconds = Number(env.PAM_KEEPALIVE_TIMEOUT);
-  const deadMs = Number.isFinite(seconds) && seconds >= 1 && seconds <= 3600 ? seconds * 1000 : 15_000;
+  const text = env.PAM_KEEPALIVE_TIMEOUT?.trim();
+  const seconds = text ? Number(text) : 15;
+  if (!(seconds >= 1 && seconds <= 3600)) {
+    throw new TunnelError('usage', `PAM_KEEPALIVE_TIMEOUT '${env.PAM_KEEPALIVE_TIMEOUT}' must be a number of seconds from 1 to 3600 (default 15)`);
+  }
+  const deadMs = seconds * 1000;
   return { keepaliveDeadMs: deadMs, keepaliveIntervalMs: Math.max(250, Math.round(deadMs / 3)) };
 }
 
@@ -156,7 +196,8 @@ export interface TransportChoice {
 export function transportChoice(flag: string | undefined, env: NodeJS.ProcessEnv): TransportChoice {
   const name = flag ?? env.PAM_TRANSPORT;
   if (name === undefined) return { name: 'native', named: false };
-  if (name !== 'werift' && name !== 'native') throw new TunnelError('usage', `--transport '${name}' is not known: use native (default, node-datachannel) or werift (pure TypeScript)`);
+  const source = flag !== undefined ? '--transport' : 'PAM_TRANSPORT';
+  if (name !== 'werift' && name !== 'native') throw new TunnelError('usage', `${source} '${name}' is not known: use native (default, node-datachannel) or werift (pure TypeScript)`);
   return { name, named: true };
 }
 

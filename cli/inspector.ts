@@ -4,6 +4,7 @@
 // client's own reconnect timer.
 
 import type { InspectionEvent } from 'xstate';
+import { TunnelError } from '../machines/errors.js';
 import { journalEvent } from '../machines/journal.js';
 import type { TunnelContext } from '../machines/tunnel.machine.js';
 
@@ -16,11 +17,23 @@ export interface AttachedInspector {
 
 /** `--inspect` given without a value → the default URL; PAM_INSPECT=1 likewise; PAM_INSPECT=ws://… that URL. */
 export function inspectUrl(flag: string | boolean | undefined, env: NodeJS.ProcessEnv): string | undefined {
-  if (typeof flag === 'string') return flag;
+  if (typeof flag === 'string') return websocketUrl(flag, '--inspect', `--inspect=${defaultInspectUrl}`);
   if (flag === true) return defaultInspectUrl;
   const fromEnv = env.PAM_INSPECT?.trim();
   if (!fromEnv || fromEnv === '0') return undefined;
-  return fromEnv === '1' || fromEnv === 'true' ? defaultInspectUrl : fromEnv;
+  return fromEnv === '1' || fromEnv === 'true' ? defaultInspectUrl : websocketUrl(fromEnv, 'PAM_INSPECT', `1, 0 or ${defaultInspectUrl}`);
+}
+
+/** A URL the inspector client can open, checked here: a bad one otherwise fails inside the websocket library. */
+function websocketUrl(text: string, source: string, example: string): string {
+  let protocol = '';
+  try {
+    protocol = new URL(text).protocol;
+  } catch {
+    // reported below
+  }
+  if (protocol !== 'ws:' && protocol !== 'wss:') throw new TunnelError('usage', `${source} '${text}' is not a ws:// or wss:// URL (e.g. ${example})`);
+  return text;
 }
 
 /** Live handles are replaced by what they mean; nothing secret (SDP, token) leaves the process. */

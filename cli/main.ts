@@ -2,7 +2,7 @@
 // documented code, anything else is a bug: stack trace and exit 70.
 
 import { Builtins, Cli, type Command } from 'clipanion';
-import { failureKinds, failureOf } from '../machines/errors.js';
+import { failureKinds, failureOf, TunnelError } from '../machines/errors.js';
 import type { PamContext } from './context.js';
 import { commandClasses } from './commands/index.js';
 import { packageVersion } from './version.js';
@@ -23,9 +23,12 @@ export function createCli(options: { colors?: boolean } = {}): Cli<PamContext> {
 
 export async function runCli(argv: readonly string[], context: PamContext, cli: Cli<PamContext> = createCli({ colors: context.colorDepth > 1 })): Promise<number> {
   let command: Command<PamContext>;
+  argv = bindNegativeValues(argv);
   try {
     command = cli.process([...argv], context);
   } catch (error) {
+    // Our own parse-time refusals (a repeated flag) are one line, like every other usage error.
+    if (error instanceof TunnelError) return reportError(error, context, false);
     context.stderr.write(cli.error(error, { colored: false }));
     return failureKinds.usage.exitCode;
   }
@@ -51,6 +54,26 @@ export async function runCli(argv: readonly string[], context: PamContext, cli: 
   } catch (error) {
     return reportError(error, context, argv.includes('--debug'));
   }
+}
+
+/**
+ * `--port -1`: clipanion takes `-1` for an option and answers "Not enough arguments" with the whole
+ * usage. Bound to its flag (`--port=-1`), the value reaches validation, which says what is wrong with it.
+ */
+export function bindNegativeValues(argv: readonly string[]): string[] {
+  const bound: string[] = [];
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i]!;
+    if (arg === '--') return [...bound, ...argv.slice(i)];
+    const next = argv[i + 1];
+    if (/^--[a-z][a-z-]*$/.test(arg) && next !== undefined && /^-\d/.test(next)) {
+      bound.push(`${arg}=${next}`);
+      i += 1;
+    } else {
+      bound.push(arg);
+    }
+  }
+  return bound;
 }
 
 function isBuiltin(command: Command<PamContext>): boolean {

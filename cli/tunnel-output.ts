@@ -1,6 +1,7 @@
 // What `pam tunnel start` prints: a banner for people, stable lines without a TTY, JSON lines with
 // --json. In --run mode everything goes to stderr so the wrapped command owns stdout.
 
+import { hostPort } from '../machines/address.js';
 import type { Outcome } from '../machines/errors.js';
 import type { TunnelPorts } from '../machines/tunnel.actors.js';
 import type { TunnelContext } from '../machines/tunnel.machine.js';
@@ -13,7 +14,9 @@ export interface TunnelPrinter {
 
 export function createTunnelPrinter(context: PamContext, options: { json: boolean; runMode: boolean; pid: number; target: string }): TunnelPrinter {
   const out = options.runMode ? context.stderr : context.stdout;
-  const spinner = context.interactive && !options.json ? startSpinner(context.stderr, `connecting to ${options.target}`) : () => undefined;
+  // Only onto a terminal: `2> log` or a pipe must not collect carriage returns and frames.
+  const stderrIsTerminal = (context.stderr as { isTTY?: boolean }).isTTY === true;
+  const spinner = context.interactive && stderrIsTerminal && !options.json ? startSpinner(context.stderr, `connecting to ${options.target}`) : () => undefined;
   const line = (text: string) => {
     spinner();
     out.write(`${text}\n`);
@@ -26,17 +29,21 @@ export function createTunnelPrinter(context: PamContext, options: { json: boolea
         const host = tunnel.listener?.host ?? '';
         const port = tunnel.listener?.port ?? 0;
         const target = tunnel.settings?.target ?? '';
+        const address = hostPort(host, port);
         const path = tunnel.link?.path?.();
         const via = path ? `, ${path.kind}` : '';
         if (options.json) {
           json({ event: 'ready', id: tunnel.id, pid: options.pid, host, port, target, mode: tunnel.settings?.mode, ...(path ? { path: path.kind, pair: path.pair } : {}) });
+        } else if (tunnel.settings?.mode === 'shell') {
+          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}${via}); it lasts as long as this shell: \`tunnel stop ${tunnel.id}\` ends it`);
         } else if (context.interactive && !options.runMode) {
-          line(`pam: listening on ${host}:${port} → ${target} (tunnel ${tunnel.id}${via}); Ctrl+C to stop; use -bg to detach`);
+          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}${via}); Ctrl+C to stop; use -bg to detach`);
         } else {
-          line(`pam: listening on ${host}:${port} → ${target} (tunnel ${tunnel.id}, pid ${options.pid}${via})`);
+          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}, pid ${options.pid}${via})`);
         }
       },
       skipped(tunnel: TunnelContext) {
+        spinner();
         context.stderr.write(
           `pam: ${tunnel.settings?.skipped} skipped: tunnels persist for this shell session ` +
             '(use one-shot `pam tunnel start -bg` for a tunnel that outlives the shell)\n',

@@ -2,10 +2,10 @@
 // POST /v1/tunnels → a sealed offer in, a sealed answer out), served by gateway/signalling.ts.
 
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { BodyTooLarge, readBodyBytes } from '../adapters/http-body.js';
 import { sealedContentType } from '../adapters/sealed-signalling.js';
+import { httpsServer, listenError } from '../adapters/http-listen.js';
 import { ClearRefusal, createSignalling, type SignallingOptions } from './signalling.js';
 
 export type { GatewayTarget } from './signalling.js';
@@ -78,18 +78,18 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         }
       });
   };
-  const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, handler) : createServer(handler);
+  const server = options.tls ? httpsServer(options.tls, handler) : createServer(handler);
   // Slow or stalled clients cannot hold signalling sockets open.
   server.headersTimeout = 10_000;
   server.requestTimeout = 15_000;
   server.keepAliveTimeout = 5_000;
 
+  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, `${hostPart}:${options.port}`)));
     server.listen({ host: options.host, port: options.port }, () => resolve());
   });
   const { port } = server.address() as AddressInfo;
-  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
 
   return {
     url: `${options.tls ? 'https' : 'http'}://${hostPart}:${port}`,

@@ -7,7 +7,7 @@ export const failureKinds = {
   unknownTarget: { exitCode: 68, summary: 'the gateway has no target of that name' },
   gatewayUnreachable: { exitCode: 69, summary: 'the gateway could not be reached, or the tunnel was lost' },
   internal: { exitCode: 70, summary: 'internal error (a bug: please report it with the output of --debug)' },
-  portBusy: { exitCode: 75, summary: 'the local port or pid file is already held (checked before connecting)' },
+  portBusy: { exitCode: 75, summary: 'the local port or pid file is already held (checked before connecting), or the gateway\'s --listen address' },
   registryWrite: { exitCode: 73, summary: 'a registry entry or pid file could not be written (permissions, disk full): nothing half-written is left' },
   authRefused: { exitCode: 77, summary: 'the gateway refused the token (or the broker refused PAM_BROKER_TOKEN)' },
   gatewayKeyMismatch: { exitCode: 77, summary: "the gateway's key is not the pinned (PAM_GATEWAY_KEY, gatewayKey) or recorded (known_gateways) one: checked before any tunnel is set up" },
@@ -65,7 +65,7 @@ function isTunnelErrorLike(error: unknown): error is { kind: FailureKind; messag
     error !== null &&
     (error as { name?: unknown }).name === 'TunnelError' &&
     typeof (error as { kind?: unknown }).kind === 'string' &&
-    (error as { kind: string }).kind in failureKinds
+    Object.hasOwn(failureKinds, (error as { kind: string }).kind)
   );
 }
 

@@ -1,6 +1,7 @@
 // Which registered tunnels a `pam tunnel stop <selector>` means: an id (or unique prefix), a target
 // name, a local port, or an owner pid. Pure, so ambiguity rules are tested without processes.
 
+import { hostPort } from './address.js';
 import { failure, type Failure } from './errors.js';
 import type { RegistryEntry, TunnelRecord } from './ports.js';
 
@@ -42,7 +43,7 @@ export function selectTunnels(entries: readonly RegistryEntry[], selector: strin
     return { ok: false, failure: failure('generic', `no running tunnel matches '${selector}': see \`pam tunnel list\``) };
   }
   if (candidates.length > 1) {
-    const listed = candidates.map(({ entry, tunnel }) => `${tunnel.id} (${tunnel.target} on ${tunnel.host}:${tunnel.port}, pid ${entry.pid})`);
+    const listed = candidates.map(({ entry, tunnel }) => `${tunnel.id} (${tunnel.target} on ${hostPort(tunnel.host, tunnel.port)}, pid ${entry.pid})`);
     return {
       ok: false,
       failure: failure('usage', `'${selector}' matches ${candidates.length} tunnels: ${listed.join(', ')}; name one by id, or use --all`),

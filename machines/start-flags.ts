@@ -8,6 +8,8 @@ import type { TunnelMode } from './ports.js';
 export interface StartFlags {
   readonly target: string;
   readonly gateway?: string;
+  /** Where the gateway URL came from, for messages: '--gateway' (default), 'PAM_GATEWAY_URL', a config file. */
+  readonly gatewaySource?: string;
   readonly host?: string;
   readonly port?: string;
   readonly foreground?: boolean;
@@ -38,6 +40,8 @@ export interface StartSettings {
 export const defaultTimeoutSeconds = 30;
 export const defaultReconnectAttempts = 5;
 export const defaultHost = '127.0.0.1';
+/** Below this a connect cannot finish (signalling, ICE and DTLS take several round trips). */
+export const minTimeoutSeconds = 1;
 const targetPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export type StartParse = { readonly ok: true; readonly settings: StartSettings } | { readonly ok: false; readonly failure: Failure };
@@ -58,20 +62,23 @@ export function parseStartFlags(flags: StartFlags): StartParse {
 
   const gateway = flags.gateway?.trim();
   if (!gateway) return usage('no gateway given: pass --gateway URL or set PAM_GATEWAY_URL (e.g. http://127.0.0.1:8765)');
-  if (!isHttpUrl(gateway)) return usage(`--gateway '${gateway}' is not an http(s) URL (e.g. http://127.0.0.1:8765)`);
+  const refused = gatewayUrlProblem(gateway, flags.gatewaySource ?? '--gateway');
+  if (refused) return usage(refused);
 
   const port = flags.port === undefined ? 0 : parseInteger(flags.port);
   if (port === undefined || port < 0 || port > 65535) {
     return usage(`--port '${flags.port}' is not a port: use a whole number from 1 to 65535, or 0 for any free port`);
   }
 
-  const host = flags.host === undefined ? defaultHost : flags.host.trim();
-  if (host === '' || /\s/.test(host)) return usage(`--host '${flags.host}' is not a host name or address`);
+  // `[::1]` is how IPv6 addresses are written next to a port; the brackets are not part of the address.
+  const host = flags.host === undefined ? defaultHost : flags.host.trim().replace(/^\[([^\]]*:[^\]]*)\]$/, '$1');
+  if (host === '' || /[\s[\]]/.test(host)) return usage(`--host '${flags.host}' is not a host name or address`);
 
   let timeoutMs = defaultTimeoutSeconds * 1000;
   if (flags.timeout !== undefined) {
     const seconds = /^\s*\d+(\.\d+)?\s*$/.test(flags.timeout) ? Number(flags.timeout) : NaN;
     if (!(seconds > 0) || seconds > 86_400) return usage(`--timeout '${flags.timeout}' must be a positive number of seconds (at most 86400)`);
+    if (seconds < minTimeoutSeconds) return usage(`--timeout '${flags.timeout}' is too short: a connect needs at least ${minTimeoutSeconds} s`);
     timeoutMs = Math.round(seconds * 1000);
   }
 
@@ -111,11 +118,28 @@ function parseInteger(text: string): number | undefined {
   return /^\s*\d{1,6}\s*$/.test(text) ? Number(text) : undefined;
 }
 
-function isHttpUrl(text: string): boolean {
+/**
+ * Why a gateway URL is refused, or undefined. Credentials in it (`http://user:secret@host`) would end
+ * up in the registry, the journal and `list --json`: the token has its own, private channels. A path
+ * is kept (a gateway behind a path-prefix proxy); a query or fragment has no meaning here.
+ */
+export function gatewayUrlProblem(text: string, source: string): string | undefined {
+  // Not even echoed when the URL does not parse: what looks like userinfo is masked.
+  const shown = text.replace(/\/\/[^/@]*@/, '//…@');
+  let url: URL;
   try {
-    const url = new URL(text);
-    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '';
+    url = new URL(text);
   } catch {
-    return false;
+    return `${source} '${shown}' is not an http(s) URL (e.g. http://127.0.0.1:8765)`;
   }
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '') {
+    return `${source} '${shown}' is not an http(s) URL (e.g. http://127.0.0.1:8765)`;
+  }
+  if (url.username !== '' || url.password !== '') {
+    url.username = '';
+    url.password = '';
+    return `${source} must not carry credentials (user:password@): use ${url.href.replace(/\/$/, '')} and give the token with PAM_GATEWAY_TOKEN or --token-file`;
+  }
+  if (url.search !== '' || url.hash !== '') return `${source} '${shown}' must not have a query or fragment (a path is fine: http://host:port/prefix)`;
+  return undefined;
 }

@@ -2,6 +2,7 @@
 // adapters, the tests pass fakes: both go through this one wiring, so tests exercise what ships.
 
 import { fromCallback, fromPromise } from 'xstate';
+import { hostPort } from './address.js';
 import { TunnelError } from './errors.js';
 import type { CommandRunner, ListenerFactory, PidFiles, Registry, Signals, Transport } from './ports.js';
 import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
@@ -107,7 +108,7 @@ async function refuseRegisteredPort(registry: Registry, host: string, port: numb
     if (holder) {
       throw new TunnelError(
         'portBusy',
-        `local port ${host}:${port} is held by tunnel ${holder.id} (target ${holder.target}, pid ${entry.pid}); ` +
+        `local port ${hostPort(host, port)} is held by tunnel ${holder.id} (target ${holder.target}, pid ${entry.pid}); ` +
           `pick another --port or stop it with \`pam tunnel stop ${holder.id}\``,
       );
     }

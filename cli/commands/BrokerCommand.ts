@@ -2,6 +2,7 @@
 
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'clipanion';
+import { SingleString } from '../single-option.js';
 import { TunnelError } from '../../machines/errors.js';
 import type { PamContext } from '../context.js';
 import { iceServers, iceServerUrls } from '../config.js';
@@ -35,18 +36,18 @@ export class BrokerCommand extends Command<PamContext> {
     ],
   });
 
-  listen = Option.String('--listen', '127.0.0.1:8443', { description: 'address:port for clients and gateways (default 127.0.0.1:8443)' });
-  tlsCert = Option.String('--tls-cert', { description: 'PEM certificate: serve HTTPS and WSS (with --tls-key)' });
-  tlsKey = Option.String('--tls-key', { description: 'PEM private key for --tls-cert' });
+  listen = SingleString('--listen', '127.0.0.1:8443', { description: 'address:port for clients and gateways (default 127.0.0.1:8443)' });
+  tlsCert = SingleString('--tls-cert', { description: 'PEM certificate: serve HTTPS and WSS (with --tls-key)' });
+  tlsKey = SingleString('--tls-key', { description: 'PEM private key for --tls-cert' });
   iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL handed to both ends of every exchange (repeatable)' });
-  turnSecretFile = Option.String('--turn-secret-file', { description: "file holding coturn's static-auth-secret: mint TURN REST credentials per exchange" });
+  turnSecretFile = SingleString('--turn-secret-file', { description: "file holding coturn's static-auth-secret: mint TURN REST credentials per exchange" });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
 
   async execute(): Promise<number> {
-    const listen = parseHostPort(this.listen, '--listen');
+    const listen = parseHostPort(this.listen, '--listen', '127.0.0.1:8443 (port 0 picks a free one)');
     const token = readBrokerToken(this.context.env);
     if ((this.tlsCert === undefined) !== (this.tlsKey === undefined)) throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
-    const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert'), key: readPem(this.tlsKey!, '--tls-key') } : undefined;
+    const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') } : undefined;
     const turnSecret = this.turnSecretFile !== undefined ? readSecret(this.turnSecretFile) : undefined;
     // With a secret the broker mints TURN credentials itself; without one they come from the environment.
     const servers = turnSecret !== undefined ? iceServerUrls(this.iceServers) : iceServers(this.iceServers, this.context.env);

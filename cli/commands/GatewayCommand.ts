@@ -4,6 +4,7 @@ import { Command, Option } from 'clipanion';
 import { TunnelError, type StopSignal } from '../../machines/errors.js';
 import { createProcessSignals } from '../../adapters/posix-signals.js';
 import type { PamContext } from '../context.js';
+import { SingleString } from '../single-option.js';
 import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
 import { readFileSync } from 'node:fs';
 import * as t from 'typanion';
@@ -19,7 +20,11 @@ export class GatewayCommand extends Command<PamContext> {
       Serves authenticated WebRTC signalling over HTTP and connects each tunnel connection to the
       named target. Only targets given with --target can be reached. The token comes from
       PAM_GATEWAY_TOKEN or --token-file, never from the command line; without one the gateway
-      refuses to start. Stops on SIGINT/SIGTERM.
+      refuses to start; a token shorter than 16 characters, or a token file others can read, is
+      refused (make one with \`openssl rand -hex 32\`). Each --target name once. Stops on SIGINT/SIGTERM.
+      Exit codes: 0 stopped by a signal, 2 usage (bad flag, token, PEM file or PAM_* variable),
+      75 the --listen address is already in use, 77 the broker refused PAM_BROKER_TOKEN, 69 the broker
+      refused the --site (another gateway holds it).
 
       Signalling is sealed to the gateway's long-term key (HPKE, RFC 9180), created on first start
       in --key-file (default $XDG_STATE_HOME/pam/gateway.key, mode 0600). Its fingerprint is printed
@@ -32,23 +37,23 @@ export class GatewayCommand extends Command<PamContext> {
       --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
     `,
     examples: [
-      ['Serve a web and a database target on loopback', 'PAM_GATEWAY_TOKEN=s3cret $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432'],
+      ['Serve a web and a database target on loopback', 'PAM_GATEWAY_TOKEN=$(openssl rand -hex 32) $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432'],
       ['Any free port, announced as a JSON line', '$0 gateway --listen 127.0.0.1:0 --token-file ~/.config/pam/token --target web=127.0.0.1:8080 --json'],
       ['No inbound port: register site "lab" with a broker (PAM_BROKER_TOKEN set)', '$0 gateway --broker https://broker.example:8443 --site lab --target db=10.0.0.5:5432'],
     ],
   });
 
-  listen = Option.String('--listen', { description: 'address:port for signalling (default 127.0.0.1:8765; not with --broker)' });
-  broker = Option.String('--broker', { description: 'http(s) URL of a `pam broker` to register with instead of listening (with --site)' });
-  site = Option.String('--site', { description: 'site name to register at --broker; clients use BROKER/sites/NAME' });
+  listen = SingleString('--listen', { description: 'address:port for signalling (default 127.0.0.1:8765; not with --broker)' });
+  broker = SingleString('--broker', { description: 'http(s) URL of a `pam broker` to register with instead of listening (with --site)' });
+  site = SingleString('--site', { description: 'site name to register at --broker; clients use BROKER/sites/NAME' });
   targets = Option.Array('--target', [], { description: 'name=host:port of an allowlisted target (repeatable)' });
-  tokenFile = Option.String('--token-file', { description: 'file holding the token clients must present (default: $PAM_GATEWAY_TOKEN)' });
+  tokenFile = SingleString('--token-file', { description: 'file holding the token clients must present (default: $PAM_GATEWAY_TOKEN)' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
-  tlsCert = Option.String('--tls-cert', { description: 'PEM certificate: serve signalling over HTTPS (with --tls-key)' });
-  tlsKey = Option.String('--tls-key', { description: 'PEM private key for --tls-cert' });
-  transport = Option.String('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
+  tlsCert = SingleString('--tls-cert', { description: 'PEM certificate: serve signalling over HTTPS (with --tls-key)' });
+  tlsKey = SingleString('--tls-key', { description: 'PEM private key for --tls-cert' });
+  transport = SingleString('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
   iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
-  keyFile = Option.String('--key-file', { description: 'the gateway\'s long-term key (created 0600 on first start; default $XDG_STATE_HOME/pam/gateway.key)' });
+  keyFile = SingleString('--key-file', { description: "the gateway's long-term key (created 0600 on first start; default $XDG_STATE_HOME/pam/gateway.key)" });
   maxPeersPerClient = Option.String('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
 
   async execute(): Promise<number> {
@@ -56,14 +61,14 @@ export class GatewayCommand extends Command<PamContext> {
     if ((this.broker === undefined) !== (this.site === undefined)) throw new TunnelError('usage', '--broker and --site go together: pass both, or neither');
     if (this.site !== undefined && !siteNamePattern.test(this.site)) throw new TunnelError('usage', `--site '${this.site}' must be letters, digits, '.', '_' or '-' (at most 64)`);
     if (this.broker !== undefined && this.tlsCert !== undefined) throw new TunnelError('usage', '--tls-cert is for --listen; a broker gateway serves nothing (give the broker its certificate)');
-    const listen = parseHostPort(this.listen ?? '127.0.0.1:8765', '--listen');
+    const listen = parseHostPort(this.listen ?? '127.0.0.1:8765', '--listen', '127.0.0.1:8765 (port 0 picks a free one)');
     const brokerToken = this.broker !== undefined ? readBrokerToken(this.context.env) : undefined;
-    const targets = Object.fromEntries(this.targets.map(parseTarget));
+    const targets = parseTargets(this.targets);
     if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
     const token = readToken(this.tokenFile, this.context.env, 'gateway');
 
     if ((this.tlsCert === undefined) !== (this.tlsKey === undefined)) throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
-    const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert'), key: readPem(this.tlsKey!, '--tls-key') } : undefined;
+    const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') } : undefined;
     const transport = transportChoice(this.transport, this.context.env);
     const ice = { hosts: iceHosts(this.context.env), servers: iceServers(this.iceServers, this.context.env) };
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
@@ -149,28 +154,40 @@ export function readBrokerToken(env: NodeJS.ProcessEnv): string {
   return token;
 }
 
-export function parseHostPort(text: string, flag: string): { host: string; port: number } {
+export function parseHostPort(text: string, flag: string, example: string): { host: string; port: number } {
   const match = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(text.trim());
   const port = match ? Number(match[2]) : NaN;
-  if (!match || !match[1] || port > 65535) {
-    throw new TunnelError('usage', `${flag} '${text}' must be host:port, e.g. 127.0.0.1:8765 (port 0 picks a free one)`);
-  }
+  if (!match || !match[1] || port > 65535) throw new TunnelError('usage', `${flag} '${text}' must be host:port, e.g. ${example}`);
   return { host: match[1], port };
 }
 
-function parseTarget(text: string): [string, { host: string; port: number }] {
-  const eq = text.indexOf('=');
-  const name = text.slice(0, eq);
-  if (eq <= 0 || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) {
-    throw new TunnelError('usage', `--target '${text}' must be name=host:port, e.g. db=127.0.0.1:5432`);
+/** `--target name=host:port`, each name once; a target's port is where it listens, so never 0. */
+function parseTargets(texts: readonly string[]): Record<string, { host: string; port: number }> {
+  const targets: Record<string, { host: string; port: number }> = Object.create(null);
+  for (const text of texts) {
+    const eq = text.indexOf('=');
+    const name = text.slice(0, eq);
+    if (eq <= 0 || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) {
+      throw new TunnelError('usage', `--target '${text}' must be name=host:port, e.g. db=127.0.0.1:5432`);
+    }
+    if (Object.hasOwn(targets, name)) throw new TunnelError('usage', `--target ${name} is given twice: each target name once (${name}=…)`);
+    const destination = parseHostPort(text.slice(eq + 1), `--target ${name}`, `${name}=127.0.0.1:5432`);
+    if (destination.port === 0) throw new TunnelError('usage', `--target ${name}: port 0 is not a port a target listens on; give the target's real port`);
+    targets[name] = destination;
   }
-  return [name, parseHostPort(text.slice(eq + 1), `--target ${name}`)];
+  return targets;
 }
 
-export function readPem(path: string, flag: string): string {
+export function readPem(path: string, flag: string, kind: 'CERTIFICATE' | 'PRIVATE KEY'): string {
+  let text: string;
   try {
-    return readFileSync(path, 'utf8');
+    text = readFileSync(path, 'utf8');
   } catch (error) {
     throw new TunnelError('usage', `cannot read ${flag} ${path} (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
   }
+  // `PRIVATE KEY` also matches `RSA PRIVATE KEY` / `EC PRIVATE KEY`.
+  if (!new RegExp(`-----BEGIN [A-Z ]*${kind}-----`).test(text)) {
+    throw new TunnelError('usage', `${flag} ${path} is not a PEM ${kind === 'CERTIFICATE' ? 'certificate' : 'private key'} (no -----BEGIN ${kind}----- line)`);
+  }
+  return text;
 }

@@ -1,6 +1,7 @@
 // `pam tunnel list`: every live tunnel of this user, from every process, read from the registry.
 
 import { Command, Option } from 'clipanion';
+import { hostPort } from '../../machines/address.js';
 import { allTunnels } from '../../machines/selector.js';
 import type { PamContext } from '../context.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
@@ -47,7 +48,7 @@ export class TunnelListCommand extends Command<PamContext> {
       rows.map((row) => [
         dash(row.id),
         dash(row.target),
-        row.port === null ? '-' : `${row.host ?? '?'}:${row.port}`,
+        row.port === null ? '-' : hostPort(row.host ?? '?', row.port),
         String(row.pid),
         dash(row.mode),
         row.foreign ? 'foreign' : dash(row.state),

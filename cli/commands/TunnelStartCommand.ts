@@ -7,9 +7,12 @@ import { Command, Option } from 'clipanion';
 import { createActor, toPromise } from 'xstate';
 import { provideLauncher } from '../../machines/launcher.actors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
-import type { StartFlags } from '../../machines/start-flags.js';
+import { gatewayUrlProblem, type StartFlags } from '../../machines/start-flags.js';
+import { TunnelError } from '../../machines/errors.js';
+import { hostPort } from '../../machines/address.js';
 import type { PamContext } from '../context.js';
-import { gatewayKeyCheck, gatewayUrl, iceServers, readConfigFile, readToken, transportChoice } from '../config.js';
+import { SingleString } from '../single-option.js';
+import { gatewayKeyCheck, gatewaySource, gatewayUrl, iceHosts, iceServers, keepalive, readConfigFile, readToken, transportChoice } from '../config.js';
 import { createTunnelPrinter } from '../tunnel-output.js';
 import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
 import { tunnelRow } from '../registry-rows.js';
@@ -33,9 +36,11 @@ export class TunnelStartCommand extends Command<PamContext> {
       Modes (choose one): \`--foreground\` (the default) keeps the tunnel in this process until
       SIGINT/SIGTERM/SIGHUP; \`--background\` detaches a child process that owns the tunnel and
       returns only once the port is usable (printing id, pid and port); \`--run\` brings the tunnel up, runs the command through the shell with
-      PAM_TUNNEL_HOST/PAM_TUNNEL_PORT/PAM_TUNNEL_ID set, tears down and exits with its code.
+      PAM_TUNNEL_HOST/PAM_TUNNEL_PORT/PAM_TUNNEL_ID set (and no other PAM_* variable: the token never
+      reaches it), tears down and exits with its code.
 
-      The gateway comes from --gateway, PAM_GATEWAY_URL or the config file; the token from
+      The gateway comes from --gateway, PAM_GATEWAY_URL or the config file (a path is kept, for a
+      gateway behind a path-prefix proxy; credentials in the URL are refused); the token from
       --token-file, PAM_GATEWAY_TOKEN or the config file's tokenFile (never from the command line).
       Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout, gatewayKey.
 
@@ -55,18 +60,18 @@ export class TunnelStartCommand extends Command<PamContext> {
   });
 
   target = Option.String({ name: 'target' });
-  port = Option.String('--port', { description: 'local port to listen on (0 or omitted: any free port)' });
-  host = Option.String('--host', { description: 'local address to bind (default 127.0.0.1)' });
-  gateway = Option.String('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
-  tokenFile = Option.String('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
+  port = SingleString('--port', { description: 'local port to listen on (0 or omitted: any free port)' });
+  host = SingleString('--host', { description: 'local address to bind (default 127.0.0.1)' });
+  gateway = SingleString('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
+  tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
   foreground = Option.Boolean('-fg,--foreground', { description: 'keep the tunnel in this process until a signal (default)' });
   background = Option.Boolean('-bg,--background', { description: 'detach: a child process owns the tunnel; return once the port is usable' });
-  run = Option.String('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
-  timeout = Option.String('--timeout', { description: 'seconds to wait for the connection (default 30)' });
-  transport = Option.String('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
+  run = SingleString('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
+  timeout = SingleString('--timeout', { description: 'seconds to wait for the connection (default 30)' });
+  transport = SingleString('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
   iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
-  reconnectAttempts = Option.String('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
-  pidFile = Option.String('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
+  reconnectAttempts = SingleString('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
+  pidFile = SingleString('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
   debug = Option.Boolean('--debug', false, { description: 'print stack traces for errors' });
   inspect = Option.String('--inspect', { tolerateBoolean: true, description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)` });
@@ -93,10 +98,20 @@ export class TunnelStartCommand extends Command<PamContext> {
 
   private async start(): Promise<number> {
     const file = readConfigFile(this.context.env);
+    const gateway = gatewayUrl(this.gateway, this.context.env, file);
+    const source = gatewaySource(this.gateway, this.context.env, file);
+    // Credentials in the URL are refused before anything records the flags (journal, registry, launcher).
+    const credentials = gateway !== undefined && /^[^/]*\/\/[^/]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
+    if (credentials) throw new TunnelError('usage', credentials);
+    // Settings from the environment are checked before anything starts, naming the variable.
+    iceHosts(this.context.env);
+    keepalive(this.context.env);
+    const url = inspectUrl(this.inspect, this.context.env);
     const flags: StartFlags = {
       target: this.target,
       ...defined({
-        gateway: gatewayUrl(this.gateway, this.context.env, file),
+        gateway,
+        gatewaySource: source,
         host: this.host,
         port: this.port,
         foreground: this.foreground,
@@ -125,7 +140,7 @@ export class TunnelStartCommand extends Command<PamContext> {
       ready: (tunnel: Parameters<typeof printer.announce.ready>[0]) => {
         markReady();
         printer.announce.ready(tunnel);
-        void notifier.ready(`listening on ${tunnel.listener?.host}:${tunnel.listener?.port} → ${tunnel.settings?.target}`);
+        void notifier.ready(`listening on ${hostPort(tunnel.listener?.host ?? '', tunnel.listener?.port ?? 0)} → ${tunnel.settings?.target}`);
       },
     };
     iceServers(this.iceServers, this.context.env); // validate now: a bad URL is a usage error before anything starts
@@ -150,7 +165,6 @@ export class TunnelStartCommand extends Command<PamContext> {
       ...journalRetention(this.context.env),
       warn: printer.announce.problem,
     });
-    const url = inspectUrl(this.inspect, this.context.env);
     const inspector = url ? await attachInspector(url, (line) => this.context.stderr.write(`pam: ${line}\n`)) : undefined;
     const actor = createActor(provideTunnel(ports), {
       input,
@@ -191,7 +205,7 @@ export class TunnelStartCommand extends Command<PamContext> {
         this.json
           ? // The very row `pam tunnel list --json` shows for this tunnel.
             `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
-          : `pam: tunnel ${ready.id} ready on ${ready.host}:${ready.port} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
+          : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
               `stop it with \`pam tunnel stop ${ready.id}\`\n`,
       );
     } else {

@@ -1,7 +1,7 @@
 // The real shell runner beyond the shared contract: environment, "not found", and no orphans.
 
 import t from 'tap';
-import { createShellRunner, descendantsOf, execIfSimple } from '../../adapters/shell-runner.js';
+import { commandEnvironment, createShellRunner, descendantsOf, execIfSimple } from '../../adapters/shell-runner.js';
 import { isAlive, until } from '../support/processes.js';
 
 t.test('the command sees the environment it is given', async (t) => {
@@ -29,6 +29,11 @@ t.test('a forwarded signal reaches what the shell started: nothing is orphaned',
   t.equal(exit.exitCode, 143);
   await until(() => !isAlive(sleeper), 5_000, 'sleep to exit');
   t.notOk(isAlive(sleeper), 'the grandchild got the signal too');
+});
+
+t.test('the command inherits no PAM_* variable except those pam sets for it', async (t) => {
+  const env = commandEnvironment({ PATH: '/bin', PAM_GATEWAY_TOKEN: 'secret', pam_gateway_url: 'x', PAM_TUNNEL_REGISTRY: '/r' }, { PAM_TUNNEL_PORT: '1' });
+  t.same(env, { PATH: '/bin', PAM_TUNNEL_PORT: '1' });
 });
 
 t.test('one simple command runs with exec; anything a shell must interpret runs as given', async (t) => {

@@ -82,7 +82,8 @@ t.test('without a pin the first key is recorded (0600); a gateway with another k
   gateway.proc.child.kill('SIGTERM');
   await gateway.proc.exited;
   // Same address, a new key: what a gateway taken over (or re-installed) looks like to the client.
-  const replaced = await startGatewayProc(t, dir, token, { echo: echo.port }, ['--listen', `127.0.0.1:${gateway.port}`, '--key-file', join(dir, 'second.key')]);
+  const replacedProc = pam(t, ['gateway', '--listen', `127.0.0.1:${gateway.port}`, '--json', '--key-file', join(dir, 'second.key'), '--target', `echo=127.0.0.1:${echo.port}`], { env: tunnelEnv(dir, token) });
+  const replaced = { proc: replacedProc, url: String((await replacedProc.event('listening')).url) };
   const other = /"key":"(SHA256:[^"]+)"/.exec(replaced.proc.stdout)![1]!;
   t.not(other, fingerprint);
   const refused = pam(t, ['tunnel', 'start', 'echo', '-R', 'echo ran'], { env });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { echoServer, pam, scratchDir, tunnelEnv } from '../support/processes.js';
 
-const token = 'tls-token-a9d0';
+const token = 'tls-token-a9d0-b1c2';
 
 t.test('signalling over TLS with --tls-cert/--tls-key', async (t) => {
   const dir = scratchDir(t);

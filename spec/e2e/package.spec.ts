@@ -33,7 +33,7 @@ t.test('the tarball holds only what runs, and installs into a fresh prefix as a 
   const run = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(pamPath, args, { encoding: 'utf8', cwd: dir, env: { ...process.env, CI: 'true', ...env } });
   const versionRun = run(['--version']);
   t.equal(versionRun.stdout.trim(), version, 'pam --version prints the package version');
-  const env = tunnelEnv(dir, 'pack-token');
+  const env = tunnelEnv(dir, 'pack-token-1f2e3d4c');
   const listed = run(['tunnel', 'list', '--json'], env);
   t.equal(listed.status, 0, listed.stderr);
   t.same(JSON.parse(listed.stdout), []);

@@ -27,8 +27,8 @@ t.test('Type=notify: READY=1 with MAINPID=<pam pid> arrives once the tunnel is u
   ]);
   await listener.line(/^bound$/);
   const echo = await echoServer(t);
-  const gateway = await startGatewayProc(t, dir, 'notify-token', { db: echo.port });
-  const tunnel = pam(t, ['tunnel', 'start', 'db', '--foreground', '--json'], { env: { ...tunnelEnv(dir, 'notify-token', gateway.url), NOTIFY_SOCKET: socketPath } });
+  const gateway = await startGatewayProc(t, dir, 'notify-token-5a6b7c', { db: echo.port });
+  const tunnel = pam(t, ['tunnel', 'start', 'db', '--foreground', '--json'], { env: { ...tunnelEnv(dir, 'notify-token-5a6b7c', gateway.url), NOTIFY_SOCKET: socketPath } });
   const ready = await tunnel.event('ready');
   await until(() => existsSync(received) && readFileSync(received, 'utf8').includes('READY=1'), 10_000, 'READY=1');
   const message = readFileSync(received, 'utf8');
@@ -67,11 +67,11 @@ t.test("Type=forking: the unit's own ExecStart returns with the port up and PIDF
   const pidFileSetting = /^PIDFile=(.*)$/m.exec(unit)![1]!;
   const dir = scratchDir(t);
   const echo = await echoServer(t);
-  const gateway = await startGatewayProc(t, dir, 'forking-token', { web: echo.port });
-  const env = tunnelEnv(dir, 'forking-token', gateway.url);
+  const gateway = await startGatewayProc(t, dir, 'forking-token-8d9e0f', { web: echo.port });
+  const env = tunnelEnv(dir, 'forking-token-8d9e0f', gateway.url);
   const port = await freePort();
   // What systemd would substitute: the credential directory, the runtime directory; plus this checkout's pam.
-  writeFileSync(join(dir, 'token'), 'forking-token\n', { mode: 0o600 });
+  writeFileSync(join(dir, 'token'), 'forking-token-8d9e0f\n', { mode: 0o600 });
   const substitute = (text: string) =>
     text.replaceAll('/usr/local/bin/pam', `"${process.execPath}" "${pamBin}"`).replaceAll('${CREDENTIALS_DIRECTORY}', dir).replaceAll('/run/pam-tunnel-web', dir).replaceAll('18080', String(port));
   const start = spawnProc(t, 'sh', ['-c', substitute(execStart)], { env: { ...env, PAM_GATEWAY_TOKEN: '' } });

@@ -86,3 +86,30 @@ t.test('stop selectors: id, unique prefix, target, port, pid; ambiguity lists ca
   const ambiguous = selectTunnels(entries, 'db');
   t.match(!ambiguous.ok && ambiguous.failure.reason, /aaaa2222.*bbbb3333/, 'candidates are listed');
 });
+
+t.test('gateway URLs: credentials refused without echoing them, a path kept, the source named', async (t) => {
+  const secret = parseStartFlags({ ...base, gateway: 'http://user:hunter2-secret@127.0.0.1:8765/pam' });
+  t.equal(secret.ok, false);
+  if (!secret.ok) {
+    t.match(secret.failure.reason, /--gateway must not carry credentials .*http:\/\/127\.0\.0\.1:8765\/pam .*PAM_GATEWAY_TOKEN or --token-file/);
+    t.notMatch(secret.failure.reason, /hunter2/);
+  }
+  const unparsable = parseStartFlags({ ...base, gateway: 'http://user:hunter2-secret@' });
+  t.ok(!unparsable.ok && !unparsable.failure.reason.includes('hunter2'), 'not echoed when the URL does not parse either');
+  const fromEnv = parseStartFlags({ ...base, gateway: 'ftp://x', gatewaySource: 'PAM_GATEWAY_URL' });
+  t.ok(!fromEnv.ok && /^PAM_GATEWAY_URL 'ftp:\/\/x'/.test(fromEnv.failure.reason), 'a bad PAM_GATEWAY_URL is named as such');
+  const query = parseStartFlags({ ...base, gateway: 'http://127.0.0.1:8765/?a=b' });
+  t.ok(!query.ok && /query or fragment/.test(query.failure.reason));
+  const path = parseStartFlags({ ...base, gateway: 'http://127.0.0.1:8765/pam/' });
+  t.ok(path.ok && path.settings.gateway === 'http://127.0.0.1:8765/pam', 'the path is kept (trailing slash dropped)');
+});
+
+t.test('--host [::1] is ::1; a timeout below 1 s is refused, naming the minimum', async (t) => {
+  const bracketed = parseStartFlags({ ...base, host: '[::1]' });
+  t.ok(bracketed.ok && bracketed.settings.host === '::1');
+  const unbalanced = parseStartFlags({ ...base, host: '[::1' });
+  t.ok(!unbalanced.ok && /--host '\[::1'/.test(unbalanced.failure.reason));
+  const tiny = parseStartFlags({ ...base, timeout: '0.0001' });
+  t.ok(!tiny.ok && /--timeout '0\.0001' is too short: a connect needs at least 1 s/.test(tiny.failure.reason));
+  t.ok(parseStartFlags({ ...base, timeout: '1' }).ok, '1 s is accepted');
+});

@@ -9,7 +9,7 @@ import t from 'tap';
 import { echoServer, pam, portIsOpen, roundTrip, scratchDir, sha256, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
 import { report } from './tally.js';
 
-const token = 'load-token-64a1';
+const token = 'load-token-64a1-e5f6';
 const count = 100;
 
 t.test(`${count} tunnels at once from one machine, all carrying verified bytes`, async (t) => {

@@ -55,3 +55,21 @@ t.test('the listener accepts only loopback peers unless bound elsewhere', async 
   for (const peer of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1']) t.ok(isLoopbackPeer(peer), `${peer} is loopback`);
   for (const peer of ['10.0.0.1', '192.168.1.5', '::ffff:10.0.0.1', 'fe80::1', '', undefined]) t.notOk(isLoopbackPeer(peer), `${peer} is refused`);
 });
+
+t.test('the --run command receives no PAM_* secret or setting, only PAM_TUNNEL_HOST/PORT/ID', async (t) => {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
+  const env = { ...tunnelEnv(dir, token, gateway.url), PAM_ICE_USERNAME: 'turn-user', PAM_ICE_CREDENTIAL: 'turn-SECRET-credential', PAM_KEEPALIVE_TIMEOUT: '15' };
+  const run = pam(t, ['tunnel', 'start', 'echo', '-R', 'env'], { env });
+  t.equal(await run.exited, 0);
+  const names = run.stdout
+    .split('\n')
+    .filter((line) => /^PAM_/i.test(line))
+    .map((line) => line.slice(0, line.indexOf('=')))
+    .sort();
+  t.same(names, ['PAM_TUNNEL_HOST', 'PAM_TUNNEL_ID', 'PAM_TUNNEL_PORT'], `PAM_* in the command's environment: ${names.join(' ')}`);
+  t.notOk(run.stdout.includes(token), 'no token in the command environment');
+  t.notOk(run.stdout.includes('turn-SECRET-credential'), 'no TURN credential in the command environment');
+  t.match(run.stdout, /^PATH=/m, 'the rest of the environment is inherited');
+});
