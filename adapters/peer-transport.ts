@@ -153,7 +153,10 @@ async function fetchKey(gateway: string, signal: AbortSignal): Promise<{ key: Bu
     const servers = Array.isArray(body.iceServers) ? body.iceServers.filter(isIceServer) : [];
     if (key.length === 32) return { key, iceServers: servers };
   }
-  const detail = typeof body.error === 'string' ? body.error : response.status === 200 ? 'no gateway key in the answer' : response.statusText;
+  if (response.status === 200) {
+    throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered 200 without a gateway key at ${url.href}: is it a pam gateway, or a broker site (…/sites/NAME)?`);
+  }
+  const detail = typeof body.error === 'string' ? body.error : response.statusText;
   const hint = response.status === 200 || response.status === 404 ? `; is ${gateway} a pam gateway, or a broker site (…/sites/NAME) whose gateway is registered?` : '';
   throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status}: ${detail}${hint}`);
 }

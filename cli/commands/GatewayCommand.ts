@@ -79,7 +79,8 @@ export class GatewayCommand extends Command<PamContext> {
     const { defaultKeyFile, loadOrCreateGatewayKey } = await import('../../adapters/gateway-key-file.js');
     const keyPath = this.keyFile ?? defaultKeyFile(this.context.env);
     const key = await loadOrCreateGatewayKey(keyPath);
-    log(`gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`);
+    // Printed once the gateway is up, so a refused start stays one line.
+    const announceKey = () => log(`gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`);
     const names = Object.keys(targets);
     const options = {
       token,
@@ -97,6 +98,7 @@ export class GatewayCommand extends Command<PamContext> {
       const site = this.site;
       const [{ createSignalling }, { connectBroker }] = await Promise.all([import('../../gateway/signalling.js'), import('../../gateway/broker-link.js')]);
       const signalling = createSignalling(options);
+      announceKey();
       const link = connectBroker({
         broker,
         site,
@@ -122,6 +124,7 @@ export class GatewayCommand extends Command<PamContext> {
     const warning = listenWarning(listen.host, tls !== undefined);
     if (warning) log(`warning: ${warning}`);
     const gateway = await startGateway({ host: listen.host, port: listen.port, ...options, ...(tls ? { tls } : {}) });
+    announceKey();
     print(
       { event: 'listening', url: gateway.url, port: gateway.port, targets: names, key: key.fingerprint },
       `listening on ${gateway.url} (targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
