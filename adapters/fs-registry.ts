@@ -3,14 +3,14 @@
 // private. Readers trust an entry only while its pid is alive with the recorded start time.
 
 import { constants, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, realpath, rename, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, realpath, unlink } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { TunnelError } from '../machines/errors.js';
 import type { Registry, RegistryEntry, TunnelRecord } from '../machines/ports.js';
 import { processStartTime } from './process-identity.js';
 import { commanderView, maxEntryBytes, parseEntry, parseForeign, type ForeignEntry } from './registry-entry.js';
+import { writeAtomically } from './atomic-write.js';
 
 export interface RegistryScan {
   /** Our live entries, as `entries()` returns them. */
@@ -222,7 +222,7 @@ export async function openFsRegistry(options: FsRegistryOptions): Promise<FsRegi
 /** The file's stats if it is a regular file of this user (anything else is not ours to judge). */
 async function ownFile(path: string): Promise<Stats | undefined> {
   const stats = await lstat(path).catch(() => undefined);
-  return stats && stats.isFile() && (!posix || stats.uid === uid()) ? stats : undefined;
+  return stats?.isFile() && (!posix || stats.uid === uid()) ? stats : undefined;
 }
 
 async function readNoFollow(path: string): Promise<string> {
@@ -235,26 +235,5 @@ async function readNoFollow(path: string): Promise<string> {
     }
   } catch {
     return '';
-  }
-}
-
-/** Temp file in the same directory, fsync, rename: readers see the old or the new file, never a torn one. */
-export async function writeAtomically(dir: string, path: string, text: string, mode: number): Promise<void> {
-  const temp = join(dir, `.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
-  try {
-    await handle.writeFile(text);
-    await handle.sync();
-  } catch (error) {
-    await handle.close();
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  await handle.close();
-  try {
-    await rename(temp, path);
-  } catch (error) {
-    await unlink(temp).catch(() => undefined);
-    throw error;
   }
 }

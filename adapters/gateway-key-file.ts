@@ -20,7 +20,10 @@ export async function loadOrCreateGatewayKey(path: string): Promise<GatewayKeyPa
     text = readFileSync(path, 'utf8');
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new TunnelError('usage', `cannot read the gateway key file ${path} (${(error as NodeJS.ErrnoException).code}): check --key-file and its permissions`);
+      throw new TunnelError(
+        'usage',
+        `cannot read the gateway key file ${path} (${(error as NodeJS.ErrnoException).code}): check --key-file and its permissions`,
+      );
     }
   }
   if (text === undefined) {
@@ -31,14 +34,22 @@ export async function loadOrCreateGatewayKey(path: string): Promise<GatewayKeyPa
       writeFileSync(path, `${prefix}${seed.toString('base64')}\n`, { mode: 0o600, flag: 'wx' });
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'EEXIST') return loadOrCreateGatewayKey(path);
-      throw new TunnelError('usage', `cannot create the gateway key file ${path} (${(error as NodeJS.ErrnoException).code}): pass --key-file with a writable path`);
+      throw new TunnelError(
+        'usage',
+        `cannot create the gateway key file ${path} (${(error as NodeJS.ErrnoException).code}): pass --key-file with a writable path`,
+      );
     }
     chmodSync(path, 0o600);
     return { ...(await keyPairFromSeed(seed)), created: true };
   }
   const mode = statSync(path).mode & 0o777;
-  if ((mode & 0o077) !== 0) throw new TunnelError('usage', `gateway key file ${path} is readable or writable by others (mode ${mode.toString(8)}): run chmod 600 ${path}`);
+  if ((mode & 0o077) !== 0)
+    throw new TunnelError(
+      'usage',
+      `gateway key file ${path} is readable or writable by others (mode ${mode.toString(8)}): run chmod 600 ${path}`,
+    );
   const seed = text.startsWith(prefix) ? Buffer.from(text.slice(prefix.length).trim(), 'base64') : Buffer.alloc(0);
-  if (seed.length !== 32) throw new TunnelError('usage', `gateway key file ${path} is not a pam gateway key (expected one line '${prefix.trim()} <base64>')`);
+  if (seed.length !== 32)
+    throw new TunnelError('usage', `gateway key file ${path} is not a pam gateway key (expected one line '${prefix.trim()} <base64>')`);
   return { ...(await keyPairFromSeed(seed)), created: false };
 }

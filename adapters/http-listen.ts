@@ -6,7 +6,10 @@ import { createServer as createHttpsServer } from 'node:https';
 import { TunnelError } from '../machines/errors.js';
 
 /** A certificate and key that do not load (not PEM, not a pair) are the operator's to fix, not a crash. */
-export function httpsServer(tls: { readonly cert: string; readonly key: string }, handler: (request: IncomingMessage, response: ServerResponse) => void) {
+export function httpsServer(
+  tls: { readonly cert: string; readonly key: string },
+  handler: (request: IncomingMessage, response: ServerResponse) => void,
+) {
   try {
     return createHttpsServer({ cert: tls.cert, key: tls.key }, handler);
   } catch (error) {
@@ -17,11 +20,15 @@ export function httpsServer(tls: { readonly cert: string; readonly key: string }
 
 /** Why the signalling address cannot be bound, as an error the operator can act on. */
 export function listenError(error: NodeJS.ErrnoException, address: string): Error {
-  if (error.code === 'EADDRINUSE') return new TunnelError('portBusy', `--listen ${address} is already in use: stop what holds it, or pick another port (port 0 picks a free one)`);
-  if (error.code === 'EACCES') return new TunnelError('portBusy', `not allowed to listen on ${address}: ports below 1024 need privileges; pick another --listen port`);
+  if (error.code === 'EADDRINUSE')
+    return new TunnelError(
+      'portBusy',
+      `--listen ${address} is already in use: stop what holds it, or pick another port (port 0 picks a free one)`,
+    );
+  if (error.code === 'EACCES')
+    return new TunnelError('portBusy', `not allowed to listen on ${address}: ports below 1024 need privileges; pick another --listen port`);
   if (error.code === 'EADDRNOTAVAIL' || error.code === 'ENOTFOUND' || error.code === 'EAI_AGAIN') {
     return new TunnelError('usage', `--listen ${address}: that address is not one of this machine's (${error.code})`);
   }
   return error;
 }
-

@@ -75,7 +75,9 @@ export function createGatewayKeyCheck(options: { pin?: { fingerprint: string; so
       } catch {
         // first entry
       }
-      writeFileSync(options.file, `${text}${text === '' || text.endsWith('\n') ? '' : '\n'}${identity} ${keyFingerprint(publicKey)}\n`, { mode: 0o600 });
+      writeFileSync(options.file, `${text}${text === '' || text.endsWith('\n') ? '' : '\n'}${identity} ${keyFingerprint(publicKey)}\n`, {
+        mode: 0o600,
+      });
       chmodSync(options.file, 0o600);
     },
   };

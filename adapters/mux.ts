@@ -24,6 +24,9 @@ const headerBytes = 5;
 /** werift refuses messages above 64 KiB; keep every frame below it. */
 export const maxPayloadBytes = 60 * 1024;
 
+/** Both transports raise `bufferedamountlow` here: the mux resumes its sockets once the channel drains to it. */
+export const channelLowWater = 256 * 1024;
+
 /** The message channel under the mux (a data channel in production, an in-memory pair in tests). */
 export interface FrameChannel {
   send(frame: Buffer): void;

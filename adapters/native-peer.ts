@@ -4,22 +4,20 @@
 
 import { initLogger, PeerConnection, type DataChannel, type LogLevel } from 'node-datachannel';
 import type { LinkPath } from '../machines/ports.js';
-import type { FrameChannel } from './mux.js';
-import type { IceOptions } from './werift-peer.js';
-
-export const nativeLowWater = 256 * 1024;
+import { type IceOptions, type IceServer, parseIceUrl } from './ice-options.js';
+import { channelLowWater, type FrameChannel } from './mux.js';
 
 type NativeIceServer = string | { hostname: string; port: number; username?: string; password?: string; relayType?: 'TurnUdp' | 'TurnTcp' };
 
-function iceServer(server: { urls: string; username?: string; credential?: string }): NativeIceServer {
+function iceServer(server: IceServer): NativeIceServer {
   if (server.urls.startsWith('stun:')) return server.urls;
-  const match = /^turns?:([^:?]+)(?::(\d+))?(?:\?transport=(udp|tcp))?$/.exec(server.urls);
+  const url = parseIceUrl(server.urls);
   return {
-    hostname: match?.[1] ?? '',
-    port: Number(match?.[2] ?? 3478),
+    hostname: url?.host ?? '',
+    port: url?.port ?? 3478,
     ...(server.username ? { username: server.username } : {}),
     ...(server.credential ? { password: server.credential } : {}),
-    relayType: match?.[3] === 'tcp' ? 'TurnTcp' : 'TurnUdp',
+    relayType: url?.transport === 'tcp' ? 'TurnTcp' : 'TurnUdp',
   };
 }
 
@@ -68,7 +66,8 @@ export function nativeSelectedPath(peer: PeerConnection): LinkPath | undefined {
     return undefined;
   }
   if (!pair) return undefined;
-  const describe = (end: { type: string; address: string; port: number; transportType: string }) => `${end.type} ${end.address}:${end.port}/${end.transportType.toLowerCase()}`;
+  const describe = (end: { type: string; address: string; port: number; transportType: string }) =>
+    `${end.type} ${end.address}:${end.port}/${end.transportType.toLowerCase()}`;
   const relayed = /relay/i.test(pair.local.type) || /relay/i.test(pair.remote.type);
   return { kind: relayed ? 'relay' : 'direct', pair: `${describe(pair.local)} → ${describe(pair.remote)}` };
 }
@@ -92,10 +91,14 @@ export function nativeGathered(peer: PeerConnection, signal?: AbortSignal, deadl
     peer.onGatheringStateChange((state) => {
       if (state === 'complete') done();
     });
-    signal?.addEventListener('abort', () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    }, { once: true });
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
   });
 }
 
@@ -106,14 +109,15 @@ export function nativeChannelOpen(peer: PeerConnection, channel: DataChannel, si
     channel.onOpen(() => resolve());
     channel.onError((error) => reject(new Error(`data channel error: ${error}`)));
     peer.onStateChange((state) => {
-      if (state === 'failed' || state === 'closed') reject(new Error(`the peer connection ${state} before the data channel opened (no ICE path between the hosts?)`));
+      if (state === 'failed' || state === 'closed')
+        reject(new Error(`the peer connection ${state} before the data channel opened (no ICE path between the hosts?)`));
     });
     signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
   });
 }
 
 export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameChannel {
-  channel.setBufferedAmountLowThreshold(nativeLowWater);
+  channel.setBufferedAmountLowThreshold(channelLowWater);
   let closing = false;
   const frameHandlers: Array<(frame: Buffer) => void> = [];
   const drainHandlers: Array<() => void> = [];
@@ -124,10 +128,16 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     for (const handler of closeHandlers) handler(reason);
   };
   channel.onMessage((message) => {
-    const frame = Buffer.isBuffer(message) ? message : typeof message === 'string' ? Buffer.from(message) : Buffer.from(new Uint8Array(message));
+    const frame = Buffer.isBuffer(message)
+      ? message
+      : typeof message === 'string'
+        ? Buffer.from(message)
+        : Buffer.from(new Uint8Array(message));
     for (const handler of frameHandlers) handler(frame);
   });
-  channel.onBufferedAmountLow(() => drainHandlers.forEach((handler) => handler()));
+  channel.onBufferedAmountLow(() => {
+    for (const handler of drainHandlers) handler();
+  });
   channel.onClosed(() => closed('the data channel closed'));
   peer.onStateChange((state) => {
     if (state === 'failed' || state === 'closed') closed(`the peer connection ${state}`);

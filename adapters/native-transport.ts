@@ -5,7 +5,7 @@ import type { DataChannel, PeerConnection } from 'node-datachannel';
 import type { Transport } from '../machines/ports.js';
 import { createPeerTransport, type PeerKind, type PeerTransportOptions } from './peer-transport.js';
 import { createNativePeer, nativeChannelOpen, nativeFrames, nativeGathered, nativeSelectedPath } from './native-peer.js';
-import type { IceOptions } from './werift-peer.js';
+import type { IceOptions } from './ice-options.js';
 
 interface NativePeer {
   readonly connection: PeerConnection;

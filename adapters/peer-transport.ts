@@ -14,7 +14,7 @@ import type { Link, LinkPath, NegotiateRequest, Negotiation, Transport } from '.
 import { BodyTooLarge, readBodyBytes } from './http-body.js';
 import type { GatewayKeyCheck } from './known-gateways.js';
 import { SealError, sealedContentType, sealRequest } from './sealed-signalling.js';
-import type { IceServer } from './werift-peer.js';
+import type { IceServer } from './ice-options.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
 
 /** One WebRTC library's offerer side. `P` is its peer handle. */
@@ -154,10 +154,16 @@ async function fetchKey(gateway: string, signal: AbortSignal): Promise<{ key: Bu
     if (key.length === 32) return { key, iceServers: servers };
   }
   if (response.status === 200) {
-    throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered 200 without a gateway key at ${url.href}: is it a pam gateway, or a broker site (…/sites/NAME)?`);
+    throw new TunnelError(
+      'gatewayUnreachable',
+      `gateway ${gateway} answered 200 without a gateway key at ${url.href}: is it a pam gateway, or a broker site (…/sites/NAME)?`,
+    );
   }
   const detail = typeof body.error === 'string' ? body.error : response.statusText;
-  const hint = response.status === 200 || response.status === 404 ? `; is ${gateway} a pam gateway, or a broker site (…/sites/NAME) whose gateway is registered?` : '';
+  const hint =
+    response.status === 200 || response.status === 404
+      ? `; is ${gateway} a pam gateway, or a broker site (…/sites/NAME) whose gateway is registered?`
+      : '';
   throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status}: ${detail}${hint}`);
 }
 
@@ -182,7 +188,12 @@ interface SealedExchange {
 }
 
 /** POST the sealed offer; open the sealed answer; map every way signalling can fail to a kind that names the fix. */
-async function exchange(sealed: SealedExchange, target: string, offer: { offer: string; answerSetup?: 'passive' }, signal: AbortSignal): Promise<string> {
+async function exchange(
+  sealed: SealedExchange,
+  target: string,
+  offer: { offer: string; answerSetup?: 'passive' },
+  signal: AbortSignal,
+): Promise<string> {
   const url = signallingUrl(sealed.gateway, '/v1/tunnels');
   const plain = { target, ...offer, token: sealed.token, nonce: randomBytes(16).toString('hex'), timestamp: Date.now() };
   const { envelope, open } = await sealRequest(sealed.key, Buffer.from(JSON.stringify(plain)));
@@ -202,21 +213,31 @@ async function exchange(sealed: SealedExchange, target: string, offer: { offer: 
   try {
     reply = parseJson(open(response.body)) as typeof reply;
   } catch (error) {
-    if (error instanceof SealError) throw new TunnelError('gatewayKeyMismatch', `the answer from ${sealed.gateway} is not sealed by the gateway's key (${error.message}): no tunnel was set up`);
+    if (error instanceof SealError)
+      throw new TunnelError(
+        'gatewayKeyMismatch',
+        `the answer from ${sealed.gateway} is not sealed by the gateway's key (${error.message}): no tunnel was set up`,
+      );
     throw error;
   }
   sealed.trust();
   if (reply.status === 200 && typeof reply.answer === 'string') {
     // Handed to the WebRTC library as is, a non-SDP answer fails deep inside it as an internal error.
     if (/^v=0\r?\n/.test(reply.answer)) return reply.answer;
-    throw new TunnelError('gatewayUnreachable', `gateway ${sealed.gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`);
+    throw new TunnelError(
+      'gatewayUnreachable',
+      `gateway ${sealed.gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`,
+    );
   }
   if (reply.status === 401 || reply.status === 403) {
     throw new TunnelError('authRefused', `the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file`);
   }
   if (reply.status === 404 && Array.isArray(reply.targets)) {
     const served = reply.targets.filter((name): name is string => typeof name === 'string');
-    throw new TunnelError('unknownTarget', `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`);
+    throw new TunnelError(
+      'unknownTarget',
+      `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`,
+    );
   }
   const detail = typeof reply.error === 'string' ? reply.error : 'no reason given';
   throw new TunnelError('gatewayUnreachable', `gateway ${sealed.gateway} answered HTTP ${String(reply.status)}: ${detail}`);

@@ -5,7 +5,7 @@ import { readFile, stat, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
 import type { PidFiles, Registry } from '../machines/ports.js';
-import { writeAtomically } from './fs-registry.js';
+import { writeAtomically } from './atomic-write.js';
 
 export function createPidFiles(options: { registry: Registry }): PidFiles {
   return {

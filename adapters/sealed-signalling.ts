@@ -27,7 +27,8 @@ const header = Buffer.from([keyId, kemId >> 8, kemId & 0xff, kdfId >> 8, kdfId &
 const requestInfo = Buffer.concat([Buffer.from(requestLabel), Buffer.from([0]), header]);
 
 const bytes = (view: ArrayBuffer | Uint8Array) => Buffer.from(view instanceof Uint8Array ? view : new Uint8Array(view));
-const arrayBuffer = (buffer: Buffer): ArrayBuffer => buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) as ArrayBuffer;
+const arrayBuffer = (buffer: Buffer): ArrayBuffer =>
+  buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) as ArrayBuffer;
 
 /** `SHA256:` + unpadded base64 of SHA-256 over the raw public key, as `ssh-keygen -l` prints keys. */
 export function keyFingerprint(publicKey: Buffer): string {
@@ -53,8 +54,12 @@ export async function keyPairFromSeed(seed: Buffer): Promise<GatewayKeyPair> {
 export const newKeySeed = (): Buffer => randomBytes(32);
 
 /** Client side: seal `request` to the gateway key; `open` reads the gateway's sealed response. */
-export async function sealRequest(gatewayPublicKey: Buffer, request: Buffer): Promise<{ envelope: Buffer; open(response: Buffer): Buffer }> {
-  if (gatewayPublicKey.length !== encLength) throw new SealError(`a gateway key is ${encLength} bytes of X25519, not ${gatewayPublicKey.length}`);
+export async function sealRequest(
+  gatewayPublicKey: Buffer,
+  request: Buffer,
+): Promise<{ envelope: Buffer; open(response: Buffer): Buffer }> {
+  if (gatewayPublicKey.length !== encLength)
+    throw new SealError(`a gateway key is ${encLength} bytes of X25519, not ${gatewayPublicKey.length}`);
   const recipientPublicKey = await suite.kem.deserializePublicKey(arrayBuffer(gatewayPublicKey));
   const sender = await suite.createSenderContext({ recipientPublicKey, info: arrayBuffer(requestInfo) });
   const enc = bytes(sender.enc);
@@ -69,12 +74,17 @@ export async function sealRequest(gatewayPublicKey: Buffer, request: Buffer): Pr
 /** Gateway side: open a sealed request; `seal` encapsulates the response under the same context. */
 export async function openRequest(key: GatewayKeyPair, envelope: Buffer): Promise<{ request: Buffer; seal(response: Buffer): Buffer }> {
   if (envelope.length < header.length + encLength + 16) throw new SealError('not a sealed request (too short)');
-  if (!envelope.subarray(0, header.length).equals(header)) throw new SealError('not a sealed request for this gateway (unknown key id or suite)');
+  if (!envelope.subarray(0, header.length).equals(header))
+    throw new SealError('not a sealed request for this gateway (unknown key id or suite)');
   const enc = envelope.subarray(header.length, header.length + encLength);
   let request: Buffer;
   let secret: Buffer;
   try {
-    const recipient = await suite.createRecipientContext({ recipientKey: key.keyPair, enc: arrayBuffer(enc), info: arrayBuffer(requestInfo) });
+    const recipient = await suite.createRecipientContext({
+      recipientKey: key.keyPair,
+      enc: arrayBuffer(enc),
+      info: arrayBuffer(requestInfo),
+    });
     request = bytes(await recipient.open(arrayBuffer(envelope.subarray(header.length + encLength))));
     secret = bytes(await recipient.export(arrayBuffer(Buffer.from(responseLabel)), Math.max(nk, nn)));
   } catch {

@@ -5,11 +5,8 @@ import { createServer, isIP, type Server, type Socket } from 'node:net';
 import { hostPort } from '../machines/address.js';
 import { TunnelError } from '../machines/errors.js';
 import type { ListenerFactory, LocalListener } from '../machines/ports.js';
+import { isLoopback } from './loopback.js';
 
-/** Is a peer address loopback? The listener refuses anything else while bound to loopback. */
-export const isLoopbackPeer = (address: string | undefined): boolean =>
-  address !== undefined && (address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.'));
-const isLoopback = isLoopbackPeer;
 
 /** Connections that may wait for the link (before it is up, or while it reconnects); more are refused. */
 const maxWaiting = 128;
@@ -78,7 +75,7 @@ export function createTcpListenerFactory(): ListenerFactory<Socket> {
         server.listen({ host, port, exclusive: true }, () => {
           const address = server.address();
           const bound = typeof address === 'object' && address ? address.port : port;
-          resolve(new TcpListener(server, host, bound, isLoopback(host) || host === 'localhost'));
+          resolve(new TcpListener(server, host, bound, isLoopback(host)));
         });
       });
     },

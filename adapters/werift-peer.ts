@@ -3,21 +3,8 @@
 // and the data channel seen as a FrameChannel for the mux.
 
 import { RTCPeerConnection, type RTCDataChannel } from 'werift';
-import type { FrameChannel } from './mux.js';
-
-/** A stun:/turn: server as RTCPeerConnection takes it. */
-export interface IceServer {
-  readonly urls: string;
-  readonly username?: string;
-  readonly credential?: string;
-}
-
-export interface IceOptions {
-  /** Only these local addresses become host candidates (e.g. 127.0.0.1); empty → all interfaces. */
-  readonly hosts?: readonly string[];
-  /** stun:/turn: URLs; none by default, so nothing outside the configured hosts is contacted. */
-  readonly servers?: readonly IceServer[];
-}
+import type { IceOptions } from './ice-options.js';
+import { channelLowWater, type FrameChannel } from './mux.js';
 
 export function createPeer(ice: IceOptions = {}): RTCPeerConnection {
   const hosts = ice.hosts ?? [];
@@ -82,11 +69,9 @@ export function channelOpen(peer: RTCPeerConnection, channel: RTCDataChannel, si
   });
 }
 
-export const muxLowWater = 256 * 1024;
-
 /** The data channel as the mux sees it. */
 export function channelFrames(peer: RTCPeerConnection, channel: RTCDataChannel): FrameChannel {
-  channel.bufferedAmountLowThreshold = muxLowWater;
+  channel.bufferedAmountLowThreshold = channelLowWater;
   let closing = false;
   return {
     send: (frame) => channel.send(frame),

@@ -5,7 +5,8 @@ import type { Socket } from 'node:net';
 import type { RTCDataChannel, RTCPeerConnection } from 'werift';
 import type { Transport } from '../machines/ports.js';
 import { createPeerTransport, type PeerKind, type PeerTransportOptions } from './peer-transport.js';
-import { channelFrames, channelOpen, createPeer, gatheringComplete, withoutDefaultStun, type IceOptions } from './werift-peer.js';
+import type { IceOptions } from './ice-options.js';
+import { channelFrames, channelOpen, createPeer, gatheringComplete, withoutDefaultStun } from './werift-peer.js';
 
 export interface WeriftTransportOptions extends PeerTransportOptions {
   readonly ice?: IceOptions;

@@ -54,7 +54,9 @@ async function startup(): Promise<void> {
   record('pam tunnel list --json (empty)', wallMs(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { PAM_TUNNEL_REGISTRY: registry }), 'ms');
   // 100 live owners: real processes (sleep), each with an entry carrying its real start time.
   const sleepers = Array.from({ length: 100 }, () => spawn('sleep', ['300'], { stdio: 'ignore' }));
-  scope.teardown(() => sleepers.forEach((sleeper) => sleeper.kill('SIGKILL')));
+  scope.teardown(() => {
+    for (const sleeper of sleepers) sleeper.kill('SIGKILL');
+  });
   await Promise.all(sleepers.map((sleeper) => new Promise((resolve) => sleeper.once('spawn', resolve))));
   await Promise.all(
     sleepers.map(async (sleeper, index) => {
@@ -75,7 +77,7 @@ async function startup(): Promise<void> {
   const listed = JSON.parse(spawnSync(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { env: { ...process.env, PAM_TUNNEL_REGISTRY: registry }, encoding: 'utf8' }).stdout) as unknown[];
   if (listed.length !== 100) throw new Error(`expected 100 listed tunnels, got ${listed.length}`);
   record('pam tunnel list --json (100 live entries)', wallMs(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { PAM_TUNNEL_REGISTRY: registry }), 'ms', 'target ≤ 120');
-  sleepers.forEach((sleeper) => sleeper.kill('SIGKILL'));
+  for (const sleeper of sleepers) sleeper.kill('SIGKILL');
 }
 
 /** A target that hashes everything it receives and reports digest + bytes when the sender ends. */

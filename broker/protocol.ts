@@ -2,7 +2,7 @@
 // sealed bytes (base64) it cannot open; the gateway key it serves to clients is checked by them
 // (pinning / known_gateways), so a broker that swaps it is caught before any tunnel is set up.
 
-import type { IceServer } from '../adapters/werift-peer.js';
+import type { IceServer } from '../adapters/ice-options.js';
 
 export const brokerProtocol = 1;
 export const siteNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -32,7 +32,14 @@ export function parseMessage(text: string, from: 'gateway' | 'broker' = 'gateway
     return undefined;
   }
   if (from === 'gateway') {
-    if (value.type === 'register' && typeof value.protocol === 'number' && isString(value.site) && isString(value.key) && Array.isArray(value.targets) && value.targets.every(isString)) {
+    if (
+      value.type === 'register' &&
+      typeof value.protocol === 'number' &&
+      isString(value.site) &&
+      isString(value.key) &&
+      Array.isArray(value.targets) &&
+      value.targets.every(isString)
+    ) {
       return { type: 'register', protocol: value.protocol, site: value.site, key: value.key, targets: value.targets };
     }
     if (value.type === 'answer' && isString(value.id)) {
@@ -49,7 +56,9 @@ export function parseMessage(text: string, from: 'gateway' | 'broker' = 'gateway
   if (value.type === 'registered' && isString(value.site)) return { type: 'registered', site: value.site };
   if (value.type === 'refused' && isString(value.reason)) return { type: 'refused', reason: value.reason };
   if (value.type === 'offer' && isString(value.id) && isString(value.sealed) && isString(value.client) && Array.isArray(value.iceServers)) {
-    const servers = value.iceServers.filter((server): server is IceServer => typeof server === 'object' && server !== null && isString((server as { urls?: unknown }).urls));
+    const servers = value.iceServers.filter(
+      (server): server is IceServer => typeof server === 'object' && server !== null && isString((server as { urls?: unknown }).urls),
+    );
     return { type: 'offer', id: value.id, sealed: value.sealed, client: value.client, iceServers: servers };
   }
   return undefined;

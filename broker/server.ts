@@ -9,7 +9,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { BodyTooLarge, readBodyBytes } from '../adapters/http-body.js';
 import { keyFingerprint, sealedContentType } from '../adapters/sealed-signalling.js';
-import type { IceServer } from '../adapters/werift-peer.js';
+import type { IceServer } from '../adapters/ice-options.js';
 import { httpsServer, listenError } from '../adapters/http-listen.js';
 import { brokerProtocol, type BrokerToGateway, type GatewayToBroker, parseMessage, siteNamePattern } from './protocol.js';
 
@@ -106,7 +106,8 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
     const body = await readBodyBytes(request, maxBodyBytes).catch((error: unknown) => {
       throw error instanceof BodyTooLarge ? new HttpError(413, error.message) : error;
     });
-    if (site.pending.size >= maxPendingPerSite) throw new HttpError(429, `site '${name}' has ${maxPendingPerSite} exchanges in flight: try again`);
+    if (site.pending.size >= maxPendingPerSite)
+      throw new HttpError(429, `site '${name}' has ${maxPendingPerSite} exchanges in flight: try again`);
     const answer = await new Promise<GatewayToBroker | { type: 'gone' } | undefined>((resolve) => {
       const timer = setTimeout(() => {
         site.pending.delete(exchange);
@@ -197,16 +198,31 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
       if (message.type === 'register') {
         if (site) return;
         clearTimeout(registerDeadline);
-        if (message.protocol !== brokerProtocol) return refuse(ws, `this broker speaks protocol ${brokerProtocol}, the gateway ${message.protocol}: run the same pam version`);
-        if (!siteNamePattern.test(message.site)) return refuse(ws, `site name '${message.site.slice(0, 64)}' must match ${siteNamePattern}`);
+        if (message.protocol !== brokerProtocol)
+          return refuse(ws, `this broker speaks protocol ${brokerProtocol}, the gateway ${message.protocol}: run the same pam version`);
+        if (!siteNamePattern.test(message.site))
+          return refuse(ws, `site name '${message.site.slice(0, 64)}' must match ${siteNamePattern}`);
         const key = Buffer.from(message.key, 'base64');
         if (key.length !== 32) return refuse(ws, 'the gateway key must be 32 bytes of X25519');
         const held = sites.get(message.site);
         if (held) {
-          options.log(`refused a second gateway for site ${message.site} from ${from}: one from ${held.from} is registered since ${held.since}`);
-          return refuse(ws, `site '${message.site}' already has a gateway registered (from ${held.from} since ${held.since}); stop that one or choose another --site`);
+          options.log(
+            `refused a second gateway for site ${message.site} from ${from}: one from ${held.from} is registered since ${held.since}`,
+          );
+          return refuse(
+            ws,
+            `site '${message.site}' already has a gateway registered (from ${held.from} since ${held.since}); stop that one or choose another --site`,
+          );
         }
-        site = { name: message.site, socket: ws, key, targets: message.targets, from, since: new Date(now()).toISOString(), pending: new Map() };
+        site = {
+          name: message.site,
+          socket: ws,
+          key,
+          targets: message.targets,
+          from,
+          since: new Date(now()).toISOString(),
+          pending: new Map(),
+        };
         sites.set(site.name, site);
         options.log(`site ${site.name} registered from ${from} (targets: ${site.targets.join(', ')}; gateway key ${keyFingerprint(key)})`);
         send(ws, { type: 'registered', site: site.name });

@@ -6,12 +6,11 @@ import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
-import type { Cli } from 'clipanion';
 import type { Outcome } from '../machines/errors.js';
 import type { Signals } from '../machines/ports.js';
 import { createRelayedSignals } from '../adapters/posix-signals.js';
 import type { PamContext, ShellSession } from './context.js';
-import { runCli } from './main.js';
+import { type CliHandle, runLine as runCommandLine } from './pam-command.js';
 import { splitWords } from './words.js';
 import type { FsRegistry } from '../adapters/fs-registry.js';
 import { openControlServer } from '../adapters/control-channel.js';
@@ -34,7 +33,7 @@ export interface ShellOptions {
   readonly releaseTerminal: () => void;
 }
 
-export async function runShell(cli: Cli<PamContext>, context: PamContext, registry: FsRegistry, options: ShellOptions): Promise<number> {
+export async function runShell(cli: CliHandle, context: PamContext, registry: FsRegistry, options: ShellOptions): Promise<number> {
   const tunnels = new Map<string, Owned>();
   // The shell holds the process's one signal watcher and relays each SIGTERM/SIGHUP once to every
   // tunnel of the session (connecting, ready or running a command); Ctrl+C goes only to the tunnels
@@ -198,7 +197,7 @@ export async function runShell(cli: Cli<PamContext>, context: PamContext, regist
     }
     lineTunnels = createRelayedSignals();
     try {
-      const code = await runCli(words, { ...context, inShell: true, session }, cli);
+      const code = await runCommandLine(cli, words, { ...context, inShell: true, session });
       if (code !== 0) lastFailure = code;
     } finally {
       lineTunnels = createRelayedSignals(); // the line's tunnels now belong to the session: Ctrl+C leaves them alone

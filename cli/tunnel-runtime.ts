@@ -1,8 +1,23 @@
-// Real adapters behind the tunnel's ports. The WebRTC transport is imported on first use, so commands
-// and failures that never reach the gateway (usage errors, busy ports) don't pay werift's import cost.
+// How `pam tunnel start` runs: real adapters behind the tunnel's ports, the printer, notifier, journal
+// and inspector around the actor, and the hand-off to `pam shell`; or, with -bg, the launcher. The
+// WebRTC transport is imported on first use, so commands and failures that never reach the gateway
+// (usage errors, busy ports) don't pay werift's import cost.
 
+import { randomBytes } from 'node:crypto';
+import { createActor, toPromise, waitFor } from 'xstate';
+import { hostPort } from '../machines/address.js';
+import type { Outcome } from '../machines/errors.js';
+import { provideLauncher } from '../machines/launcher.actors.js';
 import type { Link, Negotiation, NegotiateRequest, Transport } from '../machines/ports.js';
-import type { TunnelPorts } from '../machines/tunnel.actors.js';
+import type { StartFlags } from '../machines/start-flags.js';
+import { provideTunnel, type TunnelPorts } from '../machines/tunnel.actors.js';
+import { journalRetention, openJournal } from '../adapters/fs-journal.js';
+import { processStartTime } from '../adapters/process-identity.js';
+import { createSystemdNotifier } from '../adapters/sd-notify.js';
+import type { PamContext } from './context.js';
+import { attachInspector, inspectUrl } from './inspector.js';
+import { createTunnelPrinter } from './tunnel-output.js';
+import { tunnelRow } from './registry-rows.js';
 import { createProcessSignals } from '../adapters/posix-signals.js';
 import { createShellRunner } from '../adapters/shell-runner.js';
 import { createTcpListenerFactory } from '../adapters/tcp-listener.js';
@@ -12,8 +27,19 @@ import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-
 import { logDir } from '../adapters/fs-journal.js';
 import { join } from 'node:path';
 import type { BackgroundOwners, Registry, Signals } from '../machines/ports.js';
+import {
+  type ConfigFile,
+  iceHosts,
+  iceServers,
+  importNative,
+  keepalive,
+  nativeIceHostsWarning,
+  readToken,
+  type TransportChoice,
+  transportChoice,
+  gatewayKeyCheck,
+} from './config.js';
 import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
-import { iceHosts, iceServers, importNative, keepalive, nativeIceHostsWarning, type TransportChoice } from './config.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
@@ -83,7 +109,126 @@ export function takeOwnerId(env: NodeJS.ProcessEnv): string | undefined {
   return id && /^[0-9a-f]{8}$/.test(id) ? id : undefined;
 }
 
-export async function createLauncherPorts(options: { env: NodeJS.ProcessEnv; argv: readonly string[] }): Promise<{ owners: BackgroundOwners; signals: Signals }> {
+export async function createLauncherPorts(options: {
+  env: NodeJS.ProcessEnv;
+  argv: readonly string[];
+}): Promise<{ owners: BackgroundOwners; signals: Signals }> {
   const registry = await openFsRegistry({ env: options.env });
   return { owners: createBackgroundOwners({ registry, argv: options.argv, env: options.env }), signals: createProcessSignals() };
+}
+
+export interface TunnelRunOptions {
+  readonly flags: StartFlags;
+  /** Set in a background owner: the id its launcher chose (the owner then writes JSON lines to its log). */
+  readonly ownerId?: string;
+  readonly json: boolean;
+  readonly tokenFile: string | undefined;
+  readonly file: ConfigFile;
+  readonly iceServers: readonly string[];
+  readonly transport: string | undefined;
+  readonly inspect: string | boolean | undefined;
+}
+
+/**
+ * Run one tunnel actor in this process and return its exit code. Inside `pam shell` (not --run) it
+ * returns 0 once the tunnel is ready and leaves the tunnel to the session.
+ */
+export async function runTunnel(context: PamContext, options: TunnelRunOptions): Promise<number> {
+  const flags = options.flags;
+  const env = context.env;
+  const id = options.ownerId ?? randomBytes(4).toString('hex');
+  // A background owner writes JSON lines to its log, so the launcher can read why it stopped.
+  const json = options.json || options.ownerId !== undefined;
+  const runMode = flags.run !== undefined;
+  const printer = createTunnelPrinter(context, { json, runMode, pid: process.pid, target: flags.target });
+  const notifier = createSystemdNotifier(env, printer.announce.problem);
+  const announce: TunnelPorts['announce'] = {
+    ...printer.announce,
+    ready: (tunnel) => {
+      printer.announce.ready(tunnel);
+      void notifier.ready(`listening on ${hostPort(tunnel.listener?.host ?? '', tunnel.listener?.port ?? 0)} → ${tunnel.settings?.target}`);
+    },
+  };
+  iceServers(options.iceServers, env); // validate now: a bad URL is a usage error before anything starts
+  const transport = transportChoice(options.transport, env);
+  const session = context.session;
+  const ports = await createTunnelPorts({
+    ...(options.ownerId !== undefined ? { ownerLogId: options.ownerId } : {}),
+    token: () => readToken(options.tokenFile, env, 'client', options.file),
+    env,
+    announce,
+    iceServers: options.iceServers,
+    transport,
+    keys: gatewayKeyCheck(env, options.file),
+    warn: (line) => context.stderr.write(`pam: ${line}\n`),
+    ...(session ? { registry: session.registry, signals: session.signals } : {}),
+  });
+
+  const input = { id, flags, startedAt: new Date().toISOString(), interactive: context.interactive };
+  const journal = openJournal({
+    registryDir: ports.registry.location,
+    meta: { id, pid: process.pid, startTime: (await processStartTime(process.pid)) ?? 'unknown', input },
+    ...journalRetention(env),
+    warn: printer.announce.problem,
+  });
+  const url = inspectUrl(options.inspect, env);
+  const inspector = url ? await attachInspector(url, (line) => context.stderr.write(`pam: ${line}\n`)) : undefined;
+  const actor = createActor(provideTunnel(ports), {
+    input,
+    inspect: (event) => {
+      journal.inspect(event);
+      inspector?.inspect(event);
+    },
+  });
+  const settle: Promise<Outcome> = toPromise(actor).then((outcome) => {
+    inspector?.stop();
+    printer.stopped(id, outcome);
+    return outcome;
+  });
+  actor.start();
+  actor.send({ type: 'tunnel.start' });
+  if (session && !runMode) {
+    // In `pam shell` the tunnel lives on in the session: back to the prompt once it is ready.
+    const reached = await waitFor(actor, (snapshot) => snapshot.matches('ready') || snapshot.status === 'done');
+    if (reached.matches('ready')) {
+      session.adopt({
+        id,
+        target: flags.target,
+        stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }),
+        finished: settle,
+      });
+      return 0;
+    }
+  }
+  return (await settle).exitCode;
+}
+
+/** `-bg`: spawn the detached owner through the launcher machine; print where the tunnel is once it is ready. */
+export async function launchInBackground(context: PamContext, options: { flags: StartFlags; json: boolean }): Promise<number> {
+  const id = randomBytes(4).toString('hex');
+  const ports = await createLauncherPorts({ env: context.env, argv: process.argv.slice(1) });
+  const actor = createActor(provideLauncher(ports), { input: { id, flags: options.flags } });
+  const finished = toPromise(actor);
+  actor.start();
+  actor.send({ type: 'launch.start' });
+  const outcome = await finished;
+  if (outcome.ready && outcome.owner) {
+    const { ready, owner } = outcome;
+    context.stdout.write(
+      options.json
+        ? // The very row `pam tunnel list --json` shows for this tunnel.
+          `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
+        : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
+            `stop it with \`pam tunnel stop ${ready.id}\`\n`,
+    );
+  } else {
+    // With --json, failure is one JSON object on stdout too, shaped like the foreground `stopped` event.
+    if (options.json) {
+      context.stdout.write(
+        `${JSON.stringify({ event: 'stopped', id, exitCode: outcome.exitCode, kind: outcome.kind, reason: outcome.reason, logFile: outcome.owner?.logFile ?? null })}\n`,
+      );
+    }
+    context.stderr.write(`pam: ${outcome.reason}\n`);
+  }
+  return outcome.exitCode;
 }

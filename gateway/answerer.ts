@@ -3,7 +3,8 @@
 // native-answerer.ts.
 
 import type { FrameChannel } from '../adapters/mux.js';
-import { channelFrames, createPeer, gatheringComplete, withoutDefaultStun, type IceOptions, type IceServer } from '../adapters/werift-peer.js';
+import type { IceOptions, IceServer } from '../adapters/ice-options.js';
+import { channelFrames, createPeer, gatheringComplete, withoutDefaultStun } from '../adapters/werift-peer.js';
 
 export interface Answer {
   readonly sdp: string;

@@ -37,7 +37,8 @@ const backoffMs = (attempt: number) => Math.min(500 * 2 ** (attempt - 1), 10_000
 
 export function brokerSocketUrl(broker: string): URL {
   const url = new URL(broker);
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TunnelError('usage', `--broker '${broker}' must be an http(s):// URL`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new TunnelError('usage', `--broker '${broker}' must be an http(s):// URL`);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   url.pathname = `${url.pathname.replace(/\/+$/, '')}/v1/gateways`;
   return url;
@@ -65,21 +66,34 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
   function open(): void {
     if (closed) return;
     attempt += 1;
-    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${options.token}` }, handshakeTimeout: 10_000, maxPayload: 256 * 1024, ...(options.ca ? { ca: options.ca } : {}) });
+    const ws = new WebSocket(url, {
+      headers: { authorization: `Bearer ${options.token}` },
+      handshakeTimeout: 10_000,
+      maxPayload: 256 * 1024,
+      ...(options.ca ? { ca: options.ca } : {}),
+    });
     current = ws;
     let alive = true;
     let pinger: NodeJS.Timeout | undefined;
     ws.on('unexpected-response', (_request, response) => {
       if (response.statusCode === 401) {
         options.log(`the broker ${options.broker} refused PAM_BROKER_TOKEN`);
-        stop(new TunnelError('authRefused', `the broker ${options.broker} refused PAM_BROKER_TOKEN: set the broker's token on the gateway`));
+        stop(
+          new TunnelError('authRefused', `the broker ${options.broker} refused PAM_BROKER_TOKEN: set the broker's token on the gateway`),
+        );
       } else {
         options.log(`the broker ${options.broker} answered HTTP ${response.statusCode} instead of a WebSocket: is it a pam broker?`);
       }
       ws.terminate();
     });
     ws.on('open', () => {
-      const register: GatewayToBroker = { type: 'register', protocol: brokerProtocol, site: options.site, targets: [...options.targets], key: options.key.publicKey.toString('base64') };
+      const register: GatewayToBroker = {
+        type: 'register',
+        protocol: brokerProtocol,
+        site: options.site,
+        targets: [...options.targets],
+        key: options.key.publicKey.toString('base64'),
+      };
       ws.send(JSON.stringify(register));
       pinger = setInterval(() => {
         if (!alive) {
@@ -107,7 +121,8 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
         options.signalling.handle(Buffer.from(message.sealed, 'base64'), message.client, message.iceServers).then(
           (sealed) => answer(ws, { type: 'answer', id: message.id, sealed: sealed.toString('base64') }),
           (error: unknown) => {
-            if (error instanceof ClearRefusal) return answer(ws, { type: 'answer', id: message.id, status: error.status, error: error.message });
+            if (error instanceof ClearRefusal)
+              return answer(ws, { type: 'answer', id: message.id, status: error.status, error: error.message });
             options.log(`internal error answering an offer: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
             answer(ws, { type: 'answer', id: message.id, status: 500, error: 'internal error' });
           },
@@ -120,7 +135,8 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
     ws.on('close', () => {
       clearInterval(pinger);
       if (closed) return;
-      if (registrations > 0 && attempt === 0) options.log(`lost the broker ${options.broker}: re-registering (tunnels already up are not affected)`);
+      if (registrations > 0 && attempt === 0)
+        options.log(`lost the broker ${options.broker}: re-registering (tunnels already up are not affected)`);
       retry = setTimeout(open, backoffMs(Math.max(attempt, 1)));
     });
   }

@@ -3,9 +3,9 @@
 import type { PeerConnection } from 'node-datachannel';
 import type { FrameChannel } from '../adapters/mux.js';
 import { createNativePeer, nativeFrames, nativeGathered, nativeSelectedPath, offerForPassiveAnswer } from '../adapters/native-peer.js';
+import type { IceOptions } from '../adapters/ice-options.js';
 
 const describePath = (path: { kind: string; pair: string } | undefined) => (path ? `${path.kind}: ${path.pair}` : undefined);
-import type { IceOptions } from '../adapters/werift-peer.js';
 import type { Answerer } from './answerer.js';
 
 export function nativeAnswerer(ice: IceOptions = {}): Answerer {
@@ -24,7 +24,7 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
       };
       const ended: Array<() => void> = [];
       peer.onStateChange((state) => {
-        if (state === 'failed' || state === 'closed') ended.splice(0).forEach((handler) => handler());
+        if (state === 'failed' || state === 'closed') for (const handler of ended.splice(0)) handler();
       });
       try {
         const channel = new Promise<FrameChannel>((resolve) => {
@@ -35,7 +35,13 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
         });
         peer.setRemoteDescription(options.passive ? offerForPassiveAnswer(offer) : offer, 'offer');
         const sdp = await nativeGathered(peer, signal);
-        return { sdp, channel, onEnded: (handler) => void ended.push(handler), close, selectedPath: () => describePath(nativeSelectedPath(peer)) };
+        return {
+          sdp,
+          channel,
+          onEnded: (handler) => void ended.push(handler),
+          close,
+          selectedPath: () => describePath(nativeSelectedPath(peer)),
+        };
       } catch (error) {
         close();
         throw error;

@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { BodyTooLarge, readBodyBytes } from '../adapters/http-body.js';
 import { sealedContentType } from '../adapters/sealed-signalling.js';
 import { httpsServer, listenError } from '../adapters/http-listen.js';
+import { isLoopback } from '../adapters/loopback.js';
 import { ClearRefusal, createSignalling, type SignallingOptions } from './signalling.js';
 
 export type { GatewayTarget } from './signalling.js';
@@ -104,17 +105,19 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   };
 }
 
-const loopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
-
 /** A warning for a gateway reachable from the network without TLS, or undefined. */
 export function listenWarning(host: string, tls: boolean): string | undefined {
-  if (loopback(host) || tls) return undefined;
+  if (isLoopback(host) || tls) return undefined;
   return `listening on ${host} without TLS: signalling is sealed to the gateway key, but a client without a pinned key trusts the first key it is shown; pass --tls-cert and --tls-key`;
 }
 
 export function reply(response: ServerResponse, status: number, body: unknown): void {
   if (response.headersSent) return;
   const text = JSON.stringify(body);
-  response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...(status === 413 ? { connection: 'close' } : {}) });
+  response.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    ...(status === 413 ? { connection: 'close' } : {}),
+  });
   response.end(text);
 }

@@ -7,7 +7,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { createReplayGuard, openRequest, SealError, type GatewayKeyPair } from '../adapters/sealed-signalling.js';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
-import type { IceOptions, IceServer } from '../adapters/werift-peer.js';
+import type { IceOptions, IceServer } from '../adapters/ice-options.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
 
 export interface GatewayTarget {
@@ -121,7 +121,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
     }
     const presented = typeof token === 'string' ? token : '';
     if (!(timingSafeEqual(digest(presented), tokenDigest) && presented.length > 0)) throw new Refusal(401, 'token refused');
-    if (typeof target !== 'string' || typeof offer !== 'string') throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
+    if (typeof target !== 'string' || typeof offer !== 'string')
+      throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
     if (!Object.hasOwn(options.targets, target)) throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, names);
     if (peers.size >= maxPeers) throw new Refusal(429, `gateway is serving its limit of ${maxPeers} tunnels`);
@@ -160,12 +161,17 @@ export function createSignalling(options: SignallingOptions): Signalling {
       answer = await Promise.race([
         pending,
         new Promise<never>((_, reject) =>
-          answering.addEventListener('abort', () => reject(new Refusal(504, `no answer within ${signallingTimeoutMs / 1000} s`)), { once: true }),
+          answering.addEventListener('abort', () => reject(new Refusal(504, `no answer within ${signallingTimeoutMs / 1000} s`)), {
+            once: true,
+          }),
         ),
       ]);
     } catch (error) {
       drop();
-      void pending.then((late) => late.close(), () => undefined);
+      void pending.then(
+        (late) => late.close(),
+        () => undefined,
+      );
       if (error instanceof Refusal) throw error;
       throw new Refusal(400, `offer refused: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
     }
@@ -216,6 +222,8 @@ function dialTarget(target: GatewayTarget): Promise<Socket> {
       socket.removeAllListeners('error');
       resolve(socket);
     });
-    socket.once('error', (error: NodeJS.ErrnoException) => reject(new Error(`target ${target.host}:${target.port}: ${error.code ?? error.message}`)));
+    socket.once('error', (error: NodeJS.ErrnoException) =>
+      reject(new Error(`target ${target.host}:${target.port}: ${error.code ?? error.message}`)),
+    );
   });
 }

@@ -43,7 +43,9 @@ export interface JournalEntry {
 export function stateName(value: StateValue): string {
   if (typeof value === 'string') return value;
   return Object.entries(value)
-    .map(([key, child]) => (child && (typeof child === 'string' || Object.keys(child).length > 0) ? `${key}.${stateName(child as StateValue)}` : key))
+    .map(([key, child]) =>
+      child && (typeof child === 'string' || Object.keys(child).length > 0) ? `${key}.${stateName(child as StateValue)}` : key,
+    )
     .join(',');
 }
 
@@ -82,14 +84,17 @@ function replayEvent(event: JournalEvent): AnyEventObject {
     return { type, output: listener };
   }
   if (type.startsWith('xstate.error.actor.')) {
-    const error = Object.assign(new Error(event.error?.message ?? 'unknown'), event.error?.kind ? { name: 'TunnelError', kind: event.error.kind } : {});
+    const error = Object.assign(
+      new Error(event.error?.message ?? 'unknown'),
+      event.error?.kind ? { name: 'TunnelError', kind: event.error.kind } : {},
+    );
     return { type, error };
   }
   return { type, ...fields };
 }
 
 // Typed loosely on purpose: one inert implementation stands in for actors of every output type.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: one inert implementation for actors of every output type
 const never = () => new Promise<any>(() => undefined);
 
 /** The machine with every side effect inert: events drive it, nothing is done. */
@@ -105,7 +110,12 @@ export const inertTunnelMachine = tunnelMachine.provide({
     runCommand: fromCallback(() => undefined),
     watchSignals: fromCallback(() => undefined),
   },
-  actions: { reportState: () => undefined, announceReady: () => undefined, announceSkipped: () => undefined, announceLink: () => undefined },
+  actions: {
+    reportState: () => undefined,
+    announceReady: () => undefined,
+    announceSkipped: () => undefined,
+    announceLink: () => undefined,
+  },
 });
 
 export interface ReplayResult {

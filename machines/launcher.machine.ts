@@ -3,9 +3,10 @@
 // no owner is left running. The owner itself runs the tunnel machine in mode 'background'.
 
 import { assign, fromCallback, fromPromise, setup } from 'xstate';
-import { failure, failureOf, signalExitCode, type Outcome, type StopSignal } from './errors.js';
+import { type Failure, failure, failureOf, signalExitCode, type Outcome, type StopSignal } from './errors.js';
 import type { Owner, TunnelRecord } from './ports.js';
 import { parseStartFlags, type StartFlags } from './start-flags.js';
+import { firstOutcome, notProvided } from './provided.js';
 
 export interface LauncherInput {
   readonly id: string;
@@ -21,7 +22,10 @@ export type LauncherEvent =
 export interface LauncherContext {
   readonly id: string;
   readonly flags: StartFlags;
+  /** From the flags, parsed once from the input (0 when they are invalid: the launcher ends at once). */
   readonly timeoutMs: number;
+  /** Why the flags are invalid, if they are. */
+  readonly flagError?: Failure;
   readonly owner?: Owner;
   readonly ready?: TunnelRecord;
   readonly exit?: Outcome;
@@ -32,9 +36,6 @@ export interface LauncherOutput extends Outcome {
   readonly ready?: TunnelRecord;
 }
 
-const notProvided = (name: string) => () => {
-  throw new Error(`${name} not provided`);
-};
 
 /** Time the owner gets beyond its own --timeout to report before the parent gives up on it. */
 export const ownerGraceMs = 5_000;
@@ -57,10 +58,10 @@ export const launcherMachine = setup({
     watchSignals: fromCallback<LauncherEvent>(notProvided('watchSignals actor')),
   },
   actions: {
-    recordOutcome: assign(({ context }, outcome: Outcome) => (context.exit ? {} : { exit: outcome })),
+    recordOutcome: assign(({ context }, outcome: Outcome) => firstOutcome(context, outcome)),
   },
   guards: {
-    hasUsageError: ({ context }) => !parseStartFlags(context.flags).ok,
+    hasUsageError: ({ context }) => context.flagError !== undefined,
   },
   delays: {
     ownerDeadline: ({ context }) => context.timeoutMs + ownerGraceMs,
@@ -70,26 +71,16 @@ export const launcherMachine = setup({
   description: 'Parent of a --background tunnel: returns once the detached owner is ready',
   context: ({ input }) => {
     const parsed = parseStartFlags(input.flags);
-    return { id: input.id, flags: input.flags, timeoutMs: parsed.ok ? parsed.settings.timeoutMs : 0 };
+    return { id: input.id, flags: input.flags, ...(parsed.ok ? { timeoutMs: parsed.settings.timeoutMs } : { timeoutMs: 0, flagError: parsed.failure }) };
   },
   invoke: { id: 'signals', src: 'watchSignals' },
   initial: 'idle',
   states: {
     idle: {
-      description: 'Flags not yet checked',
+      description: 'Created with its flags parsed; a usage error ends it here, before any owner is spawned',
       on: {
         'launch.start': [
-          {
-            guard: 'hasUsageError',
-            target: 'done',
-            actions: {
-              type: 'recordOutcome',
-              params: ({ context }) => {
-                const parsed = parseStartFlags(context.flags);
-                return parsed.ok ? failure('internal', 'usage guard disagrees with parser') : parsed.failure;
-              },
-            },
-          },
+          { guard: 'hasUsageError', target: 'done', actions: { type: 'recordOutcome', params: ({ context }) => context.flagError! } },
           { target: 'spawning' },
         ],
       },

@@ -44,6 +44,24 @@ export const defaultHost = '127.0.0.1';
 export const minTimeoutSeconds = 1;
 const targetPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
+/** The one rule for a target name, on the client (`tunnel start <target>`) and the gateway (`--target name=…`). */
+export function isTargetName(name: string): boolean {
+  return targetPattern.test(name);
+}
+
+export const targetNameRule = "letters, digits, '.', '_' and '-', at most 64";
+
+/**
+ * The one grammar of numeric flags, for every command: digits only (no sign, no exponent, no hex),
+ * a fraction only where `whole` is false, within min…max. Undefined when the text is not such a number.
+ */
+export function parseNumberFlag(text: string, range: { readonly min: number; readonly max: number; readonly whole: boolean }): number | undefined {
+  const pattern = range.whole ? /^\s*\d{1,6}\s*$/ : /^\s*\d+(\.\d+)?\s*$/;
+  if (!pattern.test(text)) return undefined;
+  const value = Number(text);
+  return value >= range.min && value <= range.max ? value : undefined;
+}
+
 export type StartParse = { readonly ok: true; readonly settings: StartSettings } | { readonly ok: false; readonly failure: Failure };
 
 export function parseStartFlags(flags: StartFlags): StartParse {
@@ -56,8 +74,8 @@ export function parseStartFlags(flags: StartFlags): StartParse {
     return usage(`${chosen.join(' and ')} cannot be combined: choose one of --foreground, --background or --run`);
   }
   if (flags.run !== undefined && flags.run.trim() === '') return usage('--run needs a command, e.g. --run "psql -h $PAM_TUNNEL_HOST -p $PAM_TUNNEL_PORT"');
-  if (!targetPattern.test(flags.target)) {
-    return usage(`target '${flags.target}' is not a valid target name (letters, digits, '.', '_' and '-', at most 64)`);
+  if (!isTargetName(flags.target)) {
+    return usage(`target '${flags.target}' is not a valid target name (${targetNameRule})`);
   }
 
   const gateway = flags.gateway?.trim();
@@ -76,8 +94,8 @@ export function parseStartFlags(flags: StartFlags): StartParse {
 
   let timeoutMs = defaultTimeoutSeconds * 1000;
   if (flags.timeout !== undefined) {
-    const seconds = /^\s*\d+(\.\d+)?\s*$/.test(flags.timeout) ? Number(flags.timeout) : NaN;
-    if (!(seconds > 0) || seconds > 86_400) return usage(`--timeout '${flags.timeout}' must be a positive number of seconds (at most 86400)`);
+    const seconds = parseNumberFlag(flags.timeout, { min: 0, max: 86_400, whole: false }) ?? 0;
+    if (!(seconds > 0)) return usage(`--timeout '${flags.timeout}' must be a positive number of seconds (at most 86400)`);
     if (seconds < minTimeoutSeconds) return usage(`--timeout '${flags.timeout}' is too short: a connect needs at least ${minTimeoutSeconds} s`);
     timeoutMs = Math.round(seconds * 1000);
   }
@@ -115,7 +133,7 @@ export function parseStartFlags(flags: StartFlags): StartParse {
 }
 
 function parseInteger(text: string): number | undefined {
-  return /^\s*\d{1,6}\s*$/.test(text) ? Number(text) : undefined;
+  return parseNumberFlag(text, { min: 0, max: 999_999, whole: true });
 }
 
 /**

@@ -4,6 +4,7 @@
 import { assign, fromPromise, setup } from 'xstate';
 import { failure, failureOf, type Outcome } from './errors.js';
 import type { RegistryEntry, TunnelRecord } from './ports.js';
+import { firstOutcome, notProvided } from './provided.js';
 
 export interface StopInput {
   readonly entry: RegistryEntry;
@@ -33,9 +34,6 @@ export function requestWaitMs(waitMs: number): number {
   return Math.max(waitMs, 1_000);
 }
 
-const notProvided = (name: string) => () => {
-  throw new Error(`${name} not provided`);
-};
 
 export const stopMachine = setup({
   types: { context: {} as StopContext, input: {} as StopInput, output: {} as StopOutput },
@@ -50,7 +48,7 @@ export const stopMachine = setup({
     forceStop: fromPromise<void, TargetInput>(notProvided('forceStop actor')),
   },
   actions: {
-    recordOutcome: assign(({ context }, outcome: Outcome) => (context.exit ? {} : { exit: outcome })),
+    recordOutcome: assign(({ context }, outcome: Outcome) => firstOutcome(context, outcome)),
   },
   guards: {
     isForceAllowed: ({ context }) => context.force,

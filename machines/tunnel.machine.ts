@@ -2,10 +2,11 @@
 // Pure XState: every side effect is a named actor or action whose default throws until provided.
 
 import { assign, fromCallback, fromPromise, raise, sendTo, setup } from 'xstate';
-import { failure, failureOf, signalExitCode, type Outcome, type StopSignal } from './errors.js';
-import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, TunnelMode, TunnelRecord } from './ports.js';
+import { type Failure, failure, failureOf, signalExitCode, type Outcome, type StopSignal } from './errors.js';
+import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, TunnelRecord } from './ports.js';
 import { parseStartFlags, type StartFlags, type StartSettings } from './start-flags.js';
 import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
+import { firstOutcome, notProvided } from './provided.js';
 
 export interface TunnelInput {
   readonly id: string;
@@ -23,7 +24,9 @@ export interface TunnelContext {
   readonly flags: StartFlags;
   readonly startedAt: string;
   readonly interactive: boolean;
+  /** The flags, parsed once from the input: settings when valid, else why not (the tunnel ends with it). */
   readonly settings?: StartSettings;
+  readonly flagError?: Failure;
   readonly stage?: ConnectStage;
   readonly listener?: LocalListener;
   readonly negotiation?: Negotiation;
@@ -44,12 +47,32 @@ export interface TunnelContext {
 
 export type TunnelOutput = Outcome;
 
-export interface ClaimInput { readonly host: string; readonly port: number; readonly pidFile?: string }
-export interface NegotiateInput { readonly gateway: string; readonly target: string }
-export interface PublishInput { readonly record: TunnelRecord; readonly pidFile?: string }
-export interface ServeInput { readonly listener: LocalListener; readonly link: Link }
-export interface ReconnectInput { readonly gateway: string; readonly target: string; readonly lost?: Link }
-export interface RunInput { readonly command: string; readonly env: Readonly<Record<string, string>> }
+export interface ClaimInput {
+  readonly host: string;
+  readonly port: number;
+  readonly pidFile?: string;
+}
+export interface NegotiateInput {
+  readonly gateway: string;
+  readonly target: string;
+}
+export interface PublishInput {
+  readonly record: TunnelRecord;
+  readonly pidFile?: string;
+}
+export interface ServeInput {
+  readonly listener: LocalListener;
+  readonly link: Link;
+}
+export interface ReconnectInput {
+  readonly gateway: string;
+  readonly target: string;
+  readonly lost?: Link;
+}
+export interface RunInput {
+  readonly command: string;
+  readonly env: Readonly<Record<string, string>>;
+}
 export interface TeardownInput {
   readonly id: string;
   readonly listener?: LocalListener;
@@ -57,10 +80,6 @@ export interface TeardownInput {
   readonly link?: Link;
   readonly pidFile?: string;
 }
-
-const notProvided = (name: string) => () => {
-  throw new Error(`${name} not provided`);
-};
 
 /** The registry's view of a tunnel, derived from context. */
 export function recordOf(context: TunnelContext, state: RegistryState): TunnelRecord | undefined {
@@ -72,7 +91,7 @@ export function recordOf(context: TunnelContext, state: RegistryState): TunnelRe
     gateway: settings.gateway,
     host: context.listener?.host ?? settings.host,
     port: context.listener?.port ?? settings.port,
-    mode: settings.mode as TunnelMode,
+    mode: settings.mode,
     state,
     reconnects: context.reconnects ?? 0,
     ...pathOf(context),
@@ -90,106 +109,7 @@ function stoppedBy(event: { signal: StopSignal; origin?: string }): string {
   return `stopped by ${event.signal}${event.origin ? ` from ${event.origin}` : ''}`;
 }
 
-/**
- * The link's life inside a ready state (serving or runningCommand, which keep running meanwhile):
- * linked → lost → reconnecting with backoff, at most --reconnect-attempts times → linked again, or gone
- * (the parent decides what "gone" means). `parent` is the owning state's id, for absolute targets.
- * Built by a function because both ready states embed it; its config is typed loosely (spread as an
- * object), so the model-based test is what holds it to the machine's events and guards.
- */
-function linkStates(parent: string) {
-  const giveUp = (reason: (context: TunnelContext, detail: string) => string) =>
-    [
-      {
-        type: 'recordOutcome',
-        params: ({ context, event }: { context: TunnelContext; event: { type: string; error?: unknown } }) =>
-          failure('gatewayUnreachable', reason(context, event.type.startsWith('xstate.error') ? failureOf(event.error).reason : 'attempt timed out')),
-      },
-      raise({ type: 'link.gone' }),
-    ] as const;
-  const lostForGood = (context: TunnelContext, detail: string) =>
-    `tunnel lost (${context.lostReason}); ${context.settings?.reconnectAttempts} reconnect attempt(s) failed, last: ${detail}`;
-  const retry = {
-    guard: 'hasAttemptsLeft',
-    target: 'waiting',
-    actions: assign({ reconnectAttempt: ({ context }) => ((context as TunnelContext).reconnectAttempt ?? 0) + 1 }),
-  } as const;
-  return {
-    initial: 'linked',
-    states: {
-      linked: {
-        description: 'The link to the gateway is up; local connections are carried over it',
-        invoke: {
-          id: 'serve',
-          src: 'serveConnections',
-          input: ({ context }: { context: TunnelContext }) => ({ listener: context.listener!, link: context.link! }),
-        },
-        on: {
-          'link.lost': [
-            {
-              guard: 'mayReconnect',
-              target: 'reconnecting',
-              actions: [
-                assign({ lostReason: ({ event }) => (event as { reason?: string }).reason, reconnectAttempt: 0 }),
-                { type: 'announceLink', params: ({ event }: { event: { reason: string } }) => ({ message: `tunnel lost (${event.reason}); reconnecting` }) },
-              ],
-            },
-            {
-              target: 'gone',
-              actions: [
-                {
-                  type: 'recordOutcome',
-                  params: ({ event }: { event: { reason: string } }) => failure('gatewayUnreachable', `tunnel lost: ${event.reason}`),
-                },
-                raise({ type: 'link.gone' }),
-              ],
-            },
-          ],
-        },
-      },
-      reconnecting: {
-        description: 'Link lost: new connections wait (bounded) while signalling and ICE/DTLS run again, with backoff',
-        entry: { type: 'reportState', params: { state: 'reconnecting' } },
-        initial: 'waiting',
-        states: {
-          waiting: {
-            description: 'Backing off before the next attempt (1 s, 2 s, 4 s … at most 30 s)',
-            after: { reconnectBackoff: { target: 'attempting' } },
-          },
-          attempting: {
-            description: 'One reconnect attempt, bounded by --timeout',
-            invoke: {
-              id: 'reconnect',
-              src: 'reconnect',
-              input: ({ context }: { context: TunnelContext }) => ({
-                gateway: context.settings!.gateway,
-                target: context.settings!.target,
-                ...(context.link ? { lost: context.link } : {}),
-              }),
-              onDone: {
-                target: `#${parent}.linked`,
-                actions: [
-                  assign({
-                    link: ({ event }) => (event as unknown as { output: Link }).output,
-                    reconnects: ({ context }) => ((context as TunnelContext).reconnects ?? 0) + 1,
-                    reconnectAttempt: 0,
-                  }),
-                  { type: 'reportState', params: { state: 'ready' } },
-                  { type: 'announceLink', params: { message: 'reconnected' } },
-                ],
-              },
-              onError: [retry, { target: `#${parent}.gone`, actions: giveUp(lostForGood) }],
-            },
-            after: { connectTimeout: [retry, { target: `#${parent}.gone`, actions: giveUp(lostForGood) }] },
-          },
-        },
-      },
-      gone: { description: 'The link is lost for good; the outcome says why' },
-    },
-  } as const;
-}
-
-export const tunnelMachine = setup({
+const tunnelSetup = setup({
   types: {
     context: {} as TunnelContext,
     events: {} as TunnelEvent,
@@ -218,19 +138,28 @@ export const tunnelMachine = setup({
   },
   actions: {
     /** Keep the first decisive outcome: later events (a second signal, teardown noise) don't rewrite why it ended. */
-    recordOutcome: assign(({ context }, outcome: Outcome) => (context.exit ? {} : { exit: outcome })),
-    recordError: assign(({ context, event }) => (context.exit ? {} : { exit: failureOf((event as { error?: unknown }).error) })),
+    recordOutcome: assign(({ context }, outcome: Outcome) => firstOutcome(context, outcome)),
+    /** An invoked actor failed: its error, as a failure kind, is the outcome (unless one was recorded). */
+    recordError: assign(({ context, event }) => ('error' in event ? firstOutcome(context, failureOf(event.error)) : {})),
+    /** The link died: remember why, for the final reason if reconnecting fails; attempts start again. */
+    recordLinkLost: assign((_, params: { reason: string }) => ({ lostReason: params.reason, reconnectAttempt: 0 })),
+    countReconnectAttempt: assign({ reconnectAttempt: ({ context }) => (context.reconnectAttempt ?? 0) + 1 }),
+    recordReconnected: assign(({ context }, params: { link: Link }) => ({
+      link: params.link,
+      reconnects: (context.reconnects ?? 0) + 1,
+      reconnectAttempt: 0,
+    })),
     /** Mirror the lifecycle into the registry (fire and forget; the adapter serialises writes). */
-    reportState: notProvided('reportState action') as (args: { context: TunnelContext }, params: { state: RegistryState }) => void,
+    reportState: notProvided<[{ context: TunnelContext }, { state: RegistryState }]>('reportState action'),
     /** Tell the operator (and a supervisor) that the port is usable. */
-    announceReady: notProvided('announceReady action') as (args: { context: TunnelContext }) => void,
+    announceReady: notProvided<[{ context: TunnelContext }]>('announceReady action'),
     /** Tell the operator about a skipped flag (inside `pam shell`). */
-    announceSkipped: notProvided('announceSkipped action') as (args: { context: TunnelContext }) => void,
+    announceSkipped: notProvided<[{ context: TunnelContext }]>('announceSkipped action'),
     /** Tell the operator the link was lost and is being re-established, or is back. */
-    announceLink: notProvided('announceLink action') as (args: { context: TunnelContext }, params: { message: string }) => void,
+    announceLink: notProvided<[{ context: TunnelContext }, { message: string }]>('announceLink action'),
   },
   guards: {
-    hasUsageError: ({ context }) => !parseStartFlags(context.flags).ok,
+    hasUsageError: ({ context }) => context.flagError !== undefined,
     isRunMode: ({ context }) => context.settings?.mode === 'run',
     /** Ctrl+C on a terminal already reached the command through the process group: don't signal twice. */
     isTerminalInterrupt: ({ context, event }) => context.interactive && event.type === 'tunnel.stop' && event.signal === 'SIGINT',
@@ -245,38 +174,133 @@ export const tunnelMachine = setup({
     /** 1 s, 2 s, 4 s … capped at 30 s between reconnect attempts. */
     reconnectBackoff: ({ context }) => Math.min(1_000 * 2 ** (context.reconnectAttempt ?? 0), 30_000),
   },
-}).createMachine({
+});
+
+/**
+ * The link's life inside a ready state (serving or runningCommand, which keep running meanwhile):
+ * linked → lost → reconnecting with backoff, at most --reconnect-attempts times → linked again, or gone
+ * (the parent decides what "gone" means). `parent` is the owning state's id, for absolute targets.
+ * Built by a function because both ready states embed it; typed by the machine's own setup().
+ */
+function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningCommand') {
+  const gone = `#${parent}.gone` as const;
+  return tunnelSetup.createStateConfig({
+    initial: 'linked',
+    states: {
+      linked: {
+        description: 'The link to the gateway is up; local connections are carried over it',
+        invoke: {
+          id: 'serve',
+          src: 'serveConnections',
+          input: ({ context }) => ({ listener: context.listener!, link: context.link! }),
+        },
+        on: {
+          'link.lost': [
+            {
+              guard: 'mayReconnect',
+              target: 'reconnecting',
+              actions: [
+                { type: 'recordLinkLost', params: ({ event }) => ({ reason: event.reason }) },
+                { type: 'announceLink', params: ({ event }) => ({ message: `tunnel lost (${event.reason}); reconnecting` }) },
+              ],
+            },
+            {
+              target: 'gone',
+              actions: [
+                { type: 'recordOutcome', params: ({ event }) => failure('gatewayUnreachable', `tunnel lost: ${event.reason}`) },
+                raise({ type: 'link.gone' }),
+              ],
+            },
+          ],
+        },
+      },
+      reconnecting: {
+        description: 'Link lost: new connections wait (bounded) while signalling and ICE/DTLS run again, with backoff',
+        entry: { type: 'reportState', params: { state: 'reconnecting' } },
+        initial: 'waiting',
+        states: {
+          waiting: {
+            description: 'Backing off before the next attempt (1 s, 2 s, 4 s … at most 30 s)',
+            after: { reconnectBackoff: { target: 'attempting' } },
+          },
+          attempting: {
+            description: 'One reconnect attempt, bounded by --timeout',
+            invoke: {
+              id: 'reconnect',
+              src: 'reconnect',
+              input: ({ context }) => ({
+                gateway: context.settings!.gateway,
+                target: context.settings!.target,
+                ...(context.link ? { lost: context.link } : {}),
+              }),
+              onDone: {
+                target: `#${parent}.linked`,
+                actions: [
+                  { type: 'recordReconnected', params: ({ event }) => ({ link: event.output }) },
+                  { type: 'reportState', params: { state: 'ready' } },
+                  { type: 'announceLink', params: { message: 'reconnected' } },
+                ],
+              },
+              onError: [
+                { guard: 'hasAttemptsLeft', target: 'waiting', actions: 'countReconnectAttempt' },
+                {
+                  target: gone,
+                  actions: [
+                    { type: 'recordOutcome', params: ({ context, event }) => lostForGood(context, failureOf(event.error).reason) },
+                    raise({ type: 'link.gone' }),
+                  ],
+                },
+              ],
+            },
+            after: {
+              connectTimeout: [
+                { guard: 'hasAttemptsLeft', target: 'waiting', actions: 'countReconnectAttempt' },
+                {
+                  target: gone,
+                  actions: [
+                    { type: 'recordOutcome', params: ({ context }) => lostForGood(context, 'attempt timed out') },
+                    raise({ type: 'link.gone' }),
+                  ],
+                },
+              ],
+            },
+          },
+        },
+      },
+      gone: { description: 'The link is lost for good; the outcome says why' },
+    },
+  });
+}
+
+function lostForGood(context: TunnelContext, detail: string): Failure {
+  return failure(
+    'gatewayUnreachable',
+    `tunnel lost (${context.lostReason}); ${context.settings?.reconnectAttempts} reconnect attempt(s) failed, last: ${detail}`,
+  );
+}
+
+export const tunnelMachine = tunnelSetup.createMachine({
   id: 'tunnel',
   description: 'One pam tunnel: a local TCP port carried over WebRTC to a named gateway target',
-  context: ({ input }) => ({ id: input.id, flags: input.flags, startedAt: input.startedAt, interactive: input.interactive }),
+  context: ({ input }) => {
+    const parsed = parseStartFlags(input.flags);
+    return {
+      id: input.id,
+      flags: input.flags,
+      startedAt: input.startedAt,
+      interactive: input.interactive,
+      ...(parsed.ok ? { settings: parsed.settings } : { flagError: parsed.failure }),
+    };
+  },
   invoke: { id: 'signals', src: 'watchSignals' },
   initial: 'idle',
   states: {
     idle: {
-      description: 'Created; flags not yet checked',
+      description: 'Created with its flags parsed; a usage error ends it here, before anything is touched',
       on: {
         'tunnel.start': [
-          {
-            guard: 'hasUsageError',
-            target: 'stopped',
-            actions: {
-              type: 'recordOutcome',
-              params: ({ context }) => {
-                const parsed = parseStartFlags(context.flags);
-                return parsed.ok ? failure('internal', 'usage guard disagrees with parser') : parsed.failure;
-              },
-            },
-          },
-          {
-            target: 'connecting',
-            actions: assign({
-              settings: ({ context }) => {
-                const parsed = parseStartFlags(context.flags);
-                if (!parsed.ok) throw new Error('unreachable: flags were valid a moment ago');
-                return parsed.settings;
-              },
-            }),
-          },
+          { guard: 'hasUsageError', target: 'stopped', actions: { type: 'recordOutcome', params: ({ context }) => context.flagError! } },
+          { target: 'connecting' },
         ],
         'tunnel.stop': {
           target: 'stopped',
@@ -382,7 +406,7 @@ export const tunnelMachine = setup({
             },
             'link.gone': { target: '#tunnel.stopping' },
           },
-          ...(linkStates('tunnel.ready.serving') as object),
+          ...linkStates('tunnel.ready.serving'),
         },
         runningCommand: {
           description: 'Running the --run command through the tunnel; its exit code becomes ours',
@@ -439,7 +463,7 @@ export const tunnelMachine = setup({
             // Lost for good (the outcome is recorded): the command gets SIGTERM; its exit ends the tunnel.
             'link.gone': { actions: sendTo('command', { type: 'command.signal', signal: 'SIGTERM' } satisfies CommandControlEvent) },
           },
-          ...(linkStates('tunnel.ready.runningCommand') as object),
+          ...linkStates('tunnel.ready.runningCommand'),
         },
       },
     },

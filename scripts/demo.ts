@@ -59,7 +59,7 @@ async function main(): Promise<void> {
   const targetPort = (target.address() as AddressInfo).port;
   say(`  web target on 127.0.0.1:${targetPort}`);
 
-  step('pam gateway --listen 127.0.0.1:0 --target web=127.0.0.1:' + targetPort);
+  step(`pam gateway --listen 127.0.0.1:0 --target web=127.0.0.1:${targetPort}`);
   const gateway = pam(['gateway', '--listen', '127.0.0.1:0', '--json', '--target', `web=127.0.0.1:${targetPort}`]);
   const gatewayUrl = String((await jsonLine(gateway, 'listening')).url);
   say(`  gateway listening on ${gatewayUrl} (token from PAM_GATEWAY_TOKEN, never argv)`);

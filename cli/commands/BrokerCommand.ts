@@ -40,23 +40,40 @@ export class BrokerCommand extends Command<PamContext> {
   tlsCert = SingleString('--tls-cert', { description: 'PEM certificate: serve HTTPS and WSS (with --tls-key)' });
   tlsKey = SingleString('--tls-key', { description: 'PEM private key for --tls-cert' });
   iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL handed to both ends of every exchange (repeatable)' });
-  turnSecretFile = SingleString('--turn-secret-file', { description: "file holding coturn's static-auth-secret: mint TURN REST credentials per exchange" });
+  turnSecretFile = SingleString('--turn-secret-file', {
+    description: "file holding coturn's static-auth-secret: mint TURN REST credentials per exchange",
+  });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
 
   async execute(): Promise<number> {
     const listen = parseHostPort(this.listen, '--listen', '127.0.0.1:8443 (port 0 picks a free one)');
     const token = readBrokerToken(this.context.env);
-    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined)) throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
-    const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') } : undefined;
+    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined))
+      throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
+    const tls =
+      this.tlsCert !== undefined
+        ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') }
+        : undefined;
     const turnSecret = this.turnSecretFile !== undefined ? readSecret(this.turnSecretFile) : undefined;
     // With a secret the broker mints TURN credentials itself; without one they come from the environment.
     const servers = turnSecret !== undefined ? iceServerUrls(this.iceServers) : iceServers(this.iceServers, this.context.env);
     if (turnSecret !== undefined && !servers.some((server) => server.urls.startsWith('turn'))) {
-      throw new TunnelError('usage', '--turn-secret-file mints credentials for turn: servers: add at least one --ice-server turn:HOST[:PORT]');
+      throw new TunnelError(
+        'usage',
+        '--turn-secret-file mints credentials for turn: servers: add at least one --ice-server turn:HOST[:PORT]',
+      );
     }
     const log = (line: string) => this.context.stderr.write(`pam broker: ${line}\n`);
     const { startBroker } = await import('../../broker/server.js');
-    const broker = await startBroker({ host: listen.host, port: listen.port, token, log, iceServers: servers, ...(turnSecret !== undefined ? { turnSecret } : {}), ...(tls ? { tls } : {}) });
+    const broker = await startBroker({
+      host: listen.host,
+      port: listen.port,
+      token,
+      log,
+      iceServers: servers,
+      ...(turnSecret !== undefined ? { turnSecret } : {}),
+      ...(tls ? { tls } : {}),
+    });
     this.context.stdout.write(
       this.json
         ? `${JSON.stringify({ event: 'listening', url: broker.url, port: broker.port, iceServers: servers.map((server) => server.urls), mintsTurnCredentials: turnSecret !== undefined })}\n`

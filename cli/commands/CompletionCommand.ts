@@ -5,7 +5,7 @@
 import { Command, Option } from 'clipanion';
 import { TunnelError } from '../../machines/errors.js';
 import { allTunnels } from '../../machines/selector.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 
 interface CommandWords {
@@ -13,7 +13,7 @@ interface CommandWords {
   readonly flags: readonly string[];
 }
 
-export class CompletionCommand extends Command<PamContext> {
+export class CompletionCommand extends PamCommand {
   static override paths = [['completion']];
 
   static override usage = Command.Usage({

@@ -3,14 +3,15 @@
 import { Command, Option } from 'clipanion';
 import { TunnelError, type StopSignal } from '../../machines/errors.js';
 import { createProcessSignals } from '../../adapters/posix-signals.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { SingleString } from '../single-option.js';
 import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
+import { iceServerOption, numberFlag, transportOption } from '../options.js';
+import { isTargetName, targetNameRule } from '../../machines/start-flags.js';
 import { readFileSync } from 'node:fs';
-import * as t from 'typanion';
 import { siteNamePattern } from '../../broker/protocol.js';
 
-export class GatewayCommand extends Command<PamContext> {
+export class GatewayCommand extends PamCommand {
   static override paths = [['gateway']];
 
   static override usage = Command.Usage({
@@ -37,9 +38,18 @@ export class GatewayCommand extends Command<PamContext> {
       --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
     `,
     examples: [
-      ['Serve a web and a database target on loopback', 'PAM_GATEWAY_TOKEN=$(openssl rand -hex 32) $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432'],
-      ['Any free port, announced as a JSON line', '$0 gateway --listen 127.0.0.1:0 --token-file ~/.config/pam/token --target web=127.0.0.1:8080 --json'],
-      ['No inbound port: register site "lab" with a broker (PAM_BROKER_TOKEN set)', '$0 gateway --broker https://broker.example:8443 --site lab --target db=10.0.0.5:5432'],
+      [
+        'Serve a web and a database target on loopback',
+        'PAM_GATEWAY_TOKEN=$(openssl rand -hex 32) $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432',
+      ],
+      [
+        'Any free port, announced as a JSON line',
+        '$0 gateway --listen 127.0.0.1:0 --token-file ~/.config/pam/token --target web=127.0.0.1:8080 --json',
+      ],
+      [
+        'No inbound port: register site "lab" with a broker (PAM_BROKER_TOKEN set)',
+        '$0 gateway --broker https://broker.example:8443 --site lab --target db=10.0.0.5:5432',
+      ],
     ],
   });
 
@@ -51,28 +61,45 @@ export class GatewayCommand extends Command<PamContext> {
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
   tlsCert = SingleString('--tls-cert', { description: 'PEM certificate: serve signalling over HTTPS (with --tls-key)' });
   tlsKey = SingleString('--tls-key', { description: 'PEM private key for --tls-cert' });
-  transport = SingleString('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
-  iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
-  keyFile = SingleString('--key-file', { description: "the gateway's long-term key (created 0600 on first start; default $XDG_STATE_HOME/pam/gateway.key)" });
-  maxPeersPerClient = Option.String('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
+  transport = transportOption();
+  iceServers = iceServerOption();
+  keyFile = SingleString('--key-file', {
+    description: "the gateway's long-term key (created 0600 on first start; default $XDG_STATE_HOME/pam/gateway.key)",
+  });
+  maxPeersPerClient = SingleString('--max-tunnels-per-client', '64', {
+    description: 'tunnels one client address may hold at once (default 64)',
+  });
 
   async execute(): Promise<number> {
-    if (this.broker !== undefined && this.listen !== undefined) throw new TunnelError('usage', '--broker and --listen exclude each other: a gateway behind a broker opens no listening socket');
-    if ((this.broker === undefined) !== (this.site === undefined)) throw new TunnelError('usage', '--broker and --site go together: pass both, or neither');
-    if (this.site !== undefined && !siteNamePattern.test(this.site)) throw new TunnelError('usage', `--site '${this.site}' must be letters, digits, '.', '_' or '-' (at most 64)`);
-    if (this.broker !== undefined && this.tlsCert !== undefined) throw new TunnelError('usage', '--tls-cert is for --listen; a broker gateway serves nothing (give the broker its certificate)');
+    if (this.broker !== undefined && this.listen !== undefined)
+      throw new TunnelError('usage', '--broker and --listen exclude each other: a gateway behind a broker opens no listening socket');
+    if ((this.broker === undefined) !== (this.site === undefined))
+      throw new TunnelError('usage', '--broker and --site go together: pass both, or neither');
+    if (this.site !== undefined && !siteNamePattern.test(this.site))
+      throw new TunnelError('usage', `--site '${this.site}' must be letters, digits, '.', '_' or '-' (at most 64)`);
+    if (this.broker !== undefined && this.tlsCert !== undefined)
+      throw new TunnelError('usage', '--tls-cert is for --listen; a broker gateway serves nothing (give the broker its certificate)');
     const listen = parseHostPort(this.listen ?? '127.0.0.1:8765', '--listen', '127.0.0.1:8765 (port 0 picks a free one)');
     const brokerToken = this.broker !== undefined ? readBrokerToken(this.context.env) : undefined;
     const targets = parseTargets(this.targets);
     if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
+    const maxPeersPerClient = numberFlag('--max-tunnels-per-client', this.maxPeersPerClient, { min: 1, max: 10_000, whole: true });
     const token = readToken(this.tokenFile, this.context.env, 'gateway');
 
-    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined)) throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
-    const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') } : undefined;
+    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined))
+      throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
+    const tls =
+      this.tlsCert !== undefined
+        ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') }
+        : undefined;
     const transport = transportChoice(this.transport, this.context.env);
     const ice = { hosts: iceHosts(this.context.env), servers: iceServers(this.iceServers, this.context.env) };
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
-    const native = await importNative(transport, () => import('../../gateway/native-answerer.js'), (line) => log(`warning: ${line}`));
+    const native = await importNative(
+      transport,
+      () => import('../../gateway/native-answerer.js'),
+      (line) => log(`warning: ${line}`),
+    );
     const answerer = native?.nativeAnswerer(ice);
     const hostsWarning = native ? nativeIceHostsWarning(ice.hosts) : undefined;
     if (hostsWarning) log(`warning: ${hostsWarning}`);
@@ -80,7 +107,10 @@ export class GatewayCommand extends Command<PamContext> {
     const keyPath = this.keyFile ?? defaultKeyFile(this.context.env);
     const key = await loadOrCreateGatewayKey(keyPath);
     // Printed once the gateway is up, so a refused start stays one line.
-    const announceKey = () => log(`gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`);
+    const announceKey = () =>
+      log(
+        `gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`,
+      );
     const names = Object.keys(targets);
     const options = {
       token,
@@ -90,13 +120,17 @@ export class GatewayCommand extends Command<PamContext> {
       ice,
       ...(answerer ? { answerer } : {}),
       mux: keepalive(this.context.env),
-      maxPeersPerClient: this.maxPeersPerClient,
+      maxPeersPerClient,
     };
-    const print = (event: Record<string, unknown>, prose: string) => this.context.stdout.write(this.json ? `${JSON.stringify(event)}\n` : `pam gateway: ${prose}\n`);
+    const print = (event: Record<string, unknown>, prose: string) =>
+      this.context.stdout.write(this.json ? `${JSON.stringify(event)}\n` : `pam gateway: ${prose}\n`);
     if (this.broker !== undefined && this.site !== undefined && brokerToken !== undefined) {
       const broker = this.broker;
       const site = this.site;
-      const [{ createSignalling }, { connectBroker }] = await Promise.all([import('../../gateway/signalling.js'), import('../../gateway/broker-link.js')]);
+      const [{ createSignalling }, { connectBroker }] = await Promise.all([
+        import('../../gateway/signalling.js'),
+        import('../../gateway/broker-link.js'),
+      ]);
       const signalling = createSignalling(options);
       announceKey();
       const link = connectBroker({
@@ -109,7 +143,14 @@ export class GatewayCommand extends Command<PamContext> {
         log,
         onRegistered: (before) =>
           print(
-            { event: before === 0 ? 'registered' : 'reregistered', broker, site, url: `${broker.replace(/\/+$/, '')}/sites/${site}`, targets: names, key: key.fingerprint },
+            {
+              event: before === 0 ? 'registered' : 'reregistered',
+              broker,
+              site,
+              url: `${broker.replace(/\/+$/, '')}/sites/${site}`,
+              targets: names,
+              key: key.fingerprint,
+            },
             `${before === 0 ? 'registered' : 'registered again:'} site ${site} at ${broker} (clients: --gateway ${broker.replace(/\/+$/, '')}/sites/${site}; targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
           ),
       });
@@ -160,7 +201,7 @@ export function readBrokerToken(env: NodeJS.ProcessEnv): string {
 export function parseHostPort(text: string, flag: string, example: string): { host: string; port: number } {
   const match = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(text.trim());
   const port = match ? Number(match[2]) : NaN;
-  if (!match || !match[1] || port > 65535) throw new TunnelError('usage', `${flag} '${text}' must be host:port, e.g. ${example}`);
+  if (!match?.[1] || port > 65535) throw new TunnelError('usage', `${flag} '${text}' must be host:port, e.g. ${example}`);
   return { host: match[1], port };
 }
 
@@ -170,12 +211,13 @@ function parseTargets(texts: readonly string[]): Record<string, { host: string; 
   for (const text of texts) {
     const eq = text.indexOf('=');
     const name = text.slice(0, eq);
-    if (eq <= 0 || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) {
-      throw new TunnelError('usage', `--target '${text}' must be name=host:port, e.g. db=127.0.0.1:5432`);
+    if (eq <= 0 || !isTargetName(name)) {
+      throw new TunnelError('usage', `--target '${text}' must be name=host:port, e.g. db=127.0.0.1:5432 (a name: ${targetNameRule})`);
     }
     if (Object.hasOwn(targets, name)) throw new TunnelError('usage', `--target ${name} is given twice: each target name once (${name}=…)`);
     const destination = parseHostPort(text.slice(eq + 1), `--target ${name}`, `${name}=127.0.0.1:5432`);
-    if (destination.port === 0) throw new TunnelError('usage', `--target ${name}: port 0 is not a port a target listens on; give the target's real port`);
+    if (destination.port === 0)
+      throw new TunnelError('usage', `--target ${name}: port 0 is not a port a target listens on; give the target's real port`);
     targets[name] = destination;
   }
   return targets;
@@ -190,7 +232,10 @@ export function readPem(path: string, flag: string, kind: 'CERTIFICATE' | 'PRIVA
   }
   // `PRIVATE KEY` also matches `RSA PRIVATE KEY` / `EC PRIVATE KEY`.
   if (!new RegExp(`-----BEGIN [A-Z ]*${kind}-----`).test(text)) {
-    throw new TunnelError('usage', `${flag} ${path} is not a PEM ${kind === 'CERTIFICATE' ? 'certificate' : 'private key'} (no -----BEGIN ${kind}----- line)`);
+    throw new TunnelError(
+      'usage',
+      `${flag} ${path} is not a PEM ${kind === 'CERTIFICATE' ? 'certificate' : 'private key'} (no -----BEGIN ${kind}----- line)`,
+    );
   }
   return text;
 }

@@ -1,14 +1,13 @@
 // `pam shell`: an interactive session in which tunnels persist until it ends.
 
 import { Command, Option } from 'clipanion';
-import type { PamContext } from '../context.js';
-import { createCli } from '../main.js';
+import { PamCommand } from '../pam-command.js';
 import { runShell } from '../shell.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 import { createProcessSignals } from '../../adapters/posix-signals.js';
 import { releaseHungUpTerminal } from '../../adapters/terminal.js';
 
-export class ShellCommand extends Command<PamContext> {
+export class ShellCommand extends PamCommand {
   static override paths = [['shell']];
 
   static override usage = Command.Usage({
@@ -38,7 +37,7 @@ export class ShellCommand extends Command<PamContext> {
     const registry = await openFsRegistry({ env: this.context.env });
     // The session's tunnels read PAM_INSPECT like one-shot ones; the flag sets it for them.
     const env = this.inspect === undefined ? this.context.env : { ...this.context.env, PAM_INSPECT: this.inspect === true ? '1' : String(this.inspect) };
-    return runShell(createCli({ colors: this.context.colorDepth > 1 }), { ...this.context, env }, registry, {
+    return runShell(this.cli, { ...this.context, env }, registry, {
       signals: createProcessSignals(process, ['SIGTERM', 'SIGHUP']),
       releaseTerminal: () => releaseHungUpTerminal(process),
     });

@@ -2,16 +2,16 @@
 // the full timeline of states and events.
 
 import { Command, Option } from 'clipanion';
-import * as t from 'typanion';
+import { numberFlag } from '../options.js';
 import { summarize } from '../../machines/history.js';
 import type { JournalEntry } from '../../machines/journal.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 import { findJournal, readJournals } from '../../adapters/fs-journal.js';
 import { processStartTime } from '../../adapters/process-identity.js';
 import { renderTable } from '../table.js';
 
-export class TunnelHistoryCommand extends Command<PamContext> {
+export class TunnelHistoryCommand extends PamCommand {
   static override paths = [['tunnel', 'history']];
 
   static override usage = Command.Usage({
@@ -33,9 +33,10 @@ export class TunnelHistoryCommand extends Command<PamContext> {
 
   id = Option.String({ name: 'id', required: false });
   json = Option.Boolean('--json', false, { description: 'print JSON' });
-  limit = Option.String('--limit', '20', { description: 'show at most this many tunnels (default 20)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(1, 10_000)) });
+  limit = Option.String('--limit', '20', { description: 'show at most this many tunnels (default 20)' });
 
   async execute(): Promise<number> {
+    const limit = numberFlag('--limit', this.limit, { min: 1, max: 10_000, whole: true });
     const registry = await openFsRegistry({ env: this.context.env });
     const journals = readJournals(registry.location);
     if (this.id !== undefined) return this.timeline(findJournal(registry.location, this.id));
@@ -45,7 +46,7 @@ export class TunnelHistoryCommand extends Command<PamContext> {
       const pid = entries[0]?.meta?.pid;
       if (pid !== undefined && !alive.has(pid) && !entries.at(-1)?.output) alive.set(pid, await processStartTime(pid));
     }
-    const rows = journals.slice(0, this.limit).map(({ id, entries, lastSeen }) => summarize(id, entries, (pid, startTime) => alive.get(pid) === startTime, lastSeen));
+    const rows = journals.slice(0, limit).map(({ id, entries, lastSeen }) => summarize(id, entries, (pid, startTime) => alive.get(pid) === startTime, lastSeen));
     if (this.json) {
       this.context.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
       return 0;

@@ -3,13 +3,16 @@
 import { Command, Option } from 'clipanion';
 import { hostPort } from '../../machines/address.js';
 import { allTunnels } from '../../machines/selector.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 import { renderTable } from '../table.js';
 import { foreignRow, tunnelRow } from '../registry-rows.js';
 
-export class TunnelListCommand extends Command<PamContext> {
-  static override paths = [['tunnel', 'list'], ['tunnel', 'ls']];
+export class TunnelListCommand extends PamCommand {
+  static override paths = [
+    ['tunnel', 'list'],
+    ['tunnel', 'ls'],
+  ];
 
   static override usage = Command.Usage({
     category: 'Tunnels',

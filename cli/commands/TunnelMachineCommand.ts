@@ -5,9 +5,9 @@ import type { AnyStateMachine } from 'xstate';
 import { TunnelError } from '../../machines/errors.js';
 import { toMermaid } from '../../machines/diagram.js';
 import { tunnelMachine } from '../../machines/tunnel.machine.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 
-export class TunnelMachineCommand extends Command<PamContext> {
+export class TunnelMachineCommand extends PamCommand {
   static override paths = [['tunnel', 'machine']];
 
   static override usage = Command.Usage({
@@ -23,7 +23,7 @@ export class TunnelMachineCommand extends Command<PamContext> {
   format = Option.String('--format', 'mermaid', { description: 'mermaid (default) or json' });
 
   async execute(): Promise<number> {
-    const machine = tunnelMachine as unknown as AnyStateMachine;
+    const machine: AnyStateMachine = tunnelMachine;
     if (this.format === 'mermaid') this.context.stdout.write(`${toMermaid(machine)}\n`);
     else if (this.format === 'json') this.context.stdout.write(`${JSON.stringify(machine.toJSON(), null, 2)}\n`);
     else throw new TunnelError('usage', `--format '${this.format}' is not known: use mermaid or json`);

@@ -3,11 +3,11 @@
 
 import { Command, Option } from 'clipanion';
 import { replay } from '../../machines/journal.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 import { findJournal } from '../../adapters/fs-journal.js';
 
-export class TunnelReplayCommand extends Command<PamContext> {
+export class TunnelReplayCommand extends PamCommand {
   static override paths = [['tunnel', 'replay']];
 
   static override usage = Command.Usage({

@@ -1,29 +1,26 @@
-// `pam tunnel start`: parse flags, run a tunnel actor, and exit with its output's code.
+// `pam tunnel start`: parse flags and hand them to the runtime (cli/tunnel-runtime.ts), which runs the
+// tunnel actor (or, with -bg, the launcher) and returns its output's exit code.
 
-import { randomBytes } from 'node:crypto';
-import { Writable } from 'node:stream';
 import { resolve as resolvePath } from 'node:path';
+import { Writable } from 'node:stream';
 import { Command, Option } from 'clipanion';
-import { createActor, toPromise } from 'xstate';
-import { provideLauncher } from '../../machines/launcher.actors.js';
-import { provideTunnel } from '../../machines/tunnel.actors.js';
-import { gatewayUrlProblem, type StartFlags } from '../../machines/start-flags.js';
-import { TunnelError } from '../../machines/errors.js';
-import { hostPort } from '../../machines/address.js';
-import type { PamContext } from '../context.js';
+import { exitCodeSummary, failureKinds, failureOf, type FailureKind, signalExitBase, TunnelError } from '../../machines/errors.js';
+import { gatewayUrlProblem } from '../../machines/start-flags.js';
 import { SingleString } from '../single-option.js';
-import { gatewayKeyCheck, gatewaySource, gatewayUrl, iceHosts, iceServers, keepalive, readConfigFile, readToken, transportChoice } from '../config.js';
-import { createTunnelPrinter } from '../tunnel-output.js';
-import { createLauncherPorts, createTunnelPorts, takeOwnerId } from '../tunnel-runtime.js';
-import { tunnelRow } from '../registry-rows.js';
+import { gatewaySource, iceHosts, keepalive } from '../config.js';
+import { inspectUrl } from '../inspector.js';
 import { ownerIdVariable } from '../../adapters/background-owner.js';
-import { failureKinds, failureOf } from '../../machines/errors.js';
-import { createSystemdNotifier } from '../../adapters/sd-notify.js';
-import { journalRetention, openJournal } from '../../adapters/fs-journal.js';
-import { processStartTime } from '../../adapters/process-identity.js';
-import { attachInspector, defaultInspectUrl, inspectUrl } from '../inspector.js';
+import type { StartFlags } from '../../machines/start-flags.js';
+import { gatewayUrl, readConfigFile } from '../config.js';
+import { defaultInspectUrl } from '../inspector.js';
+import { iceServerOption, transportOption } from '../options.js';
+import { PamCommand } from '../pam-command.js';
+import { launchInBackground, runTunnel, takeOwnerId } from '../tunnel-runtime.js';
 
-export class TunnelStartCommand extends Command<PamContext> {
+/** Every failure kind but `generic` can end `tunnel start`. */
+const startExitCodes = exitCodeSummary((Object.keys(failureKinds) as FailureKind[]).filter((kind) => kind !== 'generic'));
+
+export class TunnelStartCommand extends PamCommand {
   static override paths = [['tunnel', 'start']];
 
   static override usage = Command.Usage({
@@ -47,13 +44,15 @@ export class TunnelStartCommand extends Command<PamContext> {
       Signalling is sealed to the gateway's key (HPKE). PAM_GATEWAY_KEY=SHA256:… (or gatewayKey) pins
       it; otherwise the first key a gateway URL shows is recorded in $XDG_CONFIG_HOME/pam/known_gateways
       and a different one later is refused (77) before any tunnel is set up. A gateway behind a broker
-      is reached with --gateway http(s)://BROKER/sites/NAME. Exit codes: 0 ok, 2 usage, 68 unknown target,
-      69 gateway unreachable or tunnel lost, 70 internal, 75 local port busy, 77 token refused or gateway key mismatch,
-      124 connect timeout, 128+N killed by signal N; with --run, the command's code.
+      is reached with --gateway http(s)://BROKER/sites/NAME. Exit codes: ${startExitCodes},
+      ${signalExitBase}+N killed by signal N; with --run, the command's code.
     `,
     examples: [
       ['Keep a tunnel to `db` on port 15432 until Ctrl+C', '$0 tunnel start db --port 15432'],
-      ['Run one command through a tunnel and exit with its code', '$0 tunnel start db --run \'psql -h "$PAM_TUNNEL_HOST" -p "$PAM_TUNNEL_PORT" -c "select 1"\''],
+      [
+        'Run one command through a tunnel and exit with its code',
+        '$0 tunnel start db --run \'psql -h "$PAM_TUNNEL_HOST" -p "$PAM_TUNNEL_PORT" -c "select 1"\'',
+      ],
       ['Machine-readable ready line for a supervisor', '$0 tunnel start web --foreground --json --pid-file /run/pam-web.pid'],
       ['Watch the tunnel live in the Stately inspector (see docs/inspect.md)', '$0 tunnel start web --inspect=ws://127.0.0.1:8080'],
     ],
@@ -65,16 +64,22 @@ export class TunnelStartCommand extends Command<PamContext> {
   gateway = SingleString('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
   foreground = Option.Boolean('-fg,--foreground', { description: 'keep the tunnel in this process until a signal (default)' });
-  background = Option.Boolean('-bg,--background', { description: 'detach: a child process owns the tunnel; return once the port is usable' });
+  background = Option.Boolean('-bg,--background', {
+    description: 'detach: a child process owns the tunnel; return once the port is usable',
+  });
   run = SingleString('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
   timeout = SingleString('--timeout', { description: 'seconds to wait for the connection (default 30)' });
-  transport = SingleString('--transport', { description: 'WebRTC implementation: native (default, node-datachannel) or werift (pure TypeScript); or $PAM_TRANSPORT' });
-  iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL for ICE (repeatable; TURN credentials from PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL)' });
-  reconnectAttempts = SingleString('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
+  transport = transportOption();
+  iceServers = iceServerOption();
+  reconnectAttempts = SingleString('--reconnect-attempts', {
+    description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)',
+  });
   pidFile = SingleString('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
-  debug = Option.Boolean('--debug', false, { description: 'print stack traces for errors' });
-  inspect = Option.String('--inspect', { tolerateBoolean: true, description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)` });
+  inspect = Option.String('--inspect', {
+    tolerateBoolean: true,
+    description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)`,
+  });
 
   async execute(): Promise<number> {
     if (this.context.env[ownerIdVariable] === undefined) return this.start();
@@ -101,12 +106,13 @@ export class TunnelStartCommand extends Command<PamContext> {
     const gateway = gatewayUrl(this.gateway, this.context.env, file);
     const source = gatewaySource(this.gateway, this.context.env, file);
     // Credentials in the URL are refused before anything records the flags (journal, registry, launcher).
-    const credentials = gateway !== undefined && /^[^/]*\/\/[^/]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
+    const credentials =
+      gateway !== undefined && /^[^/]*\/\/[^/]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
     if (credentials) throw new TunnelError('usage', credentials);
     // Settings from the environment are checked before anything starts, naming the variable.
     iceHosts(this.context.env);
     keepalive(this.context.env);
-    const url = inspectUrl(this.inspect, this.context.env);
+    inspectUrl(this.inspect, this.context.env); // a bad --inspect/PAM_INSPECT is refused before anything starts
     const flags: StartFlags = {
       target: this.target,
       ...defined({
@@ -125,112 +131,35 @@ export class TunnelStartCommand extends Command<PamContext> {
       }),
     };
     const ownerId = takeOwnerId(this.context.env);
-    if (this.background && !this.context.inShell && ownerId === undefined) return this.launchInBackground(flags);
-
-    const id = ownerId ?? randomBytes(4).toString('hex');
-    // A background owner writes JSON lines to its log, so the launcher can read why it stopped.
-    const json = this.json || ownerId !== undefined;
-    const printer = createTunnelPrinter(this.context, { json, runMode: this.run !== undefined, pid: process.pid, target: this.target });
-    const token = () => readToken(this.tokenFile, this.context.env, 'client', file);
-    const notifier = createSystemdNotifier(this.context.env, printer.announce.problem);
-    let markReady!: () => void;
-    const becameReady = new Promise<'ready'>((resolve) => (markReady = () => resolve('ready')));
-    const announce = {
-      ...printer.announce,
-      ready: (tunnel: Parameters<typeof printer.announce.ready>[0]) => {
-        markReady();
-        printer.announce.ready(tunnel);
-        void notifier.ready(`listening on ${hostPort(tunnel.listener?.host ?? '', tunnel.listener?.port ?? 0)} → ${tunnel.settings?.target}`);
-      },
-    };
-    iceServers(this.iceServers, this.context.env); // validate now: a bad URL is a usage error before anything starts
-    const transport = transportChoice(this.transport, this.context.env);
-    const session = this.context.session;
-    const ports = await createTunnelPorts({
-      ...(ownerId !== undefined ? { ownerLogId: ownerId } : {}),
-      token,
-      env: this.context.env,
-      announce,
+    if (this.background && !this.context.inShell && ownerId === undefined)
+      return launchInBackground(this.context, { flags, json: this.json });
+    return runTunnel(this.context, {
+      flags,
+      ...(ownerId !== undefined ? { ownerId } : {}),
+      json: this.json,
+      tokenFile: this.tokenFile,
+      file,
       iceServers: this.iceServers,
-      transport,
-      keys: gatewayKeyCheck(this.context.env, file),
-      warn: (line) => this.context.stderr.write(`pam: ${line}\n`),
-      ...(session ? { registry: session.registry, signals: session.signals } : {}),
+      transport: this.transport,
+      inspect: this.inspect,
     });
-
-    const input = { id, flags, startedAt: new Date().toISOString(), interactive: this.context.interactive };
-    const journal = openJournal({
-      registryDir: ports.registry.location,
-      meta: { id, pid: process.pid, startTime: (await processStartTime(process.pid)) ?? 'unknown', input },
-      ...journalRetention(this.context.env),
-      warn: printer.announce.problem,
-    });
-    const inspector = url ? await attachInspector(url, (line) => this.context.stderr.write(`pam: ${line}\n`)) : undefined;
-    const actor = createActor(provideTunnel(ports), {
-      input,
-      inspect: (event) => {
-        journal.inspect(event);
-        inspector?.inspect(event);
-      },
-    });
-    const finished = toPromise(actor);
-    actor.start();
-    actor.send({ type: 'tunnel.start' });
-    const settle = finished.then((outcome) => {
-      inspector?.stop();
-      printer.stopped(id, outcome);
-      return outcome;
-    });
-    if (session && this.run === undefined) {
-      // In `pam shell` the tunnel lives on in the session: back to the prompt once it is ready.
-      if ((await Promise.race([becameReady, finished.then(() => 'stopped' as const)])) === 'ready') {
-        session.adopt({ id, target: this.target, stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }), finished: settle });
-        return 0;
-      }
-    }
-    return (await settle).exitCode;
-  }
-
-  private async launchInBackground(flags: StartFlags): Promise<number> {
-    const id = randomBytes(4).toString('hex');
-    const ports = await createLauncherPorts({ env: this.context.env, argv: process.argv.slice(1) });
-    const actor = createActor(provideLauncher(ports), { input: { id, flags } });
-    const finished = toPromise(actor);
-    actor.start();
-    actor.send({ type: 'launch.start' });
-    const outcome = await finished;
-    if (outcome.ready && outcome.owner) {
-      const { ready, owner } = outcome;
-      this.context.stdout.write(
-        this.json
-          ? // The very row `pam tunnel list --json` shows for this tunnel.
-            `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
-          : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
-              `stop it with \`pam tunnel stop ${ready.id}\`\n`,
-      );
-    } else {
-      // With --json, failure is one JSON object on stdout too, shaped like the foreground `stopped` event.
-      if (this.json) {
-        this.context.stdout.write(
-          `${JSON.stringify({ event: 'stopped', id, exitCode: outcome.exitCode, kind: outcome.kind, reason: outcome.reason, logFile: outcome.owner?.logFile ?? null })}\n`,
-        );
-      }
-      this.context.stderr.write(`pam: ${outcome.reason}\n`);
-    }
-    return outcome.exitCode;
   }
 }
 
 /** Drop undefined values, so optional fields stay absent (exactOptionalPropertyTypes-friendly). */
 function defined<T extends Record<string, unknown>>(values: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
-  return Object.fromEntries(Object.entries(values).filter(([, value]) => value !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+  return Object.fromEntries(Object.entries(values).filter(([, value]) => value !== undefined)) as {
+    [K in keyof T]?: Exclude<T[K], undefined>;
+  };
 }
 
 /** Each line written becomes `{"event":"log","message":…}` on `target` (JSON lines pass through). */
 function jsonLines(target: NodeJS.WritableStream): Writable {
   return new Writable({
     write(chunk: Buffer | string, _encoding, done) {
-      for (const line of String(chunk).split('\n').filter((text) => text.trim() !== '')) {
+      for (const line of String(chunk)
+        .split('\n')
+        .filter((text) => text.trim() !== '')) {
         target.write(line.startsWith('{') ? `${line}\n` : `${JSON.stringify({ event: 'log', message: line.replace(/^pam: /, '') })}\n`);
       }
       done();

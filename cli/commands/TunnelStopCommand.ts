@@ -2,19 +2,19 @@
 // the one that registered them (pid + start time re-checked right before the signal).
 
 import { Command, Option } from 'clipanion';
-import * as t from 'typanion';
+import { numberFlag } from '../options.js';
 import { createActor, toPromise } from 'xstate';
 import { TunnelError } from '../../machines/errors.js';
 import { allTunnels, selectTunnels, type Selected } from '../../machines/selector.js';
 import { provideStop } from '../../machines/stop.actors.js';
 import type { StopOutput } from '../../machines/stop.machine.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 import { createPidFiles } from '../../adapters/pid-files.js';
 import { createProcessControl } from '../../adapters/process-control.js';
 import { createControlClient } from '../../adapters/control-channel.js';
 
-export class TunnelStopCommand extends Command<PamContext> {
+export class TunnelStopCommand extends PamCommand {
   static override paths = [['tunnel', 'stop']];
 
   static override usage = Command.Usage({
@@ -38,7 +38,7 @@ export class TunnelStopCommand extends Command<PamContext> {
 
   selector = Option.String({ name: 'selector', required: false });
   all = Option.Boolean('--all', false, { description: 'stop every running tunnel of this user' });
-  wait = Option.String('--wait', '10', { description: 'seconds to wait for each tunnel to go (default 10)', validator: t.cascade(t.isNumber(), t.isInInclusiveRange(0, 3600)) });
+  wait = Option.String('--wait', '10', { description: 'seconds to wait for each tunnel to go (default 10)' });
   force = Option.Boolean('--force', false, { description: 'SIGKILL tunnels still running after --wait' });
   json = Option.Boolean('--json', false, { description: 'print a JSON array of results' });
 
@@ -46,6 +46,7 @@ export class TunnelStopCommand extends Command<PamContext> {
     if (this.all === (this.selector !== undefined)) {
       throw new TunnelError('usage', 'name a tunnel to stop (id, target, port or pid) or pass --all, not both');
     }
+    const waitMs = numberFlag('--wait', this.wait, { min: 0, max: 3600, whole: false, unit: 'seconds' }) * 1000;
     const registry = await openFsRegistry({ env: this.context.env });
     const { entries, foreign } = await registry.scan();
     let targets: readonly Selected[];
@@ -74,7 +75,7 @@ export class TunnelStopCommand extends Command<PamContext> {
         // An owner with a control channel (pam shell) is asked per tunnel and outlives them all.
         const wholeProcess = entry.control === undefined && targets.filter((other) => other.entry.pid === entry.pid).length === entry.tunnels.length;
         const actor = createActor(machine, {
-          input: { entry, tunnel, onlyThisTunnel: !wholeProcess, waitMs: this.wait * 1000, force: this.force },
+          input: { entry, tunnel, onlyThisTunnel: !wholeProcess, waitMs, force: this.force },
         });
         const done = toPromise(actor);
         actor.start();

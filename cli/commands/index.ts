@@ -11,4 +11,15 @@ import { TunnelReplayCommand } from './TunnelReplayCommand.js';
 import { TunnelStartCommand } from './TunnelStartCommand.js';
 import { TunnelStopCommand } from './TunnelStopCommand.js';
 
-export const commandClasses = [TunnelStartCommand, TunnelListCommand, TunnelStopCommand, TunnelHistoryCommand, TunnelReplayCommand, TunnelMachineCommand, GatewayCommand, BrokerCommand, ShellCommand, CompletionCommand];
+export const commandClasses = [
+  TunnelStartCommand,
+  TunnelListCommand,
+  TunnelStopCommand,
+  TunnelHistoryCommand,
+  TunnelReplayCommand,
+  TunnelMachineCommand,
+  GatewayCommand,
+  BrokerCommand,
+  ShellCommand,
+  CompletionCommand,
+];

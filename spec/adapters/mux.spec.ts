@@ -2,7 +2,7 @@
 // half-close, bounded buffering against a reader that stops, per-connection failures, resets, keepalive.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { connect, createServer, Socket, type AddressInfo, type Server } from 'node:net';
+import { connect, createServer, type Socket, type AddressInfo, type Server } from 'node:net';
 import t from 'tap';
 import { Mux, type MuxOptions } from '../../adapters/mux.js';
 import { framePair } from '../support/frame-pair.js';

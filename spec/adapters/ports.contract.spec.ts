@@ -10,7 +10,7 @@ import type { StopSignal } from '../../machines/errors.js';
 import t from 'tap';
 import { createShellRunner } from '../../adapters/shell-runner.js';
 import { createTcpListenerFactory } from '../../adapters/tcp-listener.js';
-import { createFakeListeners, createFakeRunner, FakeListener, FakeSignals } from '../support/fakes.js';
+import { createFakeListeners, createFakeRunner, type FakeListener, FakeSignals } from '../support/fakes.js';
 import { listenerContract } from '../support/contracts/listener.contract.js';
 import { runnerContract } from '../support/contracts/runner.contract.js';
 import { signalsContract, type SignalsHarness } from '../support/contracts/signals.contract.js';

@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
-import { createMemoryRegistry, createMemoryStore } from '../../adapters/memory-registry.js';
+import { createMemoryRegistry, createMemoryStore } from '../support/memory-registry.js';
 import { createPidFiles } from '../../adapters/pid-files.js';
 import { processStartTime } from '../../adapters/process-identity.js';
 import { failureKinds } from '../../machines/errors.js';

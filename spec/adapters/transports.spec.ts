@@ -26,7 +26,16 @@ for (const [clientName, client] of Object.entries(clients)) {
   for (const [gatewayName, answerer] of Object.entries(answerers)) {
     t.test(`${clientName} client ↔ ${gatewayName} gateway: 4 MiB echoed intact`, async (t) => {
       const echo = await echoServer(t);
-      const gateway = await startGateway({ host: '127.0.0.1', port: 0, token, key: await testGatewayKey(), targets: { echo: { host: '127.0.0.1', port: echo.port } }, log: () => undefined, ice, answerer: answerer() });
+      const gateway = await startGateway({
+        host: '127.0.0.1',
+        port: 0,
+        token,
+        key: await testGatewayKey(),
+        targets: { echo: { host: '127.0.0.1', port: echo.port } },
+        log: () => undefined,
+        ice,
+        answerer: answerer(),
+      });
       t.teardown(() => gateway.close());
       const transport = client();
       const negotiation = await transport.negotiate({ gateway: gateway.url, target: 'echo', signal: AbortSignal.timeout(20_000) });
@@ -47,10 +56,22 @@ for (const [clientName, client] of Object.entries(clients)) {
 
 t.test('native ↔ native: 300 concurrent connections × 64 KiB, all intact (a queued send is back-pressure, not an error)', async (t) => {
   const echo = await echoServer(t);
-  const gateway = await startGateway({ host: '127.0.0.1', port: 0, token, key: await testGatewayKey(), targets: { echo: { host: '127.0.0.1', port: echo.port } }, log: () => undefined, ice, answerer: nativeAnswerer(ice) });
+  const gateway = await startGateway({
+    host: '127.0.0.1',
+    port: 0,
+    token,
+    key: await testGatewayKey(),
+    targets: { echo: { host: '127.0.0.1', port: echo.port } },
+    log: () => undefined,
+    ice,
+    answerer: nativeAnswerer(ice),
+  });
   t.teardown(() => gateway.close());
   const transport = createNativeTransport({ token, ice });
-  const link = await transport.establish(await transport.negotiate({ gateway: gateway.url, target: 'echo', signal: AbortSignal.timeout(20_000) }), AbortSignal.timeout(20_000));
+  const link = await transport.establish(
+    await transport.negotiate({ gateway: gateway.url, target: 'echo', signal: AbortSignal.timeout(20_000) }),
+    AbortSignal.timeout(20_000),
+  );
   t.teardown(() => link.close());
   const listener = await createTcpListenerFactory().bind('127.0.0.1', 0);
   t.teardown(() => listener.close());
@@ -79,7 +100,13 @@ t.test('the native gateway answers a=setup:passive only when the client asks (it
 
 t.test('a peer that fails at once is retried with growing pauses, not in a tight loop against the gateway', async (t) => {
   let offers = 0;
-  const server = createServer(sealedHandler(await testGatewayKey(), () => ({ status: 200, answer: 'v=0\r\n' }), () => (offers += 1)));
+  const server = createServer(
+    sealedHandler(
+      await testGatewayKey(),
+      () => ({ status: 200, answer: 'v=0\r\n' }),
+      () => (offers += 1),
+    ),
+  );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => server.close());
   const failing: PeerKind<object> = {

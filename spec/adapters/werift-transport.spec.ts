@@ -16,7 +16,11 @@ import type { GatewayKeyPair } from '../../adapters/sealed-signalling.js';
 const token = 'transport-spec-token';
 const ice = { hosts: ['127.0.0.1'] };
 
-async function gateway(t: TapTest, targets: Record<string, number>, extra: { maxPeers?: number; maxPeersPerClient?: number } = {}): Promise<Gateway & { lines: string[]; key: GatewayKeyPair }> {
+async function gateway(
+  t: TapTest,
+  targets: Record<string, number>,
+  extra: { maxPeers?: number; maxPeersPerClient?: number } = {},
+): Promise<Gateway & { lines: string[]; key: GatewayKeyPair }> {
   const lines: string[] = [];
   const key = await testGatewayKey();
   const started = await startGateway({
@@ -33,7 +37,11 @@ async function gateway(t: TapTest, targets: Record<string, number>, extra: { max
   return Object.assign(started, { lines, key });
 }
 
-const kindOf = (promise: Promise<unknown>) => promise.then(() => 'resolved', (error: { kind?: string; message?: string }) => `${error.kind}: ${error.message}`);
+const kindOf = (promise: Promise<unknown>) =>
+  promise.then(
+    () => 'resolved',
+    (error: { kind?: string; message?: string }) => `${error.kind}: ${error.message}`,
+  );
 
 t.test('a link carries a local connection to the target and back', async (t) => {
   const echo = await echoServer(t);
@@ -58,10 +66,19 @@ t.test('signalling failures carry their kind', async (t) => {
   const echo = await echoServer(t);
   const gw = await gateway(t, { echo: echo.port, web: echo.port });
   const signal = new AbortController().signal;
-  t.match(await kindOf(createWeriftTransport({ token: 'wrong', ice }).negotiate({ gateway: gw.url, target: 'echo', signal })), /^authRefused: .*PAM_GATEWAY_TOKEN/);
-  t.match(await kindOf(createWeriftTransport({ token, ice }).negotiate({ gateway: gw.url, target: 'nosuch', signal })), /^unknownTarget: target 'nosuch' .*serves: echo, web/);
+  t.match(
+    await kindOf(createWeriftTransport({ token: 'wrong', ice }).negotiate({ gateway: gw.url, target: 'echo', signal })),
+    /^authRefused: .*PAM_GATEWAY_TOKEN/,
+  );
+  t.match(
+    await kindOf(createWeriftTransport({ token, ice }).negotiate({ gateway: gw.url, target: 'nosuch', signal })),
+    /^unknownTarget: target 'nosuch' .*serves: echo, web/,
+  );
   const down = `http://127.0.0.1:${await freePort()}`;
-  t.match(await kindOf(createWeriftTransport({ token, ice }).negotiate({ gateway: down, target: 'echo', signal })), /^gatewayUnreachable: .*ECONNREFUSED/);
+  t.match(
+    await kindOf(createWeriftTransport({ token, ice }).negotiate({ gateway: down, target: 'echo', signal })),
+    /^gatewayUnreachable: .*ECONNREFUSED/,
+  );
   t.equal(gw.peerCount(), 0, 'refused requests leave no peer behind');
 });
 
@@ -81,7 +98,11 @@ t.test('the gateway refuses bad signalling requests with the right status', asyn
   const status = async (payload: Record<string, unknown>) => (await post(payload)).reply?.status;
   t.equal(await status({}), 401, 'no token');
   t.equal(await status({ token: 'x' }), 401, 'forged token');
-  t.equal(await status({ token: 'x'.repeat(token.length), target: 'nosuch', offer: 'v=0\r\n' }), 401, 'unknown target is not revealed before authentication');
+  t.equal(
+    await status({ token: 'x'.repeat(token.length), target: 'nosuch', offer: 'v=0\r\n' }),
+    401,
+    'unknown target is not revealed before authentication',
+  );
   t.equal(await status({ token, target: 1, offer: [] }), 400, 'wrong types');
   t.equal(await status({ token, target: 'echo', offer: 'hello' }), 400, 'not an SDP');
   t.equal(await status({ token, target: 'echo', offer: 'v=0\r\n', answerSetup: 'active' }), 400, 'answerSetup other than passive');
@@ -90,8 +111,16 @@ t.test('the gateway refuses bad signalling requests with the right status', asyn
   const listed = await post({ token, target: '127.0.0.1:22', offer: 'v=0\r\n' });
   t.equal(listed.reply?.status, 404, 'an address is not a target name (no dialling outside the allowlist)');
   t.same(listed.reply?.targets, ['echo']);
-  const clear = (body: Buffer) => fetch(`${gw.url}/v1/tunnels`, { method: 'POST', body }).then(async (response) => ({ status: response.status, body: (await response.json()) as { error?: string } }));
-  t.match(await clear(Buffer.from('{"target":"echo","offer":"v=0"}')), { status: 400, body: { error: /not a sealed request/ } }, 'plain JSON is not accepted');
+  const clear = (body: Buffer) =>
+    fetch(`${gw.url}/v1/tunnels`, { method: 'POST', body }).then(async (response) => ({
+      status: response.status,
+      body: (await response.json()) as { error?: string },
+    }));
+  t.match(
+    await clear(Buffer.from('{"target":"echo","offer":"v=0"}')),
+    { status: 400, body: { error: /not a sealed request/ } },
+    'plain JSON is not accepted',
+  );
   const otherKey = await testGatewayKey();
   const misdirected = await sealedPost(gw.url, otherKey.publicKey, { token, target: 'echo' });
   t.match(misdirected, { http: 400 }, 'a request sealed to another key does not open');
@@ -113,11 +142,22 @@ t.test('a replayed sealed offer is refused, and so is one outside the time windo
   const refusal = first.open(Buffer.from(await replayed.arrayBuffer()));
   t.equal(refusal?.status, 400, 'the replayed offer is refused');
   t.match(refusal?.error, /nonce already seen/);
-  const stale = await sealedPost(gw.url, gw.key.publicKey, { token, target: 'nosuch', offer: 'v=0\r\n', timestamp: Date.now() - 10 * 60_000 });
+  const stale = await sealedPost(gw.url, gw.key.publicKey, {
+    token,
+    target: 'nosuch',
+    offer: 'v=0\r\n',
+    timestamp: Date.now() - 10 * 60_000,
+  });
   t.equal(stale.reply?.status, 400, 'a timestamp ten minutes old is refused');
   t.match(stale.reply?.error, /outside the 60 s window/);
-  t.ok(gw.lines.some((line) => /nonce already seen: a replayed request/.test(line)), 'the replay is logged as one');
-  t.ok(gw.lines.some((line) => /timestamp outside/.test(line)), 'the stale request is logged');
+  t.ok(
+    gw.lines.some((line) => /nonce already seen: a replayed request/.test(line)),
+    'the replay is logged as one',
+  );
+  t.ok(
+    gw.lines.some((line) => /timestamp outside/.test(line)),
+    'the stale request is logged',
+  );
 });
 
 t.test('a client holding its per-client limit of tunnels is refused with 429', async (t) => {
@@ -126,7 +166,10 @@ t.test('a client holding its per-client limit of tunnels is refused with 429', a
   const transport = createWeriftTransport({ token, ice });
   const first = await transport.negotiate({ gateway: gw.url, target: 'echo', signal: new AbortController().signal });
   t.teardown(() => first.close());
-  t.match(await kindOf(transport.negotiate({ gateway: gw.url, target: 'echo', signal: new AbortController().signal })), /HTTP 429: this client already holds 1 tunnels/);
+  t.match(
+    await kindOf(transport.negotiate({ gateway: gw.url, target: 'echo', signal: new AbortController().signal })),
+    /HTTP 429: this client already holds 1 tunnels/,
+  );
 });
 
 t.test('listenWarning: only a non-loopback listener without TLS is warned about', async (t) => {
@@ -136,7 +179,7 @@ t.test('listenWarning: only a non-loopback listener without TLS is warned about'
   t.match(listenWarning('0.0.0.0', false), /without TLS.*--tls-cert and --tls-key/);
 });
 
-t.test('a configured STUN server is queried; without one, werift\'s public default is not', async (t) => {
+t.test("a configured STUN server is queried; without one, werift's public default is not", async (t) => {
   const stun = createSocket('udp4');
   const requests: Buffer[] = [];
   stun.on('message', (message) => requests.push(message));

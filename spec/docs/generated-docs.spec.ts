@@ -6,6 +6,7 @@ import t from 'tap';
 import { generatedDocs } from '../../scripts/generated-docs.js';
 import { repoRoot } from '../support/processes.js';
 import { failureKinds } from '../../machines/errors.js';
+import { createCli } from '../../cli/main.js';
 
 for (const [path, content] of Object.entries(generatedDocs())) {
   t.test(`${path} is up to date`, async (t) => {
@@ -23,4 +24,14 @@ for (const [path, content] of Object.entries(generatedDocs())) {
 t.test('the README exit-code table lists every code of the failure table', async (t) => {
   const readme = readFileSync(join(repoRoot, 'README.md'), 'utf8');
   for (const [kind, { exitCode }] of Object.entries(failureKinds)) t.match(readme, new RegExp(`^\\| ${exitCode} \\|`, 'm'), `${kind} (${exitCode})`);
+});
+
+t.test('the `tunnel start` help lists every exit code it can end with', async (t) => {
+  const start = createCli()
+    .definitions()
+    .find((definition) => definition.path === 'pam tunnel start');
+  const details = (start?.details ?? '').replace(/\s+/g, ' ');
+  for (const [kind, { exitCode }] of Object.entries(failureKinds)) {
+    if (kind !== 'generic') t.match(details, new RegExp(`[ :,]${exitCode} `), `${kind} (${exitCode})`);
+  }
 });

@@ -42,21 +42,54 @@ t.test('a wrong PAM_BROKER_TOKEN is refused and logged; a second gateway for a s
   const dir = scratchDir(t);
   const echo = await echoServer(t);
   const broker = await startBrokerProc(t, dir);
-  const impostor = await startBrokerGateway(t, dir, token, broker.url, 'lab', { echo: echo.port }, { env: { PAM_BROKER_TOKEN: 'wrong' }, wait: false });
+  const impostor = await startBrokerGateway(
+    t,
+    dir,
+    token,
+    broker.url,
+    'lab',
+    { echo: echo.port },
+    { env: { PAM_BROKER_TOKEN: 'wrong' }, wait: false },
+  );
   t.equal(await impostor.proc.exited, 77, 'wrong broker token → 77');
   t.match(impostor.proc.stderr, /the broker http:\/\/127\.0\.0\.1:\d+ refused PAM_BROKER_TOKEN/);
   t.match(broker.proc.stderr, /refused a gateway from 127\.0\.0\.1: wrong or missing PAM_BROKER_TOKEN/);
 
-  const first = await startBrokerGateway(t, dir, token, broker.url, 'lab', { echo: echo.port }, { extra: ['--key-file', join(dir, 'one.key')] });
-  const second = await startBrokerGateway(t, dir, token, broker.url, 'lab', { echo: echo.port }, { extra: ['--key-file', join(dir, 'two.key')], wait: false });
+  const first = await startBrokerGateway(
+    t,
+    dir,
+    token,
+    broker.url,
+    'lab',
+    { echo: echo.port },
+    { extra: ['--key-file', join(dir, 'one.key')] },
+  );
+  const second = await startBrokerGateway(
+    t,
+    dir,
+    token,
+    broker.url,
+    'lab',
+    { echo: echo.port },
+    { extra: ['--key-file', join(dir, 'two.key')], wait: false },
+  );
   t.equal(await second.proc.exited, 69, 'the second gateway exits');
-  t.match(second.proc.stderr, /refused site 'lab': site 'lab' already has a gateway registered \(from 127\.0\.0\.1 since .*\); stop that one or choose another --site/);
-  const still = pam(t, ['tunnel', 'start', 'echo', '-R', echoScript], { env: { ...tunnelEnv(dir, token, first.url), PAM_GATEWAY_KEY: first.key } });
+  t.match(
+    second.proc.stderr,
+    /refused site 'lab': site 'lab' already has a gateway registered \(from 127\.0\.0\.1 since .*\); stop that one or choose another --site/,
+  );
+  const still = pam(t, ['tunnel', 'start', 'echo', '-R', echoScript], {
+    env: { ...tunnelEnv(dir, token, first.url), PAM_GATEWAY_KEY: first.key },
+  });
   t.equal(await still.exited, 0, 'the first gateway still serves the site (no takeover)');
 
-  const both = pam(t, ['gateway', '--broker', broker.url, '--site', 'x', '--listen', '127.0.0.1:0', '--target', 'a=127.0.0.1:1'], { env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: brokerToken } });
+  const both = pam(t, ['gateway', '--broker', broker.url, '--site', 'x', '--listen', '127.0.0.1:0', '--target', 'a=127.0.0.1:1'], {
+    env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: brokerToken },
+  });
   t.equal(await both.exited, 2, '--broker with --listen is a usage error');
-  const noToken = pam(t, ['gateway', '--broker', broker.url, '--site', 'x', '--target', 'a=127.0.0.1:1'], { env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: '' } });
+  const noToken = pam(t, ['gateway', '--broker', broker.url, '--site', 'x', '--target', 'a=127.0.0.1:1'], {
+    env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: '' },
+  });
   t.equal(await noToken.exited, 2);
   t.match(noToken.stderr, /set PAM_BROKER_TOKEN/);
 });
@@ -66,9 +99,21 @@ t.test('with --turn-secret-file the broker mints TURN REST credentials per excha
   const secretFile = join(dir, 'turn-secret');
   writeFileSync(secretFile, 'lab-turn-secret\n', { mode: 0o600 });
   const echo = await echoServer(t);
-  const broker = await startBrokerProc(t, dir, ['--ice-server', 'stun:192.0.2.1:3478', '--ice-server', 'turn:192.0.2.1:3478?transport=tcp', '--turn-secret-file', secretFile]);
+  const broker = await startBrokerProc(t, dir, [
+    '--ice-server',
+    'stun:192.0.2.1:3478',
+    '--ice-server',
+    'turn:192.0.2.1:3478?transport=tcp',
+    '--turn-secret-file',
+    secretFile,
+  ]);
   await startBrokerGateway(t, dir, token, broker.url, 'lab', { echo: echo.port });
-  const fetchServers = async () => ((await (await fetch(`${broker.url}/sites/lab/v1/key`)).json()) as { iceServers: Array<{ urls: string; username?: string; credential?: string }> }).iceServers;
+  const fetchServers = async () =>
+    (
+      (await (await fetch(`${broker.url}/sites/lab/v1/key`)).json()) as {
+        iceServers: Array<{ urls: string; username?: string; credential?: string }>;
+      }
+    ).iceServers;
   const [first, second] = [await fetchServers(), await fetchServers()];
   t.same(first![0], { urls: 'stun:192.0.2.1:3478' }, 'STUN is handed out as given');
   const turn = first![1]!;
@@ -76,7 +121,11 @@ t.test('with --turn-secret-file the broker mints TURN REST credentials per excha
   const [expiry, label] = turn.username!.split(':');
   t.ok(Number(expiry) > Date.now() / 1000 + 3600 && Number(expiry) < Date.now() / 1000 + 13 * 3600, 'expires in hours, not never');
   t.match(label, /^pam-client-[0-9a-f]{16}$/);
-  t.equal(turn.credential, createHmac('sha1', 'lab-turn-secret').update(turn.username!).digest('base64'), 'password = base64(HMAC-SHA1(secret, username))');
+  t.equal(
+    turn.credential,
+    createHmac('sha1', 'lab-turn-secret').update(turn.username!).digest('base64'),
+    'password = base64(HMAC-SHA1(secret, username))',
+  );
   t.not(second![1]!.username, turn.username, 'a fresh credential per exchange');
 });
 

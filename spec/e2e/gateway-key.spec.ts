@@ -14,7 +14,8 @@ const echoScript = `"${process.execPath}" -e 'const p=require("crypto").createHa
 const expected = sha256(Buffer.alloc(65536, 7));
 
 const healthz = async (url: string) => (await (await fetch(`${url}/healthz`)).json()) as { peers: number; signallingRequests: number };
-const registryEntries = (dir: string) => (existsSync(join(dir, 'registry')) ? readdirSync(join(dir, 'registry')).filter((name) => name.endsWith('.json')) : []);
+const registryEntries = (dir: string) =>
+  existsSync(join(dir, 'registry')) ? readdirSync(join(dir, 'registry')).filter((name) => name.endsWith('.json')) : [];
 
 t.test('the gateway creates its key 0600 on first start, prints its fingerprint, and keeps it across restarts', async (t) => {
   const dir = scratchDir(t);
@@ -22,7 +23,10 @@ t.test('the gateway creates its key 0600 on first start, prints its fingerprint,
   const first = await startGatewayProc(t, dir, token, { echo: echo.port });
   const listening = JSON.parse(first.proc.stdout.split('\n').find((line) => line.includes('"listening"'))!) as { key: string };
   t.match(listening.key, /^SHA256:[A-Za-z0-9+/]{43}$/, '--json carries the key fingerprint');
-  t.match(first.proc.stderr, new RegExp(`gateway key ${listening.key.replace(/[+/]/g, '\\$&')} \\(created in .*state/pam/gateway\\.key\\)`));
+  t.match(
+    first.proc.stderr,
+    new RegExp(`gateway key ${listening.key.replace(/[+/]/g, '\\$&')} \\(created in .*state/pam/gateway\\.key\\)`),
+  );
   const keyFile = join(dir, 'state', 'pam', 'gateway.key');
   t.equal(statSync(keyFile).mode & 0o777, 0o600, 'key file is 0600');
   first.proc.child.kill('SIGTERM');
@@ -47,9 +51,15 @@ t.test('a pinned key connects; a wrong pin exits 77 naming both fingerprints, be
 
   const wrong = `SHA256:${'A'.repeat(43)}`;
   const port = await freePort();
-  const refused = pam(t, ['tunnel', 'start', 'echo', '--port', String(port), '-R', 'echo ran'], { env: { ...env, PAM_GATEWAY_KEY: wrong } });
+  const refused = pam(t, ['tunnel', 'start', 'echo', '--port', String(port), '-R', 'echo ran'], {
+    env: { ...env, PAM_GATEWAY_KEY: wrong },
+  });
   t.equal(await refused.exited, 77, 'wrong pin → 77');
-  t.match(refused.stderr, new RegExp(`presents key ${fingerprint.replace(/[+/]/g, '\\$&')}, but PAM_GATEWAY_KEY pins ${wrong}`), 'names both fingerprints and the variable');
+  t.match(
+    refused.stderr,
+    new RegExp(`presents key ${fingerprint.replace(/[+/]/g, '\\$&')}, but PAM_GATEWAY_KEY pins ${wrong}`),
+    'names both fingerprints and the variable',
+  );
   t.match(refused.stderr, /no tunnel was set up/);
   t.notMatch(refused.stdout, /echo ran/, 'the command never ran');
   const after = await healthz(gateway.url);
@@ -82,13 +92,31 @@ t.test('without a pin the first key is recorded (0600); a gateway with another k
   gateway.proc.child.kill('SIGTERM');
   await gateway.proc.exited;
   // Same address, a new key: what a gateway taken over (or re-installed) looks like to the client.
-  const replacedProc = pam(t, ['gateway', '--listen', `127.0.0.1:${gateway.port}`, '--json', '--key-file', join(dir, 'second.key'), '--target', `echo=127.0.0.1:${echo.port}`], { env: tunnelEnv(dir, token) });
+  const replacedProc = pam(
+    t,
+    [
+      'gateway',
+      '--listen',
+      `127.0.0.1:${gateway.port}`,
+      '--json',
+      '--key-file',
+      join(dir, 'second.key'),
+      '--target',
+      `echo=127.0.0.1:${echo.port}`,
+    ],
+    { env: tunnelEnv(dir, token) },
+  );
   const replaced = { proc: replacedProc, url: String((await replacedProc.event('listening')).url) };
   const other = /"key":"(SHA256:[^"]+)"/.exec(replaced.proc.stdout)![1]!;
   t.not(other, fingerprint);
   const refused = pam(t, ['tunnel', 'start', 'echo', '-R', 'echo ran'], { env });
   t.equal(await refused.exited, 77, 'a changed key → 77');
-  t.match(refused.stderr, new RegExp(`presents key ${other.replace(/[+/]/g, '\\$&')}, but ${known.replace(/[/.]/g, '\\$&')} records ${fingerprint.replace(/[+/]/g, '\\$&')}`));
+  t.match(
+    refused.stderr,
+    new RegExp(
+      `presents key ${other.replace(/[+/]/g, '\\$&')}, but ${known.replace(/[/.]/g, '\\$&')} records ${fingerprint.replace(/[+/]/g, '\\$&')}`,
+    ),
+  );
   t.match(refused.stderr, /remove its line from/);
   t.equal((await healthz(replaced.url)).signallingRequests, 0, 'no offer was sent to the changed gateway');
   t.equal(readFileSync(known, 'utf8'), `${gateway.url} ${fingerprint}\n`, 'the record is not overwritten');

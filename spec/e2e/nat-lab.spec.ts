@@ -25,15 +25,34 @@ async function tunnelThrough(t: TapTest, options: NatLabOptions, expectedPath: '
   if (!nat) return;
   const coturn = await nat.startCoturn();
   const { target, gateway } = await siteWithTarget(t, nat);
-  const tunnel = nat.lab.spawn(t, nat.ns.client, process.execPath, [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'], {
-    env: nat.clientEnv(gateway.url, gateway.key),
-  });
-  const outcome = await Promise.race([tunnel.event('ready', 60_000).then((ready) => ({ ready })), tunnel.exited.then((code) => ({ code }))]);
+  const tunnel = nat.lab.spawn(
+    t,
+    nat.ns.client,
+    process.execPath,
+    [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'],
+    {
+      env: nat.clientEnv(gateway.url, gateway.key),
+    },
+  );
+  const outcome = await Promise.race([
+    tunnel.event('ready', 60_000).then((ready) => ({ ready })),
+    tunnel.exited.then((code) => ({ code })),
+  ]);
   if (!('ready' in outcome)) {
-    t.fail(`pam tunnel start exited ${outcome.code} before it was ready`, { stderr: tunnel.stderr, gateway: gateway.proc.stderr, coturn: coturn.stdout.slice(-4000) });
+    t.fail(`pam tunnel start exited ${outcome.code} before it was ready`, {
+      stderr: tunnel.stderr,
+      gateway: gateway.proc.stderr,
+      coturn: coturn.stdout.slice(-4000),
+    });
     return;
   }
-  const user = nat.lab.spawn(t, nat.ns.client, process.execPath, [exchangePeer, 'connect', '127.0.0.1', String(outcome.ready.port), String(bytesEachWay)]);
+  const user = nat.lab.spawn(t, nat.ns.client, process.execPath, [
+    exchangePeer,
+    'connect',
+    '127.0.0.1',
+    String(outcome.ready.port),
+    String(bytesEachWay),
+  ]);
   const [atClient, atTarget] = await Promise.all([user.event('exchanged', 60_000), target.event('exchanged', 60_000)]);
   t.equal(atTarget.received, atClient.sent, 'client → target: sha256-equal');
   t.equal(atClient.received, atTarget.sent, 'target → client: sha256-equal');
@@ -54,9 +73,13 @@ async function tunnelThrough(t: TapTest, options: NatLabOptions, expectedPath: '
 }
 
 if (labAvailable(t)) {
-  t.test('1. both NATs cone-like: the tunnel works, path direct', (t) => tunnelThrough(t, { clientNat: 'cone', gatewayNat: 'cone' }, 'direct'));
+  t.test('1. both NATs cone-like: the tunnel works, path direct', (t) =>
+    tunnelThrough(t, { clientNat: 'cone', gatewayNat: 'cone' }, 'direct'),
+  );
 
-  t.test("2. the gateway's NAT symmetric: path relay through coturn", (t) => tunnelThrough(t, { clientNat: 'cone', gatewayNat: 'symmetric' }, 'relay'));
+  t.test("2. the gateway's NAT symmetric: path relay through coturn", (t) =>
+    tunnelThrough(t, { clientNat: 'cone', gatewayNat: 'symmetric' }, 'relay'),
+  );
 
   t.test('4. the broker killed mid-tunnel: bytes keep flowing; restarted, the gateway re-registers and a new tunnel works', async (t) => {
     const nat = natLab(t, { clientNat: 'cone', gatewayNat: 'cone' });
@@ -64,19 +87,37 @@ if (labAvailable(t)) {
     await nat.startCoturn();
     const { broker, target, gateway } = await siteWithTarget(t, nat);
     const env = nat.clientEnv(gateway.url, gateway.key);
-    const tunnel = nat.lab.spawn(t, nat.ns.client, process.execPath, [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'], { env });
+    const tunnel = nat.lab.spawn(
+      t,
+      nat.ns.client,
+      process.execPath,
+      [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'],
+      { env },
+    );
     const ready = await tunnel.event('ready', 60_000);
     broker.proc.child.kill('SIGKILL');
     await broker.proc.exited;
     await gateway.proc.line(/lost the broker .*re-registering/, 30_000);
-    const user = nat.lab.spawn(t, nat.ns.client, process.execPath, [exchangePeer, 'connect', '127.0.0.1', String(ready.port), String(bytesEachWay)]);
+    const user = nat.lab.spawn(t, nat.ns.client, process.execPath, [
+      exchangePeer,
+      'connect',
+      '127.0.0.1',
+      String(ready.port),
+      String(bytesEachWay),
+    ]);
     const [atClient, atTarget] = await Promise.all([user.event('exchanged', 60_000), target.event('exchanged', 60_000)]);
     t.equal(atTarget.received, atClient.sent, 'with the broker down: client → target sha256-equal');
     t.equal(atClient.received, atTarget.sent, 'with the broker down: target → client sha256-equal');
 
     await nat.startBroker(broker.port);
     await gateway.proc.event('reregistered', 30_000);
-    const fresh = nat.lab.spawn(t, nat.ns.client, process.execPath, [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'], { env });
+    const fresh = nat.lab.spawn(
+      t,
+      nat.ns.client,
+      process.execPath,
+      [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'],
+      { env },
+    );
     const again = await fresh.event('ready', 60_000);
     t.ok(Number(again.port) > 0, 'a new tunnel is ready after the broker came back');
     t.match(again.path, /^(direct|relay)$/);
@@ -90,9 +131,15 @@ if (labAvailable(t)) {
     const nat = natLab(t, { clientNat: 'cone', gatewayNat: 'symmetric' });
     if (!nat) return;
     const { gateway } = await siteWithTarget(t, nat);
-    const tunnel = nat.lab.spawn(t, nat.ns.client, process.execPath, [pamBin, 'tunnel', 'start', 'sink', '-R', 'echo ran', '--timeout', '12'], {
-      env: nat.clientEnv(gateway.url, gateway.key),
-    });
+    const tunnel = nat.lab.spawn(
+      t,
+      nat.ns.client,
+      process.execPath,
+      [pamBin, 'tunnel', 'start', 'sink', '-R', 'echo ran', '--timeout', '12'],
+      {
+        env: nat.clientEnv(gateway.url, gateway.key),
+      },
+    );
     const code = await tunnel.exited;
     t.ok(code === 69 || code === 124, `exit ${code} (69 or 124)`);
     t.match(tunnel.stderr, /ICE/, 'the reason names ICE');

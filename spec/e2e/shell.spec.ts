@@ -38,23 +38,7 @@ t.test('in a terminal: two tunnels, one stopped from outside, exit with confirma
   const echo = await echoServer(t);
   const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
   const env = { ...tunnelEnv(dir, token, gateway.url), XDG_STATE_HOME: join(dir, 'state') };
-  // An explicit socket path, removed at teardown: with -L, tmux leaves /tmp/tmux-<uid> behind.
-  // Not inside `dir`, which may be removed before kill-server runs and would orphan the server.
-  const socket = join(tmpdir(), `pam-spec-tmux-${process.pid}.sock`);
-  const tmux = (...args: string[]) => spawnSync('tmux', ['-S', socket, ...args], { encoding: 'utf8' });
-  t.teardown(() => {
-    tmux('kill-server');
-    rmSync(socket, { force: true });
-  });
-  const exports = Object.entries(env).map(([key, value]) => `${key}=${value}`);
-  const started = tmux('new-session', '-d', '-s', 'pam', '-x', '220', '-y', '50', 'env', '-u', 'CI', ...exports, process.execPath, pamBin, 'shell');
-  t.equal(started.status, 0, started.stderr);
-  const pane = () => tmux('capture-pane', '-p', '-J', '-t', 'pam', '-S', '-200').stdout;
-  const waitFor = async (pattern: RegExp, what: string) => {
-    await until(() => pattern.test(pane()), 20_000, `${what}; the pane shows:\n${pane()}`);
-    return pattern.exec(pane())!;
-  };
-  const type = (text: string) => tmux('send-keys', '-t', 'pam', text, 'Enter');
+  const { pane, waitFor, type } = tmuxShell(t, env, 'two-tunnels');
 
   await waitFor(/pam> $/m, 'the prompt');
   type('tunnel start echo -bg');
@@ -229,7 +213,11 @@ t.test('a frozen shell (SIGSTOP): stop --wait 2 fails without acting later; --fo
   t.notOk(await portIsOpen(first!.port), 'its port is closed');
 });
 
-/** `pam shell` in a tmux pane of its own server (own socket file), killed and removed at teardown. */
+/**
+ * `pam shell` in a tmux pane of its own server, killed and removed at teardown. An explicit socket path:
+ * with -L, tmux leaves /tmp/tmux-<uid> behind; not inside the test's dir, which may be removed before
+ * kill-server runs and would orphan the server.
+ */
 function tmuxShell(t: TapTest, env: NodeJS.ProcessEnv, name: string, stderrFile?: string) {
   const socket = join(tmpdir(), `pam-spec-tmux-${process.pid}-${name}.sock`);
   const tmux = (...args: string[]) => spawnSync('tmux', ['-S', socket, ...args], { encoding: 'utf8' });

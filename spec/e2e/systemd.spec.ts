@@ -73,7 +73,7 @@ t.test("Type=forking: the unit's own ExecStart returns with the port up and PIDF
   // What systemd would substitute: the credential directory, the runtime directory; plus this checkout's pam.
   writeFileSync(join(dir, 'token'), 'forking-token-8d9e0f\n', { mode: 0o600 });
   const substitute = (text: string) =>
-    text.replaceAll('/usr/local/bin/pam', `"${process.execPath}" "${pamBin}"`).replaceAll('${CREDENTIALS_DIRECTORY}', dir).replaceAll('/run/pam-tunnel-web', dir).replaceAll('18080', String(port));
+    text.replaceAll('/usr/local/bin/pam', `"${process.execPath}" "${pamBin}"`).replaceAll('$' + '{CREDENTIALS_DIRECTORY}', dir).replaceAll('/run/pam-tunnel-web', dir).replaceAll('18080', String(port));
   const start = spawnProc(t, 'sh', ['-c', substitute(execStart)], { env: { ...env, PAM_GATEWAY_TOKEN: '' } });
   t.equal(await start.exited, 0, start.stderr);
   const pidFile = substitute(pidFileSetting);

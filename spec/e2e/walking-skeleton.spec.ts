@@ -103,7 +103,7 @@ t.test('the gateway exits promptly on SIGTERM after commands left connections op
     socket.on('data', () => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'));
   });
   t.teardown(() => new Promise<void>((resolve) => {
-    held.forEach((socket) => socket.destroy());
+    for (const socket of held) socket.destroy();
     target.close(() => resolve());
   }));
   await new Promise<void>((resolve) => target.listen(0, '127.0.0.1', resolve));

@@ -10,7 +10,7 @@ import { getAdjacencyMap, getShortestPaths, getSimplePaths } from 'xstate/graph'
 import { TunnelError, type StopSignal } from '../../machines/errors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
 import { tunnelMachine, type TunnelInput } from '../../machines/tunnel.machine.js';
-import { createMemoryRegistry, createMemoryStore } from '../../adapters/memory-registry.js';
+import { createMemoryRegistry, createMemoryStore } from '../support/memory-registry.js';
 import { createFakeListeners, createFakeRunner, createFakeTransport, createMemoryPidFiles, FakeSignals, gateRegistry, Gates } from '../support/fakes.js';
 
 type StepEvent = EventObject & { signal?: StopSignal; output?: unknown; error?: unknown; exit?: { exitCode: number }; reason?: string };
@@ -196,8 +196,8 @@ function oracle(variant: Variant, path: Path): number {
 function allTransitions(machine: AnyStateMachine): Set<string> {
   const found = new Set<string>();
   const visit = (node: AnyStateMachine['root']) => {
-    for (const [eventType, list] of node.transitions) list.forEach((_, index) => found.add(`${node.id}#${eventType}#${index}`));
-    node.always?.forEach((_, index) => found.add(`${node.id}#always#${index}`));
+    for (const [eventType, list] of node.transitions) for (const index of list.keys()) found.add(`${node.id}#${eventType}#${index}`);
+    for (const index of node.always?.keys() ?? []) found.add(`${node.id}#always#${index}`);
     for (const child of Object.values(node.states)) visit(child as AnyStateMachine['root']);
   };
   visit(machine.root);

@@ -28,7 +28,7 @@ async function world(t: Teardownable) {
 }
 
 /** Three SIGTERMs 20 ms apart; the process must end, with one of `codes`, and leave nothing registered. */
-async function storm(t: Teardownable, proc: Proc, codes: number[], entries: () => string[], port?: number): Promise<boolean> {
+async function storm(_t: Teardownable, proc: Proc, codes: number[], entries: () => string[], port?: number): Promise<boolean> {
   for (let i = 0; i < 3; i += 1) {
     if (proc.child.exitCode !== null) break;
     proc.child.kill('SIGTERM');

@@ -6,9 +6,16 @@ import { pam, tunnelEnv, type Proc, type Teardownable } from './processes.js';
 
 export const brokerToken = 'broker-spec-token-9d1e';
 
-export async function startBrokerProc(t: Teardownable, dir: string, extra: readonly string[] = [], env: NodeJS.ProcessEnv = {}): Promise<{ proc: Proc; url: string; port: number }> {
+export async function startBrokerProc(
+  t: Teardownable,
+  dir: string,
+  extra: readonly string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ proc: Proc; url: string; port: number }> {
   const listen = extra.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
-  const proc = pam(t, ['broker', '--json', ...listen, ...extra], { env: { ...tunnelEnv(dir, 'unused'), PAM_BROKER_TOKEN: brokerToken, ...env } });
+  const proc = pam(t, ['broker', '--json', ...listen, ...extra], {
+    env: { ...tunnelEnv(dir, 'unused'), PAM_BROKER_TOKEN: brokerToken, ...env },
+  });
   const listening = await proc.event('listening');
   return { proc, url: String(listening.url), port: Number(listening.port) };
 }
@@ -23,7 +30,16 @@ export async function startBrokerGateway(
   targets: Record<string, number>,
   options: { env?: NodeJS.ProcessEnv; extra?: readonly string[]; wait?: boolean } = {},
 ): Promise<{ proc: Proc; url: string; key: string }> {
-  const args = ['gateway', '--broker', broker, '--site', site, '--json', ...(options.extra ?? []), ...Object.entries(targets).flatMap(([name, port]) => ['--target', `${name}=127.0.0.1:${port}`])];
+  const args = [
+    'gateway',
+    '--broker',
+    broker,
+    '--site',
+    site,
+    '--json',
+    ...(options.extra ?? []),
+    ...Object.entries(targets).flatMap(([name, port]) => ['--target', `${name}=127.0.0.1:${port}`]),
+  ];
   const proc = pam(t, args, { env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: brokerToken, ...options.env } });
   if (options.wait === false) return { proc, url: `${broker}/sites/${site}`, key: '' };
   const registered = await proc.event('registered');

@@ -99,7 +99,11 @@ export function natLab(t: TapTest, options: NatLabOptions): NatLab | undefined {
   const turnSecret = 'nat-lab-turn-secret';
   const secretFile = join(dir, 'turn-secret');
   writeFileSync(secretFile, `${turnSecret}\n`, { mode: 0o600 });
-  const baseEnv = (): NodeJS.ProcessEnv => ({ ...tunnelEnv(dir, gatewayTokenForLab), PAM_ICE_HOSTS: undefined, PAM_BROKER_TOKEN: brokerTokenForLab });
+  const baseEnv = (): NodeJS.ProcessEnv => ({
+    ...tunnelEnv(dir, gatewayTokenForLab),
+    PAM_ICE_HOSTS: undefined,
+    PAM_BROKER_TOKEN: brokerTokenForLab,
+  });
 
   return {
     lab,

@@ -48,7 +48,9 @@ function checkAddress(cidr: string): void {
   if (match && Number(match[2]) <= 255 && Number(match[3]) <= 255 && Number(match[4]) >= 15 && Number(match[4]) <= 32) return;
   const documentation = /^(192\.0\.2|198\.51\.100|203\.0\.113)\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
   if (documentation && Number(documentation[2]) <= 255 && Number(documentation[3]) >= 24 && Number(documentation[3]) <= 32) return;
-  throw new Error(`lab address ${cidr} is not a CIDR inside 198.18.0.0/15 or the documentation ranges 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24`);
+  throw new Error(
+    `lab address ${cidr} is not a CIDR inside 198.18.0.0/15 or the documentation ranges 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24`,
+  );
 }
 
 function ip(args: readonly string[], input?: string): string {
@@ -201,7 +203,7 @@ export function netLab(t: TapTest): Lab | undefined {
       address(b, bEnd, bAddress);
     },
     bridge(hub, members) {
-      members.forEach((member) => checkAddress(member.address));
+      for (const member of members) checkAddress(member.address);
       interfaces += 1;
       const bridge = `plbr${interfaces}`;
       ip(['-n', hub.name, 'link', 'add', bridge, 'type', 'bridge']);

@@ -10,14 +10,19 @@ export const testGatewayKey = (): Promise<GatewayKeyPair> => keyPairFromSeed(ran
 export interface SealedResult {
   readonly http: number;
   /** The opened reply: { status, answer?, error?, targets? }; undefined when refused in clear. */
-  readonly reply?: { status: number; answer?: string; error?: string; targets?: string[] };
+  readonly reply?: { status: number; answer?: string; error?: string; targets?: string[] } | undefined;
   readonly envelope: Buffer;
   /** Opens another reply to the same sealed request (a replay's). */
   readonly open: (reply: Buffer) => SealedResult['reply'];
 }
 
 /** Seal `payload` (token, nonce and timestamp added unless given) and POST it to `${url}/v1/tunnels`. */
-export async function sealedPost(url: string, publicKey: Buffer, payload: Record<string, unknown>, envelope?: Buffer): Promise<SealedResult> {
+export async function sealedPost(
+  url: string,
+  publicKey: Buffer,
+  payload: Record<string, unknown>,
+  envelope?: Buffer,
+): Promise<SealedResult> {
   const plain = { nonce: randomBytes(16).toString('hex'), timestamp: Date.now(), ...payload };
   const sealed = await sealRequest(publicKey, Buffer.from(JSON.stringify(plain)));
   const body = envelope ?? sealed.envelope;
@@ -29,7 +34,11 @@ export async function sealedPost(url: string, publicKey: Buffer, payload: Record
 }
 
 /** A request handler for a stand-in gateway: serves GET /v1/key, opens sealed offers, seals `reply(plain)`. */
-export function sealedHandler(key: GatewayKeyPair, reply: (plain: Record<string, unknown>) => Record<string, unknown>, onOffer: () => void = () => undefined) {
+export function sealedHandler(
+  key: GatewayKeyPair,
+  reply: (plain: Record<string, unknown>) => Record<string, unknown>,
+  onOffer: () => void = () => undefined,
+) {
   return (request: IncomingMessage, response: ServerResponse) => {
     if (request.url === '/v1/key') {
       response.setHeader('content-type', 'application/json');

@@ -1,7 +1,7 @@
 // An in-memory registry for unit tests of the machines. Several fake "processes" share one store, and
 // the store decides who is alive, so staleness and pid reuse behave as on disk (same contract suite).
 
-import type { Registry, RegistryEntry, TunnelRecord } from '../machines/ports.js';
+import type { Registry, RegistryEntry, TunnelRecord } from '../../machines/ports.js';
 
 export interface MemoryStore {
   /** pid → start time of the live process holding it. */
