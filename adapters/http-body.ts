@@ -13,7 +13,12 @@ export class BodyTooLarge extends Error {
  * The body as UTF-8 text; rejects with BodyTooLarge as soon as the declared or received length passes
  * `limit`. What arrives after that is drained and dropped, so a server can still answer (413).
  */
-export function readBody(message: IncomingMessage, limit: number): Promise<string> {
+export async function readBody(message: IncomingMessage, limit: number): Promise<string> {
+  return (await readBodyBytes(message, limit)).toString('utf8');
+}
+
+/** The body as bytes (sealed signalling is binary), with the same bound as readBody. */
+export function readBodyBytes(message: IncomingMessage, limit: number): Promise<Buffer> {
   if (Number(message.headers['content-length'] ?? 0) > limit) return Promise.reject(new BodyTooLarge(limit));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -28,7 +33,7 @@ export function readBody(message: IncomingMessage, limit: number): Promise<strin
       }
       chunks.push(chunk);
     });
-    message.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    message.on('end', () => resolve(Buffer.concat(chunks)));
     message.on('error', reject);
   });
 }

@@ -2,7 +2,8 @@
 // address, no STUN unless configured, gathering completed before an SDP is sent, and the data
 // channel seen as a FrameChannel for the mux. Chosen with --transport native (decision 0003).
 
-import { PeerConnection, type DataChannel } from 'node-datachannel';
+import { initLogger, PeerConnection, type DataChannel, type LogLevel } from 'node-datachannel';
+import type { LinkPath } from '../machines/ports.js';
 import { type IceOptions, type IceServer, parseIceUrl } from './ice-options.js';
 import { channelLowWater, type FrameChannel } from './mux.js';
 
@@ -20,7 +21,19 @@ function iceServer(server: IceServer): NativeIceServer {
   };
 }
 
+let loggerSet = false;
+const logLevels: readonly LogLevel[] = ['Verbose', 'Debug', 'Info', 'Warning', 'Error', 'Fatal'];
+
+/** libdatachannel's own log on stderr, when PAM_WEBRTC_LOG names a level (Debug, Info, …): for ICE/TURN trouble. */
+function webrtcLog(): void {
+  if (loggerSet) return;
+  loggerSet = true;
+  const level = logLevels.find((name) => name.toLowerCase() === process.env.PAM_WEBRTC_LOG?.toLowerCase());
+  if (level) initLogger(level, (at, message) => void process.stderr.write(`libdatachannel ${at}: ${message}\n`));
+}
+
 export function createNativePeer(name: string, ice: IceOptions = {}): PeerConnection {
+  webrtcLog();
   const hosts = ice.hosts ?? [];
   return new PeerConnection(name, {
     iceServers: (ice.servers ?? []).map(iceServer) as never,
@@ -44,15 +57,48 @@ export function offerForPassiveAnswer(offer: string): string {
   return offer.replace(/^a=setup:actpass\r?$/gm, (line) => line.replace('actpass', 'active'));
 }
 
-/** Resolve with the local SDP once gathering is complete (non-trickle). */
-export function nativeGathered(peer: PeerConnection, signal?: AbortSignal): Promise<string> {
+/** `relay` when either end of the selected pair is a TURN relay candidate; else `direct`. */
+export function nativeSelectedPath(peer: PeerConnection): LinkPath | undefined {
+  let pair: ReturnType<PeerConnection['getSelectedCandidatePair']>;
+  try {
+    pair = peer.getSelectedCandidatePair();
+  } catch {
+    return undefined;
+  }
+  if (!pair) return undefined;
+  const describe = (end: { type: string; address: string; port: number; transportType: string }) =>
+    `${end.type} ${end.address}:${end.port}/${end.transportType.toLowerCase()}`;
+  const relayed = /relay/i.test(pair.local.type) || /relay/i.test(pair.remote.type);
+  return { kind: relayed ? 'relay' : 'direct', pair: `${describe(pair.local)} → ${describe(pair.remote)}` };
+}
+
+/**
+ * How long gathering may take before the SDP is sent with the candidates found so far. An unreachable
+ * STUN/TURN server keeps libjuice gathering for many seconds; without a bound the whole --timeout went
+ * by "in signalling" and the failure did not name ICE.
+ */
+export const gatheringDeadlineMs = 4_000;
+
+/** Resolve with the local SDP once gathering is complete (non-trickle), or with what is gathered at the deadline. */
+export function nativeGathered(peer: PeerConnection, signal?: AbortSignal, deadlineMs = gatheringDeadlineMs): Promise<string> {
   return new Promise((resolve, reject) => {
-    const done = () => resolve(peer.localDescription()!.sdp);
+    const done = () => {
+      clearTimeout(timer);
+      resolve(peer.localDescription()!.sdp);
+    };
+    const timer = setTimeout(done, deadlineMs);
     if (peer.gatheringState() === 'complete') return done();
     peer.onGatheringStateChange((state) => {
       if (state === 'complete') done();
     });
-    signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
   });
 }
 
@@ -63,7 +109,8 @@ export function nativeChannelOpen(peer: PeerConnection, channel: DataChannel, si
     channel.onOpen(() => resolve());
     channel.onError((error) => reject(new Error(`data channel error: ${error}`)));
     peer.onStateChange((state) => {
-      if (state === 'failed' || state === 'closed') reject(new Error(`the peer connection ${state} before the data channel opened (no ICE path between the hosts?)`));
+      if (state === 'failed' || state === 'closed')
+        reject(new Error(`the peer connection ${state} before the data channel opened (no ICE path between the hosts?)`));
     });
     signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
   });
@@ -81,7 +128,11 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     for (const handler of closeHandlers) handler(reason);
   };
   channel.onMessage((message) => {
-    const frame = Buffer.isBuffer(message) ? message : typeof message === 'string' ? Buffer.from(message) : Buffer.from(new Uint8Array(message));
+    const frame = Buffer.isBuffer(message)
+      ? message
+      : typeof message === 'string'
+        ? Buffer.from(message)
+        : Buffer.from(new Uint8Array(message));
     for (const handler of frameHandlers) handler(frame);
   });
   channel.onBufferedAmountLow(() => {

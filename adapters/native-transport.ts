@@ -4,7 +4,7 @@ import type { Socket } from 'node:net';
 import type { DataChannel, PeerConnection } from 'node-datachannel';
 import type { Transport } from '../machines/ports.js';
 import { createPeerTransport, type PeerKind, type PeerTransportOptions } from './peer-transport.js';
-import { createNativePeer, nativeChannelOpen, nativeFrames, nativeGathered } from './native-peer.js';
+import { createNativePeer, nativeChannelOpen, nativeFrames, nativeGathered, nativeSelectedPath } from './native-peer.js';
 import type { IceOptions } from './ice-options.js';
 
 interface NativePeer {
@@ -16,8 +16,8 @@ export function nativeKind(ice: IceOptions = {}): PeerKind<NativePeer> {
   return {
     // libdatachannel follows the answer's role: as DTLS client it speaks first, once it has the answer.
     answerSetup: 'passive',
-    async offer(signal) {
-      const connection = createNativePeer('pam-client', ice);
+    async offer(signal, servers = []) {
+      const connection = createNativePeer('pam-client', { ...ice, servers: [...(ice.servers ?? []), ...servers] });
       try {
         const channel = connection.createDataChannel('pam-mux', { unordered: false });
         return { peer: { connection, channel }, sdp: await nativeGathered(connection, signal) };
@@ -33,6 +33,7 @@ export function nativeKind(ice: IceOptions = {}): PeerKind<NativePeer> {
       await nativeChannelOpen(peer.connection, peer.channel, signal);
       return nativeFrames(peer.connection, peer.channel);
     },
+    selectedPath: (peer) => nativeSelectedPath(peer.connection),
     async close(peer) {
       try {
         peer.connection.close();

@@ -1,25 +1,32 @@
-// The client transport, independent of the WebRTC library: HTTP signalling with the gateway (offer →
-// answer, bearer token), then a data channel carrying the mux; a wedged ICE/DTLS attempt is retried
+// The client transport, independent of the WebRTC library: sealed HTTP signalling with the gateway,
+// directly or through a broker (fetch and check the gateway's key, then offer → answer sealed to it,
+// token inside the seal), then a data channel carrying the mux; a wedged ICE/DTLS attempt is retried
 // with a fresh peer connection within the caller's deadline. werift and node-datachannel plug in as
 // a PeerKind (adapters/werift-transport.ts, adapters/native-transport.ts).
 
+import { randomBytes } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TunnelError } from '../machines/errors.js';
-import type { Link, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
-import { BodyTooLarge, readBody } from './http-body.js';
+import type { Link, LinkPath, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
+import { BodyTooLarge, readBodyBytes } from './http-body.js';
+import type { GatewayKeyCheck } from './known-gateways.js';
+import { SealError, sealedContentType, sealRequest } from './sealed-signalling.js';
+import type { IceServer } from './ice-options.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
 
 /** One WebRTC library's offerer side. `P` is its peer handle. */
 export interface PeerKind<P> {
-  /** A peer with a data channel, its offer gathered (non-trickle). */
-  offer(signal: AbortSignal): Promise<{ peer: P; sdp: string }>;
+  /** A peer with a data channel, its offer gathered (non-trickle); `servers` add to the configured ICE servers. */
+  offer(signal: AbortSignal, servers?: readonly IceServer[]): Promise<{ peer: P; sdp: string }>;
   accept(peer: P, answer: string): Promise<void>;
   /** Resolve with the channel once open; reject with a readable reason if the connection fails. */
   open(peer: P, signal: AbortSignal): Promise<FrameChannel>;
   close(peer: P): Promise<void>;
+  /** The selected candidate pair once connected, if the library exposes it. */
+  selectedPath?(peer: P): LinkPath | undefined;
   /**
    * Ask the gateway to answer `a=setup:passive`, so this offerer is the DTLS client. libdatachannel
    * asks; werift does not (as DTLS client it fails against libdatachannel's OpenSSL server).
@@ -30,6 +37,8 @@ export interface PeerKind<P> {
 export interface PeerTransportOptions {
   readonly token: string;
   readonly mux?: MuxOptions;
+  /** Pinning / known_gateways; without one any key is accepted (in-process tests). */
+  readonly keys?: GatewayKeyCheck;
 }
 
 class PeerNegotiation<P> implements Negotiation {
@@ -56,10 +65,15 @@ const retryPauseMs = (attempt: number) => (attempt <= 1 ? 0 : Math.min(125 * 2 *
 export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransportOptions): Transport<Socket> {
   async function negotiateOnce(request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
     const setup = kind.answerSetup ? { answerSetup: kind.answerSetup } : {};
+    // The key is checked before any peer connection exists: a mismatch leaves nothing to tear down.
+    const hello = await fetchKey(request.gateway, signal);
+    options.keys?.verify(request.gateway, hello.key);
+    const trust = () => options.keys?.trust(request.gateway, hello.key);
     for (let attempt = 1; ; attempt += 1) {
-      const { peer, sdp } = await kind.offer(signal);
+      const { peer, sdp } = await kind.offer(signal, hello.iceServers);
       try {
-        await kind.accept(peer, await exchange(request.gateway, request.target, { offer: sdp, ...setup }, options.token, signal));
+        const sealed = { gateway: request.gateway, key: hello.key, token: options.token, trust };
+        await kind.accept(peer, await exchange(sealed, request.target, { offer: sdp, ...setup }, signal));
         return new PeerNegotiation(kind, peer, request);
       } catch (error) {
         await kind.close(peer);
@@ -95,6 +109,7 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       const mux = new Mux(channel, options.mux);
       const peer = current;
       return {
+        path: () => kind.selectedPath?.(peer.peer),
         carry: (socket) => mux.carry(socket),
         onLost: (handler) => mux.onLost(handler),
         async close() {
@@ -106,74 +121,171 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
   };
 }
 
-/** POST the offer; map every way signalling can fail to a failure kind that names the fix. */
-async function exchange(gateway: string, target: string, offer: { offer: string; answerSetup?: 'passive' }, token: string, signal: AbortSignal): Promise<string> {
-  // Relative to the gateway URL's own path, so a gateway behind a path-prefix proxy
-  // (http://host/pam → http://host/pam/v1/tunnels) is reached where it lives.
-  const url = new URL('v1/tunnels', gateway.endsWith('/') ? gateway : `${gateway}/`);
-  let response: JsonResponse;
-  try {
-    response = await postJson(url, token, JSON.stringify({ target, ...offer }), signal);
-  } catch (error) {
-    if (signal.aborted) throw error;
-    const { code, message } = error as { code?: string; message?: string };
-    throw new TunnelError(
-      'gatewayUnreachable',
-      `gateway ${gateway} is unreachable (${code ?? message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
-    );
-  }
-  const body = response.body as { answer?: unknown; error?: unknown; targets?: unknown };
-  if (response.status === 200 && typeof body.answer === 'string') {
-    // Handed to the WebRTC library as is, a non-SDP answer fails deep inside it as an internal error.
-    if (/^v=0\r?\n/.test(body.answer)) return body.answer;
-    throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`);
-  }
-  if (response.status === 401 || response.status === 403) {
-    throw new TunnelError('authRefused', `the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file`);
-  }
-  if (response.status === 404 && Array.isArray(body.targets)) {
-    const served = body.targets.filter((name): name is string => typeof name === 'string');
-    throw new TunnelError('unknownTarget', `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`);
-  }
-  const detail = typeof body.error === 'string' ? body.error : response.statusText;
-  throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status}: ${detail}`);
+/** `base` + `/v1/…`, keeping a broker's `/sites/NAME` path. */
+export function signallingUrl(base: string, path: string): URL {
+  const url = new URL(base);
+  url.pathname = `${url.pathname.replace(/\/+$/, '')}${path}`;
+  url.search = '';
+  return url;
 }
 
-interface JsonResponse {
+const unreachable = (gateway: string, error: unknown) => {
+  const { code, message } = error as { code?: string; message?: string };
+  return new TunnelError(
+    'gatewayUnreachable',
+    `gateway ${gateway} is unreachable (${code ?? message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
+  );
+};
+
+/** GET /v1/key: the gateway's public key and, through a broker, the ICE servers it hands out. */
+async function fetchKey(gateway: string, signal: AbortSignal): Promise<{ key: Buffer; iceServers: IceServer[] }> {
+  const url = signallingUrl(gateway, '/v1/key');
+  let response: HttpResponse;
+  try {
+    response = await send(url, 'GET', undefined, signal);
+  } catch (error) {
+    if (signal.aborted) throw error;
+    throw unreachable(gateway, error);
+  }
+  const body = parseJson(response.body) as { kem?: unknown; key?: unknown; iceServers?: unknown; error?: unknown };
+  if (response.status === 200 && body.kem === 'X25519' && typeof body.key === 'string') {
+    const key = Buffer.from(body.key, 'base64');
+    const servers = Array.isArray(body.iceServers) ? body.iceServers.filter(isIceServer) : [];
+    if (key.length === 32) return { key, iceServers: servers };
+  }
+  if (response.status === 200) {
+    throw new TunnelError(
+      'gatewayUnreachable',
+      `gateway ${gateway} answered 200 without a gateway key at ${url.href}: is it a pam gateway, or a broker site (…/sites/NAME)?`,
+    );
+  }
+  const detail = typeof body.error === 'string' ? body.error : response.statusText;
+  const hint =
+    response.status === 200 || response.status === 404
+      ? `; is ${gateway} a pam gateway, or a broker site (…/sites/NAME) whose gateway is registered?`
+      : '';
+  throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status}: ${detail}${hint}`);
+}
+
+function isIceServer(value: unknown): value is IceServer {
+  const server = value as { urls?: unknown; username?: unknown; credential?: unknown } | null;
+  return (
+    typeof server === 'object' &&
+    server !== null &&
+    typeof server.urls === 'string' &&
+    /^(stun|turns?):/.test(server.urls) &&
+    (server.username === undefined || typeof server.username === 'string') &&
+    (server.credential === undefined || typeof server.credential === 'string')
+  );
+}
+
+interface SealedExchange {
+  readonly gateway: string;
+  readonly key: Buffer;
+  readonly token: string;
+  /** Called once a sealed answer opened: the gateway proved it holds the key. */
+  readonly trust: () => void;
+}
+
+/** POST the sealed offer; open the sealed answer; map every way signalling can fail to a kind that names the fix. */
+async function exchange(
+  sealed: SealedExchange,
+  target: string,
+  offer: { offer: string; answerSetup?: 'passive' },
+  signal: AbortSignal,
+): Promise<string> {
+  const url = signallingUrl(sealed.gateway, '/v1/tunnels');
+  const plain = { target, ...offer, token: sealed.token, nonce: randomBytes(16).toString('hex'), timestamp: Date.now() };
+  const { envelope, open } = await sealRequest(sealed.key, Buffer.from(JSON.stringify(plain)));
+  let response: HttpResponse;
+  try {
+    response = await send(url, 'POST', envelope, signal);
+  } catch (error) {
+    if (signal.aborted) throw error;
+    throw unreachable(sealed.gateway, error);
+  }
+  if (response.status !== 200 || !response.sealed) {
+    const body = parseJson(response.body) as { error?: unknown };
+    const detail = typeof body.error === 'string' ? body.error : response.statusText;
+    throw new TunnelError('gatewayUnreachable', `gateway ${sealed.gateway} answered HTTP ${response.status}: ${detail}`);
+  }
+  let reply: { status?: unknown; answer?: unknown; error?: unknown; targets?: unknown };
+  try {
+    reply = parseJson(open(response.body)) as typeof reply;
+  } catch (error) {
+    if (error instanceof SealError)
+      throw new TunnelError(
+        'gatewayKeyMismatch',
+        `the answer from ${sealed.gateway} is not sealed by the gateway's key (${error.message}): no tunnel was set up`,
+      );
+    throw error;
+  }
+  sealed.trust();
+  if (reply.status === 200 && typeof reply.answer === 'string') {
+    // Handed to the WebRTC library as is, a non-SDP answer fails deep inside it as an internal error.
+    if (/^v=0\r?\n/.test(reply.answer)) return reply.answer;
+    throw new TunnelError(
+      'gatewayUnreachable',
+      `gateway ${sealed.gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`,
+    );
+  }
+  if (reply.status === 401 || reply.status === 403) {
+    throw new TunnelError('authRefused', `the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file`);
+  }
+  if (reply.status === 404 && Array.isArray(reply.targets)) {
+    const served = reply.targets.filter((name): name is string => typeof name === 'string');
+    throw new TunnelError(
+      'unknownTarget',
+      `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`,
+    );
+  }
+  const detail = typeof reply.error === 'string' ? reply.error : 'no reason given';
+  throw new TunnelError('gatewayUnreachable', `gateway ${sealed.gateway} answered HTTP ${String(reply.status)}: ${detail}`);
+}
+
+function parseJson(body: Buffer): object {
+  try {
+    const parsed: unknown = JSON.parse(body.toString('utf8'));
+    return typeof parsed === 'object' && parsed !== null ? parsed : {};
+  } catch {
+    return {};
+  }
+}
+
+interface HttpResponse {
   readonly status: number;
   readonly statusText: string;
-  /** The parsed JSON body, or {} when it is not JSON. */
-  readonly body: object;
+  readonly body: Buffer;
+  /** The body is a sealed answer (content-type application/pam-sealed). */
+  readonly sealed: boolean;
 }
 
 /** An answer is a few KiB; a gateway that sends more is not one. */
 const maxResponseBytes = 256 * 1024;
 
 /**
- * One POST with node:http(s), not fetch: fetch loads undici, ~12 MiB of resident memory that a
+ * One request with node:http(s), not fetch: fetch loads undici, ~12 MiB of resident memory that a
  * long-lived tunnel process would carry for one request. One connection, closed after the answer.
  */
-function postJson(url: URL, token: string, body: string, signal: AbortSignal): Promise<JsonResponse> {
-  const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
+function send(url: URL, method: 'GET' | 'POST', body: Buffer | undefined, signal: AbortSignal): Promise<HttpResponse> {
+  const requestFn = url.protocol === 'https:' ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
-    const request = send(url, {
-      method: 'POST',
+    const request = requestFn(url, {
+      method,
       agent: false,
       signal,
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      headers: body ? { 'content-type': sealedContentType, 'content-length': body.length } : {},
     });
     request.on('error', reject);
     request.on('response', (response) => {
-      readBody(response, maxResponseBytes).then(
-        (text) => {
-          let parsed: unknown;
-          try {
-            parsed = JSON.parse(text);
-          } catch {
-            parsed = {};
-          }
-          resolve({ status: response.statusCode ?? 0, statusText: response.statusMessage ?? '', body: typeof parsed === 'object' && parsed !== null ? parsed : {} });
-        },
+      readBodyBytes(response, maxResponseBytes).then(
+        (bytes) =>
+          resolve({
+            status: response.statusCode ?? 0,
+            statusText: response.statusMessage ?? '',
+            body: bytes,
+            sealed: (response.headers['content-type'] ?? '').startsWith(sealedContentType),
+          }),
         (error: unknown) => {
           request.destroy();
           reject(error instanceof BodyTooLarge ? new Error(`answer larger than ${maxResponseBytes} bytes`) : error);

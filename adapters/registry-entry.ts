@@ -29,6 +29,7 @@ function parseRecord(value: unknown): TunnelRecord | undefined {
     (record.reconnects as number) >= 0 &&
     isString(record.startedAt, 64) &&
     !Number.isNaN(Date.parse(record.startedAt)) &&
+    (record.path === undefined || record.path === 'direct' || record.path === 'relay') &&
     isOptionalPath(record.pidFile) &&
     isOptionalPath(record.logFile);
   return valid ? (record as unknown as TunnelRecord) : undefined;
@@ -44,7 +45,8 @@ export function parseEntry(text: string, pid: number): RegistryEntry | undefined
   }
   if (typeof value !== 'object' || value === null) return undefined;
   const entry = value as Record<string, unknown>;
-  if (entry.schema !== 1 || entry.pid !== pid || !isString(entry.startTime, 64) || entry.startTime === '' || !isString(entry.hostname, 255)) return undefined;
+  if (entry.schema !== 1 || entry.pid !== pid || !isString(entry.startTime, 64) || entry.startTime === '' || !isString(entry.hostname, 255))
+    return undefined;
   if (!isOptionalPath(entry.control) || !Array.isArray(entry.tunnels) || entry.tunnels.length > 256) return undefined;
   const tunnels = entry.tunnels.map(parseRecord);
   if (tunnels.some((tunnel) => tunnel === undefined)) return undefined;
@@ -72,7 +74,8 @@ export interface ForeignEntry {
 }
 
 /** Printable ASCII only: a foreign file must not put terminal escapes into our table. */
-const printable = (value: unknown): string | undefined => (typeof value === 'string' && /^[\x20-\x7e]{1,255}$/.test(value) ? value : undefined);
+const printable = (value: unknown): string | undefined =>
+  typeof value === 'string' && /^[\x20-\x7e]{1,255}$/.test(value) ? value : undefined;
 
 /** `value` (parsed JSON, not our schema) as a foreign entry if it names `pid` (the file's name) as its owner. */
 export function parseForeign(value: unknown, pid: number): ForeignEntry | undefined {
@@ -80,7 +83,12 @@ export function parseForeign(value: unknown, pid: number): ForeignEntry | undefi
   const entry = value as Record<string, unknown>;
   if (entry.pid !== pid) return undefined;
   const port = isPort(entry.port) && entry.port > 0 ? entry.port : undefined;
-  const fields = { host: printable(entry.host), port, mode: printable(entry.mode), label: printable(entry.record_title) ?? printable(entry.record_uid) };
+  const fields = {
+    host: printable(entry.host),
+    port,
+    mode: printable(entry.mode),
+    label: printable(entry.record_title) ?? printable(entry.record_uid),
+  };
   return { pid, ...Object.fromEntries(Object.entries(fields).filter(([, field]) => field !== undefined)) };
 }
 

@@ -19,12 +19,13 @@ interface WeriftPeer {
 
 export function weriftKind(ice: IceOptions = {}): PeerKind<WeriftPeer> {
   return {
-    async offer(signal) {
-      const connection = createPeer(ice);
+    async offer(signal, servers = []) {
+      const withServers = { ...ice, servers: [...(ice.servers ?? []), ...servers] };
+      const connection = createPeer(withServers);
       try {
         const channel = connection.createDataChannel('pam-mux', { ordered: true });
         const offer = await connection.createOffer();
-        withoutDefaultStun(connection, ice);
+        withoutDefaultStun(connection, withServers);
         await connection.setLocalDescription(offer);
         await gatheringComplete(connection, signal);
         return { peer: { connection, channel }, sdp: connection.localDescription!.sdp };

@@ -7,6 +7,7 @@ import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
 import { type IceServer, iceUrlForm, parseIceUrl } from '../adapters/ice-options.js';
+import { createGatewayKeyCheck, fingerprintPattern, knownGatewaysPath, type GatewayKeyCheck } from '../adapters/known-gateways.js';
 import { gatewayUrlProblem } from '../machines/start-flags.js';
 
 /** `$XDG_CONFIG_HOME/pam/config.json` (default `~/.config/pam/config.json`). */
@@ -16,6 +17,8 @@ export interface ConfigFile {
   readonly tokenFile?: string;
   /** Default --timeout, in seconds. */
   readonly timeout?: number;
+  /** The gateway key fingerprint to pin (as PAM_GATEWAY_KEY). */
+  readonly gatewayKey?: string;
 }
 
 interface ConfigKey {
@@ -26,9 +29,19 @@ interface ConfigKey {
 // Keys are looked up with Object.hasOwn: a key named `__proto__`, `constructor` or `toString` is
 // unknown, not a property every object inherits.
 const configKeys: Readonly<Record<string, ConfigKey>> = {
-  gateway: { valid: (value) => typeof value === 'string' && gatewayUrlProblem(value, 'gateway') === undefined, hint: 'an http(s) URL string without credentials' },
+  gateway: {
+    valid: (value) => typeof value === 'string' && gatewayUrlProblem(value, 'gateway') === undefined,
+    hint: 'an http(s) URL string without credentials',
+  },
   tokenFile: { valid: (value) => typeof value === 'string' && isAbsolute(value), hint: 'an absolute path string' },
-  timeout: { valid: (value) => typeof value === 'number' && value >= 1 && value <= 86_400, hint: 'a number of seconds, 1 ≤ timeout ≤ 86400' },
+  timeout: {
+    valid: (value) => typeof value === 'number' && value >= 1 && value <= 86_400,
+    hint: 'a number of seconds, 1 ≤ timeout ≤ 86400',
+  },
+  gatewayKey: {
+    valid: (value) => typeof value === 'string' && fingerprintPattern.test(value),
+    hint: "a key fingerprint 'SHA256:…' as `pam gateway` prints it",
+  },
 };
 
 /** The gateway refuses shorter tokens: 16 random characters is the least that resists guessing. */
@@ -51,7 +64,10 @@ export function readConfigFile(env: NodeJS.ProcessEnv): ConfigFile {
   if (process.platform !== 'win32') {
     const mode = statSync(path).mode & 0o777;
     if ((mode & 0o077) !== 0) {
-      throw new TunnelError('usage', `config file ${path} is readable or writable by others (mode ${mode.toString(8)}): run chmod 600 ${path}`);
+      throw new TunnelError(
+        'usage',
+        `config file ${path} is readable or writable by others (mode ${mode.toString(8)}): run chmod 600 ${path}`,
+      );
     }
   }
   let value: unknown;
@@ -60,7 +76,8 @@ export function readConfigFile(env: NodeJS.ProcessEnv): ConfigFile {
   } catch (error) {
     throw new TunnelError('usage', `config file ${path} is not valid JSON (${(error as Error).message})`);
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new TunnelError('usage', `config file ${path} must hold a JSON object`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new TunnelError('usage', `config file ${path} must hold a JSON object`);
   const settings: { -readonly [K in keyof ConfigFile]: ConfigFile[K] } = { path };
   for (const [key, entry] of Object.entries(value)) {
     const known = Object.hasOwn(configKeys, key) ? configKeys[key] : undefined;
@@ -98,7 +115,10 @@ export function readToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv,
     if (process.platform !== 'win32') {
       const mode = statSync(tokenFile).mode & 0o777;
       if ((mode & 0o077) !== 0) {
-        throw new TunnelError('usage', `--token-file ${tokenFile} is readable or writable by others (mode ${mode.toString(8)}): run chmod 600 ${tokenFile}`);
+        throw new TunnelError(
+          'usage',
+          `--token-file ${tokenFile} is readable or writable by others (mode ${mode.toString(8)}): run chmod 600 ${tokenFile}`,
+        );
       }
     }
     const token = text.trim();
@@ -117,7 +137,10 @@ export function readToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv,
 /** The gateway decides what a token must be; a client presents whatever it was given. */
 function strongEnough(token: string, source: string, who: 'client' | 'gateway'): string {
   if (who === 'gateway' && token.length < minGatewayTokenLength) {
-    throw new TunnelError('usage', `the gateway token from ${source} is too short (${token.length} characters, at least ${minGatewayTokenLength}): ${makeToken}`);
+    throw new TunnelError(
+      'usage',
+      `the gateway token from ${source} is too short (${token.length} characters, at least ${minGatewayTokenLength}): ${makeToken}`,
+    );
   }
   return token;
 }
@@ -134,7 +157,8 @@ export function iceHosts(env: NodeJS.ProcessEnv): string[] {
     .map((host) => host.trim())
     .filter(Boolean);
   for (const host of hosts) {
-    if (isIP(host) === 0) throw new TunnelError('usage', `PAM_ICE_HOSTS: '${host}' is not an IP address (comma-separated local addresses, e.g. 127.0.0.1)`);
+    if (isIP(host) === 0)
+      throw new TunnelError('usage', `PAM_ICE_HOSTS: '${host}' is not an IP address (comma-separated local addresses, e.g. 127.0.0.1)`);
   }
   return hosts;
 }
@@ -156,18 +180,28 @@ export function keepalive(env: NodeJS.ProcessEnv): { keepaliveDeadMs: number; ke
   const text = env.PAM_KEEPALIVE_TIMEOUT?.trim();
   const seconds = text ? Number(text) : 15;
   if (!(seconds >= 1 && seconds <= 3600)) {
-    throw new TunnelError('usage', `PAM_KEEPALIVE_TIMEOUT '${env.PAM_KEEPALIVE_TIMEOUT}' must be a number of seconds from 1 to 3600 (default 15)`);
+    throw new TunnelError(
+      'usage',
+      `PAM_KEEPALIVE_TIMEOUT '${env.PAM_KEEPALIVE_TIMEOUT}' must be a number of seconds from 1 to 3600 (default 15)`,
+    );
   }
   const deadMs = seconds * 1000;
   return { keepaliveDeadMs: deadMs, keepaliveIntervalMs: Math.max(250, Math.round(deadMs / 3)) };
 }
 
-/** `--ice-server` URLs, validated; TURN credentials come from PAM_ICE_USERNAME / PAM_ICE_CREDENTIAL, never argv. */
-export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): IceServer[] {
+/** `--ice-server` URLs, validated, without credentials (a broker with --turn-secret-file mints them). */
+export function iceServerUrls(urls: readonly string[]): Array<{ urls: string }> {
   return urls.map((url) => {
     if (!parseIceUrl(url)) {
       throw new TunnelError('usage', `--ice-server '${url}' must be ${iceUrlForm}`);
     }
+    return { urls: url };
+  });
+}
+
+/** `--ice-server` URLs, validated; TURN credentials come from PAM_ICE_USERNAME / PAM_ICE_CREDENTIAL, never argv. */
+export function iceServers(urls: readonly string[], env: NodeJS.ProcessEnv): IceServer[] {
+  return iceServerUrls(urls).map(({ urls: url }) => {
     if (!url.startsWith('turn')) return { urls: url };
     const username = env.PAM_ICE_USERNAME;
     const credential = env.PAM_ICE_CREDENTIAL;
@@ -187,7 +221,8 @@ export function transportChoice(flag: string | undefined, env: NodeJS.ProcessEnv
   const name = flag ?? env.PAM_TRANSPORT;
   if (name === undefined) return { name: 'native', named: false };
   const source = flag !== undefined ? '--transport' : 'PAM_TRANSPORT';
-  if (name !== 'werift' && name !== 'native') throw new TunnelError('usage', `${source} '${name}' is not known: use native (default, node-datachannel) or werift (pure TypeScript)`);
+  if (name !== 'werift' && name !== 'native')
+    throw new TunnelError('usage', `${source} '${name}' is not known: use native (default, node-datachannel) or werift (pure TypeScript)`);
   return { name, named: true };
 }
 
@@ -196,7 +231,11 @@ export function transportChoice(flag: string | undefined, env: NodeJS.ProcessEnv
  * on this platform and native was only the default, werift takes over with a warning; if it was asked
  * for by name, that is an error naming the fix. Resolves undefined when werift is to be used.
  */
-export async function importNative<T>(choice: TransportChoice, load: () => Promise<T>, warn: (line: string) => void): Promise<T | undefined> {
+export async function importNative<T>(
+  choice: TransportChoice,
+  load: () => Promise<T>,
+  warn: (line: string) => void,
+): Promise<T | undefined> {
   if (choice.name !== 'native') return undefined;
   try {
     return await load();
@@ -207,4 +246,21 @@ export async function importNative<T>(choice: TransportChoice, load: () => Promi
     warn(`${problem}; using werift instead (slower); pass --transport werift to say so and silence this`);
     return undefined;
   }
+}
+
+/** The pin from PAM_GATEWAY_KEY, else the config file's gatewayKey; else TOFU in known_gateways. */
+export function gatewayKeyCheck(env: NodeJS.ProcessEnv, file: ConfigFile = {}): GatewayKeyCheck {
+  const fromEnv = env.PAM_GATEWAY_KEY?.trim();
+  if (fromEnv && !fingerprintPattern.test(fromEnv)) {
+    throw new TunnelError(
+      'usage',
+      `PAM_GATEWAY_KEY '${fromEnv.slice(0, 80)}' is not a key fingerprint: use SHA256:… as \`pam gateway\` prints it`,
+    );
+  }
+  const pin = fromEnv
+    ? { fingerprint: fromEnv, source: 'PAM_GATEWAY_KEY' }
+    : file.gatewayKey
+      ? { fingerprint: file.gatewayKey, source: `gatewayKey in ${file.path ?? configPath(env)}` }
+      : undefined;
+  return createGatewayKeyCheck({ ...(pin ? { pin } : {}), file: knownGatewaysPath(env) });
 }

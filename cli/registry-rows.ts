@@ -16,6 +16,8 @@ export interface TunnelRow {
   readonly startedAt: string | null;
   readonly uptimeSeconds: number | null;
   readonly reconnects: number | null;
+  /** The ICE path: `direct` (host or server-reflexive candidates) or `relay` (TURN); null when unknown. */
+  readonly path: string | null;
   readonly gateway: string | null;
   readonly pidFile: string | null;
   readonly logFile: string | null;
@@ -35,6 +37,7 @@ export function tunnelRow(entry: Pick<RegistryEntry, 'pid'>, tunnel: TunnelRecor
     startedAt: tunnel.startedAt,
     uptimeSeconds: Math.max(0, Math.round((now - Date.parse(tunnel.startedAt)) / 1000)),
     reconnects: tunnel.reconnects,
+    path: tunnel.path ?? null,
     gateway: tunnel.gateway,
     pidFile: tunnel.pidFile ?? null,
     logFile: tunnel.logFile ?? null,
@@ -54,6 +57,7 @@ export function foreignRow(entry: ForeignEntry): TunnelRow {
     startedAt: null,
     uptimeSeconds: null,
     reconnects: null,
+    path: null,
     gateway: null,
     pidFile: null,
     logFile: null,

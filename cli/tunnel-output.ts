@@ -12,11 +12,17 @@ export interface TunnelPrinter {
   stopped(id: string, outcome: Outcome): void;
 }
 
-export function createTunnelPrinter(context: PamContext, options: { json: boolean; runMode: boolean; pid: number; target: string }): TunnelPrinter {
+export function createTunnelPrinter(
+  context: PamContext,
+  options: { json: boolean; runMode: boolean; pid: number; target: string },
+): TunnelPrinter {
   const out = options.runMode ? context.stderr : context.stdout;
   // Only onto a terminal: `2> log` or a pipe must not collect carriage returns and frames.
   const stderrIsTerminal = (context.stderr as { isTTY?: boolean }).isTTY === true;
-  const spinner = context.interactive && stderrIsTerminal && !options.json ? startSpinner(context.stderr, `connecting to ${options.target}`) : () => undefined;
+  const spinner =
+    context.interactive && stderrIsTerminal && !options.json
+      ? startSpinner(context.stderr, `connecting to ${options.target}`)
+      : () => undefined;
   const line = (text: string) => {
     spinner();
     out.write(`${text}\n`);
@@ -30,14 +36,27 @@ export function createTunnelPrinter(context: PamContext, options: { json: boolea
         const port = tunnel.listener?.port ?? 0;
         const target = tunnel.settings?.target ?? '';
         const address = hostPort(host, port);
+        const path = tunnel.link?.path?.();
+        const via = path ? `, ${path.kind}` : '';
         if (options.json) {
-          json({ event: 'ready', id: tunnel.id, pid: options.pid, host, port, target, mode: tunnel.settings?.mode });
+          json({
+            event: 'ready',
+            id: tunnel.id,
+            pid: options.pid,
+            host,
+            port,
+            target,
+            mode: tunnel.settings?.mode,
+            ...(path ? { path: path.kind, pair: path.pair } : {}),
+          });
         } else if (tunnel.settings?.mode === 'shell') {
-          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}); it lasts as long as this shell: \`tunnel stop ${tunnel.id}\` ends it`);
+          line(
+            `pam: listening on ${address} → ${target} (tunnel ${tunnel.id}${via}); it lasts as long as this shell: \`tunnel stop ${tunnel.id}\` ends it`,
+          );
         } else if (context.interactive && !options.runMode) {
-          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}); Ctrl+C to stop; use -bg to detach`);
+          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}${via}); Ctrl+C to stop; use -bg to detach`);
         } else {
-          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}, pid ${options.pid})`);
+          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}, pid ${options.pid}${via})`);
         }
       },
       skipped(tunnel: TunnelContext) {
@@ -60,7 +79,9 @@ export function createTunnelPrinter(context: PamContext, options: { json: boolea
       }
       // The wrapped command's code speaks for itself; everything else gets one line on stderr.
       if (outcome.kind === 'command' && outcome.exitCode !== 0) return;
-      context.stderr.write(outcome.exitCode === 0 || outcome.kind === 'command' ? `pam: tunnel ${id} ${outcome.reason}\n` : `pam: ${outcome.reason}\n`);
+      context.stderr.write(
+        outcome.exitCode === 0 || outcome.kind === 'command' ? `pam: tunnel ${id} ${outcome.reason}\n` : `pam: ${outcome.reason}\n`,
+      );
     },
   };
 }

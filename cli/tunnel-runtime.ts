@@ -37,7 +37,9 @@ import {
   readToken,
   type TransportChoice,
   transportChoice,
+  gatewayKeyCheck,
 } from './config.js';
+import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
 
 export interface TransportOptions {
   /** Read on first use, so flag errors are reported before a missing token. */
@@ -48,6 +50,8 @@ export interface TransportOptions {
   readonly transport: TransportChoice;
   /** A line for the user that is not an error (e.g. native could not load, werift used instead). */
   readonly warn: (line: string) => void;
+  /** Gateway key pinning / known_gateways (see adapters/known-gateways.ts). */
+  readonly keys?: GatewayKeyCheck;
 }
 
 export function lazyTransport(options: TransportOptions): Transport {
@@ -59,6 +63,7 @@ export function lazyTransport(options: TransportOptions): Transport {
         ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
         // One stderr line per connection the target refused: the client itself sees only a reset.
         mux: { ...keepalive(options.env), log: options.warn },
+        ...(options.keys ? { keys: options.keys } : {}),
       };
       const native = await importNative(options.transport, () => import('../adapters/native-transport.js'), options.warn);
       if (native) {
@@ -104,7 +109,10 @@ export function takeOwnerId(env: NodeJS.ProcessEnv): string | undefined {
   return id && /^[0-9a-f]{8}$/.test(id) ? id : undefined;
 }
 
-export async function createLauncherPorts(options: { env: NodeJS.ProcessEnv; argv: readonly string[] }): Promise<{ owners: BackgroundOwners; signals: Signals }> {
+export async function createLauncherPorts(options: {
+  env: NodeJS.ProcessEnv;
+  argv: readonly string[];
+}): Promise<{ owners: BackgroundOwners; signals: Signals }> {
   const registry = await openFsRegistry({ env: options.env });
   return { owners: createBackgroundOwners({ registry, argv: options.argv, env: options.env }), signals: createProcessSignals() };
 }
@@ -151,6 +159,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     announce,
     iceServers: options.iceServers,
     transport,
+    keys: gatewayKeyCheck(env, options.file),
     warn: (line) => context.stderr.write(`pam: ${line}\n`),
     ...(session ? { registry: session.registry, signals: session.signals } : {}),
   });
@@ -182,7 +191,12 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     // In `pam shell` the tunnel lives on in the session: back to the prompt once it is ready.
     const reached = await waitFor(actor, (snapshot) => snapshot.matches('ready') || snapshot.status === 'done');
     if (reached.matches('ready')) {
-      session.adopt({ id, target: flags.target, stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }), finished: settle });
+      session.adopt({
+        id,
+        target: flags.target,
+        stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }),
+        finished: settle,
+      });
       return 0;
     }
   }

@@ -3,7 +3,7 @@
 // native-answerer.ts.
 
 import type { FrameChannel } from '../adapters/mux.js';
-import type { IceOptions } from '../adapters/ice-options.js';
+import type { IceOptions, IceServer } from '../adapters/ice-options.js';
 import { channelFrames, createPeer, gatheringComplete, withoutDefaultStun } from '../adapters/werift-peer.js';
 
 export interface Answer {
@@ -13,11 +13,15 @@ export interface Answer {
   /** Called once when the connection fails or closes. */
   onEnded(handler: () => void): void;
   close(): void;
+  /** Once connected: `direct` or `relay`, and the selected candidate pair, when the library tells. */
+  selectedPath?(): string | undefined;
 }
 
 export interface AnswerOptions {
   /** The client asked for `a=setup:passive` (it will be the DTLS client). */
   readonly passive?: boolean;
+  /** ICE servers for this answer only (a broker hands them out per exchange), added to the gateway's own. */
+  readonly servers?: readonly IceServer[];
 }
 
 export interface Answerer {
@@ -30,8 +34,9 @@ export interface Answerer {
 export function weriftAnswerer(ice: IceOptions = {}): Answerer {
   const open = new Set<{ close(): Promise<void> }>();
   return {
-    async answer(offer, signal) {
-      const peer = createPeer(ice);
+    async answer(offer, signal, options = {}) {
+      const withServers = { ...ice, servers: [...(ice.servers ?? []), ...(options.servers ?? [])] };
+      const peer = createPeer(withServers);
       open.add(peer);
       const close = () => {
         open.delete(peer);
@@ -50,7 +55,7 @@ export function weriftAnswerer(ice: IceOptions = {}): Answerer {
         });
         await peer.setRemoteDescription({ type: 'offer', sdp: offer });
         const answer = await peer.createAnswer();
-        withoutDefaultStun(peer, ice);
+        withoutDefaultStun(peer, withServers);
         await peer.setLocalDescription(answer);
         await gatheringComplete(peer, signal);
         return {

@@ -2,15 +2,17 @@
 
 import type { PeerConnection } from 'node-datachannel';
 import type { FrameChannel } from '../adapters/mux.js';
-import { createNativePeer, nativeFrames, nativeGathered, offerForPassiveAnswer } from '../adapters/native-peer.js';
+import { createNativePeer, nativeFrames, nativeGathered, nativeSelectedPath, offerForPassiveAnswer } from '../adapters/native-peer.js';
 import type { IceOptions } from '../adapters/ice-options.js';
+
+const describePath = (path: { kind: string; pair: string } | undefined) => (path ? `${path.kind}: ${path.pair}` : undefined);
 import type { Answerer } from './answerer.js';
 
 export function nativeAnswerer(ice: IceOptions = {}): Answerer {
   const open = new Set<PeerConnection>();
   return {
     async answer(offer, signal, options = {}) {
-      const peer = createNativePeer('pam-gateway', ice);
+      const peer = createNativePeer('pam-gateway', { ...ice, servers: [...(ice.servers ?? []), ...(options.servers ?? [])] });
       open.add(peer);
       const close = () => {
         if (!open.delete(peer)) return;
@@ -33,7 +35,13 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
         });
         peer.setRemoteDescription(options.passive ? offerForPassiveAnswer(offer) : offer, 'offer');
         const sdp = await nativeGathered(peer, signal);
-        return { sdp, channel, onEnded: (handler) => void ended.push(handler), close };
+        return {
+          sdp,
+          channel,
+          onEnded: (handler) => void ended.push(handler),
+          close,
+          selectedPath: () => describePath(nativeSelectedPath(peer)),
+        };
       } catch (error) {
         close();
         throw error;

@@ -5,12 +5,34 @@ export const failureKinds = {
   generic: { exitCode: 1, brief: 'not done', summary: 'the operation did not succeed (nothing matched, or still running after --wait)' },
   usage: { exitCode: 2, brief: 'usage', summary: 'usage error: a missing, malformed or conflicting flag' },
   unknownTarget: { exitCode: 68, brief: 'unknown target', summary: 'the gateway has no target of that name' },
-  gatewayUnreachable: { exitCode: 69, brief: 'gateway unreachable or tunnel lost', summary: 'the gateway could not be reached, or the tunnel was lost' },
+  gatewayUnreachable: {
+    exitCode: 69,
+    brief: 'gateway unreachable or tunnel lost',
+    summary: 'the gateway could not be reached, or the tunnel was lost',
+  },
   internal: { exitCode: 70, brief: 'internal', summary: 'internal error (a bug: please report it with the output of --debug)' },
-  portBusy: { exitCode: 75, brief: 'local port busy', summary: 'the local port or pid file is already held (checked before connecting), or the gateway\'s --listen address' },
-  registryWrite: { exitCode: 73, brief: 'registry or pid file not writable', summary: 'a registry entry or pid file could not be written (permissions, disk full): nothing half-written is left' },
-  authRefused: { exitCode: 77, brief: 'token refused', summary: 'the gateway refused the token' },
-  unsafeRegistry: { exitCode: 78, brief: 'unsafe registry directory', summary: 'the registry directory is unsafe to use (a symlink in its path, a relative path, foreign owner or writable by others)' },
+  portBusy: {
+    exitCode: 75,
+    brief: 'local port busy',
+    summary: "the local port or pid file is already held (checked before connecting), or the gateway's --listen address",
+  },
+  registryWrite: {
+    exitCode: 73,
+    brief: 'registry or pid file not writable',
+    summary: 'a registry entry or pid file could not be written (permissions, disk full): nothing half-written is left',
+  },
+  authRefused: { exitCode: 77, brief: 'token refused', summary: 'the gateway refused the token (or the broker refused PAM_BROKER_TOKEN)' },
+  gatewayKeyMismatch: {
+    exitCode: 77,
+    brief: 'gateway key mismatch',
+    summary:
+      "the gateway's key is not the pinned (PAM_GATEWAY_KEY, gatewayKey) or recorded (known_gateways) one: checked before any tunnel is set up",
+  },
+  unsafeRegistry: {
+    exitCode: 78,
+    brief: 'unsafe registry directory',
+    summary: 'the registry directory is unsafe to use (a symlink in its path, a relative path, foreign owner or writable by others)',
+  },
   connectTimeout: { exitCode: 124, brief: 'connect timeout', summary: 'the connection was not ready within --timeout' },
 } as const;
 

@@ -15,6 +15,8 @@ export interface JournalEvent {
   readonly exit?: { readonly exitCode: number; readonly signal?: string };
   /** The local listener's address (the only actor output worth keeping). */
   readonly output?: { readonly host: string; readonly port: number };
+  /** The selected ICE candidate pair, when the link was established (`direct` or `relay`). */
+  readonly path?: { readonly kind: string; readonly pair: string };
   readonly error?: { readonly kind?: string; readonly message: string };
 }
 
@@ -41,7 +43,9 @@ export interface JournalEntry {
 export function stateName(value: StateValue): string {
   if (typeof value === 'string') return value;
   return Object.entries(value)
-    .map(([key, child]) => (child && (typeof child === 'string' || Object.keys(child).length > 0) ? `${key}.${stateName(child as StateValue)}` : key))
+    .map(([key, child]) =>
+      child && (typeof child === 'string' || Object.keys(child).length > 0) ? `${key}.${stateName(child as StateValue)}` : key,
+    )
     .join(',');
 }
 
@@ -56,6 +60,11 @@ export function journalEvent(event: AnyEventObject): JournalEvent {
   }
   if (event.type.startsWith('xstate.done.actor.') && typeof event.output?.port === 'number') {
     projection.output = { host: String(event.output.host), port: event.output.port };
+  }
+  if (event.type.startsWith('xstate.done.actor.') && typeof event.output?.path === 'function') {
+    const path: unknown = event.output.path();
+    const { kind, pair } = (path ?? {}) as { kind?: unknown; pair?: unknown };
+    if (typeof kind === 'string' && typeof pair === 'string') projection.path = { kind, pair };
   }
   if (event.type.startsWith('xstate.error.actor.')) {
     const error = event.error as { kind?: unknown; message?: unknown } | undefined;
@@ -75,7 +84,10 @@ function replayEvent(event: JournalEvent): AnyEventObject {
     return { type, output: listener };
   }
   if (type.startsWith('xstate.error.actor.')) {
-    const error = Object.assign(new Error(event.error?.message ?? 'unknown'), event.error?.kind ? { name: 'TunnelError', kind: event.error.kind } : {});
+    const error = Object.assign(
+      new Error(event.error?.message ?? 'unknown'),
+      event.error?.kind ? { name: 'TunnelError', kind: event.error.kind } : {},
+    );
     return { type, error };
   }
   return { type, ...fields };
@@ -98,7 +110,12 @@ export const inertTunnelMachine = tunnelMachine.provide({
     runCommand: fromCallback(() => undefined),
     watchSignals: fromCallback(() => undefined),
   },
-  actions: { reportState: () => undefined, announceReady: () => undefined, announceSkipped: () => undefined, announceLink: () => undefined },
+  actions: {
+    reportState: () => undefined,
+    announceReady: () => undefined,
+    announceSkipped: () => undefined,
+    announceLink: () => undefined,
+  },
 });
 
 export interface ReplayResult {

@@ -31,8 +31,17 @@ export interface Negotiation {
   close(): Promise<void>;
 }
 
+/** Which way ICE connected: `direct` (host or server-reflexive candidates) or `relay` (TURN), and the pair. */
+export interface LinkPath {
+  readonly kind: 'direct' | 'relay';
+  /** The selected candidate pair, e.g. `srflx 203.0.113.2:40000/udp → host 198.51.100.2:5000/udp`. */
+  readonly pair: string;
+}
+
 /** An open tunnel to the gateway's target: carries local connections until closed or lost. */
 export interface Link<Connection = unknown> {
+  /** The selected ICE path, when the WebRTC library tells (node-datachannel does). */
+  path?(): LinkPath | undefined;
   /** Take ownership of a local connection and carry its bytes to the target and back. */
   carry(connection: Connection): void;
   /** Called once if the link dies without close() (peer gone, keepalive expired). */
@@ -63,6 +72,8 @@ export interface TunnelRecord {
   readonly mode: TunnelMode;
   readonly state: RegistryState;
   readonly reconnects: number;
+  /** The ICE path of the current link, when known: `direct` or `relay`. */
+  readonly path?: LinkPath['kind'];
   /** ISO-8601 */
   readonly startedAt: string;
   readonly pidFile?: string;

@@ -47,12 +47,32 @@ export interface TunnelContext {
 
 export type TunnelOutput = Outcome;
 
-export interface ClaimInput { readonly host: string; readonly port: number; readonly pidFile?: string }
-export interface NegotiateInput { readonly gateway: string; readonly target: string }
-export interface PublishInput { readonly record: TunnelRecord; readonly pidFile?: string }
-export interface ServeInput { readonly listener: LocalListener; readonly link: Link }
-export interface ReconnectInput { readonly gateway: string; readonly target: string; readonly lost?: Link }
-export interface RunInput { readonly command: string; readonly env: Readonly<Record<string, string>> }
+export interface ClaimInput {
+  readonly host: string;
+  readonly port: number;
+  readonly pidFile?: string;
+}
+export interface NegotiateInput {
+  readonly gateway: string;
+  readonly target: string;
+}
+export interface PublishInput {
+  readonly record: TunnelRecord;
+  readonly pidFile?: string;
+}
+export interface ServeInput {
+  readonly listener: LocalListener;
+  readonly link: Link;
+}
+export interface ReconnectInput {
+  readonly gateway: string;
+  readonly target: string;
+  readonly lost?: Link;
+}
+export interface RunInput {
+  readonly command: string;
+  readonly env: Readonly<Record<string, string>>;
+}
 export interface TeardownInput {
   readonly id: string;
   readonly listener?: LocalListener;
@@ -74,9 +94,15 @@ export function recordOf(context: TunnelContext, state: RegistryState): TunnelRe
     mode: settings.mode,
     state,
     reconnects: context.reconnects ?? 0,
+    ...pathOf(context),
     startedAt: context.startedAt,
     ...(settings.pidFile !== undefined ? { pidFile: settings.pidFile } : {}),
   };
+}
+
+function pathOf(context: TunnelContext): { path?: 'direct' | 'relay' } {
+  const kind = context.link?.path?.()?.kind;
+  return kind ? { path: kind } : {};
 }
 
 function stoppedBy(event: { signal: StopSignal; origin?: string }): string {
@@ -118,7 +144,11 @@ const tunnelSetup = setup({
     /** The link died: remember why, for the final reason if reconnecting fails; attempts start again. */
     recordLinkLost: assign((_, params: { reason: string }) => ({ lostReason: params.reason, reconnectAttempt: 0 })),
     countReconnectAttempt: assign({ reconnectAttempt: ({ context }) => (context.reconnectAttempt ?? 0) + 1 }),
-    recordReconnected: assign(({ context }, params: { link: Link }) => ({ link: params.link, reconnects: (context.reconnects ?? 0) + 1, reconnectAttempt: 0 })),
+    recordReconnected: assign(({ context }, params: { link: Link }) => ({
+      link: params.link,
+      reconnects: (context.reconnects ?? 0) + 1,
+      reconnectAttempt: 0,
+    })),
     /** Mirror the lifecycle into the registry (fire and forget; the adapter serialises writes). */
     reportState: notProvided<[{ context: TunnelContext }, { state: RegistryState }]>('reportState action'),
     /** Tell the operator (and a supervisor) that the port is usable. */
@@ -227,7 +257,10 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
                 { guard: 'hasAttemptsLeft', target: 'waiting', actions: 'countReconnectAttempt' },
                 {
                   target: gone,
-                  actions: [{ type: 'recordOutcome', params: ({ context }) => lostForGood(context, 'attempt timed out') }, raise({ type: 'link.gone' })],
+                  actions: [
+                    { type: 'recordOutcome', params: ({ context }) => lostForGood(context, 'attempt timed out') },
+                    raise({ type: 'link.gone' }),
+                  ],
                 },
               ],
             },

@@ -23,8 +23,9 @@ await build({
   platform: 'node',
   target: 'node20',
   // Dependencies are bundled (fewer files to resolve and load at start-up); werift and the inspector
-  // client stay external and are only ever imported lazily, by the commands that need them.
-  external: ['werift', '@statelyai/inspect', 'node-datachannel'],
+  // client stay external and are only ever imported lazily, by the commands that need them; so does ws
+  // (broker and broker-registered gateways), whose optional native add-ons esbuild cannot resolve.
+  external: ['werift', '@statelyai/inspect', 'node-datachannel', 'ws'],
   // clipanion (CommonJS) requires node built-ins; give the ESM chunks a real `require` for them.
   banner: { js: "import { createRequire as __pamCreateRequire } from 'node:module'; const require = __pamCreateRequire(import.meta.url);" },
   sourcemap: true,

@@ -9,6 +9,7 @@ import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, r
 import { iceServerOption, numberFlag, transportOption } from '../options.js';
 import { isTargetName, targetNameRule } from '../../machines/start-flags.js';
 import { readFileSync } from 'node:fs';
+import { siteNamePattern } from '../../broker/protocol.js';
 
 export class GatewayCommand extends PamCommand {
   static override paths = [['gateway']];
@@ -23,15 +24,38 @@ export class GatewayCommand extends PamCommand {
       refuses to start; a token shorter than 16 characters, or a token file others can read, is
       refused (make one with \`openssl rand -hex 32\`). Each --target name once. Stops on SIGINT/SIGTERM.
       Exit codes: 0 stopped by a signal, 2 usage (bad flag, token, PEM file or PAM_* variable),
-      75 the --listen address is already in use.
+      75 the --listen address is already in use, 77 the broker refused PAM_BROKER_TOKEN, 69 the broker
+      refused the --site (another gateway holds it).
+
+      Signalling is sealed to the gateway's long-term key (HPKE, RFC 9180), created on first start
+      in --key-file (default $XDG_STATE_HOME/pam/gateway.key, mode 0600). Its fingerprint is printed
+      at start (\`gateway key SHA256:…\`, \`key\` in --json): give it to clients as PAM_GATEWAY_KEY.
+
+      With --broker URL --site NAME instead of --listen, the gateway opens no listening socket: it
+      dials the broker over a WebSocket (authenticated by PAM_BROKER_TOKEN), registers the site,
+      answers the sealed offers the broker relays, and re-registers with backoff when the broker goes
+      away; tunnels already up keep running meanwhile. Clients then use
+      --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
     `,
     examples: [
-      ['Serve a web and a database target on loopback', 'PAM_GATEWAY_TOKEN=$(openssl rand -hex 32) $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432'],
-      ['Any free port, announced as a JSON line', '$0 gateway --listen 127.0.0.1:0 --token-file ~/.config/pam/token --target web=127.0.0.1:8080 --json'],
+      [
+        'Serve a web and a database target on loopback',
+        'PAM_GATEWAY_TOKEN=$(openssl rand -hex 32) $0 gateway --listen 127.0.0.1:8765 --target web=127.0.0.1:8080 --target db=127.0.0.1:5432',
+      ],
+      [
+        'Any free port, announced as a JSON line',
+        '$0 gateway --listen 127.0.0.1:0 --token-file ~/.config/pam/token --target web=127.0.0.1:8080 --json',
+      ],
+      [
+        'No inbound port: register site "lab" with a broker (PAM_BROKER_TOKEN set)',
+        '$0 gateway --broker https://broker.example:8443 --site lab --target db=10.0.0.5:5432',
+      ],
     ],
   });
 
-  listen = SingleString('--listen', '127.0.0.1:8765', { description: 'address:port for signalling (default 127.0.0.1:8765)' });
+  listen = SingleString('--listen', { description: 'address:port for signalling (default 127.0.0.1:8765; not with --broker)' });
+  broker = SingleString('--broker', { description: 'http(s) URL of a `pam broker` to register with instead of listening (with --site)' });
+  site = SingleString('--site', { description: 'site name to register at --broker; clients use BROKER/sites/NAME' });
   targets = Option.Array('--target', [], { description: 'name=host:port of an allowlisted target (repeatable)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the token clients must present (default: $PAM_GATEWAY_TOKEN)' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
@@ -39,61 +63,142 @@ export class GatewayCommand extends PamCommand {
   tlsKey = SingleString('--tls-key', { description: 'PEM private key for --tls-cert' });
   transport = transportOption();
   iceServers = iceServerOption();
-  maxPeersPerClient = SingleString('--max-tunnels-per-client', '64', { description: 'tunnels one client address may hold at once (default 64)' });
+  keyFile = SingleString('--key-file', {
+    description: "the gateway's long-term key (created 0600 on first start; default $XDG_STATE_HOME/pam/gateway.key)",
+  });
+  maxPeersPerClient = SingleString('--max-tunnels-per-client', '64', {
+    description: 'tunnels one client address may hold at once (default 64)',
+  });
 
   async execute(): Promise<number> {
-    const listen = parseHostPort(this.listen, '--listen', '127.0.0.1:8765 (port 0 picks a free one)');
+    if (this.broker !== undefined && this.listen !== undefined)
+      throw new TunnelError('usage', '--broker and --listen exclude each other: a gateway behind a broker opens no listening socket');
+    if ((this.broker === undefined) !== (this.site === undefined))
+      throw new TunnelError('usage', '--broker and --site go together: pass both, or neither');
+    if (this.site !== undefined && !siteNamePattern.test(this.site))
+      throw new TunnelError('usage', `--site '${this.site}' must be letters, digits, '.', '_' or '-' (at most 64)`);
+    if (this.broker !== undefined && this.tlsCert !== undefined)
+      throw new TunnelError('usage', '--tls-cert is for --listen; a broker gateway serves nothing (give the broker its certificate)');
+    const listen = parseHostPort(this.listen ?? '127.0.0.1:8765', '--listen', '127.0.0.1:8765 (port 0 picks a free one)');
+    const brokerToken = this.broker !== undefined ? readBrokerToken(this.context.env) : undefined;
     const targets = parseTargets(this.targets);
     if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
     const maxPeersPerClient = numberFlag('--max-tunnels-per-client', this.maxPeersPerClient, { min: 1, max: 10_000, whole: true });
     const token = readToken(this.tokenFile, this.context.env, 'gateway');
 
-    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined)) throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
-    const tls = this.tlsCert !== undefined ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') } : undefined;
+    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined))
+      throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
+    const tls =
+      this.tlsCert !== undefined
+        ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') }
+        : undefined;
     const transport = transportChoice(this.transport, this.context.env);
     const ice = { hosts: iceHosts(this.context.env), servers: iceServers(this.iceServers, this.context.env) };
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
-    const native = await importNative(transport, () => import('../../gateway/native-answerer.js'), (line) => log(`warning: ${line}`));
+    const native = await importNative(
+      transport,
+      () => import('../../gateway/native-answerer.js'),
+      (line) => log(`warning: ${line}`),
+    );
     const answerer = native?.nativeAnswerer(ice);
     const hostsWarning = native ? nativeIceHostsWarning(ice.hosts) : undefined;
     if (hostsWarning) log(`warning: ${hostsWarning}`);
-    const { startGateway, listenWarning } = await import('../../gateway/server.js');
-    const warning = listenWarning(listen.host, tls !== undefined);
-    if (warning) log(`warning: ${warning}`);
-    const gateway = await startGateway({
-      host: listen.host,
-      port: listen.port,
+    const { defaultKeyFile, loadOrCreateGatewayKey } = await import('../../adapters/gateway-key-file.js');
+    const keyPath = this.keyFile ?? defaultKeyFile(this.context.env);
+    const key = await loadOrCreateGatewayKey(keyPath);
+    // Printed once the gateway is up, so a refused start stays one line.
+    const announceKey = () =>
+      log(
+        `gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`,
+      );
+    const names = Object.keys(targets);
+    const options = {
       token,
+      key,
       targets,
       log,
       ice,
       ...(answerer ? { answerer } : {}),
       mux: keepalive(this.context.env),
       maxPeersPerClient,
-      ...(tls ? { tls } : {}),
-    });
-    const names = Object.keys(targets);
-    this.context.stdout.write(
-      this.json
-        ? `${JSON.stringify({ event: 'listening', url: gateway.url, port: gateway.port, targets: names })}\n`
-        : `pam gateway: listening on ${gateway.url} (targets: ${names.join(', ')})\n`,
+    };
+    const print = (event: Record<string, unknown>, prose: string) =>
+      this.context.stdout.write(this.json ? `${JSON.stringify(event)}\n` : `pam gateway: ${prose}\n`);
+    if (this.broker !== undefined && this.site !== undefined && brokerToken !== undefined) {
+      const broker = this.broker;
+      const site = this.site;
+      const [{ createSignalling }, { connectBroker }] = await Promise.all([
+        import('../../gateway/signalling.js'),
+        import('../../gateway/broker-link.js'),
+      ]);
+      const signalling = createSignalling(options);
+      announceKey();
+      const link = connectBroker({
+        broker,
+        site,
+        token: brokerToken,
+        key,
+        targets: names,
+        signalling,
+        log,
+        onRegistered: (before) =>
+          print(
+            {
+              event: before === 0 ? 'registered' : 'reregistered',
+              broker,
+              site,
+              url: `${broker.replace(/\/+$/, '')}/sites/${site}`,
+              targets: names,
+              key: key.fingerprint,
+            },
+            `${before === 0 ? 'registered' : 'registered again:'} site ${site} at ${broker} (clients: --gateway ${broker.replace(/\/+$/, '')}/sites/${site}; targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
+          ),
+      });
+      const ended = await Promise.race([stopSignal(), link.failed]).catch((error: unknown) => error);
+      link.close();
+      signalling.closeAll();
+      if (typeof ended !== 'string') throw ended;
+      log(`${ended}: closing`);
+      return 0;
+    }
+    const { startGateway, listenWarning } = await import('../../gateway/server.js');
+    const warning = listenWarning(listen.host, tls !== undefined);
+    if (warning) log(`warning: ${warning}`);
+    const gateway = await startGateway({ host: listen.host, port: listen.port, ...options, ...(tls ? { tls } : {}) });
+    announceKey();
+    print(
+      { event: 'listening', url: gateway.url, port: gateway.port, targets: names, key: key.fingerprint },
+      `listening on ${gateway.url} (targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
     );
 
-    // The process's one signal policy: the first stop signal closes in order; once unwatched, a
-    // second one ends the process at once (Node's default).
-    const signal = await new Promise<StopSignal>((resolve) => {
-      const unwatch = createProcessSignals().watch((name) => {
-        unwatch();
-        resolve(name);
-      });
-    });
+    const signal = await stopSignal();
     log(`${signal}: closing`);
     await gateway.close();
     return 0;
   }
 }
 
-function parseHostPort(text: string, flag: string, example: string): { host: string; port: number } {
+/**
+ * The process's one signal policy: the first stop signal closes in order; once unwatched, a second
+ * one ends the process at once (Node's default).
+ */
+export function stopSignal(): Promise<StopSignal> {
+  return new Promise<StopSignal>((resolve) => {
+    const unwatch = createProcessSignals().watch((name) => {
+      unwatch();
+      resolve(name);
+    });
+  });
+}
+
+/** PAM_BROKER_TOKEN, shared by the broker and its gateways; never a flag (argv is visible in `ps`). */
+export function readBrokerToken(env: NodeJS.ProcessEnv): string {
+  const token = env.PAM_BROKER_TOKEN?.trim();
+  if (!token) throw new TunnelError('usage', 'no broker token: set PAM_BROKER_TOKEN (the same value on the broker and its gateways)');
+  return token;
+}
+
+export function parseHostPort(text: string, flag: string, example: string): { host: string; port: number } {
   const match = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(text.trim());
   const port = match ? Number(match[2]) : NaN;
   if (!match?.[1] || port > 65535) throw new TunnelError('usage', `${flag} '${text}' must be host:port, e.g. ${example}`);
@@ -111,13 +216,14 @@ function parseTargets(texts: readonly string[]): Record<string, { host: string; 
     }
     if (Object.hasOwn(targets, name)) throw new TunnelError('usage', `--target ${name} is given twice: each target name once (${name}=…)`);
     const destination = parseHostPort(text.slice(eq + 1), `--target ${name}`, `${name}=127.0.0.1:5432`);
-    if (destination.port === 0) throw new TunnelError('usage', `--target ${name}: port 0 is not a port a target listens on; give the target's real port`);
+    if (destination.port === 0)
+      throw new TunnelError('usage', `--target ${name}: port 0 is not a port a target listens on; give the target's real port`);
     targets[name] = destination;
   }
   return targets;
 }
 
-function readPem(path: string, flag: string, kind: 'CERTIFICATE' | 'PRIVATE KEY'): string {
+export function readPem(path: string, flag: string, kind: 'CERTIFICATE' | 'PRIVATE KEY'): string {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -126,7 +232,10 @@ function readPem(path: string, flag: string, kind: 'CERTIFICATE' | 'PRIVATE KEY'
   }
   // `PRIVATE KEY` also matches `RSA PRIVATE KEY` / `EC PRIVATE KEY`.
   if (!new RegExp(`-----BEGIN [A-Z ]*${kind}-----`).test(text)) {
-    throw new TunnelError('usage', `${flag} ${path} is not a PEM ${kind === 'CERTIFICATE' ? 'certificate' : 'private key'} (no -----BEGIN ${kind}----- line)`);
+    throw new TunnelError(
+      'usage',
+      `${flag} ${path} is not a PEM ${kind === 'CERTIFICATE' ? 'certificate' : 'private key'} (no -----BEGIN ${kind}----- line)`,
+    );
   }
   return text;
 }

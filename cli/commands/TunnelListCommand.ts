@@ -9,7 +9,10 @@ import { renderTable } from '../table.js';
 import { foreignRow, tunnelRow } from '../registry-rows.js';
 
 export class TunnelListCommand extends PamCommand {
-  static override paths = [['tunnel', 'list'], ['tunnel', 'ls']];
+  static override paths = [
+    ['tunnel', 'list'],
+    ['tunnel', 'ls'],
+  ];
 
   static override usage = Command.Usage({
     category: 'Tunnels',
@@ -44,7 +47,7 @@ export class TunnelListCommand extends PamCommand {
     }
     const dash = (value: string | number | null) => (value === null ? '-' : String(value));
     const table = renderTable(
-      ['ID', 'TARGET', 'LOCAL', 'PID', 'MODE', 'STATE', 'UPTIME', 'RECONNECTS'],
+      ['ID', 'TARGET', 'LOCAL', 'PID', 'MODE', 'STATE', 'UPTIME', 'RECONNECTS', 'PATH'],
       rows.map((row) => [
         dash(row.id),
         dash(row.target),
@@ -54,6 +57,7 @@ export class TunnelListCommand extends PamCommand {
         row.foreign ? 'foreign' : dash(row.state),
         row.uptimeSeconds === null ? '-' : formatUptime(row.uptimeSeconds),
         dash(row.reconnects),
+        dash(row.path),
       ]),
     );
     this.context.stdout.write(table);

@@ -39,12 +39,20 @@ export class TunnelStartCommand extends PamCommand {
       The gateway comes from --gateway, PAM_GATEWAY_URL or the config file (a path is kept, for a
       gateway behind a path-prefix proxy; credentials in the URL are refused); the token from
       --token-file, PAM_GATEWAY_TOKEN or the config file's tokenFile (never from the command line).
-      Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout. Exit codes: ${startExitCodes},
+      Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout, gatewayKey.
+
+      Signalling is sealed to the gateway's key (HPKE). PAM_GATEWAY_KEY=SHA256:… (or gatewayKey) pins
+      it; otherwise the first key a gateway URL shows is recorded in $XDG_CONFIG_HOME/pam/known_gateways
+      and a different one later is refused (77) before any tunnel is set up. A gateway behind a broker
+      is reached with --gateway http(s)://BROKER/sites/NAME. Exit codes: ${startExitCodes},
       ${signalExitBase}+N killed by signal N; with --run, the command's code.
     `,
     examples: [
       ['Keep a tunnel to `db` on port 15432 until Ctrl+C', '$0 tunnel start db --port 15432'],
-      ['Run one command through a tunnel and exit with its code', '$0 tunnel start db --run \'psql -h "$PAM_TUNNEL_HOST" -p "$PAM_TUNNEL_PORT" -c "select 1"\''],
+      [
+        'Run one command through a tunnel and exit with its code',
+        '$0 tunnel start db --run \'psql -h "$PAM_TUNNEL_HOST" -p "$PAM_TUNNEL_PORT" -c "select 1"\'',
+      ],
       ['Machine-readable ready line for a supervisor', '$0 tunnel start web --foreground --json --pid-file /run/pam-web.pid'],
       ['Watch the tunnel live in the Stately inspector (see docs/inspect.md)', '$0 tunnel start web --inspect=ws://127.0.0.1:8080'],
     ],
@@ -56,15 +64,22 @@ export class TunnelStartCommand extends PamCommand {
   gateway = SingleString('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
   foreground = Option.Boolean('-fg,--foreground', { description: 'keep the tunnel in this process until a signal (default)' });
-  background = Option.Boolean('-bg,--background', { description: 'detach: a child process owns the tunnel; return once the port is usable' });
+  background = Option.Boolean('-bg,--background', {
+    description: 'detach: a child process owns the tunnel; return once the port is usable',
+  });
   run = SingleString('-R,--run', { description: 'run this shell command through the tunnel, then tear down and exit with its code' });
   timeout = SingleString('--timeout', { description: 'seconds to wait for the connection (default 30)' });
   transport = transportOption();
   iceServers = iceServerOption();
-  reconnectAttempts = SingleString('--reconnect-attempts', { description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)' });
+  reconnectAttempts = SingleString('--reconnect-attempts', {
+    description: 'times to re-establish a lost link, with backoff 1 s, 2 s, 4 s … 30 s (default 5; 0: end with 69 at once)',
+  });
   pidFile = SingleString('--pid-file', { description: 'write the owning process id here once connected; removed on stop' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
-  inspect = Option.String('--inspect', { tolerateBoolean: true, description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)` });
+  inspect = Option.String('--inspect', {
+    tolerateBoolean: true,
+    description: `stream the live tunnel actor to a Stately inspector: --inspect or --inspect=ws://… (default ${defaultInspectUrl}; or $PAM_INSPECT)`,
+  });
 
   async execute(): Promise<number> {
     if (this.context.env[ownerIdVariable] === undefined) return this.start();
@@ -91,7 +106,8 @@ export class TunnelStartCommand extends PamCommand {
     const gateway = gatewayUrl(this.gateway, this.context.env, file);
     const source = gatewaySource(this.gateway, this.context.env, file);
     // Credentials in the URL are refused before anything records the flags (journal, registry, launcher).
-    const credentials = gateway !== undefined && /^[^/]*\/\/[^/]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
+    const credentials =
+      gateway !== undefined && /^[^/]*\/\/[^/]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
     if (credentials) throw new TunnelError('usage', credentials);
     // Settings from the environment are checked before anything starts, naming the variable.
     iceHosts(this.context.env);
@@ -115,7 +131,8 @@ export class TunnelStartCommand extends PamCommand {
       }),
     };
     const ownerId = takeOwnerId(this.context.env);
-    if (this.background && !this.context.inShell && ownerId === undefined) return launchInBackground(this.context, { flags, json: this.json });
+    if (this.background && !this.context.inShell && ownerId === undefined)
+      return launchInBackground(this.context, { flags, json: this.json });
     return runTunnel(this.context, {
       flags,
       ...(ownerId !== undefined ? { ownerId } : {}),
@@ -131,14 +148,18 @@ export class TunnelStartCommand extends PamCommand {
 
 /** Drop undefined values, so optional fields stay absent (exactOptionalPropertyTypes-friendly). */
 function defined<T extends Record<string, unknown>>(values: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
-  return Object.fromEntries(Object.entries(values).filter(([, value]) => value !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+  return Object.fromEntries(Object.entries(values).filter(([, value]) => value !== undefined)) as {
+    [K in keyof T]?: Exclude<T[K], undefined>;
+  };
 }
 
 /** Each line written becomes `{"event":"log","message":…}` on `target` (JSON lines pass through). */
 function jsonLines(target: NodeJS.WritableStream): Writable {
   return new Writable({
     write(chunk: Buffer | string, _encoding, done) {
-      for (const line of String(chunk).split('\n').filter((text) => text.trim() !== '')) {
+      for (const line of String(chunk)
+        .split('\n')
+        .filter((text) => text.trim() !== '')) {
         target.write(line.startsWith('{') ? `${line}\n` : `${JSON.stringify({ event: 'log', message: line.replace(/^pam: /, '') })}\n`);
       }
       done();

@@ -1,5 +1,6 @@
 // Every command class of the CLI, in the order help lists them.
 
+import { BrokerCommand } from './BrokerCommand.js';
 import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
 import { ShellCommand } from './ShellCommand.js';
@@ -10,4 +11,15 @@ import { TunnelReplayCommand } from './TunnelReplayCommand.js';
 import { TunnelStartCommand } from './TunnelStartCommand.js';
 import { TunnelStopCommand } from './TunnelStopCommand.js';
 
-export const commandClasses = [TunnelStartCommand, TunnelListCommand, TunnelStopCommand, TunnelHistoryCommand, TunnelReplayCommand, TunnelMachineCommand, GatewayCommand, ShellCommand, CompletionCommand];
+export const commandClasses = [
+  TunnelStartCommand,
+  TunnelListCommand,
+  TunnelStopCommand,
+  TunnelHistoryCommand,
+  TunnelReplayCommand,
+  TunnelMachineCommand,
+  GatewayCommand,
+  BrokerCommand,
+  ShellCommand,
+  CompletionCommand,
+];

@@ -14,6 +14,7 @@ import { weriftAnswerer } from '../../gateway/answerer.js';
 import { nativeAnswerer } from '../../gateway/native-answerer.js';
 import { echoServer, roundTrip, sha256, until } from '../support/processes.js';
 import { framePair } from '../support/frame-pair.js';
+import { sealedHandler, testGatewayKey } from '../support/sealed.js';
 import { nativeIceHostsWarning } from '../../cli/config.js';
 
 const token = 'transports-spec-token';
@@ -25,7 +26,16 @@ for (const [clientName, client] of Object.entries(clients)) {
   for (const [gatewayName, answerer] of Object.entries(answerers)) {
     t.test(`${clientName} client ↔ ${gatewayName} gateway: 4 MiB echoed intact`, async (t) => {
       const echo = await echoServer(t);
-      const gateway = await startGateway({ host: '127.0.0.1', port: 0, token, targets: { echo: { host: '127.0.0.1', port: echo.port } }, log: () => undefined, ice, answerer: answerer() });
+      const gateway = await startGateway({
+        host: '127.0.0.1',
+        port: 0,
+        token,
+        key: await testGatewayKey(),
+        targets: { echo: { host: '127.0.0.1', port: echo.port } },
+        log: () => undefined,
+        ice,
+        answerer: answerer(),
+      });
       t.teardown(() => gateway.close());
       const transport = client();
       const negotiation = await transport.negotiate({ gateway: gateway.url, target: 'echo', signal: AbortSignal.timeout(20_000) });
@@ -46,10 +56,22 @@ for (const [clientName, client] of Object.entries(clients)) {
 
 t.test('native ↔ native: 300 concurrent connections × 64 KiB, all intact (a queued send is back-pressure, not an error)', async (t) => {
   const echo = await echoServer(t);
-  const gateway = await startGateway({ host: '127.0.0.1', port: 0, token, targets: { echo: { host: '127.0.0.1', port: echo.port } }, log: () => undefined, ice, answerer: nativeAnswerer(ice) });
+  const gateway = await startGateway({
+    host: '127.0.0.1',
+    port: 0,
+    token,
+    key: await testGatewayKey(),
+    targets: { echo: { host: '127.0.0.1', port: echo.port } },
+    log: () => undefined,
+    ice,
+    answerer: nativeAnswerer(ice),
+  });
   t.teardown(() => gateway.close());
   const transport = createNativeTransport({ token, ice });
-  const link = await transport.establish(await transport.negotiate({ gateway: gateway.url, target: 'echo', signal: AbortSignal.timeout(20_000) }), AbortSignal.timeout(20_000));
+  const link = await transport.establish(
+    await transport.negotiate({ gateway: gateway.url, target: 'echo', signal: AbortSignal.timeout(20_000) }),
+    AbortSignal.timeout(20_000),
+  );
   t.teardown(() => link.close());
   const listener = await createTcpListenerFactory().bind('127.0.0.1', 0);
   t.teardown(() => listener.close());
@@ -78,12 +100,13 @@ t.test('the native gateway answers a=setup:passive only when the client asks (it
 
 t.test('a peer that fails at once is retried with growing pauses, not in a tight loop against the gateway', async (t) => {
   let offers = 0;
-  const server = createServer((request, response) => {
-    offers += 1;
-    request.resume();
-    response.setHeader('content-type', 'application/json');
-    response.end(JSON.stringify({ answer: 'v=0\r\n' }));
-  });
+  const server = createServer(
+    sealedHandler(
+      await testGatewayKey(),
+      () => ({ status: 200, answer: 'v=0\r\n' }),
+      () => (offers += 1),
+    ),
+  );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => server.close());
   const failing: PeerKind<object> = {
@@ -103,7 +126,9 @@ t.test('a peer that fails at once is retried with growing pauses, not in a tight
 });
 
 t.test('an answer over the size bound is refused as unreachable, not buffered', async (t) => {
+  const key = await testGatewayKey();
   const server = createServer((request, response) => {
+    if (request.url === '/v1/key') return sealedHandler(key, () => ({}))(request, response);
     request.resume();
     response.setHeader('content-type', 'application/json');
     // No content-length: the bound must hold while reading, not only against a declared length.

@@ -6,7 +6,19 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import { join } from 'node:path';
 import t from 'tap';
 import { skipBecause } from '../support/tap.js';
-import { backgroundTunnel, echoServer, isAlive, pam, portIsOpen, roundTrip, scratchDir, startGatewayProc, tunnelEnv, until, type Teardownable } from '../support/processes.js';
+import {
+  backgroundTunnel,
+  echoServer,
+  isAlive,
+  pam,
+  portIsOpen,
+  roundTrip,
+  scratchDir,
+  startGatewayProc,
+  tunnelEnv,
+  until,
+  type Teardownable,
+} from '../support/processes.js';
 
 const token = 'registry-token-0d9e';
 
@@ -42,18 +54,24 @@ t.test('list and stop from other processes; a kill -9 owner disappears; ambiguit
   const listed = await list(t, env);
   t.same(
     listed.map(({ id, pid, port, target, state, mode }) => ({ id, pid, port, target, state, mode })).sort((x, y) => x.pid - y.pid),
-    [a, b].map(({ id, pid, port }, index) => ({ id, pid, port, target: index === 0 ? 'echo' : 'web', state: 'ready', mode: 'background' })).sort((x, y) => x.pid - y.pid),
+    [a, b]
+      .map(({ id, pid, port }, index) => ({ id, pid, port, target: index === 0 ? 'echo' : 'web', state: 'ready', mode: 'background' }))
+      .sort((x, y) => x.pid - y.pid),
     'list --json shows both tunnels with their ports and owners',
   );
   const table = pam(t, ['tunnel', 'list'], { env });
   t.equal(await table.exited, 0);
-  t.match(table.stdout, /^ID\s+TARGET\s+LOCAL\s+PID\s+MODE\s+STATE\s+UPTIME\s+RECONNECTS\n/, 'no TTY: a plain table');
+  t.match(table.stdout, /^ID\s+TARGET\s+LOCAL\s+PID\s+MODE\s+STATE\s+UPTIME\s+RECONNECTS\s+PATH\n/, 'no TTY: a plain table');
   t.notOk(table.stdout.includes('\u001b['), 'without colour');
 
   process.kill(a.pid, 'SIGKILL');
   await until(() => !isAlive(a.pid), 5_000, 'owner death');
-  t.same((await list(t, env)).map((row) => row.id), [b.id], 'the dead owner is no longer listed');
-  t.notOk(existsSync(join(registry, `${a.pid}.json`)), "and its stale file is gone");
+  t.same(
+    (await list(t, env)).map((row) => row.id),
+    [b.id],
+    'the dead owner is no longer listed',
+  );
+  t.notOk(existsSync(join(registry, `${a.pid}.json`)), 'and its stale file is gone');
 
   const c = await backgroundTunnel(t, env, 'web');
   const ambiguous = pam(t, ['tunnel', 'stop', 'web'], { env });
@@ -66,7 +84,11 @@ t.test('list and stop from other processes; a kill -9 owner disappears; ambiguit
   const one = pam(t, ['tunnel', 'stop', b.id.slice(0, 5)], { env });
   t.equal(await one.exited, 0, `stop by id prefix: ${one.stderr}`);
   t.notOk(isAlive(b.pid), 'that owner exited');
-  t.equal(Buffer.compare(await roundTrip(c.port, Buffer.from('still up')), Buffer.from('still up')), 0, 'the other tunnel still carries bytes');
+  t.equal(
+    Buffer.compare(await roundTrip(c.port, Buffer.from('still up')), Buffer.from('still up')),
+    0,
+    'the other tunnel still carries bytes',
+  );
 
   const all = pam(t, ['tunnel', 'stop', '--all', '--json'], { env });
   t.equal(await all.exited, 0, all.stderr);
@@ -82,8 +104,20 @@ t.test('a forged entry naming a live unrelated process is never signalled', asyn
   const sleeper = spawn('sleep', ['30'], { stdio: 'ignore' });
   t.teardown(() => sleeper.kill('SIGKILL'));
   const pid = sleeper.pid!;
-  const tunnel = { id: 'deadbeef', target: 'echo', gateway: 'http://127.0.0.1:1', host: '127.0.0.1', port: 1, mode: 'background', state: 'ready', reconnects: 0, startedAt: new Date().toISOString() };
-  writeFileSync(join(registry, `${pid}.json`), JSON.stringify({ schema: 1, pid, startTime: '1', hostname: 'x', tunnels: [tunnel] }), { mode: 0o600 });
+  const tunnel = {
+    id: 'deadbeef',
+    target: 'echo',
+    gateway: 'http://127.0.0.1:1',
+    host: '127.0.0.1',
+    port: 1,
+    mode: 'background',
+    state: 'ready',
+    reconnects: 0,
+    startedAt: new Date().toISOString(),
+  };
+  writeFileSync(join(registry, `${pid}.json`), JSON.stringify({ schema: 1, pid, startTime: '1', hostname: 'x', tunnels: [tunnel] }), {
+    mode: 0o600,
+  });
   const stop = pam(t, ['tunnel', 'stop', '--all'], { env });
   t.equal(await stop.exited, 0);
   t.match(stop.stderr, /no tunnels running/);
@@ -107,7 +141,9 @@ t.test('an unsafe registry directory is refused with exit 78', async (t) => {
   t.equal(await viaLink.exited, 78, 'a symlink');
   t.match(viaLink.stderr, /symlink/);
   for (const spelling of [`${link}/`, `${link}/.`, join(link, 'sub')]) {
-    const start = pam(t, ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', 'http://127.0.0.1:9'], { env: { PAM_TUNNEL_REGISTRY: spelling, PAM_GATEWAY_TOKEN: token } });
+    const start = pam(t, ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', 'http://127.0.0.1:9'], {
+      env: { PAM_TUNNEL_REGISTRY: spelling, PAM_GATEWAY_TOKEN: token },
+    });
     t.equal(await start.exited, 78, `${spelling} is refused like the link itself`);
     t.match(start.stderr, /symlink/);
   }
@@ -225,7 +261,11 @@ t.test('an empty or blank selector is a usage error (2) for stop, history, repla
     t.notMatch(proc.stderr, /^\s+at /m, 'no stack trace');
   }
   t.ok(isAlive(running.pid), 'the running tunnel was not stopped');
-  t.same((await list(t, env)).map((row) => row.id), [running.id], 'and is still listed');
+  t.same(
+    (await list(t, env)).map((row) => row.id),
+    [running.id],
+    'and is still listed',
+  );
 });
 
 t.test("list leaves files that are not pam's alone, shows Commander's live entry as foreign, and stop never touches it", async (t) => {
@@ -238,24 +278,39 @@ t.test("list leaves files that are not pam's alone, shows Commander's live entry
   const foreignFiles: Record<string, string> = {
     '2023.json': '{"year": 2023}',
     '.notes.tmp': 'my notes',
-    [`${commanderPid}.json`]: JSON.stringify({ pid: commanderPid, record_uid: 'rec-1', host: '127.0.0.1', port: 15432, mode: 'foreground' }),
+    [`${commanderPid}.json`]: JSON.stringify({
+      pid: commanderPid,
+      record_uid: 'rec-1',
+      host: '127.0.0.1',
+      port: 15432,
+      mode: 'foreground',
+    }),
   };
   const old = new Date(Date.now() - 3_600_000);
   for (const [name, text] of Object.entries(foreignFiles)) {
     writeFileSync(join(registry, name), text, { mode: 0o600 });
     utimesSync(join(registry, name), old, old);
   }
-  const snapshot = () => Object.keys(foreignFiles).map((name) => (existsSync(join(registry, name)) ? readFileSync(join(registry, name), 'utf8') : null));
+  const snapshot = () =>
+    Object.keys(foreignFiles).map((name) => (existsSync(join(registry, name)) ? readFileSync(join(registry, name), 'utf8') : null));
   const before = snapshot();
 
   const listed = (await list(t, env)) as Array<Listed & { foreign: boolean; logFile: string | null }>;
-  t.match(listed, [
-    { id: ours.id, pid: ours.pid, foreign: false },
-    { id: null, pid: commanderPid, host: '127.0.0.1', port: 15432, mode: 'foreground', target: 'rec-1', state: null, foreign: true },
-  ], 'ours, then the foreign live entry, marked foreign');
+  t.match(
+    listed,
+    [
+      { id: ours.id, pid: ours.pid, foreign: false },
+      { id: null, pid: commanderPid, host: '127.0.0.1', port: 15432, mode: 'foreground', target: 'rec-1', state: null, foreign: true },
+    ],
+    'ours, then the foreign live entry, marked foreign',
+  );
   const table = pam(t, ['tunnel', 'list'], { env });
   t.equal(await table.exited, 0);
-  t.match(table.stdout, new RegExp(`^-\\s+rec-1\\s+127\\.0\\.0\\.1:15432\\s+${commanderPid}\\s+foreground\\s+foreign\\s`, 'm'), 'the table marks it foreign');
+  t.match(
+    table.stdout,
+    new RegExp(`^-\\s+rec-1\\s+127\\.0\\.0\\.1:15432\\s+${commanderPid}\\s+foreground\\s+foreign\\s`, 'm'),
+    'the table marks it foreign',
+  );
 
   const byPid = pam(t, ['tunnel', 'stop', String(commanderPid)], { env });
   t.equal(await byPid.exited, 1, 'stop by its pid matches no pam tunnel');
@@ -291,7 +346,17 @@ t.test('-bg --json: success prints the row list --json shows, failure one JSON o
   for (const logFile of [launched.logFile, failure.logFile].filter((path): path is string => path !== null)) {
     const logLines = readFileSync(logFile, 'utf8').split('\n').filter(Boolean);
     t.ok(logLines.length > 0, `${logFile} is not empty`);
-    t.same(logLines.filter((line) => { try { return typeof JSON.parse(line) !== 'object'; } catch { return true; } }), [], `${logFile} holds JSON lines only`);
+    t.same(
+      logLines.filter((line) => {
+        try {
+          return typeof JSON.parse(line) !== 'object';
+        } catch {
+          return true;
+        }
+      }),
+      [],
+      `${logFile} holds JSON lines only`,
+    );
   }
 });
 
@@ -320,5 +385,9 @@ t.test('-bg on a full disk exits 73 like --run, and says why', async (t) => {
   t.equal(await background.exited, 73, `-bg exits 73 too: ${background.stderr}`);
   t.match(background.stderr, /could not be written|cannot (write|create)/, 'and the line says what could not be written');
   t.match(JSON.parse(background.stdout), { event: 'stopped', exitCode: 73, kind: 'registryWrite' });
-  t.same(readdirSync(registry).filter((name) => name.endsWith('.json')), [], 'no registry entry left');
+  t.same(
+    readdirSync(registry).filter((name) => name.endsWith('.json')),
+    [],
+    'no registry entry left',
+  );
 });

@@ -25,12 +25,18 @@ t.test('bash completion: commands, subcommands, flags from the definitions, live
   const complete = (...words: string[]) => {
     const result = spawnSync(
       'bash',
-      ['-c', `source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _pam_complete; printf '%s\\n' "\${COMPREPLY[@]}"`, 'bash', script, ...words],
+      [
+        '-c',
+        `source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _pam_complete; printf '%s\\n' "\${COMPREPLY[@]}"`,
+        'bash',
+        script,
+        ...words,
+      ],
       { encoding: 'utf8', env: { ...process.env, ...env, PATH: `${bin}:${process.env.PATH}` } },
     );
     return result.stdout.split('\n').filter(Boolean).sort();
   };
-  t.same(complete('pam', ''), ['completion', 'gateway', 'shell', 'tunnel']);
+  t.same(complete('pam', ''), ['broker', 'completion', 'gateway', 'shell', 'tunnel']);
   t.same(complete('pam', 'tunnel', ''), ['history', 'list', 'machine', 'replay', 'start', 'stop']);
   t.same(complete('pam', 'tunnel', 'start', '--back'), ['--background']);
   t.same(complete('pam', 'tunnel', 'stop', '--a'), ['--all']);

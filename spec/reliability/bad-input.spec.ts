@@ -68,7 +68,8 @@ t.test('≥ 30 bad command lines: each exits with its documented code, one line,
     const exited = await proc.exited;
     // One line naming the fix (clipanion's "did you mean" for an unknown command lists candidates).
     const maxLines = args[0] === 'no-such-command' ? 40 : 3;
-    const ok = exited === code && message.test(proc.stderr) && !/\n\s+at /.test(proc.stderr) && proc.stderr.trim().split('\n').length <= maxLines;
+    const ok =
+      exited === code && message.test(proc.stderr) && !/\n\s+at /.test(proc.stderr) && proc.stderr.trim().split('\n').length <= maxLines;
     t.ok(ok, `${args.join(' ')} → ${exited} (want ${code}): ${proc.stderr.trim().split('\n')[0]}`);
     if (ok) clean += 1;
   }
@@ -102,7 +103,12 @@ t.test('10,000 malformed signalling requests: all refused, valid clients still s
   const generators: Array<(i: number) => [string, string, Record<string, string>, Buffer]> = [
     () => ['POST', '/v1/tunnels', auth, Buffer.from('{not json')],
     () => ['POST', '/v1/tunnels', auth, Buffer.from(JSON.stringify({ target: 42, offer: null }))],
-    (i) => ['POST', '/v1/tunnels', auth, Buffer.from(JSON.stringify({ target: 'echo', offer: `v=0\r\n${randomBytes(64 + (i % 512)).toString('base64')}` }))],
+    (i) => [
+      'POST',
+      '/v1/tunnels',
+      auth,
+      Buffer.from(JSON.stringify({ target: 'echo', offer: `v=0\r\n${randomBytes(64 + (i % 512)).toString('base64')}` })),
+    ],
     () => ['POST', '/v1/tunnels', auth, Buffer.from(JSON.stringify({ target: '127.0.0.1:22', offer: 'v=0\r\n' }))],
     () => ['POST', '/v1/tunnels', { 'content-type': 'application/json' }, Buffer.from('{}')],
     (i) => ['POST', '/v1/tunnels', { authorization: `Bearer ${token.slice(0, i % token.length)}x` }, Buffer.from('{}')],
@@ -144,7 +150,9 @@ const stackFrame = /^\s+at .+(\(.*:\d+:\d+\)|:\d+:\d+)$/;
 async function notAGateway(t: Teardownable): Promise<string> {
   const server = createServer((request, response) => {
     request.resume();
-    request.on('end', () => response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ answer: 'hello, not SDP' })));
+    request.on('end', () =>
+      response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ answer: 'hello, not SDP' })),
+    );
   });
   t.teardown(() => new Promise<void>((resolveClose) => server.close(() => resolveClose())));
   await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
@@ -170,41 +178,188 @@ t.test('bad files, variables, flags and gateways: each its documented code, one 
   const openToken = file('open-token', `${token}\n`, 0o644);
   const gatewayOpenToken = file('gateway-open-token', 'a-long-enough-gateway-token-1234\n', 0o640);
   const notPem = file('not.pem', 'this is not a certificate\n');
-  const badPem = file('bad.pem', '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n');
+  const badPem = file(
+    'bad.pem',
+    '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n',
+  );
   const fake = await notAGateway(t);
   const gatewayEnv = { ...env, PAM_GATEWAY_TOKEN: 'a-long-enough-gateway-token-1234' };
   const target = ['--target', `echo=127.0.0.1:${echo.port}`];
   const secretUrl = gateway.url.replace('http://', 'http://user:SECRET-in-url@');
   const cases: Array<[string, string[], NodeJS.ProcessEnv, number, RegExp]> = [
-    ['token file others can read', ['tunnel', 'start', 'echo', '-R', 'true', '--token-file', openToken], env, 2, /--token-file .* readable .*chmod 600/],
-    ['gateway token file others can read', ['gateway', '--listen', '127.0.0.1:0', ...target, '--token-file', gatewayOpenToken], gatewayEnv, 2, /readable .*chmod 600/],
-    ['1-character gateway token', ['gateway', '--listen', '127.0.0.1:0', ...target], { ...env, PAM_GATEWAY_TOKEN: 'x' }, 2, /PAM_GATEWAY_TOKEN is too short .*openssl rand -hex 32/],
-    ['credentials in --gateway', ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', secretUrl], env, 2, /must not carry credentials.*PAM_GATEWAY_TOKEN/],
-    ['credentials in PAM_GATEWAY_URL, -bg', ['tunnel', 'start', 'echo', '-bg', '--json'], { ...env, PAM_GATEWAY_URL: secretUrl }, 2, /PAM_GATEWAY_URL must not carry credentials/],
-    ['duplicate --target name', ['gateway', '--listen', '127.0.0.1:0', '--target', 'web=127.0.0.1:1', '--target', 'web=127.0.0.1:2'], gatewayEnv, 2, /--target web is given twice/],
-    ['--target port 0', ['gateway', '--listen', '127.0.0.1:0', '--target', 'web=127.0.0.1:0'], gatewayEnv, 2, /--target web: port 0 is not a port a target listens on/],
-    ['config key __proto__', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, ...configHome('c1', '{"__proto__": {"gateway": "http://127.0.0.1:1"}}') }, 2, /unknown key '__proto__'/],
-    ['config key constructor', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, ...configHome('c2', '{"constructor": 1}') }, 2, /unknown key 'constructor'/],
-    ['config key toString', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, ...configHome('c3', '{"toString": "x"}') }, 2, /unknown key 'toString'/],
-    ['config key hasOwnProperty', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, ...configHome('c4', '{"hasOwnProperty": null}') }, 2, /unknown key 'hasOwnProperty'/],
+    [
+      'token file others can read',
+      ['tunnel', 'start', 'echo', '-R', 'true', '--token-file', openToken],
+      env,
+      2,
+      /--token-file .* readable .*chmod 600/,
+    ],
+    [
+      'gateway token file others can read',
+      ['gateway', '--listen', '127.0.0.1:0', ...target, '--token-file', gatewayOpenToken],
+      gatewayEnv,
+      2,
+      /readable .*chmod 600/,
+    ],
+    [
+      '1-character gateway token',
+      ['gateway', '--listen', '127.0.0.1:0', ...target],
+      { ...env, PAM_GATEWAY_TOKEN: 'x' },
+      2,
+      /PAM_GATEWAY_TOKEN is too short .*openssl rand -hex 32/,
+    ],
+    [
+      'credentials in --gateway',
+      ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', secretUrl],
+      env,
+      2,
+      /must not carry credentials.*PAM_GATEWAY_TOKEN/,
+    ],
+    [
+      'credentials in PAM_GATEWAY_URL, -bg',
+      ['tunnel', 'start', 'echo', '-bg', '--json'],
+      { ...env, PAM_GATEWAY_URL: secretUrl },
+      2,
+      /PAM_GATEWAY_URL must not carry credentials/,
+    ],
+    [
+      'duplicate --target name',
+      ['gateway', '--listen', '127.0.0.1:0', '--target', 'web=127.0.0.1:1', '--target', 'web=127.0.0.1:2'],
+      gatewayEnv,
+      2,
+      /--target web is given twice/,
+    ],
+    [
+      '--target port 0',
+      ['gateway', '--listen', '127.0.0.1:0', '--target', 'web=127.0.0.1:0'],
+      gatewayEnv,
+      2,
+      /--target web: port 0 is not a port a target listens on/,
+    ],
+    [
+      'config key __proto__',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, ...configHome('c1', '{"__proto__": {"gateway": "http://127.0.0.1:1"}}') },
+      2,
+      /unknown key '__proto__'/,
+    ],
+    [
+      'config key constructor',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, ...configHome('c2', '{"constructor": 1}') },
+      2,
+      /unknown key 'constructor'/,
+    ],
+    [
+      'config key toString',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, ...configHome('c3', '{"toString": "x"}') },
+      2,
+      /unknown key 'toString'/,
+    ],
+    [
+      'config key hasOwnProperty',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, ...configHome('c4', '{"hasOwnProperty": null}') },
+      2,
+      /unknown key 'hasOwnProperty'/,
+    ],
     ['completion constructor', ['completion', 'constructor'], env, 2, /name a shell/],
-    ['gateway --listen on a busy port', ['gateway', '--listen', `127.0.0.1:${gateway.port}`, ...target], gatewayEnv, 75, /--listen 127\.0\.0\.1:\d+ is already in use/],
-    ['--tls-cert not PEM', ['gateway', '--listen', '127.0.0.1:0', ...target, '--tls-cert', notPem, '--tls-key', notPem], gatewayEnv, 2, /--tls-cert .* is not a PEM certificate/],
-    ['--tls-cert PEM that does not load', ['gateway', '--listen', '127.0.0.1:0', ...target, '--tls-cert', badPem, '--tls-key', badPem], gatewayEnv, 2, /--tls-cert\/--tls-key cannot be used/],
-    ['--inspect=garbage', ['tunnel', 'start', 'echo', '-R', 'true', '--inspect=garbage'], env, 2, /--inspect 'garbage' is not a ws:\/\/ or wss:\/\/ URL/],
-    ['PAM_INSPECT=garbage', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, PAM_INSPECT: 'garbage' }, 2, /PAM_INSPECT 'garbage' is not a ws:\/\//],
-    ['PAM_ICE_HOSTS=garbage', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, PAM_ICE_HOSTS: 'garbage' }, 2, /PAM_ICE_HOSTS: 'garbage' is not an IP address/],
-    ['gateway PAM_ICE_HOSTS=garbage', ['gateway', '--listen', '127.0.0.1:0', ...target], { ...gatewayEnv, PAM_ICE_HOSTS: 'garbage' }, 2, /PAM_ICE_HOSTS/],
-    ['a 200 answer that is not SDP', ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', fake], env, 69, new RegExp(`gateway ${fake} answered 200 .*not an SDP`)],
+    [
+      'gateway --listen on a busy port',
+      ['gateway', '--listen', `127.0.0.1:${gateway.port}`, ...target],
+      gatewayEnv,
+      75,
+      /--listen 127\.0\.0\.1:\d+ is already in use/,
+    ],
+    [
+      '--tls-cert not PEM',
+      ['gateway', '--listen', '127.0.0.1:0', ...target, '--tls-cert', notPem, '--tls-key', notPem],
+      gatewayEnv,
+      2,
+      /--tls-cert .* is not a PEM certificate/,
+    ],
+    [
+      '--tls-cert PEM that does not load',
+      ['gateway', '--listen', '127.0.0.1:0', ...target, '--tls-cert', badPem, '--tls-key', badPem],
+      gatewayEnv,
+      2,
+      /--tls-cert\/--tls-key cannot be used/,
+    ],
+    [
+      '--inspect=garbage',
+      ['tunnel', 'start', 'echo', '-R', 'true', '--inspect=garbage'],
+      env,
+      2,
+      /--inspect 'garbage' is not a ws:\/\/ or wss:\/\/ URL/,
+    ],
+    [
+      'PAM_INSPECT=garbage',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, PAM_INSPECT: 'garbage' },
+      2,
+      /PAM_INSPECT 'garbage' is not a ws:\/\//,
+    ],
+    [
+      'PAM_ICE_HOSTS=garbage',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, PAM_ICE_HOSTS: 'garbage' },
+      2,
+      /PAM_ICE_HOSTS: 'garbage' is not an IP address/,
+    ],
+    [
+      'gateway PAM_ICE_HOSTS=garbage',
+      ['gateway', '--listen', '127.0.0.1:0', ...target],
+      { ...gatewayEnv, PAM_ICE_HOSTS: 'garbage' },
+      2,
+      /PAM_ICE_HOSTS/,
+    ],
+    [
+      'a 200 answer that is not SDP',
+      ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', fake],
+      env,
+      69,
+      new RegExp(`gateway ${fake} answered 200 (with something that is not an SDP|without a gateway key)`),
+    ],
     ['--port -1', ['tunnel', 'start', 'echo', '--port', '-1'], env, 2, /--port '-1' is not a port/],
     ['--timeout -5', ['tunnel', 'start', 'echo', '--timeout', '-5'], env, 2, /--timeout '-5' must be a positive number/],
     ['--timeout 0.0001', ['tunnel', 'start', 'echo', '--timeout', '0.0001'], env, 2, /--timeout '0\.0001' is too short: .* at least 1 s/],
     ['--port twice', ['tunnel', 'start', 'echo', '--port', '1', '--port', '2'], env, 2, /--port was given 2 times/],
-    ['--listen twice', ['gateway', '--listen', '127.0.0.1:0', '--listen', '127.0.0.1:1', ...target], gatewayEnv, 2, /--listen was given 2 times/],
-    ['PAM_TRANSPORT=quic', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, PAM_TRANSPORT: 'quic' }, 2, /PAM_TRANSPORT 'quic' is not known/],
-    ['PAM_KEEPALIVE_TIMEOUT=soon', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, PAM_KEEPALIVE_TIMEOUT: 'soon' }, 2, /PAM_KEEPALIVE_TIMEOUT 'soon'/],
-    ['PAM_GATEWAY_URL=ftp://x', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, PAM_GATEWAY_URL: 'ftp://127.0.0.1' }, 2, /PAM_GATEWAY_URL 'ftp:\/\/127\.0\.0\.1' is not an http\(s\) URL/],
-    ['PAM_JOURNAL_KEEP=lots', ['tunnel', 'start', 'echo', '-R', 'true'], { ...env, PAM_JOURNAL_KEEP: 'lots' }, 2, /PAM_JOURNAL_KEEP 'lots'/],
+    [
+      '--listen twice',
+      ['gateway', '--listen', '127.0.0.1:0', '--listen', '127.0.0.1:1', ...target],
+      gatewayEnv,
+      2,
+      /--listen was given 2 times/,
+    ],
+    [
+      'PAM_TRANSPORT=quic',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, PAM_TRANSPORT: 'quic' },
+      2,
+      /PAM_TRANSPORT 'quic' is not known/,
+    ],
+    [
+      'PAM_KEEPALIVE_TIMEOUT=soon',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, PAM_KEEPALIVE_TIMEOUT: 'soon' },
+      2,
+      /PAM_KEEPALIVE_TIMEOUT 'soon'/,
+    ],
+    [
+      'PAM_GATEWAY_URL=ftp://x',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, PAM_GATEWAY_URL: 'ftp://127.0.0.1' },
+      2,
+      /PAM_GATEWAY_URL 'ftp:\/\/127\.0\.0\.1' is not an http\(s\) URL/,
+    ],
+    [
+      'PAM_JOURNAL_KEEP=lots',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, PAM_JOURNAL_KEEP: 'lots' },
+      2,
+      /PAM_JOURNAL_KEEP 'lots'/,
+    ],
   ];
   let clean = 0;
   for (const [name, args, caseEnv, code, message] of cases) {
@@ -216,12 +371,18 @@ t.test('bad files, variables, flags and gateways: each its documented code, one 
     const output = `${proc.stdout}${proc.stderr}`;
     const frames = output.split('\n').filter((line) => stackFrame.test(line));
     const lines = proc.stderr.trim().split('\n');
-    const ok = exited === code && message.test(proc.stderr) && frames.length === 0 && lines.length === 1 && !output.includes('SECRET-in-url');
-    t.ok(ok, `${name} → ${exited} (want ${code}): ${lines[0]}${frames.length ? ` [${frames.length} stack frames]` : ''}${lines.length > 1 ? ` [${lines.length} lines]` : ''}`);
+    const ok =
+      exited === code && message.test(proc.stderr) && frames.length === 0 && lines.length === 1 && !output.includes('SECRET-in-url');
+    t.ok(
+      ok,
+      `${name} → ${exited} (want ${code}): ${lines[0]}${frames.length ? ` [${frames.length} stack frames]` : ''}${lines.length > 1 ? ` [${lines.length} lines]` : ''}`,
+    );
     if (ok) clean += 1;
   }
   const written = (root: string): string[] =>
-    readdirSync(root, { withFileTypes: true }).flatMap((entry) => (entry.isDirectory() ? written(join(root, entry.name)) : [readFileSync(join(root, entry.name), 'utf8')]));
+    readdirSync(root, { withFileTypes: true }).flatMap((entry) =>
+      entry.isDirectory() ? written(join(root, entry.name)) : [readFileSync(join(root, entry.name), 'utf8')],
+    );
   const leaked = written(join(dir, 'registry')).some((text) => text.includes('SECRET-in-url'));
   t.notOk(leaked, 'URL credentials are in no registry, journal or log file');
   report(t, { badInputs: { tried: cases.length + 1, rejectedCleanly: clean + (leaked ? 0 : 1) } });

@@ -1,4 +1,5 @@
-// A network lab for tests: namespaces joined by veth pairs or a bridge, addressed from 198.18.0.0/15,
+// A network lab for tests: namespaces joined by veth pairs or a bridge, addressed from 198.18.0.0/15
+// (or the RFC 5737 documentation ranges),
 // processes started inside them, and everything deleted at teardown — also when a test fails, when it
 // was only half built, and when the test process is interrupted (SIGINT/SIGTERM/SIGHUP).
 //
@@ -37,12 +38,19 @@ const prefix = 'pamlab-';
 const openLabs = new Set<{ destroy(): void }>();
 let exitHooked = false;
 
-/** Only 198.18.0.0/15 (RFC 2544 benchmarking) may be assigned: tests never talk to real networks. */
+/**
+ * Only 198.18.0.0/15 (RFC 2544 benchmarking) and the documentation ranges 192.0.2.0/24,
+ * 198.51.100.0/24 and 203.0.113.0/24 (RFC 5737; the NAT lab's public and private segments) may be
+ * assigned: tests never talk to real networks.
+ */
 function checkAddress(cidr: string): void {
   const match = /^198\.(18|19)\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
-  if (!match || Number(match[2]) > 255 || Number(match[3]) > 255 || Number(match[4]) < 15 || Number(match[4]) > 32) {
-    throw new Error(`lab address ${cidr} is not a CIDR inside 198.18.0.0/15`);
-  }
+  if (match && Number(match[2]) <= 255 && Number(match[3]) <= 255 && Number(match[4]) >= 15 && Number(match[4]) <= 32) return;
+  const documentation = /^(192\.0\.2|198\.51\.100|203\.0\.113)\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
+  if (documentation && Number(documentation[2]) <= 255 && Number(documentation[3]) >= 24 && Number(documentation[3]) <= 32) return;
+  throw new Error(
+    `lab address ${cidr} is not a CIDR inside 198.18.0.0/15 or the documentation ranges 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24`,
+  );
 }
 
 function ip(args: readonly string[], input?: string): string {

@@ -32,7 +32,12 @@ export interface Proc {
 
 const signalNumbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
 
-export function spawnProc(t: Teardownable, command: string, args: readonly string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; stdin?: 'pipe' | 'ignore' } = {}): Proc {
+export function spawnProc(
+  t: Teardownable,
+  command: string,
+  args: readonly string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string; stdin?: 'pipe' | 'ignore' } = {},
+): Proc {
   const child = spawn(command, args, {
     cwd: options.cwd ?? repoRoot,
     env: { ...process.env, CI: 'true', ...options.env },
@@ -201,6 +206,9 @@ export function tunnelEnv(dir: string, token: string, gatewayUrl?: string): Node
   return {
     PAM_TUNNEL_REGISTRY: join(dir, 'registry'),
     PAM_GATEWAY_TOKEN: token,
+    // The gateway's key and the client's known_gateways live in the test's own directory.
+    XDG_STATE_HOME: join(dir, 'state'),
+    XDG_CONFIG_HOME: join(dir, 'config'),
     // ICE host candidates on loopback only: tests never talk to any other address.
     PAM_ICE_HOSTS: '127.0.0.1',
     ...(gatewayUrl ? { PAM_GATEWAY_URL: gatewayUrl } : {}),
@@ -208,8 +216,21 @@ export function tunnelEnv(dir: string, token: string, gatewayUrl?: string): Node
 }
 
 /** Start `pam gateway` on a free port with the given targets; resolves with its URL once listening. */
-export async function startGatewayProc(t: Teardownable, dir: string, token: string, targets: Record<string, number>, extra: readonly string[] = []): Promise<{ proc: Proc; url: string; port: number }> {
-  const args = ['gateway', '--listen', '127.0.0.1:0', '--json', ...extra, ...Object.entries(targets).flatMap(([name, port]) => ['--target', `${name}=127.0.0.1:${port}`])];
+export async function startGatewayProc(
+  t: Teardownable,
+  dir: string,
+  token: string,
+  targets: Record<string, number>,
+  extra: readonly string[] = [],
+): Promise<{ proc: Proc; url: string; port: number }> {
+  const args = [
+    'gateway',
+    '--listen',
+    '127.0.0.1:0',
+    '--json',
+    ...extra,
+    ...Object.entries(targets).flatMap(([name, port]) => ['--target', `${name}=127.0.0.1:${port}`]),
+  ];
   const proc = pam(t, args, { env: tunnelEnv(dir, token) });
   const listening = await proc.event('listening');
   return { proc, url: String(listening.url), port: Number(listening.port) };
@@ -248,7 +269,12 @@ export async function postgres(t: Teardownable): Promise<number> {
 }
 
 /** `pam tunnel start <target> -bg --json`; resolves with the launcher's line; the owner is killed at teardown. */
-export async function backgroundTunnel(t: Teardownable, env: NodeJS.ProcessEnv, target: string, extra: readonly string[] = []): Promise<{ id: string; pid: number; port: number; logFile: string }> {
+export async function backgroundTunnel(
+  t: Teardownable,
+  env: NodeJS.ProcessEnv,
+  target: string,
+  extra: readonly string[] = [],
+): Promise<{ id: string; pid: number; port: number; logFile: string }> {
   const launcher = pam(t, ['tunnel', 'start', target, '-bg', '--json', ...extra], { env });
   const code = await launcher.exited;
   if (code !== 0) throw new Error(`-bg exited ${code}: ${launcher.stderr}`);

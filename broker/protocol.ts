@@ -1,0 +1,65 @@
+// The gateway ↔ broker WebSocket protocol: JSON messages, one per frame. The broker only ever holds
+// sealed bytes (base64) it cannot open; the gateway key it serves to clients is checked by them
+// (pinning / known_gateways), so a broker that swaps it is caught before any tunnel is set up.
+
+import type { IceServer } from '../adapters/ice-options.js';
+
+export const brokerProtocol = 1;
+export const siteNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export type GatewayToBroker =
+  | { type: 'register'; protocol: number; site: string; targets: string[]; key: string }
+  /** `sealed`: the sealed answer; otherwise the request could not be opened (`status`, `error` in clear). */
+  | { type: 'answer'; id: string; sealed?: string; status?: number; error?: string };
+
+export type BrokerToGateway =
+  | { type: 'registered'; site: string }
+  | { type: 'refused'; reason: string }
+  | { type: 'offer'; id: string; sealed: string; client: string; iceServers: IceServer[] };
+
+const isString = (value: unknown): value is string => typeof value === 'string';
+
+/** A message from either side, shape-checked; undefined when it is not one of ours. */
+export function parseMessage(text: string): GatewayToBroker | undefined;
+export function parseMessage(text: string, from: 'broker'): BrokerToGateway | undefined;
+export function parseMessage(text: string, from: 'gateway' | 'broker' = 'gateway'): GatewayToBroker | BrokerToGateway | undefined {
+  let value: Record<string, unknown>;
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (typeof parsed !== 'object' || parsed === null) return undefined;
+    value = parsed as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  if (from === 'gateway') {
+    if (
+      value.type === 'register' &&
+      typeof value.protocol === 'number' &&
+      isString(value.site) &&
+      isString(value.key) &&
+      Array.isArray(value.targets) &&
+      value.targets.every(isString)
+    ) {
+      return { type: 'register', protocol: value.protocol, site: value.site, key: value.key, targets: value.targets };
+    }
+    if (value.type === 'answer' && isString(value.id)) {
+      return {
+        type: 'answer',
+        id: value.id,
+        ...(isString(value.sealed) ? { sealed: value.sealed } : {}),
+        ...(typeof value.status === 'number' && value.status >= 400 && value.status < 600 ? { status: value.status } : {}),
+        ...(isString(value.error) ? { error: value.error.slice(0, 300) } : {}),
+      };
+    }
+    return undefined;
+  }
+  if (value.type === 'registered' && isString(value.site)) return { type: 'registered', site: value.site };
+  if (value.type === 'refused' && isString(value.reason)) return { type: 'refused', reason: value.reason };
+  if (value.type === 'offer' && isString(value.id) && isString(value.sealed) && isString(value.client) && Array.isArray(value.iceServers)) {
+    const servers = value.iceServers.filter(
+      (server): server is IceServer => typeof server === 'object' && server !== null && isString((server as { urls?: unknown }).urls),
+    );
+    return { type: 'offer', id: value.id, sealed: value.sealed, client: value.client, iceServers: servers };
+  }
+  return undefined;
+}

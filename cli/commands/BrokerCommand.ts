@@ -1,0 +1,98 @@
+// `pam broker`: the rendezvous for gateways that have no inbound port (broker/server.ts).
+
+import { readFileSync } from 'node:fs';
+import { Command, Option } from 'clipanion';
+import { SingleString } from '../single-option.js';
+import { TunnelError } from '../../machines/errors.js';
+import type { PamContext } from '../context.js';
+import { iceServers, iceServerUrls } from '../config.js';
+import { parseHostPort, readBrokerToken, readPem, stopSignal } from './GatewayCommand.js';
+
+export class BrokerCommand extends Command<PamContext> {
+  static override paths = [['broker']];
+
+  static override usage = Command.Usage({
+    category: 'Gateway',
+    description: 'run a broker: the rendezvous between clients and gateways that have no inbound port',
+    details: `
+      Gateways started with --broker URL --site NAME dial in over a WebSocket, authenticated by
+      PAM_BROKER_TOKEN (the same value here and on each gateway; a wrong token is refused and logged).
+      Clients reach a site with --gateway http(s)://BROKER/sites/NAME: the broker hands them the
+      site's gateway key and its ICE servers, relays their sealed offer to the gateway and the sealed
+      answer back. It cannot read or alter either (they are sealed to the gateway's key, which clients
+      pin), keeps no state beyond one exchange and never carries tunnel bytes.
+
+      --ice-server URLs are handed to both ends of every exchange. With --turn-secret-file (coturn's
+      static-auth-secret), each turn: URL gets TURN REST credentials minted per exchange (username
+      \`expiry:label\`, password base64 HMAC-SHA1), valid 12 hours; otherwise TURN credentials come from
+      PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL. Stops on SIGINT/SIGTERM.
+    `,
+    examples: [
+      ['A broker on loopback for a local test', 'PAM_BROKER_TOKEN=s3cret $0 broker --listen 127.0.0.1:8443'],
+      [
+        'A public broker with TLS, STUN and coturn with minted credentials',
+        '$0 broker --listen 0.0.0.0:8443 --tls-cert /etc/pam/broker.crt --tls-key /etc/pam/broker.key --ice-server stun:turn.example:3478 --ice-server turn:turn.example:3478 --turn-secret-file /etc/pam/turn-secret',
+      ],
+    ],
+  });
+
+  listen = SingleString('--listen', '127.0.0.1:8443', { description: 'address:port for clients and gateways (default 127.0.0.1:8443)' });
+  tlsCert = SingleString('--tls-cert', { description: 'PEM certificate: serve HTTPS and WSS (with --tls-key)' });
+  tlsKey = SingleString('--tls-key', { description: 'PEM private key for --tls-cert' });
+  iceServers = Option.Array('--ice-server', [], { description: 'stun:/turn: URL handed to both ends of every exchange (repeatable)' });
+  turnSecretFile = SingleString('--turn-secret-file', {
+    description: "file holding coturn's static-auth-secret: mint TURN REST credentials per exchange",
+  });
+  json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
+
+  async execute(): Promise<number> {
+    const listen = parseHostPort(this.listen, '--listen', '127.0.0.1:8443 (port 0 picks a free one)');
+    const token = readBrokerToken(this.context.env);
+    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined))
+      throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
+    const tls =
+      this.tlsCert !== undefined
+        ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') }
+        : undefined;
+    const turnSecret = this.turnSecretFile !== undefined ? readSecret(this.turnSecretFile) : undefined;
+    // With a secret the broker mints TURN credentials itself; without one they come from the environment.
+    const servers = turnSecret !== undefined ? iceServerUrls(this.iceServers) : iceServers(this.iceServers, this.context.env);
+    if (turnSecret !== undefined && !servers.some((server) => server.urls.startsWith('turn'))) {
+      throw new TunnelError(
+        'usage',
+        '--turn-secret-file mints credentials for turn: servers: add at least one --ice-server turn:HOST[:PORT]',
+      );
+    }
+    const log = (line: string) => this.context.stderr.write(`pam broker: ${line}\n`);
+    const { startBroker } = await import('../../broker/server.js');
+    const broker = await startBroker({
+      host: listen.host,
+      port: listen.port,
+      token,
+      log,
+      iceServers: servers,
+      ...(turnSecret !== undefined ? { turnSecret } : {}),
+      ...(tls ? { tls } : {}),
+    });
+    this.context.stdout.write(
+      this.json
+        ? `${JSON.stringify({ event: 'listening', url: broker.url, port: broker.port, iceServers: servers.map((server) => server.urls), mintsTurnCredentials: turnSecret !== undefined })}\n`
+        : `pam broker: listening on ${broker.url} (sites at ${broker.url}/sites/NAME${servers.length > 0 ? `; ICE: ${servers.map((server) => server.urls).join(', ')}` : ''})\n`,
+    );
+    const signal = await stopSignal();
+    log(`${signal}: closing`);
+    await broker.close();
+    return 0;
+  }
+}
+
+function readSecret(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8').trim();
+  } catch (error) {
+    throw new TunnelError('usage', `cannot read --turn-secret-file ${path} (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+  }
+  if (text === '') throw new TunnelError('usage', `--turn-secret-file ${path} is empty: put coturn's static-auth-secret in it`);
+  return text;
+}
