@@ -64,16 +64,21 @@ export function createBackgroundOwners(options: {
       };
       child?.once('exit', onExit);
       const timer = setInterval(() => {
-        void options.registry.entries().then((entries) => {
-          if (finished) return;
-          const record = entries.find((entry) => entry.pid === owner.pid)?.tunnels.find((tunnel) => tunnel.id === id && tunnel.state === 'ready');
-          if (!record) return;
-          finish();
-          child?.off('exit', onExit);
-          // The owner lives on: let this process exit without waiting for it.
-          child?.unref();
-          events.ready(record);
-        }, () => undefined);
+        void options.registry.entries().then(
+          (entries) => {
+            if (finished) return;
+            const record = entries
+              .find((entry) => entry.pid === owner.pid)
+              ?.tunnels.find((tunnel) => tunnel.id === id && tunnel.state === 'ready');
+            if (!record) return;
+            finish();
+            child?.off('exit', onExit);
+            // The owner lives on: let this process exit without waiting for it.
+            child?.unref();
+            events.ready(record);
+          },
+          () => undefined,
+        );
       }, pollMs);
       return () => {
         finish();
@@ -117,7 +122,11 @@ function ownerOutcome(logFile: string, code: number | null, signal: NodeJS.Signa
   // No word in the log (a full disk): the exit code still says which failure it was.
   const known = Object.entries(failureKinds).find(([, kind]) => kind.exitCode === code);
   const how = signal ? `was killed by ${signal}` : known ? `exited with code ${code} (${known[1].summary})` : `exited with code ${code}`;
-  return { kind: known ? (known[0] as FailureKind) : 'generic', exitCode: code ?? 1, reason: `the background owner ${how} before it was ready; see ${logFile}` };
+  return {
+    kind: known ? (known[0] as FailureKind) : 'generic',
+    exitCode: code ?? 1,
+    reason: `the background owner ${how} before it was ready; see ${logFile}`,
+  };
 }
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());

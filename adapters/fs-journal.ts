@@ -86,7 +86,9 @@ export function openJournal(options: JournalOptions): { readonly path: string; i
       } catch (error) {
         broken = true;
         clearInterval(heartbeat);
-        options.warn?.(`journal ${path} could not be written, no longer journalling: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+        options.warn?.(
+          `journal ${path} could not be written, no longer journalling: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+        );
       }
     },
   };
@@ -169,6 +171,7 @@ export function findJournal(registryDir: string, prefix: string): { id: string; 
   if (blank) throw new TunnelError(blank.kind, blank.reason);
   const matches = readJournals(registryDir).filter((journal) => journal.id.startsWith(prefix));
   if (matches.length === 0) throw new TunnelError('generic', `no journal matches '${prefix}': see \`pam tunnel history\``);
-  if (matches.length > 1) throw new TunnelError('usage', `'${prefix}' matches ${matches.length} journals: ${matches.map((match) => match.id).join(', ')}`);
+  if (matches.length > 1)
+    throw new TunnelError('usage', `'${prefix}' matches ${matches.length} journals: ${matches.map((match) => match.id).join(', ')}`);
   return matches[0]!;
 }

@@ -84,7 +84,11 @@ async function resolveLocation(options: FsRegistryOptions): Promise<string> {
   const fix = 'remove it, or set PAM_TUNNEL_REGISTRY to a directory of yours with mode 0700';
   if (explicit) {
     // Relative would mean a different registry in every working directory: list and stop would miss tunnels.
-    if (!isAbsolute(explicit)) throw new TunnelError('unsafeRegistry', `registry directory ${explicit} is a relative path: set PAM_TUNNEL_REGISTRY to an absolute path`);
+    if (!isAbsolute(explicit))
+      throw new TunnelError(
+        'unsafeRegistry',
+        `registry directory ${explicit} is a relative path: set PAM_TUNNEL_REGISTRY to an absolute path`,
+      );
     const problem = await problemWith(explicit);
     if (problem) throw new TunnelError('unsafeRegistry', `registry directory ${explicit} ${problem}: ${fix}`);
     return explicit;
@@ -120,19 +124,24 @@ export async function openFsRegistry(options: FsRegistryOptions): Promise<FsRegi
 
   /** Serialised: concurrent put/remove never interleave, and the file always holds the latest state. */
   const persist = () => {
-    writes = writes.catch(() => undefined).then(async () => {
-      if (tunnels.size === 0) {
-        await unlink(entryPath).catch(ignoreMissing);
-        return;
-      }
-      try {
-        const entry = await ownEntry();
-        await writeAtomically(location, entryPath, `${JSON.stringify({ ...entry, ...commanderView(entry) })}\n`, 0o600);
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code ?? String(error);
-        throw new TunnelError('registryWrite', `cannot write the registry entry in ${location} (${code}): check its permissions and free space`);
-      }
-    });
+    writes = writes
+      .catch(() => undefined)
+      .then(async () => {
+        if (tunnels.size === 0) {
+          await unlink(entryPath).catch(ignoreMissing);
+          return;
+        }
+        try {
+          const entry = await ownEntry();
+          await writeAtomically(location, entryPath, `${JSON.stringify({ ...entry, ...commanderView(entry) })}\n`, 0o600);
+        } catch (error) {
+          const code = (error as NodeJS.ErrnoException).code ?? String(error);
+          throw new TunnelError(
+            'registryWrite',
+            `cannot write the registry entry in ${location} (${code}): check its permissions and free space`,
+          );
+        }
+      });
     return writes;
   };
 
@@ -187,7 +196,8 @@ export async function openFsRegistry(options: FsRegistryOptions): Promise<FsRegi
       // A `pam shell` control socket left by an owner that died (kill -9, a crash): nothing listens.
       const stats = await lstat(path).catch(() => undefined);
       const ours = stats?.isSocket() && (!posix || stats.uid === uid());
-      if (ours && Number(socket[1]) !== pid && (await processStartTime(Number(socket[1]))) === undefined) await unlink(path).catch(() => undefined);
+      if (ours && Number(socket[1]) !== pid && (await processStartTime(Number(socket[1]))) === undefined)
+        await unlink(path).catch(() => undefined);
       return undefined;
     }
     const match = /^(\d{1,10})\.json$/.exec(name);

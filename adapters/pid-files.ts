@@ -28,7 +28,10 @@ export function createPidFiles(options: { registry: Registry }): PidFiles {
       try {
         await writeAtomically(dir, path, `${pid}\n`, 0o644);
       } catch (error) {
-        throw new TunnelError('registryWrite', `cannot write pid file ${path} (${(error as NodeJS.ErrnoException).code ?? String(error)}): check the directory's permissions and free space`);
+        throw new TunnelError(
+          'registryWrite',
+          `cannot write pid file ${path} (${(error as NodeJS.ErrnoException).code ?? String(error)}): check the directory's permissions and free space`,
+        );
       }
     },
     async remove(path, pid) {

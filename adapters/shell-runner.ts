@@ -86,9 +86,52 @@ export function commandEnvironment(inherited: NodeJS.ProcessEnv, set: Readonly<R
   return { ...env, ...set };
 }
 
-const reservedWords = new Set(['!', '{', '}', 'case', 'do', 'done', 'elif', 'else', 'esac', 'fi', 'for', 'if', 'in', 'then', 'until', 'while']);
+const reservedWords = new Set([
+  '!',
+  '{',
+  '}',
+  'case',
+  'do',
+  'done',
+  'elif',
+  'else',
+  'esac',
+  'fi',
+  'for',
+  'if',
+  'in',
+  'then',
+  'until',
+  'while',
+]);
 // Builtins that only mean something inside the shell (`exec exit 3` would look for a program `exit`).
-const shellOnly = new Set(['.', ':', 'alias', 'break', 'cd', 'continue', 'eval', 'exec', 'exit', 'export', 'getopts', 'read', 'readonly', 'return', 'set', 'shift', 'source', 'times', 'trap', 'type', 'ulimit', 'umask', 'unalias', 'unset', 'wait']);
+const shellOnly = new Set([
+  '.',
+  ':',
+  'alias',
+  'break',
+  'cd',
+  'continue',
+  'eval',
+  'exec',
+  'exit',
+  'export',
+  'getopts',
+  'read',
+  'readonly',
+  'return',
+  'set',
+  'shift',
+  'source',
+  'times',
+  'trap',
+  'type',
+  'ulimit',
+  'umask',
+  'unalias',
+  'unset',
+  'wait',
+]);
 
 /**
  * `exec cmd` when `command` is one simple command: no unquoted `;`, `&` (other than in `2>&1`), `|`,

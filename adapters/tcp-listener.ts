@@ -7,7 +7,6 @@ import { TunnelError } from '../machines/errors.js';
 import type { ListenerFactory, LocalListener } from '../machines/ports.js';
 import { isLoopback } from './loopback.js';
 
-
 /** Connections that may wait for the link (before it is up, or while it reconnects); more are refused. */
 const maxWaiting = 128;
 
@@ -65,9 +64,19 @@ export function createTcpListenerFactory(): ListenerFactory<Socket> {
       return new Promise<LocalListener<Socket>>((resolve, reject) => {
         server.once('error', (error: NodeJS.ErrnoException) => {
           if (error.code === 'EADDRINUSE') {
-            reject(new TunnelError('portBusy', `local port ${hostPort(host, port)} is already in use; pick another --port (or 0 for any free one)`));
+            reject(
+              new TunnelError(
+                'portBusy',
+                `local port ${hostPort(host, port)} is already in use; pick another --port (or 0 for any free one)`,
+              ),
+            );
           } else if (error.code === 'EACCES') {
-            reject(new TunnelError('portBusy', `not allowed to bind ${hostPort(host, port)}; ports below 1024 need privileges — pick another --port`));
+            reject(
+              new TunnelError(
+                'portBusy',
+                `not allowed to bind ${hostPort(host, port)}; ports below 1024 need privileges — pick another --port`,
+              ),
+            );
           } else if (error.code === 'EADDRNOTAVAIL') {
             reject(new TunnelError('usage', `--host ${host} is not an address of this machine`));
           } else reject(error);

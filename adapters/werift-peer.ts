@@ -38,10 +38,14 @@ export function gatheringComplete(peer: RTCPeerConnection, signal?: AbortSignal)
       subscription.unSubscribe();
       resolve();
     });
-    signal?.addEventListener('abort', () => {
-      subscription.unSubscribe();
-      reject(signal.reason);
-    }, { once: true });
+    signal?.addEventListener(
+      'abort',
+      () => {
+        subscription.unSubscribe();
+        reject(signal.reason);
+      },
+      { once: true },
+    );
   });
 }
 
@@ -55,7 +59,8 @@ export function channelOpen(peer: RTCPeerConnection, channel: RTCDataChannel, si
         else if (state === 'closed') done(new Error('the data channel closed before it opened'));
       }),
       peer.connectionStateChange.subscribe((state) => {
-        if (state === 'failed' || state === 'closed') done(new Error(`the peer connection ${state} before the data channel opened (no ICE path between the hosts?)`));
+        if (state === 'failed' || state === 'closed')
+          done(new Error(`the peer connection ${state} before the data channel opened (no ICE path between the hosts?)`));
       }),
     ];
     const onAbort = () => done(signal?.reason ?? new Error('aborted'));

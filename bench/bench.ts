@@ -29,7 +29,8 @@ const record = (name: string, value: number, unit: string, note?: string) => {
   if (!json) process.stderr.write(`  ${name}: ${rounded} ${unit}${note ? ` (${note})` : ''}\n`);
 };
 const median = (values: number[]) => percentile(values, 50);
-const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((values.length * p) / 100))]!;
+const percentile = (values: number[], p: number) =>
+  [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((values.length * p) / 100))]!;
 const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -49,9 +50,17 @@ async function startup(): Promise<void> {
   const registry = join(dir, 'registry');
   record('node -e 0', wallMs(process.execPath, ['-e', '0']), 'ms', 'median of 10');
   record("node + import('werift')", wallMs(process.execPath, ['--input-type=module', '-e', "await import('werift')"]), 'ms');
-  record("node + import('node-datachannel')", wallMs(process.execPath, ['--input-type=module', '-e', "await import('node-datachannel')"]), 'ms');
+  record(
+    "node + import('node-datachannel')",
+    wallMs(process.execPath, ['--input-type=module', '-e', "await import('node-datachannel')"]),
+    'ms',
+  );
   record('pam --help', wallMs(process.execPath, [pamBin, '--help']), 'ms');
-  record('pam tunnel list --json (empty)', wallMs(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { PAM_TUNNEL_REGISTRY: registry }), 'ms');
+  record(
+    'pam tunnel list --json (empty)',
+    wallMs(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { PAM_TUNNEL_REGISTRY: registry }),
+    'ms',
+  );
   // 100 live owners: real processes (sleep), each with an entry carrying its real start time.
   const sleepers = Array.from({ length: 100 }, () => spawn('sleep', ['300'], { stdio: 'ignore' }));
   scope.teardown(() => {
@@ -74,9 +83,19 @@ async function startup(): Promise<void> {
       });
     }),
   );
-  const listed = JSON.parse(spawnSync(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { env: { ...process.env, PAM_TUNNEL_REGISTRY: registry }, encoding: 'utf8' }).stdout) as unknown[];
+  const listed = JSON.parse(
+    spawnSync(process.execPath, [pamBin, 'tunnel', 'list', '--json'], {
+      env: { ...process.env, PAM_TUNNEL_REGISTRY: registry },
+      encoding: 'utf8',
+    }).stdout,
+  ) as unknown[];
   if (listed.length !== 100) throw new Error(`expected 100 listed tunnels, got ${listed.length}`);
-  record('pam tunnel list --json (100 live entries)', wallMs(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { PAM_TUNNEL_REGISTRY: registry }), 'ms', 'target ≤ 120');
+  record(
+    'pam tunnel list --json (100 live entries)',
+    wallMs(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { PAM_TUNNEL_REGISTRY: registry }),
+    'ms',
+    'target ≤ 120',
+  );
   for (const sleeper of sleepers) sleeper.kill('SIGKILL');
 }
 
@@ -115,9 +134,13 @@ async function upload(port: number, sink: Awaited<ReturnType<typeof hashingSink>
     if (!socket.write(block)) await new Promise((resolve) => socket.once('drain', resolve));
   }
   socket.end();
-  const result = await Promise.race([received, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('bulk transfer took over 10 minutes')), 600_000).unref())]);
+  const result = await Promise.race([
+    received,
+    new Promise<never>((_, reject) => setTimeout(() => reject(new Error('bulk transfer took over 10 minutes')), 600_000).unref()),
+  ]);
   socket.destroy();
-  if (result.bytes !== mib * 1024 * 1024 || result.digest !== expected.digest('hex')) throw new Error(`bulk transfer corrupted: ${result.bytes} bytes`);
+  if (result.bytes !== mib * 1024 * 1024 || result.digest !== expected.digest('hex'))
+    throw new Error(`bulk transfer corrupted: ${result.bytes} bytes`);
   return mib / (Number(result.at - started) / 1e9);
 }
 
@@ -148,7 +171,12 @@ async function dataPath(): Promise<void> {
   const direct1 = await pingPong(echo, 500);
   const tunnelled1 = await pingPong(echoPort, 500);
   record('round trip 1 byte, direct p50', percentile(direct1, 50), 'ms');
-  record('round trip 1 byte, tunnel p50', percentile(tunnelled1, 50), 'ms', `added ${(percentile(tunnelled1, 50) - percentile(direct1, 50)).toFixed(2)} ms; target ≤ 1`);
+  record(
+    'round trip 1 byte, tunnel p50',
+    percentile(tunnelled1, 50),
+    'ms',
+    `added ${(percentile(tunnelled1, 50) - percentile(direct1, 50)).toFixed(2)} ms; target ≤ 1`,
+  );
   record('round trip 1 byte, tunnel p99', percentile(tunnelled1, 99), 'ms');
   const fanStarted = Date.now();
   const verified = await fanOut(echoPort, 1000, 64 * 1024);
@@ -157,13 +185,22 @@ async function dataPath(): Promise<void> {
   await echoTunnel.exited;
 
   const slowGrowth = await slowReader(dir, 20, {});
-  record('RSS growth, 1 MiB/s reader vs fast sender (20 s)', slowGrowth.tunnel, 'MiB', `tunnel process; gateway ${slowGrowth.gateway.toFixed(1)} MiB; target ≤ 16`);
+  record(
+    'RSS growth, 1 MiB/s reader vs fast sender (20 s)',
+    slowGrowth.tunnel,
+    'MiB',
+    `tunnel process; gateway ${slowGrowth.gateway.toFixed(1)} MiB; target ≤ 16`,
+  );
 
   const direct = await upload(sink.port, sink, bulkMiB);
   record(`bulk ${bulkMiB} MiB: direct TCP`, direct, 'MiB/s');
   const relayed = await upload(await relay(sink.port), sink, bulkMiB);
   record(`bulk ${bulkMiB} MiB: plain Node TCP relay`, relayed, 'MiB/s');
-  await tunnelBulk(env, sink, relayed, { rate: `bulk ${bulkMiB} MiB: pam tunnel`, note: '; target ≥ 100 MiB/s and ≥ 25%', peak: 'tunnel process peak RSS after bulk' });
+  await tunnelBulk(env, sink, relayed, {
+    rate: `bulk ${bulkMiB} MiB: pam tunnel`,
+    note: '; target ≥ 100 MiB/s and ≥ 25%',
+    peak: 'tunnel process peak RSS after bulk',
+  });
 
   // The same through --transport werift (pure TypeScript) on both ends.
   const weriftGateway = await startGatewayProc(scope, dir, 'bench-token-0a1b2c3d', { sink: sink.port }, ['--transport', 'werift']);
@@ -171,11 +208,21 @@ async function dataPath(): Promise<void> {
   await connectTimes(weriftEnv, 'werift: ');
   await tunnelBulk(weriftEnv, sink, relayed, { rate: `werift: bulk ${bulkMiB} MiB through a pam tunnel` });
   const weriftSlow = await slowReader(dir, 20, weriftEnv, ['--transport', 'werift']);
-  record('werift: RSS growth, 1 MiB/s reader vs fast sender (20 s)', weriftSlow.tunnel, 'MiB', `tunnel process; gateway ${weriftSlow.gateway.toFixed(1)} MiB`);
+  record(
+    'werift: RSS growth, 1 MiB/s reader vs fast sender (20 s)',
+    weriftSlow.tunnel,
+    'MiB',
+    `tunnel process; gateway ${weriftSlow.gateway.toFixed(1)} MiB`,
+  );
 }
 
 /** Upload bulkMiB through a fresh foreground tunnel: MiB/s and its share of the relay, optionally peak RSS. */
-async function tunnelBulk(env: NodeJS.ProcessEnv, sink: Awaited<ReturnType<typeof hashingSink>>, relayed: number, rows: { rate: string; note?: string; peak?: string }): Promise<void> {
+async function tunnelBulk(
+  env: NodeJS.ProcessEnv,
+  sink: Awaited<ReturnType<typeof hashingSink>>,
+  relayed: number,
+  rows: { rate: string; note?: string; peak?: string },
+): Promise<void> {
   const tunnel = pam(scope, ['tunnel', 'start', 'sink', '-fg', '--json'], { env });
   const ready = await tunnel.event('ready', 60_000);
   const rate = await upload(Number(ready.port), sink, bulkMiB);
@@ -199,7 +246,12 @@ async function connectTimes(env: NodeJS.ProcessEnv, label: string): Promise<void
       record(`${label}idle tunnel process RSS`, rssMiB(tunnel.pid), 'MiB', 'target ≤ 60');
       const rollup = readFileSync(`/proc/${tunnel.pid}/smaps_rollup`, 'utf8');
       const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(rollup)?.[1] ?? NaN);
-      record(`${label}idle tunnel process private / proportional memory`, (kib('Private_Clean') + kib('Private_Dirty')) / 1024, 'MiB', `PSS ${(kib('Pss') / 1024).toFixed(1)} MiB; the rest of RSS is file pages shared with every node process`);
+      record(
+        `${label}idle tunnel process private / proportional memory`,
+        (kib('Private_Clean') + kib('Private_Dirty')) / 1024,
+        'MiB',
+        `PSS ${(kib('Pss') / 1024).toFixed(1)} MiB; the rest of RSS is file pages shared with every node process`,
+      );
     }
     tunnel.child.kill('SIGTERM');
     await tunnel.exited;
@@ -256,7 +308,12 @@ async function fanOut(port: number, connections: number, bytes: number): Promise
 }
 
 /** RSS growth (MiB) of tunnel and gateway while a target reads 1 MiB/s and the client sends flat out. */
-async function slowReader(dir: string, seconds: number, env: NodeJS.ProcessEnv, gatewayArgs: readonly string[] = []): Promise<{ tunnel: number; gateway: number }> {
+async function slowReader(
+  dir: string,
+  seconds: number,
+  env: NodeJS.ProcessEnv,
+  gatewayArgs: readonly string[] = [],
+): Promise<{ tunnel: number; gateway: number }> {
   let reader: Socket | undefined;
   const server = createServer((socket) => {
     reader = socket;
@@ -269,7 +326,9 @@ async function slowReader(dir: string, seconds: number, env: NodeJS.ProcessEnv, 
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const gateway = await startGatewayProc(scope, dir, 'bench-token-0a1b2c3d', { slow: (server.address() as AddressInfo).port }, gatewayArgs);
-  const tunnel = pam(scope, ['tunnel', 'start', 'slow', '-fg', '--json'], { env: { ...env, ...tunnelEnv(dir, 'bench-token-0a1b2c3d', gateway.url) } });
+  const tunnel = pam(scope, ['tunnel', 'start', 'slow', '-fg', '--json'], {
+    env: { ...env, ...tunnelEnv(dir, 'bench-token-0a1b2c3d', gateway.url) },
+  });
   const port = Number((await tunnel.event('ready', 60_000)).port);
   const sender = connect(port, '127.0.0.1');
   sender.on('error', () => undefined);
@@ -286,9 +345,11 @@ async function slowReader(dir: string, seconds: number, env: NodeJS.ProcessEnv, 
     await sleep(100);
     let budget = 100 * 1024;
     let chunk: Buffer | null;
-    while (reader && budget > 0 && (chunk = reader.read(Math.min(budget, reader.readableLength || budget)) as Buffer | null)) budget -= chunk.length;
+    while (reader && budget > 0 && (chunk = reader.read(Math.min(budget, reader.readableLength || budget)) as Buffer | null))
+      budget -= chunk.length;
     if (tick === 30) base = peak = { tunnel: rssMiB(tunnel.pid), gateway: rssMiB(gateway.proc.pid) };
-    if (tick > 30 && tick % 10 === 0) peak = { tunnel: Math.max(peak.tunnel, rssMiB(tunnel.pid)), gateway: Math.max(peak.gateway, rssMiB(gateway.proc.pid)) };
+    if (tick > 30 && tick % 10 === 0)
+      peak = { tunnel: Math.max(peak.tunnel, rssMiB(tunnel.pid)), gateway: Math.max(peak.gateway, rssMiB(gateway.proc.pid)) };
   }
   sending = false;
   sender.destroy();
@@ -305,7 +366,8 @@ async function main(): Promise<void> {
   else {
     const width = Math.max(...rows.map((row) => row.name.length));
     process.stdout.write(`\n${'measure'.padEnd(width)}  value\n`);
-    for (const row of rows) process.stdout.write(`${row.name.padEnd(width)}  ${row.value} ${row.unit}${row.note ? `  (${row.note})` : ''}\n`);
+    for (const row of rows)
+      process.stdout.write(`${row.name.padEnd(width)}  ${row.value} ${row.unit}${row.note ? `  (${row.note})` : ''}\n`);
   }
 }
 

@@ -22,7 +22,8 @@ export function commandsPage(): string {
     if (definition.details) lines.push(clean(definition.details), '');
     if (definition.options.length > 0) {
       lines.push('| option | meaning |', '| --- | --- |');
-      for (const option of definition.options) lines.push(`| \`${option.definition.replace(/#0/g, "<value>")}\` | ${clean(option.description)} |`);
+      for (const option of definition.options)
+        lines.push(`| \`${option.definition.replace(/#0/g, '<value>')}\` | ${clean(option.description)} |`);
       lines.push('');
     }
     if (definition.examples?.length) {
@@ -31,11 +32,17 @@ export function commandsPage(): string {
       lines.push('');
     }
   }
-  lines.push('## Exit codes', '', '| code | kind | meaning |', '| --- | --- | --- |', '| 0 | ok | success; a foreground tunnel stopped by SIGINT/SIGTERM/SIGHUP also exits 0 |');
+  lines.push(
+    '## Exit codes',
+    '',
+    '| code | kind | meaning |',
+    '| --- | --- | --- |',
+    '| 0 | ok | success; a foreground tunnel stopped by SIGINT/SIGTERM/SIGHUP also exits 0 |',
+  );
   for (const [kind, { exitCode, summary }] of Object.entries(failureKinds).sort((a, b) => a[1].exitCode - b[1].exitCode)) {
     lines.push(`| ${exitCode} | ${kind} | ${summary} |`);
   }
   lines.push(`| ${signalExitBase}+N | signal | ended by signal N before an orderly stop (e.g. a second signal cut teardown short) |`);
-  lines.push('| any | command | with `--run`: the wrapped command\'s own exit code (128+N if a signal killed it, 127 if not found) |', '');
+  lines.push("| any | command | with `--run`: the wrapped command's own exit code (128+N if a signal killed it, 127 if not found) |", '');
   return `${lines.join('\n')}\n`;
 }

@@ -32,7 +32,8 @@ function websocketUrl(text: string, source: string, example: string): string {
   } catch {
     // reported below
   }
-  if (protocol !== 'ws:' && protocol !== 'wss:') throw new TunnelError('usage', `${source} '${text}' is not a ws:// or wss:// URL (e.g. ${example})`);
+  if (protocol !== 'ws:' && protocol !== 'wss:')
+    throw new TunnelError('usage', `${source} '${text}' is not a ws:// or wss:// URL (e.g. ${example})`);
   return text;
 }
 

@@ -21,5 +21,8 @@ export function numberFlag(flag: string, text: string, range: { min: number; max
   const value = parseNumberFlag(text, range);
   if (value !== undefined) return value;
   const what = range.whole ? 'a whole number' : 'a number';
-  throw new TunnelError('usage', `${flag} '${text}' must be ${what}${range.unit ? ` of ${range.unit}` : ''} from ${range.min} to ${range.max}`);
+  throw new TunnelError(
+    'usage',
+    `${flag} '${text}' must be ${what}${range.unit ? ` of ${range.unit}` : ''} from ${range.min} to ${range.max}`,
+  );
 }

@@ -6,7 +6,11 @@ import { TunnelError } from '../machines/errors.js';
 
 export function SingleString(descriptor: string, options: { readonly description: string }): string | undefined;
 export function SingleString(descriptor: string, initial: string, options: { readonly description: string }): string;
-export function SingleString(descriptor: string, initialOrOptions: string | { readonly description: string }, maybeOptions?: { readonly description: string }): string | undefined {
+export function SingleString(
+  descriptor: string,
+  initialOrOptions: string | { readonly description: string },
+  maybeOptions?: { readonly description: string },
+): string | undefined {
   const initial = typeof initialOrOptions === 'string' ? initialOrOptions : undefined;
   const description = typeof initialOrOptions === 'string' ? (maybeOptions?.description ?? '') : initialOrOptions.description;
   const names = descriptor.split(',');
@@ -16,7 +20,11 @@ export function SingleString(descriptor: string, initialOrOptions: string | { re
     },
     transformer(_builder, _key, state) {
       const given = state.options.filter(({ name }) => names.includes(name));
-      if (given.length > 1) throw new TunnelError('usage', `${names.at(-1)} was given ${given.length} times (${given.map(({ value }) => `'${String(value)}'`).join(', ')}): give it once`);
+      if (given.length > 1)
+        throw new TunnelError(
+          'usage',
+          `${names.at(-1)} was given ${given.length} times (${given.map(({ value }) => `'${String(value)}'`).join(', ')}): give it once`,
+        );
       const value: unknown = given[0]?.value;
       return typeof value === 'string' ? value : initial;
     },

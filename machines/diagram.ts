@@ -31,9 +31,11 @@ export function toMermaid(machine: AnyStateMachine): string {
     if (node.initial?.target[0]) lines.push(`${indent}[*] --> ${nameOf(node.initial.target[0] as Node)}`);
     for (const child of children) {
       for (const [eventType, transitions] of child.transitions) {
-        for (const transition of transitions) edges.push(edge(child, transition.target as Node[] | undefined, label(eventType), transition.guard));
+        for (const transition of transitions)
+          edges.push(edge(child, transition.target as Node[] | undefined, label(eventType), transition.guard));
       }
-      for (const transition of child.always ?? []) edges.push(edge(child, transition.target as Node[] | undefined, 'always', transition.guard));
+      for (const transition of child.always ?? [])
+        edges.push(edge(child, transition.target as Node[] | undefined, 'always', transition.guard));
     }
   };
 

@@ -20,7 +20,12 @@ export interface HistoryRow {
  * `ownerAlive`: is the process that wrote the journal still the same live process? `lastSeen`: the
  * journal's last sign of life (its heartbeat), later than its last entry while the tunnel idled.
  */
-export function summarize(id: string, entries: readonly JournalEntry[], ownerAlive: (pid: number, startTime: string) => boolean, lastSeen?: string): HistoryRow {
+export function summarize(
+  id: string,
+  entries: readonly JournalEntry[],
+  ownerAlive: (pid: number, startTime: string) => boolean,
+  lastSeen?: string,
+): HistoryRow {
   const first = entries[0]!;
   const last = entries.at(-1)!;
   const meta = first.meta;
@@ -29,7 +34,14 @@ export function summarize(id: string, entries: readonly JournalEntry[], ownerAli
   const base = { id, target: flags?.target ?? '?', mode, pid: meta?.pid ?? 0, startedAt: first.at };
   const seconds = (from: string, to: string) => Math.max(0, Math.round((Date.parse(to) - Date.parse(from)) / 100) / 10);
   if (last.output) {
-    return { ...base, endedAt: last.at, durationSeconds: seconds(first.at, last.at), exitCode: last.output.exitCode, status: 'ended', reason: last.output.reason };
+    return {
+      ...base,
+      endedAt: last.at,
+      durationSeconds: seconds(first.at, last.at),
+      exitCode: last.output.exitCode,
+      status: 'ended',
+      reason: last.output.reason,
+    };
   }
   if (meta && ownerAlive(meta.pid, meta.startTime)) {
     return { ...base, endedAt: null, durationSeconds: null, exitCode: null, status: 'running', reason: `running (${last.state})` };

@@ -15,7 +15,9 @@ export function provideLauncher(ports: { owners: BackgroundOwners; signals: Sign
         }),
       ),
       abandonOwner: fromPromise<void, { id: string; owner: Owner }>(({ input }) => ports.owners.abandon(input.owner)),
-      watchSignals: fromCallback<LauncherEvent>(({ sendBack }) => ports.signals.watch((signal) => sendBack({ type: 'tunnel.stop', signal }))),
+      watchSignals: fromCallback<LauncherEvent>(({ sendBack }) =>
+        ports.signals.watch((signal) => sendBack({ type: 'tunnel.stop', signal })),
+      ),
     },
   });
 }

@@ -36,7 +36,6 @@ export interface LauncherOutput extends Outcome {
   readonly ready?: TunnelRecord;
 }
 
-
 /** Time the owner gets beyond its own --timeout to report before the parent gives up on it. */
 export const ownerGraceMs = 5_000;
 
@@ -71,7 +70,11 @@ export const launcherMachine = setup({
   description: 'Parent of a --background tunnel: returns once the detached owner is ready',
   context: ({ input }) => {
     const parsed = parseStartFlags(input.flags);
-    return { id: input.id, flags: input.flags, ...(parsed.ok ? { timeoutMs: parsed.settings.timeoutMs } : { timeoutMs: 0, flagError: parsed.failure }) };
+    return {
+      id: input.id,
+      flags: input.flags,
+      ...(parsed.ok ? { timeoutMs: parsed.settings.timeoutMs } : { timeoutMs: 0, flagError: parsed.failure }),
+    };
   },
   invoke: { id: 'signals', src: 'watchSignals' },
   initial: 'idle',
@@ -103,18 +106,29 @@ export const launcherMachine = setup({
           target: 'abandoning',
           actions: {
             type: 'recordOutcome',
-            params: ({ context }) => failure('connectTimeout', `the background owner (pid ${context.owner?.pid}) did not report ready in time`),
+            params: ({ context }) =>
+              failure('connectTimeout', `the background owner (pid ${context.owner?.pid}) did not report ready in time`),
           },
         },
       },
       on: {
-        'owner.ready': { target: 'done', actions: [assign({ ready: ({ event }) => event.record }), { type: 'recordOutcome', params: { kind: 'ok', exitCode: 0, reason: 'ready' } }] },
+        'owner.ready': {
+          target: 'done',
+          actions: [
+            assign({ ready: ({ event }) => event.record }),
+            { type: 'recordOutcome', params: { kind: 'ok', exitCode: 0, reason: 'ready' } },
+          ],
+        },
         'owner.exited': { target: 'abandoning', actions: { type: 'recordOutcome', params: ({ event }) => event.outcome } },
         'tunnel.stop': {
           target: 'abandoning',
           actions: {
             type: 'recordOutcome',
-            params: ({ event }) => ({ kind: 'signal', exitCode: signalExitCode(event.signal), reason: `stopped by ${event.signal} before the background tunnel was ready` }),
+            params: ({ event }) => ({
+              kind: 'signal',
+              exitCode: signalExitCode(event.signal),
+              reason: `stopped by ${event.signal} before the background tunnel was ready`,
+            }),
           },
         },
       },
@@ -130,7 +144,7 @@ export const launcherMachine = setup({
       },
     },
     done: {
-      description: 'Returned to the caller: ready (exit 0) or the owner\'s failure',
+      description: "Returned to the caller: ready (exit 0) or the owner's failure",
       type: 'final',
     },
   },

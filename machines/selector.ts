@@ -26,7 +26,11 @@ export function blankSelector(selector: string, what: string, fix: string): Fail
 }
 
 export function selectTunnels(entries: readonly RegistryEntry[], selector: string): Selection {
-  const blank = blankSelector(selector, 'tunnel selector', 'name a tunnel by id, target, local port or pid (see `pam tunnel list`), or pass --all');
+  const blank = blankSelector(
+    selector,
+    'tunnel selector',
+    'name a tunnel by id, target, local port or pid (see `pam tunnel list`), or pass --all',
+  );
   if (blank) return { ok: false, failure: blank };
   const tunnels = allTunnels(entries);
   const exact = tunnels.filter(({ tunnel }) => tunnel.id === selector);
@@ -43,7 +47,9 @@ export function selectTunnels(entries: readonly RegistryEntry[], selector: strin
     return { ok: false, failure: failure('generic', `no running tunnel matches '${selector}': see \`pam tunnel list\``) };
   }
   if (candidates.length > 1) {
-    const listed = candidates.map(({ entry, tunnel }) => `${tunnel.id} (${tunnel.target} on ${hostPort(tunnel.host, tunnel.port)}, pid ${entry.pid})`);
+    const listed = candidates.map(
+      ({ entry, tunnel }) => `${tunnel.id} (${tunnel.target} on ${hostPort(tunnel.host, tunnel.port)}, pid ${entry.pid})`,
+    );
     return {
       ok: false,
       failure: failure('usage', `'${selector}' matches ${candidates.length} tunnels: ${listed.join(', ')}; name one by id, or use --all`),

@@ -55,7 +55,10 @@ export const targetNameRule = "letters, digits, '.', '_' and '-', at most 64";
  * The one grammar of numeric flags, for every command: digits only (no sign, no exponent, no hex),
  * a fraction only where `whole` is false, within min…max. Undefined when the text is not such a number.
  */
-export function parseNumberFlag(text: string, range: { readonly min: number; readonly max: number; readonly whole: boolean }): number | undefined {
+export function parseNumberFlag(
+  text: string,
+  range: { readonly min: number; readonly max: number; readonly whole: boolean },
+): number | undefined {
   const pattern = range.whole ? /^\s*\d{1,6}\s*$/ : /^\s*\d+(\.\d+)?\s*$/;
   if (!pattern.test(text)) return undefined;
   const value = Number(text);
@@ -73,7 +76,8 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   if (chosen.length > 1) {
     return usage(`${chosen.join(' and ')} cannot be combined: choose one of --foreground, --background or --run`);
   }
-  if (flags.run !== undefined && flags.run.trim() === '') return usage('--run needs a command, e.g. --run "psql -h $PAM_TUNNEL_HOST -p $PAM_TUNNEL_PORT"');
+  if (flags.run !== undefined && flags.run.trim() === '')
+    return usage('--run needs a command, e.g. --run "psql -h $PAM_TUNNEL_HOST -p $PAM_TUNNEL_PORT"');
   if (!isTargetName(flags.target)) {
     return usage(`target '${flags.target}' is not a valid target name (${targetNameRule})`);
   }
@@ -96,7 +100,8 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   if (flags.timeout !== undefined) {
     const seconds = parseNumberFlag(flags.timeout, { min: 0, max: 86_400, whole: false }) ?? 0;
     if (!(seconds > 0)) return usage(`--timeout '${flags.timeout}' must be a positive number of seconds (at most 86400)`);
-    if (seconds < minTimeoutSeconds) return usage(`--timeout '${flags.timeout}' is too short: a connect needs at least ${minTimeoutSeconds} s`);
+    if (seconds < minTimeoutSeconds)
+      return usage(`--timeout '${flags.timeout}' is too short: a connect needs at least ${minTimeoutSeconds} s`);
     timeoutMs = Math.round(seconds * 1000);
   }
 
@@ -158,6 +163,7 @@ export function gatewayUrlProblem(text: string, source: string): string | undefi
     url.password = '';
     return `${source} must not carry credentials (user:password@): use ${url.href.replace(/\/$/, '')} and give the token with PAM_GATEWAY_TOKEN or --token-file`;
   }
-  if (url.search !== '' || url.hash !== '') return `${source} '${shown}' must not have a query or fragment (a path is fine: http://host:port/prefix)`;
+  if (url.search !== '' || url.hash !== '')
+    return `${source} '${shown}' must not have a query or fragment (a path is fine: http://host:port/prefix)`;
   return undefined;
 }

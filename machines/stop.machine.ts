@@ -34,7 +34,6 @@ export function requestWaitMs(waitMs: number): number {
   return Math.max(waitMs, 1_000);
 }
 
-
 export const stopMachine = setup({
   types: { context: {} as StopContext, input: {} as StopInput, output: {} as StopOutput },
   actors: {
@@ -71,7 +70,10 @@ export const stopMachine = setup({
         input: ({ context }) => context,
         onDone: [
           { guard: ({ event }) => event.output, target: 'requesting' },
-          { target: 'done', actions: { type: 'recordOutcome', params: { kind: 'ok', exitCode: 0, reason: 'already stopped (its owner is gone)' } } },
+          {
+            target: 'done',
+            actions: { type: 'recordOutcome', params: { kind: 'ok', exitCode: 0, reason: 'already stopped (its owner is gone)' } },
+          },
         ],
         onError: { target: 'done', actions: { type: 'recordOutcome', params: ({ event }) => failureOf(event.error) } },
       },
@@ -94,7 +96,10 @@ export const stopMachine = setup({
             actions: {
               type: 'recordOutcome',
               params: ({ context }) =>
-                failure('generic', `tunnel ${context.tunnel.id} (pid ${context.entry.pid}) did not answer within ${requestWaitMs(context.waitMs) / 1000} s; retry with --force to SIGKILL its owner`),
+                failure(
+                  'generic',
+                  `tunnel ${context.tunnel.id} (pid ${context.entry.pid}) did not answer within ${requestWaitMs(context.waitMs) / 1000} s; retry with --force to SIGKILL its owner`,
+                ),
             },
           },
         ],
@@ -117,7 +122,10 @@ export const stopMachine = setup({
             actions: {
               type: 'recordOutcome',
               params: ({ context }) =>
-                failure('generic', `tunnel ${context.tunnel.id} (pid ${context.entry.pid}) still running after ${context.waitMs / 1000} s; retry with --force to SIGKILL it`),
+                failure(
+                  'generic',
+                  `tunnel ${context.tunnel.id} (pid ${context.entry.pid}) still running after ${context.waitMs / 1000} s; retry with --force to SIGKILL it`,
+                ),
             },
           },
         ],
@@ -131,7 +139,10 @@ export const stopMachine = setup({
         input: ({ context }) => context,
         onDone: {
           target: 'done',
-          actions: [assign({ forced: true }), { type: 'recordOutcome', params: { kind: 'ok', exitCode: 0, reason: 'killed with SIGKILL after --wait' } }],
+          actions: [
+            assign({ forced: true }),
+            { type: 'recordOutcome', params: { kind: 'ok', exitCode: 0, reason: 'killed with SIGKILL after --wait' } },
+          ],
         },
         onError: { target: 'done', actions: { type: 'recordOutcome', params: ({ event }) => failureOf(event.error) } },
       },

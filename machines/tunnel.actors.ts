@@ -89,7 +89,11 @@ export function provideTunnel(ports: TunnelPorts) {
       reportState: ({ context }, params) => {
         const record = recordOf(context, params.state);
         if (!record) return;
-        ports.registry.put(record).catch((error: unknown) => ports.announce.problem(`registry update failed: ${error instanceof Error ? error.message : String(error)}`));
+        ports.registry
+          .put(record)
+          .catch((error: unknown) =>
+            ports.announce.problem(`registry update failed: ${error instanceof Error ? error.message : String(error)}`),
+          );
       },
       // After the macrostep: the journal (written when the snapshot is emitted) then already says
       // `ready` by the time anyone can see the ready line and act on it (e.g. kill -9 the owner).

@@ -83,7 +83,13 @@ async function main(): Promise<void> {
   const script = `fetch('http://'+process.env.PAM_TUNNEL_HOST+':'+process.env.PAM_TUNNEL_PORT+'/from-run').then(r=>r.text()).then(t=>{console.log('  command saw: '+t.trim());process.exit(3)})`;
   const oneShot = pam(['tunnel', 'start', 'web', '--gateway', gatewayUrl, '--run', `"${process.execPath}" -e "${script}"`]);
   const oneShotCode = await oneShot.exited;
-  say(oneShot.output().split('\n').filter((line) => line.includes('command saw')).join('\n'));
+  say(
+    oneShot
+      .output()
+      .split('\n')
+      .filter((line) => line.includes('command saw'))
+      .join('\n'),
+  );
   say(`  pam exited ${oneShotCode}: the wrapped command's own code`);
 
   step('SIGTERM the foreground tunnel, then the gateway');
@@ -111,9 +117,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
-main()
-  .then(cleanUp, async (error: unknown) => {
-    await cleanUp();
-    process.stderr.write(`demo failed: ${error instanceof Error ? error.message : String(error)}\n`);
-    process.exitCode = 1;
-  });
+main().then(cleanUp, async (error: unknown) => {
+  await cleanUp();
+  process.stderr.write(`demo failed: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exitCode = 1;
+});

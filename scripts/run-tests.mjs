@@ -11,7 +11,10 @@ const tapPackage = require.resolve('tap/package.json');
 const tapBin = join(dirname(tapPackage), JSON.parse(readFileSync(tapPackage, 'utf8')).bin.tap);
 const args = [tapBin, '--reporter=tap', ...process.argv.slice(2)];
 // DISABLE_V8_COMPILE_CACHE: tap's TypeScript loader would otherwise leave a compile cache in /tmp.
-const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, DISABLE_V8_COMPILE_CACHE: '1' } });
+const child = spawn(process.execPath, args, {
+  stdio: ['ignore', 'pipe', 'inherit'],
+  env: { ...process.env, DISABLE_V8_COMPILE_CACHE: '1' },
+});
 
 let summary;
 let buffered = '';
@@ -46,7 +49,10 @@ child.on('exit', (code, signal) => {
   if (tally.seen) {
     const [faults, survived] = tally.faults;
     const [inputs, rejected] = tally.badInputs;
-    const load = tally.load.length === 0 ? 'no load run' : `load ${tally.load.every((entry) => entry.held) ? 'held' : 'FAILED'} (${tally.load.map((entry) => entry.what).join(', ')})`;
+    const load =
+      tally.load.length === 0
+        ? 'no load run'
+        : `load ${tally.load.every((entry) => entry.held) ? 'held' : 'FAILED'} (${tally.load.map((entry) => entry.what).join(', ')})`;
     process.stdout.write(
       `reliability: faults survived ${survived}/${faults}, bad inputs tried ${inputs} (${rejected === inputs ? 'all rejected cleanly' : `${inputs - rejected} NOT rejected cleanly`}), ${load}, bytes lost ${tally.bytes[1]} of ${tally.bytes[0]} verified\n`,
     );

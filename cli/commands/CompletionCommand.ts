@@ -59,11 +59,10 @@ export class CompletionCommand extends PamCommand {
 const quote = (words: readonly string[]) => words.join(' ');
 
 function bashScript(commands: readonly CommandWords[]): string {
-  const cases = commands
-    .map((command) => `    "${command.words.join(' ')}") flags="${quote(command.flags)}" ;;`)
-    .join('\n');
+  const cases = commands.map((command) => `    "${command.words.join(' ')}") flags="${quote(command.flags)}" ;;`).join('\n');
   const tops = [...new Set(commands.map((command) => command.words[0]!))];
-  const subs = (top: string) => commands.filter((command) => command.words[0] === top && command.words[1]).map((command) => command.words[1]!);
+  const subs = (top: string) =>
+    commands.filter((command) => command.words[0] === top && command.words[1]).map((command) => command.words[1]!);
   const subCases = tops
     .filter((top) => subs(top).length > 0)
     .map((top) => `    ${top}) words="${quote(subs(top))}" ;;`)
@@ -83,7 +82,10 @@ ${subCases}
   case "$first $second" in
 ${cases}
     *) case "$first" in
-${commands.filter((command) => command.words.length === 1).map((command) => `      "${command.words[0]}") flags="${quote(command.flags)}" ;;`).join('\n')}
+${commands
+  .filter((command) => command.words.length === 1)
+  .map((command) => `      "${command.words[0]}") flags="${quote(command.flags)}" ;;`)
+  .join('\n')}
        esac ;;
   esac
   if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "$flags" -- "$cur")); return; fi
@@ -109,7 +111,13 @@ function fishScript(commands: readonly CommandWords[]): string {
   lines.push(`complete -c pam -n '__fish_use_subcommand' -a '${tops.join(' ')}'`);
   for (const command of commands) {
     const [top, sub] = command.words;
-    if (sub) lines.push(`complete -c pam -n '__fish_seen_subcommand_from ${top}; and not __fish_seen_subcommand_from ${commands.filter((c) => c.words[0] === top && c.words[1]).map((c) => c.words[1]).join(' ')}' -a '${sub}'`);
+    if (sub)
+      lines.push(
+        `complete -c pam -n '__fish_seen_subcommand_from ${top}; and not __fish_seen_subcommand_from ${commands
+          .filter((c) => c.words[0] === top && c.words[1])
+          .map((c) => c.words[1])
+          .join(' ')}' -a '${sub}'`,
+      );
     const condition = sub ? `__fish_seen_subcommand_from ${sub}` : `__fish_seen_subcommand_from ${top}`;
     for (const flag of command.flags) {
       const option = flag.startsWith('--') ? `-l ${flag.slice(2)}` : flag.length === 2 ? `-s ${flag.slice(1)}` : `-o ${flag.slice(1)}`;

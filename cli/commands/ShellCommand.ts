@@ -31,12 +31,18 @@ export class ShellCommand extends PamCommand {
     ],
   });
 
-  inspect = Option.String('--inspect', { tolerateBoolean: true, description: 'stream every tunnel of the session to a Stately inspector: --inspect or --inspect=ws://… (as $PAM_INSPECT)' });
+  inspect = Option.String('--inspect', {
+    tolerateBoolean: true,
+    description: 'stream every tunnel of the session to a Stately inspector: --inspect or --inspect=ws://… (as $PAM_INSPECT)',
+  });
 
   async execute(): Promise<number> {
     const registry = await openFsRegistry({ env: this.context.env });
     // The session's tunnels read PAM_INSPECT like one-shot ones; the flag sets it for them.
-    const env = this.inspect === undefined ? this.context.env : { ...this.context.env, PAM_INSPECT: this.inspect === true ? '1' : String(this.inspect) };
+    const env =
+      this.inspect === undefined
+        ? this.context.env
+        : { ...this.context.env, PAM_INSPECT: this.inspect === true ? '1' : String(this.inspect) };
     return runShell(this.cli, { ...this.context, env }, registry, {
       signals: createProcessSignals(process, ['SIGTERM', 'SIGHUP']),
       releaseTerminal: () => releaseHungUpTerminal(process),

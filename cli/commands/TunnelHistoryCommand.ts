@@ -46,7 +46,9 @@ export class TunnelHistoryCommand extends PamCommand {
       const pid = entries[0]?.meta?.pid;
       if (pid !== undefined && !alive.has(pid) && !entries.at(-1)?.output) alive.set(pid, await processStartTime(pid));
     }
-    const rows = journals.slice(0, limit).map(({ id, entries, lastSeen }) => summarize(id, entries, (pid, startTime) => alive.get(pid) === startTime, lastSeen));
+    const rows = journals
+      .slice(0, limit)
+      .map(({ id, entries, lastSeen }) => summarize(id, entries, (pid, startTime) => alive.get(pid) === startTime, lastSeen));
     if (this.json) {
       this.context.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
       return 0;
@@ -58,7 +60,15 @@ export class TunnelHistoryCommand extends PamCommand {
     this.context.stdout.write(
       renderTable(
         ['ID', 'TARGET', 'MODE', 'STARTED', 'DURATION', 'EXIT', 'REASON'],
-        rows.map((row) => [row.id, row.target, row.mode, row.startedAt, row.durationSeconds === null ? '-' : `${row.durationSeconds}s`, row.exitCode === null ? '-' : String(row.exitCode), row.reason]),
+        rows.map((row) => [
+          row.id,
+          row.target,
+          row.mode,
+          row.startedAt,
+          row.durationSeconds === null ? '-' : `${row.durationSeconds}s`,
+          row.exitCode === null ? '-' : String(row.exitCode),
+          row.reason,
+        ]),
       ),
     );
     return 0;
@@ -66,7 +76,13 @@ export class TunnelHistoryCommand extends PamCommand {
 
   private timeline({ entries }: { entries: JournalEntry[] }): number {
     if (this.json) {
-      this.context.stdout.write(`${JSON.stringify(entries.map(({ meta: _meta, ...entry }) => entry), null, 2)}\n`);
+      this.context.stdout.write(
+        `${JSON.stringify(
+          entries.map(({ meta: _meta, ...entry }) => entry),
+          null,
+          2,
+        )}\n`,
+      );
       return 0;
     }
     for (const entry of entries) {

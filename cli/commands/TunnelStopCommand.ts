@@ -56,7 +56,10 @@ export class TunnelStopCommand extends PamCommand {
       const selection = selectTunnels(entries, this.selector!);
       const other = foreign.find((entry) => String(entry.pid) === this.selector);
       if (!selection.ok && other) {
-        throw new TunnelError('generic', `pid ${other.pid} owns another program's tunnel (a foreign registry entry, e.g. Keeper Commander's): stop it with that program`);
+        throw new TunnelError(
+          'generic',
+          `pid ${other.pid} owns another program's tunnel (a foreign registry entry, e.g. Keeper Commander's): stop it with that program`,
+        );
       }
       if (!selection.ok) throw new TunnelError(selection.failure.kind as 'usage' | 'generic', selection.failure.reason);
       targets = selection.selected;
@@ -73,7 +76,8 @@ export class TunnelStopCommand extends PamCommand {
     const results = await Promise.all(
       targets.map(({ entry, tunnel }) => {
         // An owner with a control channel (pam shell) is asked per tunnel and outlives them all.
-        const wholeProcess = entry.control === undefined && targets.filter((other) => other.entry.pid === entry.pid).length === entry.tunnels.length;
+        const wholeProcess =
+          entry.control === undefined && targets.filter((other) => other.entry.pid === entry.pid).length === entry.tunnels.length;
         const actor = createActor(machine, {
           input: { entry, tunnel, onlyThisTunnel: !wholeProcess, waitMs, force: this.force },
         });
@@ -89,7 +93,13 @@ export class TunnelStopCommand extends PamCommand {
 
   private report(results: readonly StopOutput[]): void {
     if (this.json) {
-      this.context.stdout.write(`${JSON.stringify(results.map(({ id, pid, target, exitCode, reason, forced }) => ({ id, pid, target, stopped: exitCode === 0, forced, reason })), null, 2)}\n`);
+      this.context.stdout.write(
+        `${JSON.stringify(
+          results.map(({ id, pid, target, exitCode, reason, forced }) => ({ id, pid, target, stopped: exitCode === 0, forced, reason })),
+          null,
+          2,
+        )}\n`,
+      );
       return;
     }
     for (const result of results) {

@@ -25,7 +25,11 @@ t.test('old journals are pruned on open: newest `keep` kept, none older than max
   writeFileSync(ancient, '{}\n');
   utimesSync(ancient, now - 40 * 86_400, now - 40 * 86_400);
   openJournal({ registryDir, meta: { id: '0000aaaa', pid: process.pid, startTime: 'x', input }, keep: 4, maxAgeDays: 30 });
-  t.same(readdirSync(dir).sort(), ['00000000.jsonl', '00000001.jsonl', '00000002.jsonl'], 'the 3 newest stay (one slot is for the new journal), the 40-day-old one goes');
+  t.same(
+    readdirSync(dir).sort(),
+    ['00000000.jsonl', '00000001.jsonl', '00000002.jsonl'],
+    'the 3 newest stay (one slot is for the new journal), the 40-day-old one goes',
+  );
 });
 
 t.test('background logs are pruned with the journals of the same ids; the opening tunnel keeps its log', async (t) => {
@@ -47,7 +51,11 @@ t.test('background logs are pruned with the journals of the same ids; the openin
   writeFileSync(join(logs, '0000aaaa.log'), 'the launcher opened it just before the owner opens its journal\n');
   age(join(logs, '0000aaaa.log'), 40 * 86_400);
   openJournal({ registryDir, meta: { id: '0000aaaa', pid: process.pid, startTime: 'x', input }, keep: 4, maxAgeDays: 30 });
-  t.same(readdirSync(logs).sort(), ['00000000.log', '00000001.log', '00000002.log', '0000aaaa.log'], 'logs follow their journals; an orphan past the age goes');
+  t.same(
+    readdirSync(logs).sort(),
+    ['00000000.log', '00000001.log', '00000002.log', '0000aaaa.log'],
+    'logs follow their journals; an orphan past the age goes',
+  );
   t.same(readdirSync(dir).sort(), ['00000000.jsonl', '00000001.jsonl', '00000002.jsonl'], 'the journals as before');
 });
 
@@ -58,18 +66,28 @@ t.test('each event is one 0600 line, redacted, and the journal replays', async (
   actor.start();
   actor.send({ type: 'tunnel.start' });
   actor.send({ type: 'xstate.done.actor.claim', output: { host: '127.0.0.1', port: 4444, secret: 'should not be kept' } } as never);
-  actor.send({ type: 'xstate.error.actor.negotiate', error: Object.assign(new Error('token refused'), { name: 'TunnelError', kind: 'authRefused' }) } as never);
+  actor.send({
+    type: 'xstate.error.actor.negotiate',
+    error: Object.assign(new Error('token refused'), { name: 'TunnelError', kind: 'authRefused' }),
+  } as never);
   actor.stop();
   const text = readFileSync(journal.path, 'utf8');
   t.equal(statSync(journal.path).mode & 0o777, 0o600);
   t.same(
-    text.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { event: { type: string } }).event.type),
+    text
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => (JSON.parse(line) as { event: { type: string } }).event.type),
     ['xstate.init', 'tunnel.start', 'xstate.done.actor.claim', 'xstate.error.actor.negotiate', 'xstate.stop'],
     'one line per event, the actor being stopped included',
   );
   t.notMatch(text, /should not be kept/, 'only host and port of an actor output are kept');
   t.match(text, /"error":\{"kind":"authRefused","message":"token refused"\}/);
   const [read] = readJournals(registryDir);
-  t.same(replay(read!.entries).replayed, ['idle', 'connecting.claiming', 'connecting.negotiating', 'stopping', 'stopping'], 'the recorded path replays');
+  t.same(
+    replay(read!.entries).replayed,
+    ['idle', 'connecting.claiming', 'connecting.negotiating', 'stopping', 'stopping'],
+    'the recorded path replays',
+  );
   t.ok(replay(read!.entries).matches);
 });

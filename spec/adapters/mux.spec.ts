@@ -18,10 +18,13 @@ async function listen(t: TapTest, onSocket: (socket: Socket) => void): Promise<{
     sockets.add(socket);
     socket.on('error', () => undefined);
   });
-  t.teardown(() => new Promise<void>((resolve) => {
-    for (const socket of sockets) socket.destroy();
-    server.close(() => resolve());
-  }));
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return { server, port: (server.address() as AddressInfo).port };
 }
@@ -106,7 +109,10 @@ t.test('a target that stops reading bounds what the gateway buffers', async (t) 
   });
   t.ok(targetSocket, 'target got the connection');
   const atGateway = dialled[0]?.writableLength ?? -1;
-  t.ok(atGateway >= 0 && atGateway <= maxWindowBytes + 64 * 1024, `gateway holds ${atGateway} bytes for the stalled target (window ${windowBytes}, at most ${maxWindowBytes})`);
+  t.ok(
+    atGateway >= 0 && atGateway <= maxWindowBytes + 64 * 1024,
+    `gateway holds ${atGateway} bytes for the stalled target (window ${windowBytes}, at most ${maxWindowBytes})`,
+  );
   t.ok(far.bufferedAmount < 2 * 1024 * 1024, `channel back towards the client holds ${far.bufferedAmount} bytes`);
   t.ok(written < total, `the writer was held back (${written} of ${total} bytes accepted)`);
   // Resume the target: everything written arrives.
@@ -143,13 +149,19 @@ t.test('connections that keep draining get larger windows, within both caps, giv
   await halfCloseExchange(local.port, upload);
   t.equal(delivered, upload.length);
   t.ok(credited > delivered, `credit granted (${credited}) exceeds the bytes delivered (${delivered}): the window grew`);
-  t.ok(peakGrowth > 0 && peakGrowth <= maxWindowBytes - windowBytes, `one stream grew by ${peakGrowth} bytes (cap ${maxWindowBytes - windowBytes})`);
+  t.ok(
+    peakGrowth > 0 && peakGrowth <= maxWindowBytes - windowBytes,
+    `one stream grew by ${peakGrowth} bytes (cap ${maxWindowBytes - windowBytes})`,
+  );
   // Eight at once: together they never borrow more than maxGrowthBytes.
   await new Promise((resolve) => setTimeout(resolve, 50));
   peakGrowth = 0;
   await Promise.all(Array.from({ length: 8 }, () => halfCloseExchange(local.port, upload)));
   t.equal(delivered, 9 * upload.length, 'every byte of the eight uploads arrived');
-  t.ok(peakGrowth > maxWindowBytes - windowBytes && peakGrowth <= maxGrowthBytes, `eight streams grew by ${peakGrowth} bytes at most at once (cap ${maxGrowthBytes})`);
+  t.ok(
+    peakGrowth > maxWindowBytes - windowBytes && peakGrowth <= maxGrowthBytes,
+    `eight streams grew by ${peakGrowth} bytes at most at once (cap ${maxGrowthBytes})`,
+  );
   for (let i = 0; i < 100 && gateway.streamCount > 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
   t.equal(gateway.grownBytes, 0, 'ended streams give their growth back');
 });

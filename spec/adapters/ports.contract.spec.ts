@@ -55,7 +55,8 @@ async function childSignals(script: string): Promise<SignalsHarness> {
     for (;;) {
       const index = lines.findIndex((line) => key in line);
       if (index >= 0) return lines.splice(index, 1)[0]!;
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`signals child ended (${child.exitCode ?? child.signalCode}) waiting for ${key}`);
+      if (child.exitCode !== null || child.signalCode !== null)
+        throw new Error(`signals child ended (${child.exitCode ?? child.signalCode}) waiting for ${key}`);
       await new Promise<void>((resolve) => {
         waiters.push(resolve);
         setTimeout(resolve, 50);
@@ -95,6 +96,11 @@ listenerContract(t, 'tcp listener', createTcpListenerFactory, async (listener) =
     });
   });
 });
-listenerContract(t, 'fake listener', () => createFakeListeners(), async (listener) => {
-  (listener as unknown as FakeListener).connect('client');
-});
+listenerContract(
+  t,
+  'fake listener',
+  () => createFakeListeners(),
+  async (listener) => {
+    (listener as unknown as FakeListener).connect('client');
+  },
+);

@@ -10,7 +10,11 @@ t.test('many watchers, one process listener per signal; each watcher hears a sig
   const heard: string[] = [];
   const stopTunnel = createProcessSignals(fakeProcess).watch((signal) => heard.push(`tunnel ${signal}`));
   const stopShell = createProcessSignals(fakeProcess, ['SIGTERM', 'SIGHUP']).watch((signal) => heard.push(`shell ${signal}`));
-  t.same(['SIGINT', 'SIGTERM', 'SIGHUP'].map((signal) => fakeProcess.listenerCount(signal)), [1, 1, 1], 'one listener each');
+  t.same(
+    ['SIGINT', 'SIGTERM', 'SIGHUP'].map((signal) => fakeProcess.listenerCount(signal)),
+    [1, 1, 1],
+    'one listener each',
+  );
   fakeProcess.emit('SIGTERM');
   fakeProcess.emit('SIGINT');
   t.same(heard, ['tunnel SIGTERM', 'shell SIGTERM', 'tunnel SIGINT'], 'each watcher once, and only for what it watches');
@@ -18,7 +22,10 @@ t.test('many watchers, one process listener per signal; each watcher hears a sig
   t.equal(fakeProcess.listenerCount('SIGINT'), 0, "no listener once nobody watches: Node's default is back");
   t.equal(fakeProcess.listenerCount('SIGTERM'), 1);
   stopShell();
-  t.same(['SIGINT', 'SIGTERM', 'SIGHUP'].map((signal) => fakeProcess.listenerCount(signal)), [0, 0, 0]);
+  t.same(
+    ['SIGINT', 'SIGTERM', 'SIGHUP'].map((signal) => fakeProcess.listenerCount(signal)),
+    [0, 0, 0],
+  );
 });
 
 t.test('relayed signals reach each current watcher once and say how many there were', async (t) => {

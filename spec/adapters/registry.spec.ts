@@ -79,7 +79,12 @@ t.test('the directory is created 0700 and entry files are 0600, written whole', 
   t.equal(statSync(dir).mode & 0o777, 0o700);
   await registry.put(record('000000f1', 2001));
   t.equal(statSync(registry.entryPath).mode & 0o777, 0o600);
-  const written = JSON.parse(readFileSync(registry.entryPath, 'utf8')) as { schema: number; pid: number; startTime: string; tunnels: unknown[] };
+  const written = JSON.parse(readFileSync(registry.entryPath, 'utf8')) as {
+    schema: number;
+    pid: number;
+    startTime: string;
+    tunnels: unknown[];
+  };
   t.match(written, { schema: 1, pid: process.pid, startTime: await processStartTime(process.pid) });
   t.equal(written.tunnels.length, 1);
   await registry.remove('000000f1');
@@ -130,31 +135,42 @@ t.test('forged, torn and oversized files never break entries(); only ours by sch
   const good = { schema: 1, pid: live.pid, startTime: live.startTime, hostname: 'h', tunnels: [record('000000a1', 3001)] };
   writeFileSync(join(dir, `${live.pid}.json`), JSON.stringify(good));
   const forged: Record<string, string> = {
-    'garbage': '{"schema":1, "pid": ',
+    garbage: '{"schema":1, "pid": ',
     'wrong schema': JSON.stringify({ ...good, schema: 2 }),
     'pid not the file name': JSON.stringify({ ...good, pid: live.pid + 1 }),
-    'huge': JSON.stringify({ ...good, hostname: 'x'.repeat(70 * 1024) }),
+    huge: JSON.stringify({ ...good, hostname: 'x'.repeat(70 * 1024) }),
     'path traversal in pidFile': JSON.stringify({ ...good, tunnels: [record('000000a2', 3002, { pidFile: '../../etc/passwd' })] }),
     'bad id': JSON.stringify({ ...good, tunnels: [record('../../x', 3003)] }),
     'port out of range': JSON.stringify({ ...good, tunnels: [record('000000a3', 70000)] }),
     'unknown mode': JSON.stringify({ ...good, tunnels: [record('000000a4', 3004, { mode: 'daemon' as never })] }),
     'empty start time': JSON.stringify({ ...good, startTime: '' }),
-    'array': '[]',
+    array: '[]',
   };
   const pids = new Map<string, number>();
   for (const [label, text] of Object.entries(forged)) {
     const pid = deadPid();
     pids.set(label, pid);
-    writeFileSync(join(dir, `${pid}.json`), text.replace(`"pid":${live.pid}`, `"pid":${label === 'pid not the file name' ? live.pid + 1 : pid}`));
+    writeFileSync(
+      join(dir, `${pid}.json`),
+      text.replace(`"pid":${live.pid}`, `"pid":${label === 'pid not the file name' ? live.pid + 1 : pid}`),
+    );
   }
   const link = `${deadPid()}.json`;
   symlinkSync('/etc/passwd', join(dir, link));
   writeFileSync(join(dir, 'notes.txt'), 'not an entry');
   const entries = await registry.entries();
-  t.same(entries.map((entry) => entry.pid), [live.pid], 'only the well-formed live entry is listed');
+  t.same(
+    entries.map((entry) => entry.pid),
+    [live.pid],
+    'only the well-formed live entry is listed',
+  );
   // Not provably ours (unparsable, another schema, not JSON of an object, a link): left alone.
   const kept = ['garbage', 'wrong schema', 'huge', 'array'].map((label) => `${pids.get(label)}.json`);
-  t.same(readdirSync(dir).sort(), [`${live.pid}.json`, 'notes.txt', link, ...kept].sort(), 'stale files of our schema were removed, nothing else');
+  t.same(
+    readdirSync(dir).sort(),
+    [`${live.pid}.json`, 'notes.txt', link, ...kept].sort(),
+    'stale files of our schema were removed, nothing else',
+  );
 });
 
 t.test("files that are not provably ours and dead are left alone; another program's live entry is foreign", async (t) => {
@@ -167,7 +183,14 @@ t.test("files that are not provably ours and dead are left alone; another progra
     '2023.json': '{"year": 2023, "notes": "mine"}',
     '.notes.tmp': 'draft',
     // Keeper Commander's schema (tunnel_registry.py): no `schema`, top-level pid/host/port/mode.
-    [`${commander.pid}.json`]: JSON.stringify({ pid: commander.pid, record_uid: 'rUid', host: '127.0.0.1', port: 5432, mode: 'background', pid_started_at: 'x' }),
+    [`${commander.pid}.json`]: JSON.stringify({
+      pid: commander.pid,
+      record_uid: 'rUid',
+      host: '127.0.0.1',
+      port: 5432,
+      mode: 'background',
+      pid_started_at: 'x',
+    }),
     [`${deadPid()}.json`]: JSON.stringify({ pid: 1, record_uid: 'gone', host: '127.0.0.1', port: 1, mode: 'run' }),
     // A live owner's entry caught torn (another writer's bug, a disk hiccup): not a reason to delete it.
     [`${owner.pid}.json`]: '{"schema":1,"pid":',
@@ -181,12 +204,20 @@ t.test("files that are not provably ours and dead are left alone; another progra
   writeFileSync(join(dir, ourDeadTemp), 'left by a writer that died');
   const scan = await registry.scan();
   t.same(scan.entries, [], 'none of them is a live entry of ours');
-  t.same(scan.foreign, [{ pid: commander.pid, host: '127.0.0.1', port: 5432, mode: 'background', label: 'rUid' }], "Commander's live entry is foreign");
+  t.same(
+    scan.foreign,
+    [{ pid: commander.pid, host: '127.0.0.1', port: 5432, mode: 'background', label: 'rUid' }],
+    "Commander's live entry is foreign",
+  );
   t.same(readdirSync(dir).sort(), Object.keys(files).sort(), 'only our own temp file of a dead writer was removed');
 
   const good = { schema: 1, pid: owner.pid, startTime: owner.startTime, hostname: 'h', tunnels: [record('000000d1', 3101)] };
   writeFileSync(join(dir, `${owner.pid}.json`), JSON.stringify(good));
-  t.same((await registry.entries()).map((entry) => entry.pid), [owner.pid], 'once whole again, the live owner is listed');
+  t.same(
+    (await registry.entries()).map((entry) => entry.pid),
+    [owner.pid],
+    'once whole again, the live owner is listed',
+  );
   await owner.kill();
   await commander.kill();
   const after = await registry.scan();
@@ -200,7 +231,11 @@ t.test('our entries carry the top-level fields Keeper Commander reads (pid, host
   await registry.put(record('000000e1', 6001));
   const written = JSON.parse(readFileSync(registry.entryPath, 'utf8')) as Record<string, unknown>;
   t.match(written, { schema: 1, pid: process.pid, host: '127.0.0.1', port: 6001, mode: record('000000e1', 6001).mode });
-  t.same((await registry.entries())[0]?.tunnels.map((tunnel) => tunnel.port), [6001], 'and still read back as ours');
+  t.same(
+    (await registry.entries())[0]?.tunnels.map((tunnel) => tunnel.port),
+    [6001],
+    'and still read back as ours',
+  );
   await registry.remove('000000e1');
 });
 
@@ -209,7 +244,10 @@ t.test('two cleaners racing over the same stale files both succeed', async (t) =
   const [a, b] = await Promise.all([openFsRegistry({ env: {}, dir }), openFsRegistry({ env: {}, dir, pid: 1, startTime: 'x' })]);
   for (let i = 0; i < 30; i += 1) {
     const pid = deadPid();
-    writeFileSync(join(dir, `${pid}.json`), JSON.stringify({ schema: 1, pid, startTime: '1', hostname: 'h', tunnels: [record('000000b1', 4000 + i)] }));
+    writeFileSync(
+      join(dir, `${pid}.json`),
+      JSON.stringify({ schema: 1, pid, startTime: '1', hostname: 'h', tunnels: [record('000000b1', 4000 + i)] }),
+    );
   }
   const [first, second] = await Promise.all([a.entries(), b.entries()]);
   t.same([first, second], [[], []]);
@@ -226,7 +264,10 @@ t.test('pid files: refuse a live registered owner (75), accept unregistered or d
   const path = join(base, 'tunnel.pid');
 
   writeFileSync(path, `${owner.pid}\n`);
-  const refused = await pidFiles.check(path).then(() => undefined, (error: { kind?: string; message: string }) => error);
+  const refused = await pidFiles.check(path).then(
+    () => undefined,
+    (error: { kind?: string; message: string }) => error,
+  );
   t.equal(refused?.kind, 'portBusy');
   t.equal(failureKinds.portBusy.exitCode, 75);
   t.match(refused?.message, `names running tunnel process ${owner.pid}`);
@@ -243,7 +284,10 @@ t.test('pid files: refuse a live registered owner (75), accept unregistered or d
   t.ok(existsSync(path), 'not removed when it names another pid');
   await pidFiles.remove(path, 4242);
   t.notOk(existsSync(path), 'removed when it still names ours');
-  const missingDir = await pidFiles.write(join(base, 'nope', 'x.pid'), 1).then(() => undefined, (error: { kind?: string; message: string }) => error);
+  const missingDir = await pidFiles.write(join(base, 'nope', 'x.pid'), 1).then(
+    () => undefined,
+    (error: { kind?: string; message: string }) => error,
+  );
   t.equal(missingDir?.kind, 'usage');
   t.match(missingDir?.message, /does not exist/);
 });
@@ -265,11 +309,12 @@ t.test('an unsafe shared directory falls back to keeper-tunnel-sessions-<uid>', 
   t.same(readdirSync(elsewhere), [], 'nothing was written through the symlink');
 });
 
-t.test('a control socket left by a dead owner is removed; a live owner\'s stays', async (t) => {
+t.test("a control socket left by a dead owner is removed; a live owner's stays", async (t) => {
   const dir = join(scratchDir(t), 'registry');
   const registry = await openFsRegistry({ env: { PAM_TUNNEL_REGISTRY: dir } });
   // A process that listens on <its pid>.sock and is then killed: the socket file outlives it.
-  const script = "const p=require('path').join(process.argv[1], process.pid + '.sock'); require('net').createServer().listen(p, () => console.log(p))";
+  const script =
+    "const p=require('path').join(process.argv[1], process.pid + '.sock'); require('net').createServer().listen(p, () => console.log(p))";
   const child = spawn(process.execPath, ['-e', script, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   t.teardown(() => {

@@ -5,7 +5,8 @@ import { commandEnvironment, createShellRunner, descendantsOf, execIfSimple } fr
 import { isAlive, until } from '../support/processes.js';
 
 t.test('the command sees the environment it is given', async (t) => {
-  const exit = await createShellRunner({ stdio: 'ignore' }).run('test "$PAM_TUNNEL_PORT" = 15432 && exit 5', { PAM_TUNNEL_PORT: '15432' }).exited;
+  const exit = await createShellRunner({ stdio: 'ignore' }).run('test "$PAM_TUNNEL_PORT" = 15432 && exit 5', { PAM_TUNNEL_PORT: '15432' })
+    .exited;
   t.equal(exit.exitCode, 5);
 });
 
@@ -17,10 +18,14 @@ t.test('a command that does not exist exits 127, as the shell reports it', async
 t.test('a forwarded signal reaches what the shell started: nothing is orphaned', async (t) => {
   const running = createShellRunner({ stdio: 'ignore' }).run('sleep 30; echo never', {});
   let sleeper = 0;
-  await until(() => {
-    sleeper = descendantsOf(running.pid!)[0] ?? 0;
-    return sleeper > 0;
-  }, 5_000, 'the shell to start sleep');
+  await until(
+    () => {
+      sleeper = descendantsOf(running.pid!)[0] ?? 0;
+      return sleeper > 0;
+    },
+    5_000,
+    'the shell to start sleep',
+  );
   t.teardown(() => {
     if (isAlive(sleeper)) process.kill(sleeper, 'SIGKILL');
   });
@@ -32,7 +37,10 @@ t.test('a forwarded signal reaches what the shell started: nothing is orphaned',
 });
 
 t.test('the command inherits no PAM_* variable except those pam sets for it', async (t) => {
-  const env = commandEnvironment({ PATH: '/bin', PAM_GATEWAY_TOKEN: 'secret', pam_gateway_url: 'x', PAM_TUNNEL_REGISTRY: '/r' }, { PAM_TUNNEL_PORT: '1' });
+  const env = commandEnvironment(
+    { PATH: '/bin', PAM_GATEWAY_TOKEN: 'secret', pam_gateway_url: 'x', PAM_TUNNEL_REGISTRY: '/r' },
+    { PAM_TUNNEL_PORT: '1' },
+  );
   t.same(env, { PATH: '/bin', PAM_TUNNEL_PORT: '1' });
 });
 

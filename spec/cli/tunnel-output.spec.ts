@@ -24,7 +24,12 @@ function context(stderrIsTTY: boolean) {
   return { value, stdout, stderr };
 }
 
-const tunnel = (host: string, mode: string) => ({ id: '0badc0de', listener: { host, port: 15432 }, settings: { target: 'db', mode, skipped: '--background' } }) as unknown as TunnelContext;
+const tunnel = (host: string, mode: string) =>
+  ({
+    id: '0badc0de',
+    listener: { host, port: 15432 },
+    settings: { target: 'db', mode, skipped: '--background' },
+  }) as unknown as TunnelContext;
 
 t.test('stderr not a terminal (2> file): no spinner frame, no carriage return', async (t) => {
   const { value, stdout, stderr } = context(false);

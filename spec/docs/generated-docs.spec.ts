@@ -23,7 +23,8 @@ for (const [path, content] of Object.entries(generatedDocs())) {
 
 t.test('the README exit-code table lists every code of the failure table', async (t) => {
   const readme = readFileSync(join(repoRoot, 'README.md'), 'utf8');
-  for (const [kind, { exitCode }] of Object.entries(failureKinds)) t.match(readme, new RegExp(`^\\| ${exitCode} \\|`, 'm'), `${kind} (${exitCode})`);
+  for (const [kind, { exitCode }] of Object.entries(failureKinds))
+    t.match(readme, new RegExp(`^\\| ${exitCode} \\|`, 'm'), `${kind} (${exitCode})`);
 });
 
 t.test('the `tunnel start` help lists every exit code it can end with', async (t) => {

@@ -20,10 +20,13 @@ async function listen(t: Teardownable, onSocket: (socket: Socket) => void): Prom
     socket.on('close', () => sockets.delete(socket));
     onSocket(socket);
   });
-  t.teardown(() => new Promise<void>((resolve) => {
-    for (const socket of sockets) socket.destroy();
-    server.close(() => resolve());
-  }));
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return (server.address() as AddressInfo).port;
 }
@@ -68,7 +71,10 @@ t.test('1,000 concurrent connections × 64 KiB each, all echoed intact', async (
   const results = await Promise.all(
     Array.from({ length: 1000 }, async () => {
       const payload = randomBytes(64 * 1024);
-      return roundTrip(port, payload).then((echoed) => sha(echoed) === sha(payload), () => false);
+      return roundTrip(port, payload).then(
+        (echoed) => sha(echoed) === sha(payload),
+        () => false,
+      );
     }),
   );
   t.equal(results.filter(Boolean).length, 1000, 'every connection got its own bytes back');
@@ -120,8 +126,14 @@ t.test('a reader at 1 MiB/s with a fast sender: neither process buffers the diff
   sending = false;
   t.ok(read > 10 * 1024 * 1024, `the reader got ${(read / 1048576).toFixed(1)} MiB`);
   t.ok(sent - read < 64 * 1024 * 1024, `the sender was held back: ${(sent / 1048576).toFixed(1)} MiB accepted from it`);
-  t.ok(peaks.tunnel - before.tunnel < 32, `tunnel RSS grew ${(peaks.tunnel - before.tunnel).toFixed(1)} MiB over 27 s (from ${before.tunnel.toFixed(0)}; bound 32)`);
-  t.ok(peaks.gateway - before.gateway < 32, `gateway RSS grew ${(peaks.gateway - before.gateway).toFixed(1)} MiB over 27 s (from ${before.gateway.toFixed(0)}; bound 32)`);
+  t.ok(
+    peaks.tunnel - before.tunnel < 32,
+    `tunnel RSS grew ${(peaks.tunnel - before.tunnel).toFixed(1)} MiB over 27 s (from ${before.tunnel.toFixed(0)}; bound 32)`,
+  );
+  t.ok(
+    peaks.gateway - before.gateway < 32,
+    `gateway RSS grew ${(peaks.gateway - before.gateway).toFixed(1)} MiB over 27 s (from ${before.gateway.toFixed(0)}; bound 32)`,
+  );
 });
 
 t.test('half-close carries through; a reset resets; a refused target closes only its connection', async (t) => {

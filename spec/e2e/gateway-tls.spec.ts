@@ -12,10 +12,36 @@ t.test('signalling over TLS with --tls-cert/--tls-key', async (t) => {
   const dir = scratchDir(t);
   const cert = join(dir, 'cert.pem');
   const key = join(dir, 'key.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { stdio: 'ignore' },
+  );
   const echo = await echoServer(t);
   const env = tunnelEnv(dir, token);
-  const gateway = pam(t, ['gateway', '--listen', '127.0.0.1:0', '--json', '--tls-cert', cert, '--tls-key', key, '--target', `echo=127.0.0.1:${echo.port}`], { env });
+  const gateway = pam(
+    t,
+    ['gateway', '--listen', '127.0.0.1:0', '--json', '--tls-cert', cert, '--tls-key', key, '--target', `echo=127.0.0.1:${echo.port}`],
+    { env },
+  );
   const url = String((await gateway.event('listening')).url);
   t.match(url, /^https:\/\/127\.0\.0\.1:\d+$/);
 
@@ -23,7 +49,11 @@ t.test('signalling over TLS with --tls-cert/--tls-key', async (t) => {
   t.equal(await trusted.exited, 6, `a client trusting the certificate tunnels: ${trusted.stderr}`);
   const untrusted = pam(t, ['tunnel', 'start', 'echo', '--gateway', url, '-R', 'exit 6'], { env });
   t.equal(await untrusted.exited, 69);
-  t.match(untrusted.stderr, /unreachable \((DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE)/, 'the certificate problem is named');
+  t.match(
+    untrusted.stderr,
+    /unreachable \((DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE)/,
+    'the certificate problem is named',
+  );
 
   const half = pam(t, ['gateway', '--tls-cert', cert, '--target', 'echo=127.0.0.1:1'], { env });
   t.equal(await half.exited, 2);
@@ -31,7 +61,11 @@ t.test('signalling over TLS with --tls-cert/--tls-key', async (t) => {
   const badIce = pam(t, ['tunnel', 'start', 'echo', '--gateway', url, '--ice-server', 'http://x', '-R', 'true'], { env });
   t.equal(await badIce.exited, 2);
   t.match(badIce.stderr, /--ice-server 'http:\/\/x' must be stun:/);
-  const turnWithoutCredentials = pam(t, ['tunnel', 'start', 'echo', '--gateway', url, '--ice-server', 'turn:127.0.0.1:3478', '-R', 'true'], { env });
+  const turnWithoutCredentials = pam(
+    t,
+    ['tunnel', 'start', 'echo', '--gateway', url, '--ice-server', 'turn:127.0.0.1:3478', '-R', 'true'],
+    { env },
+  );
   t.equal(await turnWithoutCredentials.exited, 2);
   t.match(turnWithoutCredentials.stderr, /needs PAM_ICE_USERNAME and PAM_ICE_CREDENTIAL/);
 });

@@ -19,10 +19,13 @@ async function prefixProxy(t: Teardownable, gatewayPort: number): Promise<{ url:
       outgoing.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'no such prefix' }));
       return;
     }
-    const upstream = request({ host: '127.0.0.1', port: gatewayPort, method: incoming.method, path: path.slice('/pam'.length), headers: incoming.headers }, (answer) => {
-      outgoing.writeHead(answer.statusCode ?? 502, answer.headers);
-      answer.pipe(outgoing);
-    });
+    const upstream = request(
+      { host: '127.0.0.1', port: gatewayPort, method: incoming.method, path: path.slice('/pam'.length), headers: incoming.headers },
+      (answer) => {
+        outgoing.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(outgoing);
+      },
+    );
     upstream.on('error', () => outgoing.writeHead(502).end());
     incoming.pipe(upstream);
   });
@@ -49,7 +52,9 @@ t.test('--host [::1] binds ::1 and the address is printed in brackets', async (t
   const dir = scratchDir(t);
   const echo = await echoServer(t);
   const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
-  const run = pam(t, ['tunnel', 'start', 'echo', '--host', '[::1]', '-R', 'printf %s "$PAM_TUNNEL_HOST"'], { env: tunnelEnv(dir, token, gateway.url) });
+  const run = pam(t, ['tunnel', 'start', 'echo', '--host', '[::1]', '-R', 'printf %s "$PAM_TUNNEL_HOST"'], {
+    env: tunnelEnv(dir, token, gateway.url),
+  });
   t.equal(await run.exited, 0, run.stderr.trim());
   t.equal(run.stdout, '::1', 'the command gets the bare address');
   t.match(run.stderr, /listening on \[::1\]:\d+ → echo/);

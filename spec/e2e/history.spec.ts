@@ -41,7 +41,11 @@ t.test('history --json tells SIGTERM, timeout, command exit and kill -9 apart; r
   t.match(row(signalledId), { exitCode: 0, status: 'ended', reason: 'stopped by SIGTERM' });
   t.match(row(timedOutId), { exitCode: 124, status: 'ended', reason: /^connect timeout after 1 s in signalling/ });
   t.match(row(threeId), { exitCode: 3, status: 'ended', reason: 'wrapped command exited 3' });
-  t.match(row(doomedId), { exitCode: null, status: 'died', reason: /^owner died without stopping \(pid \d+, last seen ready\.serving\.linked\)/ });
+  t.match(row(doomedId), {
+    exitCode: null,
+    status: 'died',
+    reason: /^owner died without stopping \(pid \d+, last seen ready\.serving\.linked\)/,
+  });
 
   for (const id of [signalledId, timedOutId, threeId, doomedId]) {
     const replayed = pam(t, ['tunnel', 'replay', id, '--json'], { env });
@@ -57,7 +61,11 @@ t.test('history --json tells SIGTERM, timeout, command exit and kill -9 apart; r
   t.equal(statSync(journalDir).mode & 0o777, 0o700);
   for (const name of journals) {
     t.equal(statSync(join(journalDir, name)).mode & 0o777, 0o600, `${name} is 0600`);
-    t.notMatch(readFileSync(join(journalDir, name), 'utf8'), new RegExp(`${token}|a=ice-pwd|fingerprint`), `${name} holds no token or SDP secret`);
+    t.notMatch(
+      readFileSync(join(journalDir, name), 'utf8'),
+      new RegExp(`${token}|a=ice-pwd|fingerprint`),
+      `${name} holds no token or SDP secret`,
+    );
   }
 });
 
@@ -74,9 +82,15 @@ t.test('a torn last line is skipped, and an edited journal no longer replays', a
   appendFileSync(path, '{"seq":99,"at":"2026-');
   const timeline = pam(t, ['tunnel', 'history', id, '--json'], { env });
   t.equal(await timeline.exited, 0, timeline.stderr);
-  t.equal((JSON.parse(timeline.stdout) as unknown[]).length, readFileSync(path, 'utf8').split('\n').length - 1, 'every whole line, not the torn one');
+  t.equal(
+    (JSON.parse(timeline.stdout) as unknown[]).length,
+    readFileSync(path, 'utf8').split('\n').length - 1,
+    'every whole line, not the torn one',
+  );
 
-  const lines = readFileSync(path, 'utf8').split('\n').filter((line) => line.startsWith('{"seq"') && line.endsWith('}'));
+  const lines = readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((line) => line.startsWith('{"seq"') && line.endsWith('}'));
   const edited = lines.map((line) => line.replace('"command.exited","exit":{"exitCode":0}', '"link.lost","reason":"forged"'));
   writeFileSync(path, `${edited.join('\n')}\n`);
   const replayed = pam(t, ['tunnel', 'replay', id], { env });
@@ -100,7 +114,9 @@ t.test('an owner killed with -9 after idling shows how long it ran, not just unt
   await until(() => !isAlive(doomed.pid), 5_000, 'owner death');
   const history = pam(t, ['tunnel', 'history', '--json'], { env });
   t.equal(await history.exited, 0, history.stderr);
-  const row = (JSON.parse(history.stdout) as Array<{ id: string; status: string; durationSeconds: number }>).find((candidate) => candidate.id === id);
+  const row = (JSON.parse(history.stdout) as Array<{ id: string; status: string; durationSeconds: number }>).find(
+    (candidate) => candidate.id === id,
+  );
   t.equal(row?.status, 'died');
   t.ok((row?.durationSeconds ?? 0) >= 3, `died after at least 3 s of life, history says ${row?.durationSeconds} s`);
 });

@@ -48,7 +48,7 @@ t.test('--run: the command talks through the tunnel; its stdout is clean; pam ex
   t.match(ok.stderr, /listening on 127\.0\.0\.1:\d+ → echo/, "pam's own lines go to stderr");
 
   const seven = pam(t, ['tunnel', 'start', 'echo', '-R', 'echo "$PAM_TUNNEL_HOST $PAM_TUNNEL_PORT $PAM_TUNNEL_ID"; exit 7'], { env });
-  t.equal(await seven.exited, 7, "exit code of the command");
+  t.equal(await seven.exited, 7, 'exit code of the command');
   t.match(seven.stdout, /^127\.0\.0\.1 \d+ [0-9a-f]{8}\n$/, 'PAM_TUNNEL_* are set for the command');
   t.same(entries(), [], 'no registry entry left');
 });
@@ -128,7 +128,7 @@ t.test('--background returns once the port is usable; kill -TERM $(cat P) remove
   t.notOk(await portIsOpen(ready.port), 'port closed');
 });
 
-t.test('--background failures exit with the owner\'s code and leave no child', async (t) => {
+t.test("--background failures exit with the owner's code and leave no child", async (t) => {
   const { env, entries, echo } = await setup(t);
   const busy = pam(t, ['tunnel', 'start', 'echo', '-bg', '--port', String(echo.port)], { env });
   t.equal(await busy.exited, 75, 'busy local port → 75');
@@ -215,7 +215,8 @@ function killAtTeardown(t: Teardownable, cmdline: string): void {
 async function journalled(registry: string, type: string): Promise<void> {
   const journal = join(registry, 'journal');
   await until(
-    () => existsSync(journal) && readdirSync(journal).some((name) => readFileSync(join(journal, name), 'utf8').includes(`"type":"${type}"`)),
+    () =>
+      existsSync(journal) && readdirSync(journal).some((name) => readFileSync(join(journal, name), 'utf8').includes(`"type":"${type}"`)),
     10_000,
     `the journal to record ${type}`,
   );
@@ -265,7 +266,11 @@ t.test('pam tunnel stop --wait 2 --force on a --run tunnel kills pam, the sh -c 
   await until(() => !isAlive(shellPid) && pidsOf(sleeper).length === 0, 5_000, 'the command to be gone').catch(() => undefined);
   t.notOk(isAlive(shellPid), 'the sh -c is gone');
   t.same(pidsOf(sleeper), [], 'and so is its sleep');
-  t.same(readdirSync(registry).filter((name) => name.endsWith('.json')), [], 'registry entry removed');
+  t.same(
+    readdirSync(registry).filter((name) => name.endsWith('.json')),
+    [],
+    'registry entry removed',
+  );
 });
 
 t.test('--run: a command that handles SIGINT and exits 0 gives pam exit 0 (no shell re-raises it)', async (t) => {

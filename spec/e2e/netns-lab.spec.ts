@@ -22,7 +22,10 @@ if (labAvailable(t)) {
       { ns: b, address: '198.18.1.2/24' },
       { ns: c, address: '198.18.1.3/24' },
     ]);
-    for (const [from, to] of [[b, '198.18.1.1'], [c, '198.18.1.1']] as const) {
+    for (const [from, to] of [
+      [b, '198.18.1.1'],
+      [c, '198.18.1.1'],
+    ] as const) {
       const server = lab.spawn(t, a, process.execPath, [exchangePeer, 'serve', to, '65536']);
       const port = String((await server.event('listening')).port);
       const client = lab.spawn(t, from, process.execPath, [exchangePeer, 'connect', to, port, '65536']);
@@ -63,7 +66,11 @@ if (labAvailable(t)) {
       t.throws(() => lab.ip(a, 'route', 'add', '198.19.0.0/16', 'via', '198.18.9.9'), /ip -n .* route add/);
     });
     const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
-    t.same(made.names.filter((name) => left.includes(name)), [], 'no namespace is left');
+    t.same(
+      made.names.filter((name) => left.includes(name)),
+      [],
+      'no namespace is left',
+    );
     t.notOk(isAlive(made.pid), 'the process inside is gone');
   });
 }

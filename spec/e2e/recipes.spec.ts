@@ -27,7 +27,11 @@ function shellWithPam(t: Teardownable, dir: string, env: NodeJS.ProcessEnv) {
   mkdirSync(bin, { recursive: true });
   symlinkSync(pamBin, join(bin, 'pam'));
   // TMPDIR: whatever the recipe makes with mktemp lands in the test's own directory.
-  return (script: string) => spawnProc(t, 'bash', ['-euo', 'pipefail', '-c', script], { env: { ...env, PATH: `${bin}:${process.env.PATH}`, TMPDIR: dir }, cwd: dir });
+  return (script: string) =>
+    spawnProc(t, 'bash', ['-euo', 'pipefail', '-c', script], {
+      env: { ...env, PATH: `${bin}:${process.env.PATH}`, TMPDIR: dir },
+      cwd: dir,
+    });
 }
 
 t.test('recipe: a script with a background tunnel, list and stop', async (t) => {
@@ -46,7 +50,10 @@ t.test('recipe: a script with a background tunnel, list and stop', async (t) => 
   t.equal(await shell.exited, 0, shell.stderr);
   t.match(shell.stdout, /^healthy\n/, 'curl got the page through the tunnel');
   t.match(shell.stdout, /stopped tunnel [0-9a-f]{8} \(web, pid \d+\)/, 'and stop reported it');
-  const left = spawnSync(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { env: { ...process.env, ...tunnelEnv(dir, token) }, encoding: 'utf8' });
+  const left = spawnSync(process.execPath, [pamBin, 'tunnel', 'list', '--json'], {
+    env: { ...process.env, ...tunnelEnv(dir, token) },
+    encoding: 'utf8',
+  });
   t.same(JSON.parse(left.stdout), [], 'nothing left running');
 });
 

@@ -42,12 +42,16 @@ t.test('gateway killed and restarted: the tunnel reconnects and carries new conn
   await second.event('listening');
   await tunnel.line(/reconnected/, 60_000);
   t.same(await roundTrip(local, Buffer.from('after')), Buffer.from('after'), 'new connections work after the reconnect');
-  await until(async () => {
-    const again = pam(t, ['tunnel', 'list', '--json'], { env });
-    await again.exited;
-    const [row] = JSON.parse(again.stdout) as Array<{ state: string; reconnects: number }>;
-    return row?.state === 'ready' && row.reconnects === 1;
-  }, 10_000, 'list to show ready with 1 reconnect');
+  await until(
+    async () => {
+      const again = pam(t, ['tunnel', 'list', '--json'], { env });
+      await again.exited;
+      const [row] = JSON.parse(again.stdout) as Array<{ state: string; reconnects: number }>;
+      return row?.state === 'ready' && row.reconnects === 1;
+    },
+    10_000,
+    'list to show ready with 1 reconnect',
+  );
   tunnel.child.kill('SIGTERM');
   t.equal(await tunnel.exited, 0);
 });
@@ -58,7 +62,10 @@ t.test('a gateway that stays down: reconnects run out and the tunnel ends with 6
   const local = Number((await tunnel.event('ready')).port);
   gateway.child.kill('SIGKILL');
   t.equal(await tunnel.exited, 69);
-  t.match(tunnel.stdout, /"event":"stopped".*"exitCode":69.*tunnel lost \(.*\); 2 reconnect attempt\(s\) failed, last: gateway http:\/\/127\.0\.0\.1:\d+ is unreachable/);
+  t.match(
+    tunnel.stdout,
+    /"event":"stopped".*"exitCode":69.*tunnel lost \(.*\); 2 reconnect attempt\(s\) failed, last: gateway http:\/\/127\.0\.0\.1:\d+ is unreachable/,
+  );
   t.notOk(await portIsOpen(local), 'port released');
 });
 

@@ -6,7 +6,20 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { echoServer, isAlive, pam, pamBin, portIsOpen, roundTrip, scratchDir, silentGateway, spawnProc, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
+import {
+  echoServer,
+  isAlive,
+  pam,
+  pamBin,
+  portIsOpen,
+  roundTrip,
+  scratchDir,
+  silentGateway,
+  spawnProc,
+  startGatewayProc,
+  tunnelEnv,
+  until,
+} from '../support/processes.js';
 import { skipBecause, type TapTest } from '../support/tap.js';
 
 const token = 'shell-token-d00d';
@@ -21,10 +34,20 @@ t.test('piped script: lines run in order without prompts; exit code of the last 
   t.equal(await shell.exited, 68, 'the last failing command was the unknown target');
   t.match(shell.stderr, /--background skipped: tunnels persist for this shell session/, 'the -bg notice');
   t.notMatch(shell.stdout, /pam> /, 'no prompts without a terminal');
-  const listed = JSON.parse(shell.stdout.slice(shell.stdout.indexOf('['), shell.stdout.lastIndexOf(']') + 1)) as Array<{ mode: string; pid: number }>;
+  const listed = JSON.parse(shell.stdout.slice(shell.stdout.indexOf('['), shell.stdout.lastIndexOf(']') + 1)) as Array<{
+    mode: string;
+    pid: number;
+  }>;
   t.equal(listed.length, 2, 'both tunnels listed from inside the shell');
-  t.ok(listed.every((row) => row.mode === 'shell' && row.pid === listed[0]!.pid), 'owned by one process (the shell), mode shell');
-  t.same(readdirSync(join(dir, 'registry')).filter((name) => /\.(json|sock)$/.test(name)), [], 'no registry entry or control socket left');
+  t.ok(
+    listed.every((row) => row.mode === 'shell' && row.pid === listed[0]!.pid),
+    'owned by one process (the shell), mode shell',
+  );
+  t.same(
+    readdirSync(join(dir, 'registry')).filter((name) => /\.(json|sock)$/.test(name)),
+    [],
+    'no registry entry or control socket left',
+  );
 });
 
 const hasTmux = spawnSync('tmux', ['-V'], { stdio: 'ignore' }).status === 0;
@@ -68,7 +91,11 @@ t.test('in a terminal: two tunnels, one stopped from outside, exit with confirma
   type('y');
   await until(() => !isAlive(shellPid), 10_000, 'the shell to exit');
   t.notOk(await portIsOpen(Number(second[1])), 'no port left');
-  t.same(readdirSync(join(dir, 'registry')).filter((name) => /\.(json|sock)$/.test(name)), [], 'no registry entry or socket left');
+  t.same(
+    readdirSync(join(dir, 'registry')).filter((name) => /\.(json|sock)$/.test(name)),
+    [],
+    'no registry entry or socket left',
+  );
   const history = join(dir, 'state', 'pam', 'history');
   t.ok(existsSync(history) && readFileSync(history, 'utf8').includes('tunnel start echo -bg'), 'history was kept');
   t.equal(statSync(history).mode & 0o777, 0o600);
@@ -98,10 +125,18 @@ for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
     const pidFiles = [join(dir, 'a.pid'), join(dir, 'b.pid')];
     shell.child.stdin!.write(pidFiles.map((path) => `tunnel start echo --json --pid-file ${path}\n`).join(''));
     await until(() => (shell.stdout.match(/"event":"ready"/g) ?? []).length === 2, 20_000, 'two tunnels');
-    t.same(pidFiles.map((path) => readFileSync(path, 'utf8')), [`${shell.pid}\n`, `${shell.pid}\n`], 'pid files name the shell');
+    t.same(
+      pidFiles.map((path) => readFileSync(path, 'utf8')),
+      [`${shell.pid}\n`, `${shell.pid}\n`],
+      'pid files name the shell',
+    );
     shell.child.kill(signal);
     t.equal(await shell.exited, 0, 'the shell exits 0');
-    t.same(pidFiles.filter((path) => existsSync(path)), [], 'pid files removed');
+    t.same(
+      pidFiles.filter((path) => existsSync(path)),
+      [],
+      'pid files removed',
+    );
     t.same(registryFiles(dir), [], 'entry and control socket removed');
     const stopped = shell.stdout
       .split('\n')
@@ -133,8 +168,13 @@ t.test('pam tunnel stop from another process asks the control channel: stop <id>
   const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
   const env = tunnelEnv(dir, token, gateway.url);
   const shell = pam(t, ['shell'], { env, stdin: 'pipe' });
-  const readyIds = () => [...shell.stdout.matchAll(/"event":"ready".*?"id":"([0-9a-f]{8})"|"id":"([0-9a-f]{8})".*?"event":"ready"/g)].map((m) => m[1] ?? m[2]!);
-  const stoppedLines = () => shell.stdout.split('\n').filter((line) => line.includes('"event":"stopped"')).map((line) => JSON.parse(line) as { id: string; exitCode: number; reason: string });
+  const readyIds = () =>
+    [...shell.stdout.matchAll(/"event":"ready".*?"id":"([0-9a-f]{8})"|"id":"([0-9a-f]{8})".*?"event":"ready"/g)].map((m) => m[1] ?? m[2]!);
+  const stoppedLines = () =>
+    shell.stdout
+      .split('\n')
+      .filter((line) => line.includes('"event":"stopped"'))
+      .map((line) => JSON.parse(line) as { id: string; exitCode: number; reason: string });
 
   shell.child.stdin!.write('tunnel start echo --json\n');
   await until(() => readyIds().length === 1, 20_000, 'one tunnel');
@@ -202,8 +242,16 @@ t.test('a frozen shell (SIGSTOP): stop --wait 2 fails without acting later; --fo
   process.kill(shell.pid, 'SIGCONT');
   const later = pam(t, ['tunnel', 'stop', second!.id], { env });
   t.equal(await later.exited, 0, `a fresh request is served once the shell runs again: ${later.stderr}`);
-  t.same(await roundTrip(first!.port, Buffer.from('still up')), Buffer.from('still up'), 'the timed-out request never fired: the first tunnel still carries bytes');
-  t.notMatch(shell.stdout, new RegExp(`"id":"${first!.id}"[^\\n]*"event":"stopped"|"event":"stopped"[^\\n]*"id":"${first!.id}"`), 'and it never said stopped');
+  t.same(
+    await roundTrip(first!.port, Buffer.from('still up')),
+    Buffer.from('still up'),
+    'the timed-out request never fired: the first tunnel still carries bytes',
+  );
+  t.notMatch(
+    shell.stdout,
+    new RegExp(`"id":"${first!.id}"[^\\n]*"event":"stopped"|"event":"stopped"[^\\n]*"id":"${first!.id}"`),
+    'and it never said stopped',
+  );
 
   process.kill(shell.pid, 'SIGSTOP');
   const forced = pam(t, ['tunnel', 'stop', first!.id, '--wait', '2', '--force'], { env });
@@ -236,7 +284,13 @@ function tmuxShell(t: TapTest, env: NodeJS.ProcessEnv, name: string, stderrFile?
     await until(() => pattern.test(pane()), 20_000, `${what}; the pane shows:\n${pane()}`);
     return pattern.exec(pane())!;
   };
-  return { tmux, pane, waitFor, type: (text: string) => tmux('send-keys', '-t', 'pam', text, 'Enter'), keys: (...keys: string[]) => tmux('send-keys', '-t', 'pam', ...keys) };
+  return {
+    tmux,
+    pane,
+    waitFor,
+    type: (text: string) => tmux('send-keys', '-t', 'pam', text, 'Enter'),
+    keys: (...keys: string[]) => tmux('send-keys', '-t', 'pam', ...keys),
+  };
 }
 
 t.test('closing the terminal (tmux kill-server) is an orderly stop: no crash, history says stopped, no .sock left', async (t) => {

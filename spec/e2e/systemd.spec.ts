@@ -6,7 +6,19 @@ import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { skipBecause } from '../support/tap.js';
-import { echoServer, freePort, pam, pamBin, portIsOpen, repoRoot, scratchDir, spawnProc, startGatewayProc, tunnelEnv, until } from '../support/processes.js';
+import {
+  echoServer,
+  freePort,
+  pam,
+  pamBin,
+  portIsOpen,
+  repoRoot,
+  scratchDir,
+  spawnProc,
+  startGatewayProc,
+  tunnelEnv,
+  until,
+} from '../support/processes.js';
 
 const has = (command: string, args: string[] = ['--version']) => spawnSync(command, args, { stdio: 'ignore' }).status === 0;
 
@@ -28,7 +40,9 @@ t.test('Type=notify: READY=1 with MAINPID=<pam pid> arrives once the tunnel is u
   await listener.line(/^bound$/);
   const echo = await echoServer(t);
   const gateway = await startGatewayProc(t, dir, 'notify-token-5a6b7c', { db: echo.port });
-  const tunnel = pam(t, ['tunnel', 'start', 'db', '--foreground', '--json'], { env: { ...tunnelEnv(dir, 'notify-token-5a6b7c', gateway.url), NOTIFY_SOCKET: socketPath } });
+  const tunnel = pam(t, ['tunnel', 'start', 'db', '--foreground', '--json'], {
+    env: { ...tunnelEnv(dir, 'notify-token-5a6b7c', gateway.url), NOTIFY_SOCKET: socketPath },
+  });
   const ready = await tunnel.event('ready');
   await until(() => existsSync(received) && readFileSync(received, 'utf8').includes('READY=1'), 10_000, 'READY=1');
   const message = readFileSync(received, 'utf8');
@@ -73,7 +87,11 @@ t.test("Type=forking: the unit's own ExecStart returns with the port up and PIDF
   // What systemd would substitute: the credential directory, the runtime directory; plus this checkout's pam.
   writeFileSync(join(dir, 'token'), 'forking-token-8d9e0f\n', { mode: 0o600 });
   const substitute = (text: string) =>
-    text.replaceAll('/usr/local/bin/pam', `"${process.execPath}" "${pamBin}"`).replaceAll('$' + '{CREDENTIALS_DIRECTORY}', dir).replaceAll('/run/pam-tunnel-web', dir).replaceAll('18080', String(port));
+    text
+      .replaceAll('/usr/local/bin/pam', `"${process.execPath}" "${pamBin}"`)
+      .replaceAll('$' + '{CREDENTIALS_DIRECTORY}', dir)
+      .replaceAll('/run/pam-tunnel-web', dir)
+      .replaceAll('18080', String(port));
   const start = spawnProc(t, 'sh', ['-c', substitute(execStart)], { env: { ...env, PAM_GATEWAY_TOKEN: '' } });
   t.equal(await start.exited, 0, start.stderr);
   const pidFile = substitute(pidFileSetting);

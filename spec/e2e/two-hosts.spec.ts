@@ -19,7 +19,7 @@ const transports = ['native', 'werift'] as const;
 for (const client of labAvailable(t) ? transports : []) {
   for (const gateway of transports) {
     for (const iceHosts of [false, true]) {
-      const hostsLabel = iceHosts ? 'PAM_ICE_HOSTS set to each side\'s own address' : 'PAM_ICE_HOSTS unset';
+      const hostsLabel = iceHosts ? "PAM_ICE_HOSTS set to each side's own address" : 'PAM_ICE_HOSTS unset';
       t.test(`${client} client ↔ ${gateway} gateway on two hosts, ${hostsLabel}: 2 MiB each way intact`, async (t) => {
         const lab = netLab(t);
         if (!lab) return;
@@ -41,16 +41,27 @@ for (const client of labAvailable(t) ? transports : []) {
 
         // --timeout 20: ICE between two namespaces takes well under a second; a broken path ends in 124.
         const tunnelArgs = ['tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '20'];
-        const tunnel = lab.spawn(t, clientNs, process.execPath, [pamBin, ...tunnelArgs], { env: { ...env(client, clientHost), PAM_GATEWAY_URL: url } });
+        const tunnel = lab.spawn(t, clientNs, process.execPath, [pamBin, ...tunnelArgs], {
+          env: { ...env(client, clientHost), PAM_GATEWAY_URL: url },
+        });
         const started = Date.now();
-        const outcome = await Promise.race([tunnel.event('ready', 60_000).then((ready) => ({ ready })), tunnel.exited.then((code) => ({ code }))]);
+        const outcome = await Promise.race([
+          tunnel.event('ready', 60_000).then((ready) => ({ ready })),
+          tunnel.exited.then((code) => ({ code })),
+        ]);
         if (!('ready' in outcome)) {
           t.fail(`pam tunnel start exited ${outcome.code} before it was ready`, { stdout: tunnel.stdout, stderr: tunnel.stderr });
           return;
         }
 
         t.comment(`ready after ${Date.now() - started} ms`);
-        const user = lab.spawn(t, clientNs, process.execPath, [exchangePeer, 'connect', '127.0.0.1', String(outcome.ready.port), String(bytesEachWay)]);
+        const user = lab.spawn(t, clientNs, process.execPath, [
+          exchangePeer,
+          'connect',
+          '127.0.0.1',
+          String(outcome.ready.port),
+          String(bytesEachWay),
+        ]);
         const [atClient, atTarget] = await Promise.all([user.event('exchanged', 60_000), target.event('exchanged', 60_000)]);
         t.comment(`exchanged after ${Date.now() - started} ms`);
         t.equal(atTarget.receivedBytes, bytesEachWay, 'the target received every byte');
@@ -72,7 +83,9 @@ t.test('native with several PAM_ICE_HOSTS uses the first and says so, on the gat
   const dir = scratchDir(t);
   const echo = await echoServer(t);
   const hosts = { PAM_TRANSPORT: 'native', PAM_ICE_HOSTS: '127.0.0.1,::1' };
-  const gateway = pam(t, ['gateway', '--listen', '127.0.0.1:0', '--json', '--target', `echo=127.0.0.1:${echo.port}`], { env: { ...tunnelEnv(dir, token), ...hosts } });
+  const gateway = pam(t, ['gateway', '--listen', '127.0.0.1:0', '--json', '--target', `echo=127.0.0.1:${echo.port}`], {
+    env: { ...tunnelEnv(dir, token), ...hosts },
+  });
   const url = String((await gateway.event('listening')).url);
   const warning = /PAM_ICE_HOSTS lists 2 addresses; the native transport binds ICE to one and uses 127\.0\.0\.1 only/;
   t.match(gateway.stderr, warning, 'the gateway warns');

@@ -4,7 +4,16 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import t from 'tap';
-import { freePort, halfCloseExchange, pam, portIsOpen, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
+import {
+  freePort,
+  halfCloseExchange,
+  pam,
+  portIsOpen,
+  scratchDir,
+  startGatewayProc,
+  tunnelEnv,
+  type Teardownable,
+} from '../support/processes.js';
 
 const token = 'skeleton-token-7f3a';
 
@@ -42,7 +51,11 @@ t.test('10 MiB each way through a foreground tunnel, sha256-equal; SIGTERM → e
   const downloaded = await halfCloseExchange(port, upload);
   t.equal(await target.received, createHash('sha256').update(upload).digest('hex'), 'target received the upload byte for byte');
   t.equal(downloaded.length, download.length, 'client received every byte of the download');
-  t.equal(createHash('sha256').update(downloaded).digest('hex'), createHash('sha256').update(download).digest('hex'), 'download sha256 matches');
+  t.equal(
+    createHash('sha256').update(downloaded).digest('hex'),
+    createHash('sha256').update(download).digest('hex'),
+    'download sha256 matches',
+  );
 
   tunnel.child.kill('SIGTERM');
   t.equal(await tunnel.exited, 0, 'SIGTERM ends a foreground tunnel with exit 0');
@@ -56,7 +69,9 @@ t.test('--transport werift on both ends carries the same 10 MiB each way', async
   const download = randomBytes(10 * 1024 * 1024 + 5);
   const target = await hashingTarget(t, download);
   const gateway = await startGatewayProc(t, dir, token, { files: target.port }, ['--transport', 'werift']);
-  const tunnel = pam(t, ['tunnel', 'start', 'files', '--foreground', '--json', '--transport', 'werift', '--gateway', gateway.url], { env: tunnelEnv(dir, token) });
+  const tunnel = pam(t, ['tunnel', 'start', 'files', '--foreground', '--json', '--transport', 'werift', '--gateway', gateway.url], {
+    env: tunnelEnv(dir, token),
+  });
   const port = Number((await tunnel.event('ready')).port);
   const downloaded = await halfCloseExchange(port, upload);
   t.equal(await target.received, createHash('sha256').update(upload).digest('hex'), 'upload intact');
@@ -69,7 +84,9 @@ t.test('a wrong token exits 77 and names the fix', async (t) => {
   const dir = scratchDir(t);
   const target = await hashingTarget(t, Buffer.alloc(0));
   const gateway = await startGatewayProc(t, dir, token, { web: target.port });
-  const tunnel = pam(t, ['tunnel', 'start', 'web', '--gateway', gateway.url], { env: { ...tunnelEnv(dir, token), PAM_GATEWAY_TOKEN: 'wrong-token' } });
+  const tunnel = pam(t, ['tunnel', 'start', 'web', '--gateway', gateway.url], {
+    env: { ...tunnelEnv(dir, token), PAM_GATEWAY_TOKEN: 'wrong-token' },
+  });
   t.equal(await tunnel.exited, 77);
   t.match(tunnel.stderr, /refused the token.*PAM_GATEWAY_TOKEN/);
   t.notMatch(tunnel.stderr, /\n\s+at /, 'no stack trace for a user error');
@@ -88,7 +105,9 @@ t.test('a gateway that is down exits 69 and leaves no port or registry entry beh
   const dir = scratchDir(t);
   const port = await freePort();
   const local = await freePort();
-  const tunnel = pam(t, ['tunnel', 'start', 'web', '--port', String(local), '--gateway', `http://127.0.0.1:${port}`], { env: tunnelEnv(dir, token) });
+  const tunnel = pam(t, ['tunnel', 'start', 'web', '--port', String(local), '--gateway', `http://127.0.0.1:${port}`], {
+    env: tunnelEnv(dir, token),
+  });
   t.equal(await tunnel.exited, 69);
   t.match(tunnel.stderr, /unreachable/);
   t.notOk(await portIsOpen(local), 'local port released');
@@ -102,10 +121,13 @@ t.test('the gateway exits promptly on SIGTERM after commands left connections op
     socket.on('error', () => undefined);
     socket.on('data', () => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'));
   });
-  t.teardown(() => new Promise<void>((resolve) => {
-    for (const socket of held) socket.destroy();
-    target.close(() => resolve());
-  }));
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const socket of held) socket.destroy();
+        target.close(() => resolve());
+      }),
+  );
   await new Promise<void>((resolve) => target.listen(0, '127.0.0.1', resolve));
   const dir = scratchDir(t);
   // The command asks once and exits at once, its connection still open: the tunnel resets it, and the
@@ -119,7 +141,10 @@ t.test('the gateway exits promptly on SIGTERM after commands left connections op
       t.equal(await oneShot.exited, 3, `the command ran through the tunnel: ${oneShot.stderr}`);
     }
     gateway.proc.child.kill('SIGTERM');
-    const code = await Promise.race([gateway.proc.exited, new Promise((resolve) => setTimeout(() => resolve('still running after 5 s'), 5_000))]);
+    const code = await Promise.race([
+      gateway.proc.exited,
+      new Promise((resolve) => setTimeout(() => resolve('still running after 5 s'), 5_000)),
+    ]);
     exits.push(String(code));
   }
   t.same(exits, Array(6).fill('0'), 'every gateway exited 0 within 5 s of SIGTERM');

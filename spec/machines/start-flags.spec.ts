@@ -9,7 +9,18 @@ const base = { target: 'db', gateway: 'http://127.0.0.1:8765' };
 
 t.test('valid flags resolve defaults: foreground, 127.0.0.1, any free port, 30 s', async (t) => {
   const parsed = parseStartFlags(base);
-  t.same(parsed, { ok: true, settings: { target: 'db', gateway: 'http://127.0.0.1:8765', host: '127.0.0.1', port: 0, mode: 'foreground', timeoutMs: 30_000, reconnectAttempts: 5 } });
+  t.same(parsed, {
+    ok: true,
+    settings: {
+      target: 'db',
+      gateway: 'http://127.0.0.1:8765',
+      host: '127.0.0.1',
+      port: 0,
+      mode: 'foreground',
+      timeoutMs: 30_000,
+      reconnectAttempts: 5,
+    },
+  });
 });
 
 t.test('usage errors name the fix in one line', async (t) => {
@@ -66,11 +77,25 @@ const entry = (pid: number, tunnels: Array<{ id: string; target: string; port: n
   pid,
   startTime: '1',
   hostname: 'h',
-  tunnels: tunnels.map((tunnel) => ({ ...tunnel, gateway: 'g', host: '127.0.0.1', mode: 'background', state: 'ready', reconnects: 0, startedAt: 'T' })),
+  tunnels: tunnels.map((tunnel) => ({
+    ...tunnel,
+    gateway: 'g',
+    host: '127.0.0.1',
+    mode: 'background',
+    state: 'ready',
+    reconnects: 0,
+    startedAt: 'T',
+  })),
 });
 
 t.test('stop selectors: id, unique prefix, target, port, pid; ambiguity lists candidates', async (t) => {
-  const entries = [entry(100, [{ id: 'aaaa1111', target: 'web', port: 8080 }]), entry(200, [{ id: 'aaaa2222', target: 'db', port: 5432 }, { id: 'bbbb3333', target: 'db', port: 5433 }])];
+  const entries = [
+    entry(100, [{ id: 'aaaa1111', target: 'web', port: 8080 }]),
+    entry(200, [
+      { id: 'aaaa2222', target: 'db', port: 5432 },
+      { id: 'bbbb3333', target: 'db', port: 5433 },
+    ]),
+  ];
   const ids = (selector: string) => {
     const selection = selectTunnels(entries, selector);
     return selection.ok ? selection.selected.map((s) => s.tunnel.id) : selection.failure.exitCode;
@@ -91,7 +116,10 @@ t.test('gateway URLs: credentials refused without echoing them, a path kept, the
   const secret = parseStartFlags({ ...base, gateway: 'http://user:hunter2-secret@127.0.0.1:8765/pam' });
   t.equal(secret.ok, false);
   if (!secret.ok) {
-    t.match(secret.failure.reason, /--gateway must not carry credentials .*http:\/\/127\.0\.0\.1:8765\/pam .*PAM_GATEWAY_TOKEN or --token-file/);
+    t.match(
+      secret.failure.reason,
+      /--gateway must not carry credentials .*http:\/\/127\.0\.0\.1:8765\/pam .*PAM_GATEWAY_TOKEN or --token-file/,
+    );
     t.notMatch(secret.failure.reason, /hunter2/);
   }
   const unparsable = parseStartFlags({ ...base, gateway: 'http://user:hunter2-secret@' });

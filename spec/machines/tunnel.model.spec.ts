@@ -11,7 +11,15 @@ import { TunnelError, type StopSignal } from '../../machines/errors.js';
 import { provideTunnel } from '../../machines/tunnel.actors.js';
 import { tunnelMachine, type TunnelInput } from '../../machines/tunnel.machine.js';
 import { createMemoryRegistry, createMemoryStore } from '../support/memory-registry.js';
-import { createFakeListeners, createFakeRunner, createFakeTransport, createMemoryPidFiles, FakeSignals, gateRegistry, Gates } from '../support/fakes.js';
+import {
+  createFakeListeners,
+  createFakeRunner,
+  createFakeTransport,
+  createMemoryPidFiles,
+  FakeSignals,
+  gateRegistry,
+  Gates,
+} from '../support/fakes.js';
 
 type StepEvent = EventObject & { signal?: StopSignal; output?: unknown; error?: unknown; exit?: { exitCode: number }; reason?: string };
 interface Variant {
@@ -21,11 +29,51 @@ interface Variant {
 
 const timeoutMs = 2_000;
 const variants: Variant[] = [
-  { name: 'foreground', input: { id: 'fg', flags: { target: 'web', gateway: 'http://127.0.0.1:9', foreground: true, timeout: '2', reconnectAttempts: '2' }, startedAt: 'T', interactive: false } },
-  { name: 'foreground, never reconnect', input: { id: 'fg0', flags: { target: 'web', gateway: 'http://127.0.0.1:9', timeout: '2', reconnectAttempts: '0' }, startedAt: 'T', interactive: false } },
-  { name: 'run at a terminal', input: { id: 'run', flags: { target: 'db', gateway: 'http://127.0.0.1:9', run: 'work', timeout: '2', reconnectAttempts: '2' }, startedAt: 'T', interactive: true } },
-  { name: 'run, never reconnect', input: { id: 'run0', flags: { target: 'db', gateway: 'http://127.0.0.1:9', run: 'work', timeout: '2', reconnectAttempts: '0' }, startedAt: 'T', interactive: false } },
-  { name: 'conflicting modes', input: { id: 'bad', flags: { target: 'web', gateway: 'http://127.0.0.1:9', foreground: true, background: true }, startedAt: 'T', interactive: false } },
+  {
+    name: 'foreground',
+    input: {
+      id: 'fg',
+      flags: { target: 'web', gateway: 'http://127.0.0.1:9', foreground: true, timeout: '2', reconnectAttempts: '2' },
+      startedAt: 'T',
+      interactive: false,
+    },
+  },
+  {
+    name: 'foreground, never reconnect',
+    input: {
+      id: 'fg0',
+      flags: { target: 'web', gateway: 'http://127.0.0.1:9', timeout: '2', reconnectAttempts: '0' },
+      startedAt: 'T',
+      interactive: false,
+    },
+  },
+  {
+    name: 'run at a terminal',
+    input: {
+      id: 'run',
+      flags: { target: 'db', gateway: 'http://127.0.0.1:9', run: 'work', timeout: '2', reconnectAttempts: '2' },
+      startedAt: 'T',
+      interactive: true,
+    },
+  },
+  {
+    name: 'run, never reconnect',
+    input: {
+      id: 'run0',
+      flags: { target: 'db', gateway: 'http://127.0.0.1:9', run: 'work', timeout: '2', reconnectAttempts: '0' },
+      startedAt: 'T',
+      interactive: false,
+    },
+  },
+  {
+    name: 'conflicting modes',
+    input: {
+      id: 'bad',
+      flags: { target: 'web', gateway: 'http://127.0.0.1:9', foreground: true, background: true },
+      startedAt: 'T',
+      interactive: false,
+    },
+  },
 ];
 
 const actorErrors: Record<string, unknown> = {
@@ -53,7 +101,12 @@ function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] 
   for (const work of ['serving', 'runningCommand'] as const) {
     if (!snapshot.matches({ ready: work })) continue;
     const command: StepEvent[] =
-      work === 'runningCommand' ? [{ type: 'command.exited', exit: { exitCode: 3 } }, { type: 'tunnel.stop', signal: 'SIGINT' }] : [];
+      work === 'runningCommand'
+        ? [
+            { type: 'command.exited', exit: { exitCode: 3 } },
+            { type: 'tunnel.stop', signal: 'SIGINT' },
+          ]
+        : [];
     const path = `tunnel.ready.${work}.reconnecting`;
     if (snapshot.matches({ ready: { [work]: 'linked' } })) return [{ type: 'link.lost', reason: 'peer gone' }, ...command, ...stops];
     if (snapshot.matches({ ready: { [work]: { reconnecting: 'waiting' } } })) {
@@ -107,12 +160,21 @@ function generatePaths(input: TunnelInput): Path[] {
   }));
 
   // Edge coverage: for every edge, the shortest way to its source, the edge, then the shortest way to an end.
-  const adjacency = getAdjacencyMap(machine, options as never) as unknown as Record<string, { state: { value: unknown; status: string }; transitions: Record<string, { event: StepEvent; state: { value: unknown; status: string } }> }>;
+  const adjacency = getAdjacencyMap(machine, options as never) as unknown as Record<
+    string,
+    {
+      state: { value: unknown; status: string };
+      transitions: Record<string, { event: StepEvent; state: { value: unknown; status: string } }>;
+    }
+  >;
   const stateKey = (s: { value: unknown; context?: unknown }) => key(s as never);
   const shortestTo = new Map<string, Path>(
     getShortestPaths(machine, options as never).map((p) => [
       stateKey(p.state as never),
-      { events: p.steps.slice(1).map((s) => s.event as StepEvent), states: p.steps.slice(1).map((s) => JSON.stringify((s.state as { value: unknown }).value)) },
+      {
+        events: p.steps.slice(1).map((s) => s.event as StepEvent),
+        states: p.steps.slice(1).map((s) => JSON.stringify((s.state as { value: unknown }).value)),
+      },
     ]),
   );
   const toEnd = (from: string): Path | undefined => {
@@ -173,8 +235,10 @@ function oracle(variant: Variant, path: Path): number {
     if (event.type === 'tunnel.stop') {
       if (where === '"stopping"') decided = decided !== undefined && decided !== 0 ? decided : signalCode;
       else if (where.includes('serving')) decided = 0;
-      else if (where.includes('runningCommand') && !commandSignalled) commandSignalled = true; // forwarded: the command decides
-      else if (where.includes('runningCommand')) decided = signalCode; // a second signal stops waiting for the command
+      else if (where.includes('runningCommand') && !commandSignalled)
+        commandSignalled = true; // forwarded: the command decides
+      else if (where.includes('runningCommand'))
+        decided = signalCode; // a second signal stops waiting for the command
       else decided = signalCode;
     } else if (event.type === 'link.lost') {
       failedAttempts = 0;
@@ -231,7 +295,11 @@ async function replay(variant: Variant, path: Path, taken: Set<string>): Promise
     inspect: (inspection) => {
       if (inspection.type !== '@xstate.microstep') return;
       const event = (inspection as { event: EventObject }).event;
-      for (const transition of (inspection as unknown as { _transitions: Array<{ source: { id: string; transitions: Map<string, unknown[]>; always?: unknown[] }; eventType: string }> })._transitions) {
+      for (const transition of (
+        inspection as unknown as {
+          _transitions: Array<{ source: { id: string; transitions: Map<string, unknown[]>; always?: unknown[] }; eventType: string }>;
+        }
+      )._transitions) {
         const list = transition.eventType ? transition.source.transitions.get(transition.eventType) : undefined;
         const index = list ? list.indexOf(transition) : (transition.source.always ?? []).indexOf(transition);
         taken.add(`${transition.source.id}#${transition.eventType || 'always'}#${index}`);
@@ -284,6 +352,8 @@ t.test('every generated path replays to its expected exit code, covering every t
   }
   const defined = allTransitions(tunnelMachine as unknown as AnyStateMachine);
   const missed = [...defined].filter((transition) => !taken.has(transition));
-  t.comment(`model-based: ${pathCount} paths replayed, ${defined.size - missed.length}/${defined.size} transitions taken (${((100 * (defined.size - missed.length)) / defined.size).toFixed(0)}%)`);
+  t.comment(
+    `model-based: ${pathCount} paths replayed, ${defined.size - missed.length}/${defined.size} transitions taken (${((100 * (defined.size - missed.length)) / defined.size).toFixed(0)}%)`,
+  );
   t.same(missed, [], 'every transition of the machine was taken by some path');
 });

@@ -5,7 +5,20 @@ import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
 import { createServer, Socket, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
-import { echoServer, freePort, pam, portIsOpen, scratchDir, silentGateway, sleep, startGatewayProc, tunnelEnv, until, type Proc, type Teardownable } from '../support/processes.js';
+import {
+  echoServer,
+  freePort,
+  pam,
+  portIsOpen,
+  scratchDir,
+  silentGateway,
+  sleep,
+  startGatewayProc,
+  tunnelEnv,
+  until,
+  type Proc,
+  type Teardownable,
+} from '../support/processes.js';
 import { report } from './tally.js';
 
 const token = 'faults-token-7c3b';
@@ -49,7 +62,10 @@ t.test('a SIGTERM storm in each state: connecting, ready, runningCommand, stoppi
 
   const ready = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json'], { env });
   const readyPort = Number((await ready.event('ready')).port);
-  t.ok(fault(await storm(t, ready, [0, 143], entries, readyPort)), 'ready: exits 0 (or 143 if teardown was cut short), port closed, nothing left');
+  t.ok(
+    fault(await storm(t, ready, [0, 143], entries, readyPort)),
+    'ready: exits 0 (or 143 if teardown was cut short), port closed, nothing left',
+  );
 
   const running = pam(t, ['tunnel', 'start', 'echo', '--json', '-R', 'echo started; exec sleep 30'], { env });
   await running.line(/^started$/);
@@ -59,7 +75,10 @@ t.test('a SIGTERM storm in each state: connecting, ready, runningCommand, stoppi
   const stopping = pam(t, ['tunnel', 'start', 'echo', '-fg', '--json'], { env });
   const stoppingPort = Number((await stopping.event('ready')).port);
   stopping.child.kill('SIGTERM');
-  t.ok(fault(await storm(t, stopping, [0, 143], entries, stoppingPort)), 'stopping: a second signal cuts teardown short, the process still ends cleanly');
+  t.ok(
+    fault(await storm(t, stopping, [0, 143], entries, stoppingPort)),
+    'stopping: a second signal cuts teardown short, the process still ends cleanly',
+  );
 });
 
 t.test('an owner killed with -9: list, pid file check and history tell the truth', async (t) => {
@@ -93,7 +112,10 @@ t.test('the gateway killed mid-transfer: the in-flight connection ends cleanly, 
   await new Promise<void>((resolve) => sink.listen(0, '127.0.0.1', resolve));
   const port = await freePort();
   const env = { ...tunnelEnv(dir, token, `http://127.0.0.1:${port}`), PAM_KEEPALIVE_TIMEOUT: '2' };
-  const startGateway = () => pam(t, ['gateway', '--listen', `127.0.0.1:${port}`, '--json', '--target', `sink=127.0.0.1:${(sink.address() as AddressInfo).port}`], { env });
+  const startGateway = () =>
+    pam(t, ['gateway', '--listen', `127.0.0.1:${port}`, '--json', '--target', `sink=127.0.0.1:${(sink.address() as AddressInfo).port}`], {
+      env,
+    });
   const first = startGateway();
   await first.event('listening');
   const tunnel = pam(t, ['tunnel', 'start', 'sink', '-fg', '--json'], { env });
@@ -163,6 +185,9 @@ t.test('files that cannot be written: a clear error (73), nothing half-written, 
   t.notMatch(`${badPidFile.stderr}${shell.stderr}`, /\n\s+at /, 'no stack trace');
   const temps = readdirSync(registry).filter((name) => name.endsWith('.tmp'));
   t.same(temps, [], 'no half-written temp file');
-  t.ok(fault(pidFileCode === 73 && shellCode === 73 && temps.length === 0 && entries().length === 0), 'unwritable files are reported, nothing is left behind');
+  t.ok(
+    fault(pidFileCode === 73 && shellCode === 73 && temps.length === 0 && entries().length === 0),
+    'unwritable files are reported, nothing is left behind',
+  );
   report(t, { faults: { tried, survived } });
 });

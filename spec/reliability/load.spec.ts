@@ -19,7 +19,11 @@ t.test(`${count} tunnels at once from one machine, all carrying verified bytes`,
   const env = tunnelEnv(dir, token, gateway.url);
   const shell = pam(t, ['shell'], { env, stdin: 'pipe' });
   shell.child.stdin!.write(Array.from({ length: count }, () => 'tunnel start echo --json --timeout 60\n').join(''));
-  await until(() => (shell.stdout.match(/"event":"ready"/g) ?? []).length === count || shell.child.exitCode !== null, 600_000, `${count} ready tunnels`);
+  await until(
+    () => (shell.stdout.match(/"event":"ready"/g) ?? []).length === count || shell.child.exitCode !== null,
+    600_000,
+    `${count} ready tunnels`,
+  );
   const ports = shell.stdout
     .split('\n')
     .filter((line) => line.includes('"event":"ready"'))

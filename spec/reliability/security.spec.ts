@@ -54,12 +54,15 @@ t.test('the token never appears in argv, logs, journals or list output; files ar
 
 t.test('the listener accepts only loopback peers unless bound elsewhere', async (t) => {
   for (const peer of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1']) t.ok(isLoopback(peer), `${peer} is loopback`);
-  for (const peer of ['10.0.0.1', '192.168.1.5', '::ffff:10.0.0.1', 'fe80::1', '', undefined]) t.notOk(isLoopback(peer), `${peer} is refused`);
+  for (const peer of ['10.0.0.1', '192.168.1.5', '::ffff:10.0.0.1', 'fe80::1', '', undefined])
+    t.notOk(isLoopback(peer), `${peer} is refused`);
 });
 
 t.test('the gateway and the listener agree on loopback: no plain-HTTP warning for ::ffff:127.0.0.1', async (t) => {
-  for (const host of ['127.0.0.1', '::1', '::ffff:127.0.0.1', 'localhost']) t.equal(listenWarning(host, false), undefined, `${host} is loopback`);
-  for (const host of ['0.0.0.0', '::', '::ffff:10.0.0.1', '192.0.2.1']) t.match(listenWarning(host, false), /without TLS/, `${host} is not`);
+  for (const host of ['127.0.0.1', '::1', '::ffff:127.0.0.1', 'localhost'])
+    t.equal(listenWarning(host, false), undefined, `${host} is loopback`);
+  for (const host of ['0.0.0.0', '::', '::ffff:10.0.0.1', '192.0.2.1'])
+    t.match(listenWarning(host, false), /without TLS/, `${host} is not`);
   t.equal(listenWarning('0.0.0.0', true), undefined, 'TLS: no warning');
 });
 
@@ -67,7 +70,12 @@ t.test('the --run command receives no PAM_* secret or setting, only PAM_TUNNEL_H
   const dir = scratchDir(t);
   const echo = await echoServer(t);
   const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
-  const env = { ...tunnelEnv(dir, token, gateway.url), PAM_ICE_USERNAME: 'turn-user', PAM_ICE_CREDENTIAL: 'turn-SECRET-credential', PAM_KEEPALIVE_TIMEOUT: '15' };
+  const env = {
+    ...tunnelEnv(dir, token, gateway.url),
+    PAM_ICE_USERNAME: 'turn-user',
+    PAM_ICE_CREDENTIAL: 'turn-SECRET-credential',
+    PAM_KEEPALIVE_TIMEOUT: '15',
+  };
   const run = pam(t, ['tunnel', 'start', 'echo', '-R', 'env'], { env });
   t.equal(await run.exited, 0);
   const names = run.stdout

@@ -19,7 +19,12 @@ function exchange(socket: Socket, bytes: number, done: () => void): void {
     receivedBytes += chunk.length;
   });
   socket.once('end', () => {
-    print({ event: 'exchanged', sent: createHash('sha256').update(payload).digest('hex'), received: received.digest('hex'), receivedBytes });
+    print({
+      event: 'exchanged',
+      sent: createHash('sha256').update(payload).digest('hex'),
+      received: received.digest('hex'),
+      receivedBytes,
+    });
     done();
   });
   socket.once('error', (error) => {

@@ -93,7 +93,9 @@ export class FakeListener implements LocalListener<FakeConnection> {
   }
 }
 
-export function createFakeListeners(gates: Gates = noGates): ListenerFactory<FakeConnection> & { readonly bound: Map<string, FakeListener> } {
+export function createFakeListeners(
+  gates: Gates = noGates,
+): ListenerFactory<FakeConnection> & { readonly bound: Map<string, FakeListener> } {
   const bound = new Map<string, FakeListener>();
   let nextPort = 40000;
   return {

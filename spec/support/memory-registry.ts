@@ -29,7 +29,14 @@ export function createMemoryRegistry(store: MemoryStore, identity: { pid: number
   const isLive = async (entry: RegistryEntry) => store.live.get(entry.pid) === entry.startTime;
   const persist = () => {
     if (tunnels.size === 0) store.entries.delete(identity.pid);
-    else store.entries.set(identity.pid, { schema: 1, pid: identity.pid, startTime: identity.startTime, hostname: 'memory', tunnels: [...tunnels.values()] });
+    else
+      store.entries.set(identity.pid, {
+        schema: 1,
+        pid: identity.pid,
+        startTime: identity.startTime,
+        hostname: 'memory',
+        tunnels: [...tunnels.values()],
+      });
   };
   return {
     location: identity.location ?? `memory:${identity.pid}`,

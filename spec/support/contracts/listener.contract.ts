@@ -4,8 +4,12 @@
 import type { TapTest } from '../tap.js';
 import type { ListenerFactory, LocalListener } from '../../../machines/ports.js';
 
-
-export function listenerContract<C>(t: TapTest, name: string, make: () => ListenerFactory<C>, connect: (listener: LocalListener<C>) => Promise<void>): void {
+export function listenerContract<C>(
+  t: TapTest,
+  name: string,
+  make: () => ListenerFactory<C>,
+  connect: (listener: LocalListener<C>) => Promise<void>,
+): void {
   t.test(`${name}: port 0 binds a free port; that port is then busy until closed`, async (t) => {
     const factory = make();
     const listener = await factory.bind('127.0.0.1', 0);

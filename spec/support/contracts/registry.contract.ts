@@ -41,12 +41,23 @@ export function registryContract(t: TapTest, name: string, make: (t: TapTest) =>
     const seen = await world.other.entries();
     t.equal(seen.length, 2, 'two owners');
     const mine = seen.find((entry) => entry.tunnels.some((tunnel) => tunnel.id === '0000000a'));
-    t.same(mine?.tunnels.map((tunnel) => [tunnel.id, tunnel.state]), [['0000000a', 'ready'], ['0000000b', 'ready']], 'put replaces by id');
+    t.same(
+      mine?.tunnels.map((tunnel) => [tunnel.id, tunnel.state]),
+      [
+        ['0000000a', 'ready'],
+        ['0000000b', 'ready'],
+      ],
+      'put replaces by id',
+    );
     t.ok(mine && (await world.other.isLive(mine)), 'a live owner is live');
     await world.alive.remove('0000000a');
     await world.alive.remove('0000000b');
     const after = await world.other.entries();
-    t.same(after.flatMap((entry) => entry.tunnels.map((tunnel) => tunnel.id)), ['0000000c'], 'an owner without tunnels has no entry');
+    t.same(
+      after.flatMap((entry) => entry.tunnels.map((tunnel) => tunnel.id)),
+      ['0000000c'],
+      'an owner without tunnels has no entry',
+    );
   });
 
   t.test(`${name}: a dead owner and a reused pid are stale, not listed`, async (t) => {
@@ -54,7 +65,11 @@ export function registryContract(t: TapTest, name: string, make: (t: TapTest) =>
     await world.doomed.put(record('0000000d', 1004));
     await world.impostor.put(record('0000000e', 1005));
     const before = await world.alive.entries();
-    t.same(before.map((entry) => entry.pid), [world.doomedPid], 'the doomed owner is listed while alive; the impostor never');
+    t.same(
+      before.map((entry) => entry.pid),
+      [world.doomedPid],
+      'the doomed owner is listed while alive; the impostor never',
+    );
     await world.kill();
     t.same(await world.alive.entries(), [], 'after its death nothing is listed');
     t.notOk(await world.alive.isLive(before[0]!), 'and isLive says so');

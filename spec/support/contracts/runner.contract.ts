@@ -3,7 +3,6 @@
 import type { TapTest } from '../tap.js';
 import type { CommandRunner } from '../../../machines/ports.js';
 
-
 export function runnerContract(t: TapTest, name: string, make: () => CommandRunner): void {
   t.test(`${name}: a command's exit code is reported`, async (t) => {
     const exit = await make().run('exit 7', {}).exited;
