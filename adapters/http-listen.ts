@@ -1,7 +1,8 @@
-// Binding an HTTP(S) listener for the gateway and the broker: a certificate that does not load and an
-// address that cannot be bound become errors naming the fix, not crashes.
+// The HTTP(S) side the gateway and the broker share: a JSON server whose routes throw HttpError for
+// what the client did wrong, and a certificate that does not load or an address that cannot be bound
+// become errors naming the fix, not crashes.
 
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { TunnelError } from '../machines/errors.js';
 
@@ -31,4 +32,59 @@ export function listenError(error: NodeJS.ErrnoException, address: string): Erro
     return new TunnelError('usage', `--listen ${address}: that address is not one of this machine's (${error.code})`);
   }
   return error;
+}
+
+/** A refusal a route throws: its status and message go to the client as `{ error }`. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function reply(response: ServerResponse, status: number, body: unknown): void {
+  if (response.headersSent) return;
+  const text = JSON.stringify(body);
+  response.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    ...(status === 413 ? { connection: 'close' } : {}),
+  });
+  response.end(text);
+}
+
+export interface JsonServerOptions {
+  readonly tls?: { readonly cert: string; readonly key: string } | undefined;
+  /** How long one request may take in all (the broker waits on a gateway inside it). */
+  readonly requestTimeoutMs: number;
+  readonly log: (line: string) => void;
+}
+
+/**
+ * An HTTP(S) server for `route`: what it resolves (unless undefined: it answered itself) is sent as
+ * JSON 200, an HttpError as its status, anything else as 500 with the stack in the log only. Slow or
+ * stalled clients cannot hold its sockets open.
+ */
+export function jsonServer(
+  options: JsonServerOptions,
+  route: (request: IncomingMessage, response: ServerResponse) => Promise<unknown>,
+): Server {
+  const handler = (request: IncomingMessage, response: ServerResponse) => {
+    route(request, response)
+      .then((body) => body !== undefined && reply(response, 200, body))
+      .catch((error: unknown) => {
+        if (error instanceof HttpError) reply(response, error.status, { error: error.message });
+        else {
+          options.log(`internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+          reply(response, 500, { error: 'internal error' });
+        }
+      });
+  };
+  const server = options.tls ? httpsServer(options.tls, handler) : createServer(handler);
+  server.headersTimeout = 10_000;
+  server.requestTimeout = options.requestTimeoutMs;
+  server.keepAliveTimeout = 5_000;
+  return server;
 }

@@ -4,14 +4,14 @@
 // no tunnel state beyond one exchange, never sees tunnel bytes, and cannot open what it relays.
 
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { BodyTooLarge, readBodyBytes } from '../adapters/http-body.js';
 import { keyFingerprint, sealedContentType } from '../adapters/sealed-signalling.js';
 import type { IceServer } from '../adapters/ice-options.js';
-import { httpsServer, listenError } from '../adapters/http-listen.js';
-import { brokerProtocol, type BrokerToGateway, type GatewayToBroker, parseMessage, siteNamePattern } from './protocol.js';
+import { HttpError, jsonServer, listenError } from '../adapters/http-listen.js';
+import { brokerProtocol, type BrokerToGateway, type GatewayToBroker, heartbeat, parseMessage, siteNamePattern } from './protocol.js';
 
 export interface BrokerOptions {
   readonly host: string;
@@ -48,15 +48,6 @@ interface Site {
   readonly from: string;
   readonly since: string;
   readonly pending: Map<string, (message: GatewayToBroker | { type: 'gone' }) => void>;
-}
-
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
 }
 
 const digest = (text: string) => createHash('sha256').update(text).digest();
@@ -136,21 +127,7 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
     return undefined;
   }
 
-  const handler = (request: IncomingMessage, response: ServerResponse) => {
-    route(request, response)
-      .then((body) => body !== undefined && reply(response, 200, body))
-      .catch((error: unknown) => {
-        if (error instanceof HttpError) reply(response, error.status, { error: error.message });
-        else {
-          options.log(`internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-          reply(response, 500, { error: 'internal error' });
-        }
-      });
-  };
-  const server = options.tls ? httpsServer(options.tls, handler) : createServer(handler);
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
-  server.keepAliveTimeout = 5_000;
+  const server = jsonServer({ tls: options.tls, requestTimeoutMs: 30_000, log: options.log }, route);
 
   const sockets = new WebSocketServer({ noServer: true, maxPayload: 256 * 1024 });
   server.on('upgrade', (request: IncomingMessage, socket: Socket, head: Buffer) => {
@@ -169,22 +146,11 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
 
   function accept(ws: WebSocket, from: string): void {
     let site: Site | undefined;
-    let alive = true;
     const registerDeadline = setTimeout(() => ws.close(4400, 'no registration'), 10_000);
-    const pinger = setInterval(() => {
-      if (!alive) {
-        options.log(`${site ? `site ${site.name}` : `gateway from ${from}`}: no pong, dropped`);
-        ws.terminate();
-        return;
-      }
-      alive = false;
-      ws.ping();
-    }, pingIntervalMs);
-    ws.on('pong', () => (alive = true));
+    heartbeat(ws, pingIntervalMs, () => options.log(`${site ? `site ${site.name}` : `gateway from ${from}`}: no pong, dropped`));
     ws.on('error', () => undefined);
     ws.on('close', () => {
       clearTimeout(registerDeadline);
-      clearInterval(pinger);
       if (site && sites.get(site.name) === site) {
         sites.delete(site.name);
         options.log(`site ${site.name} unregistered (its gateway went away)`);
@@ -192,7 +158,6 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
       }
     });
     ws.on('message', (data) => {
-      alive = true;
       const message = parseMessage(data.toString());
       if (!message) return void ws.close(4400, 'not a broker protocol message');
       if (message.type === 'register') {
@@ -258,11 +223,4 @@ function send(ws: WebSocket, message: BrokerToGateway): void {
 function refuse(ws: WebSocket, reason: string): void {
   send(ws, { type: 'refused', reason });
   ws.close(4409, 'refused');
-}
-
-function reply(response: ServerResponse, status: number, body: unknown): void {
-  if (response.headersSent) return;
-  const text = JSON.stringify(body);
-  response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  response.end(text);
 }

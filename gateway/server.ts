@@ -1,11 +1,11 @@
 // `pam gateway --listen`: sealed signalling over HTTP(S) (GET /v1/key → the gateway's public key,
 // POST /v1/tunnels → a sealed offer in, a sealed answer out), served by gateway/signalling.ts.
 
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { BodyTooLarge, readBodyBytes } from '../adapters/http-body.js';
 import { sealedContentType } from '../adapters/sealed-signalling.js';
-import { httpsServer, listenError } from '../adapters/http-listen.js';
+import { HttpError, jsonServer, listenError } from '../adapters/http-listen.js';
 import { isLoopback } from '../adapters/loopback.js';
 import { ClearRefusal, createSignalling, type SignallingOptions } from './signalling.js';
 
@@ -25,15 +25,6 @@ export interface Gateway {
   readonly port: number;
   peerCount(): number;
   close(): Promise<void>;
-}
-
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
 }
 
 /** The body of GET /v1/key: the key the client seals to (and pins). */
@@ -68,22 +59,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     throw new HttpError(404, 'not found');
   }
 
-  const handler = (request: IncomingMessage, response: ServerResponse) => {
-    route(request, response)
-      .then((body) => body !== undefined && reply(response, 200, body))
-      .catch((error: unknown) => {
-        if (error instanceof HttpError) reply(response, error.status, { error: error.message });
-        else {
-          options.log(`internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-          reply(response, 500, { error: 'internal error' });
-        }
-      });
-  };
-  const server = options.tls ? httpsServer(options.tls, handler) : createServer(handler);
-  // Slow or stalled clients cannot hold signalling sockets open.
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 15_000;
-  server.keepAliveTimeout = 5_000;
+  const server = jsonServer({ tls: options.tls, requestTimeoutMs: 15_000, log: options.log }, route);
 
   const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
   await new Promise<void>((resolve, reject) => {
@@ -109,15 +85,4 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 export function listenWarning(host: string, tls: boolean): string | undefined {
   if (isLoopback(host) || tls) return undefined;
   return `listening on ${host} without TLS: signalling is sealed to the gateway key, but a client without a pinned key trusts the first key it is shown; pass --tls-cert and --tls-key`;
-}
-
-export function reply(response: ServerResponse, status: number, body: unknown): void {
-  if (response.headersSent) return;
-  const text = JSON.stringify(body);
-  response.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(text),
-    ...(status === 413 ? { connection: 'close' } : {}),
-  });
-  response.end(text);
 }
