@@ -2,6 +2,7 @@
 // sealed bytes (base64) it cannot open; the gateway key it serves to clients is checked by them
 // (pinning / known_gateways), so a broker that swaps it is caught before any tunnel is set up.
 
+import type { WebSocket } from 'ws';
 import type { IceServer } from '../adapters/ice-options.js';
 
 export const brokerProtocol = 1;
@@ -62,4 +63,26 @@ export function parseMessage(text: string, from: 'gateway' | 'broker' = 'gateway
     return { type: 'offer', id: value.id, sealed: value.sealed, client: value.client, iceServers: servers };
   }
   return undefined;
+}
+
+/**
+ * Keeps a broker link honest from either end: a ping every `intervalMs`; a pong or any message since
+ * the last one proves the peer alive, and a silent interval terminates the socket (its 'close' handler
+ * then cleans up or reconnects). Stops by itself when the socket closes.
+ */
+export function heartbeat(ws: WebSocket, intervalMs: number, onSilent: () => void): void {
+  let alive = true;
+  const proof = () => (alive = true);
+  ws.on('pong', proof);
+  ws.on('message', proof);
+  const timer = setInterval(() => {
+    if (!alive) {
+      onSilent();
+      ws.terminate();
+      return;
+    }
+    alive = false;
+    ws.ping();
+  }, intervalMs);
+  ws.once('close', () => clearInterval(timer));
 }

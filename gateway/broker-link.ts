@@ -6,7 +6,7 @@
 import WebSocket from 'ws';
 import { TunnelError } from '../machines/errors.js';
 import type { GatewayKeyPair } from '../adapters/sealed-signalling.js';
-import { brokerProtocol, parseMessage, type GatewayToBroker } from '../broker/protocol.js';
+import { brokerProtocol, heartbeat, parseMessage, type GatewayToBroker } from '../broker/protocol.js';
 import { ClearRefusal, type Signalling } from './signalling.js';
 
 export interface BrokerLinkOptions {
@@ -73,8 +73,6 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
       ...(options.ca ? { ca: options.ca } : {}),
     });
     current = ws;
-    let alive = true;
-    let pinger: NodeJS.Timeout | undefined;
     ws.on('unexpected-response', (_request, response) => {
       if (response.statusCode === 401) {
         options.log(`the broker ${options.broker} refused PAM_BROKER_TOKEN`);
@@ -95,19 +93,9 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
         key: options.key.publicKey.toString('base64'),
       };
       ws.send(JSON.stringify(register));
-      pinger = setInterval(() => {
-        if (!alive) {
-          options.log(`the broker stopped answering pings: reconnecting`);
-          ws.terminate();
-          return;
-        }
-        alive = false;
-        ws.ping();
-      }, pingIntervalMs);
+      heartbeat(ws, pingIntervalMs, () => options.log('the broker stopped answering pings: reconnecting'));
     });
-    ws.on('pong', () => (alive = true));
     ws.on('message', (data) => {
-      alive = true;
       const message = parseMessage(data.toString(), 'broker');
       if (!message) return;
       if (message.type === 'registered') {
@@ -133,7 +121,6 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
       if (attempt <= 1 || attempt % 10 === 0) options.log(`broker ${options.broker}: ${error.code ?? error.message}; retrying`);
     });
     ws.on('close', () => {
-      clearInterval(pinger);
       if (closed) return;
       if (registrations > 0 && attempt === 0)
         options.log(`lost the broker ${options.broker}: re-registering (tunnels already up are not affected)`);
