@@ -6,7 +6,7 @@ import { SingleString } from '../single-option.js';
 import { TunnelError } from '../../machines/errors.js';
 import type { PamContext } from '../context.js';
 import { iceServers, iceServerUrls } from '../config.js';
-import { parseHostPort, readBrokerToken, readPem, stopSignal } from './GatewayCommand.js';
+import { parseHostPort, readBrokerToken, readTls, stopSignal } from './GatewayCommand.js';
 
 export class BrokerCommand extends Command<PamContext> {
   static override paths = [['broker']];
@@ -48,12 +48,7 @@ export class BrokerCommand extends Command<PamContext> {
   async execute(): Promise<number> {
     const listen = parseHostPort(this.listen, '--listen', '127.0.0.1:8443 (port 0 picks a free one)');
     const token = readBrokerToken(this.context.env);
-    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined))
-      throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
-    const tls =
-      this.tlsCert !== undefined
-        ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') }
-        : undefined;
+    const tls = readTls(this.tlsCert, this.tlsKey);
     const turnSecret = this.turnSecretFile !== undefined ? readSecret(this.turnSecretFile) : undefined;
     // With a secret the broker mints TURN credentials itself; without one they come from the environment.
     const servers = turnSecret !== undefined ? iceServerUrls(this.iceServers) : iceServers(this.iceServers, this.context.env);

@@ -86,12 +86,7 @@ export class GatewayCommand extends PamCommand {
     const maxPeersPerClient = numberFlag('--max-tunnels-per-client', this.maxPeersPerClient, { min: 1, max: 10_000, whole: true });
     const token = readToken(this.tokenFile, this.context.env, 'gateway');
 
-    if ((this.tlsCert === undefined) !== (this.tlsKey === undefined))
-      throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
-    const tls =
-      this.tlsCert !== undefined
-        ? { cert: readPem(this.tlsCert, '--tls-cert', 'CERTIFICATE'), key: readPem(this.tlsKey!, '--tls-key', 'PRIVATE KEY') }
-        : undefined;
+    const tls = readTls(this.tlsCert, this.tlsKey);
     const transport = transportChoice(this.transport, this.context.env);
     const ice = { hosts: iceHosts(this.context.env), servers: iceServers(this.iceServers, this.context.env) };
     const log = (line: string) => this.context.stderr.write(`pam gateway: ${line}\n`);
@@ -223,7 +218,15 @@ function parseTargets(texts: readonly string[]): Record<string, { host: string; 
   return targets;
 }
 
-export function readPem(path: string, flag: string, kind: 'CERTIFICATE' | 'PRIVATE KEY'): string {
+/** --tls-cert and --tls-key, which go together: both read and checked as PEM, or neither given. */
+export function readTls(certFile: string | undefined, keyFile: string | undefined): { cert: string; key: string } | undefined {
+  if ((certFile === undefined) !== (keyFile === undefined))
+    throw new TunnelError('usage', '--tls-cert and --tls-key go together: pass both, or neither');
+  if (certFile === undefined || keyFile === undefined) return undefined;
+  return { cert: readPem(certFile, '--tls-cert', 'CERTIFICATE'), key: readPem(keyFile, '--tls-key', 'PRIVATE KEY') };
+}
+
+function readPem(path: string, flag: string, kind: 'CERTIFICATE' | 'PRIVATE KEY'): string {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
