@@ -3,6 +3,7 @@
 // become errors naming the fix, not crashes.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createServer as createHttpsServer } from 'node:https';
 import { TunnelError } from '../machines/errors.js';
 
@@ -87,4 +88,15 @@ export function jsonServer(
   server.requestTimeout = options.requestTimeoutMs;
   server.keepAliveTimeout = 5_000;
   return server;
+}
+
+/** Listen on host:port (port 0: a free one); resolves with the URL clients use and the bound port. */
+export async function listenOn(server: Server, host: string, port: number, tls: boolean): Promise<{ url: string; port: number }> {
+  const hostPart = host.includes(':') ? `[${host}]` : host;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, `${hostPart}:${port}`)));
+    server.listen({ host, port }, () => resolve());
+  });
+  const bound = (server.address() as AddressInfo).port;
+  return { url: `${tls ? 'https' : 'http'}://${hostPart}:${bound}`, port: bound };
 }

@@ -5,12 +5,12 @@
 
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { BodyTooLarge, readBodyBytes } from '../adapters/http-body.js';
 import { keyFingerprint, sealedContentType } from '../adapters/sealed-signalling.js';
 import type { IceServer } from '../adapters/ice-options.js';
-import { HttpError, jsonServer, listenError } from '../adapters/http-listen.js';
+import { HttpError, jsonServer, listenOn } from '../adapters/http-listen.js';
 import { brokerProtocol, type BrokerToGateway, type GatewayToBroker, heartbeat, parseMessage, siteNamePattern } from './protocol.js';
 
 export interface BrokerOptions {
@@ -197,14 +197,9 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
     });
   }
 
-  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, `${hostPart}:${options.port}`)));
-    server.listen({ host: options.host, port: options.port }, () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+  const { url, port } = await listenOn(server, options.host, options.port, options.tls !== undefined);
   return {
-    url: `${options.tls ? 'https' : 'http'}://${hostPart}:${port}`,
+    url,
     port,
     sites: () => [...sites.keys()],
     async close() {

@@ -2,10 +2,9 @@
 // POST /v1/tunnels → a sealed offer in, a sealed answer out), served by gateway/signalling.ts.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { BodyTooLarge, readBodyBytes } from '../adapters/http-body.js';
 import { sealedContentType } from '../adapters/sealed-signalling.js';
-import { HttpError, jsonServer, listenError } from '../adapters/http-listen.js';
+import { HttpError, jsonServer, listenOn } from '../adapters/http-listen.js';
 import { isLoopback } from '../adapters/loopback.js';
 import { ClearRefusal, createSignalling, type SignallingOptions } from './signalling.js';
 
@@ -61,15 +60,10 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   const server = jsonServer({ tls: options.tls, requestTimeoutMs: 15_000, log: options.log }, route);
 
-  const hostPart = options.host.includes(':') ? `[${options.host}]` : options.host;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, `${hostPart}:${options.port}`)));
-    server.listen({ host: options.host, port: options.port }, () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+  const { url, port } = await listenOn(server, options.host, options.port, options.tls !== undefined);
 
   return {
-    url: `${options.tls ? 'https' : 'http'}://${hostPart}:${port}`,
+    url,
     port,
     peerCount: () => signalling.peerCount(),
     async close() {
