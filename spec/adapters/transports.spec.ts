@@ -15,6 +15,7 @@ import { nativeAnswerer } from '../../gateway/native-answerer.js';
 import { echoServer, roundTrip, sha256, until } from '../support/processes.js';
 import { framePair } from '../support/frame-pair.js';
 import { sealedHandler, testGatewayKey } from '../support/sealed.js';
+import type { TapTest } from '../support/tap.js';
 import { nativeIceHostsWarning } from '../../cli/config.js';
 
 const token = 'transports-spec-token';
@@ -22,21 +23,27 @@ const ice = { hosts: ['127.0.0.1'] };
 const clients = { werift: () => createWeriftTransport({ token, ice }), native: () => createNativeTransport({ token, ice }) };
 const answerers = { werift: () => weriftAnswerer(ice), native: () => nativeAnswerer(ice) };
 
+/** A gateway on 127.0.0.1 whose one target, echo, is a fresh echo server; closed at teardown. */
+async function echoGateway(t: TapTest, answerer: ReturnType<(typeof answerers)[keyof typeof answerers]>) {
+  const echo = await echoServer(t);
+  const gateway = await startGateway({
+    host: '127.0.0.1',
+    port: 0,
+    token,
+    key: await testGatewayKey(),
+    targets: { echo: { host: '127.0.0.1', port: echo.port } },
+    log: () => undefined,
+    ice,
+    answerer,
+  });
+  t.teardown(() => gateway.close());
+  return gateway;
+}
+
 for (const [clientName, client] of Object.entries(clients)) {
   for (const [gatewayName, answerer] of Object.entries(answerers)) {
     t.test(`${clientName} client ↔ ${gatewayName} gateway: 4 MiB echoed intact`, async (t) => {
-      const echo = await echoServer(t);
-      const gateway = await startGateway({
-        host: '127.0.0.1',
-        port: 0,
-        token,
-        key: await testGatewayKey(),
-        targets: { echo: { host: '127.0.0.1', port: echo.port } },
-        log: () => undefined,
-        ice,
-        answerer: answerer(),
-      });
-      t.teardown(() => gateway.close());
+      const gateway = await echoGateway(t, answerer());
       const transport = client();
       const negotiation = await transport.negotiate({ gateway: gateway.url, target: 'echo', signal: AbortSignal.timeout(20_000) });
       const link = await transport.establish(negotiation, AbortSignal.timeout(20_000));
@@ -55,18 +62,7 @@ for (const [clientName, client] of Object.entries(clients)) {
 }
 
 t.test('native ↔ native: 300 concurrent connections × 64 KiB, all intact (a queued send is back-pressure, not an error)', async (t) => {
-  const echo = await echoServer(t);
-  const gateway = await startGateway({
-    host: '127.0.0.1',
-    port: 0,
-    token,
-    key: await testGatewayKey(),
-    targets: { echo: { host: '127.0.0.1', port: echo.port } },
-    log: () => undefined,
-    ice,
-    answerer: nativeAnswerer(ice),
-  });
-  t.teardown(() => gateway.close());
+  const gateway = await echoGateway(t, nativeAnswerer(ice));
   const transport = createNativeTransport({ token, ice });
   const link = await transport.establish(
     await transport.negotiate({ gateway: gateway.url, target: 'echo', signal: AbortSignal.timeout(20_000) }),
