@@ -7,7 +7,7 @@ import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
-import { keyFingerprint } from './sealed-signalling.js';
+import { keyFingerprint } from './key-fingerprint.js';
 
 export interface GatewayKeyCheck {
   /** Throws TunnelError gatewayKeyMismatch when `publicKey` is not the one expected for `url`. */

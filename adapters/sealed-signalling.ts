@@ -4,8 +4,9 @@
 // key; the answer is sealed back under a key exported from the same context, exactly as RFC 9458
 // (Oblivious HTTP) §4.4 encapsulates responses. See docs/decisions/0008-broker-and-sealed-signalling.md.
 
-import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
 import { Aes128Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from '@hpke/core';
+import { keyFingerprint } from './key-fingerprint.js';
 
 /** RFC 9180 identifiers of the one suite we speak: KEM 0x0020, KDF 0x0001, AEAD 0x0001. */
 const kemId = 0x0020;
@@ -31,10 +32,6 @@ const arrayBuffer = (buffer: Buffer): ArrayBuffer =>
   buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) as ArrayBuffer;
 
 /** `SHA256:` + unpadded base64 of SHA-256 over the raw public key, as `ssh-keygen -l` prints keys. */
-export function keyFingerprint(publicKey: Buffer): string {
-  return `SHA256:${createHash('sha256').update(publicKey).digest('base64').replace(/=+$/, '')}`;
-}
-
 export class SealError extends Error {}
 
 /** A gateway's long-term key pair, derived from a 32-byte seed kept in its key file. */
