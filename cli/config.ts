@@ -46,7 +46,10 @@ const configKeys: Readonly<Record<string, ConfigKey>> = {
 
 /** The gateway refuses shorter tokens: 16 random characters is the least that resists guessing. */
 export const minGatewayTokenLength = 16;
-const makeToken = "make one with `openssl rand -hex 32` (or node -e \"console.log(require('crypto').randomBytes(32).toString('hex'))\")";
+/** The same floor for PAM_BROKER_TOKEN: whoever holds it can register a site (and answer its clients' offers). */
+export const minBrokerTokenLength = 16;
+export const makeToken =
+  "make one with `openssl rand -hex 32` (or node -e \"console.log(require('crypto').randomBytes(32).toString('hex'))\")";
 
 export function configPath(env: NodeJS.ProcessEnv): string {
   return join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config'), 'pam', 'config.json');
