@@ -6,7 +6,7 @@ import type { RTCDataChannel, RTCPeerConnection } from 'werift';
 import type { Transport } from '../machines/ports.js';
 import { createPeerTransport, type PeerKind, type PeerTransportOptions } from './peer-transport.js';
 import type { IceOptions } from './ice-options.js';
-import { channelFrames, channelOpen, createPeer, gatheringComplete, withoutDefaultStun } from './werift-peer.js';
+import { channelFrames, channelOpen, createPeer, gatheringComplete, weriftSelectedPath, withoutDefaultStun } from './werift-peer.js';
 
 export interface WeriftTransportOptions extends PeerTransportOptions {
   readonly ice?: IceOptions;
@@ -41,6 +41,7 @@ export function weriftKind(ice: IceOptions = {}): PeerKind<WeriftPeer> {
       await channelOpen(peer.connection, peer.channel, signal);
       return channelFrames(peer.connection, peer.channel);
     },
+    selectedPath: (peer) => weriftSelectedPath(peer.connection),
     async close(peer) {
       await peer.connection.close().catch(() => undefined);
     },
