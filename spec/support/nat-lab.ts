@@ -144,6 +144,8 @@ export function natLab(t: TapTest, options: NatLabOptions): NatLab | undefined {
         ...(process.env.LAB_STUN ? ['--ice-server', `stun:${publicHost}:3478`] : []),
         '--ice-server',
         `turn:${publicHost}:3478`,
+        '--ice-server',
+        `turn:${publicHost}:3478?transport=tcp`,
         '--turn-secret-file',
         secretFile,
       ];
