@@ -223,6 +223,13 @@ t.test('bad files, variables, flags and gateways: each its documented code, one 
       /^pam: PAM_BROKER_TOKEN is too short \(6 characters, at least 16\): .*the same value/,
     ],
     [
+      'TURN only over TCP with --transport native',
+      ['tunnel', 'start', 'echo', '-R', 'true', '--transport', 'native', '--ice-server', 'turn:127.0.0.1:9?transport=tcp'],
+      { ...env, PAM_ICE_USERNAME: 'u', PAM_ICE_CREDENTIAL: 'c' },
+      2,
+      /^pam: the native transport .* cannot use TURN over TCP .*: use --transport werift/,
+    ],
+    [
       'credentials in --gateway',
       ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', secretUrl],
       env,
