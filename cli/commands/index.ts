@@ -4,6 +4,7 @@ import { BrokerCommand } from './BrokerCommand.js';
 import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
 import { ShellCommand } from './ShellCommand.js';
+import { TunnelDiagnoseCommand } from './TunnelDiagnoseCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
 import { TunnelMachineCommand } from './TunnelMachineCommand.js';
@@ -16,6 +17,7 @@ export const commandClasses = [
   TunnelListCommand,
   TunnelStopCommand,
   TunnelHistoryCommand,
+  TunnelDiagnoseCommand,
   TunnelReplayCommand,
   TunnelMachineCommand,
   GatewayCommand,
