@@ -63,6 +63,14 @@ export class TunnelStartCommand extends PamCommand {
   host = SingleString('--host', { description: 'local address to bind (default 127.0.0.1)' });
   gateway = SingleString('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
+  keyFile = SingleString('--key-file', {
+    description:
+      'your private key from `pam keygen`, signs the request (default: $PAM_KEY_FILE, or $XDG_CONFIG_HOME/pam/id_ed25519 if it exists)',
+  });
+  reason = SingleString('--reason', {
+    description: 'why you open this tunnel: sealed to the gateway (which may require it) and journalled',
+  });
+  ticket = SingleString('--ticket', { description: 'change or incident ticket id, with --reason (e.g. CHG-1234)' });
   foreground = Option.Boolean('-fg,--foreground', { description: 'keep the tunnel in this process until a signal (default)' });
   background = Option.Boolean('-bg,--background', {
     description: 'detach: a child process owns the tunnel; return once the port is usable',
@@ -128,6 +136,8 @@ export class TunnelStartCommand extends PamCommand {
         // Relative to where the user ran pam, recorded absolute (the registry and `stop` run elsewhere).
         pidFile: this.pidFile === undefined || this.pidFile.trim() === '' ? this.pidFile : resolvePath(this.pidFile),
         inShell: this.context.inShell,
+        reason: this.reason,
+        ticket: this.ticket,
       }),
     };
     const ownerId = takeOwnerId(this.context.env);
@@ -138,6 +148,7 @@ export class TunnelStartCommand extends PamCommand {
       ...(ownerId !== undefined ? { ownerId } : {}),
       json: this.json,
       tokenFile: this.tokenFile,
+      keyFile: this.keyFile,
       file,
       iceServers: this.iceServers,
       transport: this.transport,

@@ -108,7 +108,8 @@ function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] 
           ]
         : [];
     const path = `tunnel.ready.${work}.reconnecting`;
-    if (snapshot.matches({ ready: { [work]: 'linked' } })) return [{ type: 'link.lost', reason: 'peer gone' }, ...command, ...stops];
+    if (snapshot.matches({ ready: { [work]: 'linked' } }))
+      return [{ type: 'link.lost', reason: 'peer gone' }, { type: 'link.revoked', reason: 'access revoked' }, ...command, ...stops];
     if (snapshot.matches({ ready: { [work]: { reconnecting: 'waiting' } } })) {
       return [{ type: `xstate.after.reconnectBackoff.${path}.waiting` }, ...command, ...stops];
     }
@@ -243,7 +244,9 @@ function oracle(variant: Variant, path: Path): number {
     } else if (event.type === 'link.lost') {
       failedAttempts = 0;
       if (budget === 0) decided = 69; // no reconnect: lost for good
-    } else if (event.type === 'command.exited') decided = event.exit!.exitCode;
+    } else if (event.type === 'link.revoked')
+      decided = 77; // access withdrawn: never reconnected
+    else if (event.type === 'command.exited') decided = event.exit!.exitCode;
     else if (event.type.startsWith('xstate.after.reconnectBackoff')) continue;
     else if (event.type.startsWith('xstate.after') && event.type.includes('reconnecting')) attemptFailed();
     else if (event.type === 'xstate.error.actor.reconnect') attemptFailed();
@@ -313,6 +316,7 @@ async function replay(variant: Variant, path: Path, taken: Set<string>): Promise
     if (event.type === 'tunnel.start') actor.send({ type: 'tunnel.start' });
     else if (event.type === 'tunnel.stop') signals.emit(event.signal!);
     else if (event.type === 'link.lost') transport.links.at(-1)!.lose('peer gone');
+    else if (event.type === 'link.revoked') transport.links.at(-1)!.lose('access revoked', 'revoked');
     else if (event.type === 'command.exited') runner.commands.at(-1)!.exit(event.exit!.exitCode);
     else if (event.type.startsWith('xstate.after.reconnectBackoff')) clock.increment(30_000);
     else if (event.type.startsWith('xstate.after.')) clock.increment(timeoutMs);
