@@ -78,6 +78,8 @@ export function createAccess(options: AccessOptions): Access {
       throw new AccessDenied(
         'unknown-key',
         `key ${fingerprint} is not in this gateway's authorized_keys: give its operator the line of your .pub file`,
+        // Proven (the signature verified) but not granted: named by fingerprint alone.
+        { kind: 'key', fingerprint, comment: '' },
       );
     return grant;
   }

@@ -36,6 +36,15 @@ export class GatewayCommand extends PamCommand {
       answers the sealed offers the broker relays, and re-registers with backoff when the broker goes
       away; tunnels already up keep running meanwhile. Clients then use
       --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
+
+      --authorized-keys FILE admits user keys (\`pam keygen\`), one a line:
+      \`targets="web,db"[,expires="ISO-8601"][,from="CIDR,…"][,max-tunnels=N] pam-ed25519 KEY [comment]\`.
+      Each request is signed by its key; a key reaches only its targets. A malformed file refuses the
+      start naming the line; the file is re-read on SIGHUP (which then no longer stops the gateway)
+      and when it changes, a bad version keeps the old grants. A removed key, a narrowed grant or a
+      passed expiry ends that key's live tunnels within a second. With keys the token is optional;
+      given, it still opens every target. --require-reason refuses tunnels without --reason. See
+      docs/access.md.
     `,
     examples: [
       [

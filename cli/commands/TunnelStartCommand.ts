@@ -40,6 +40,11 @@ export class TunnelStartCommand extends PamCommand {
       gateway behind a path-prefix proxy; credentials in the URL are refused); the token from
       --token-file, PAM_GATEWAY_TOKEN or the config file's tokenFile (never from the command line).
       Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout, gatewayKey.
+      Instead of (or with) the token, a user key from \`pam keygen\` (--key-file, PAM_KEY_FILE, or
+      $XDG_CONFIG_HOME/pam/id_ed25519 when it exists) signs the request, for gateways with
+      --authorized-keys; --reason and --ticket travel sealed (and signed) and are journalled. A refused
+      key or grant exits 77 with the gateway's reason; so does a tunnel whose access the gateway
+      revokes (it is not reconnected). See docs/access.md.
 
       Signalling is sealed to the gateway's key (HPKE). PAM_GATEWAY_KEY=SHA256:… (or gatewayKey) pins
       it; otherwise the first key a gateway URL shows is recorded in $XDG_CONFIG_HOME/pam/known_gateways

@@ -118,7 +118,7 @@ t.test('forged, replayed and altered signed offers are refused with a reason; th
   clean += (replayOk ? 1 : 0) + (resealOk ? 1 : 0);
 
   t.match(gateway.proc.stderr, /refused an unidentified client from \S+ to 'web': bad-signature/);
-  t.match(gateway.proc.stderr, /refused key \S+ \(mallory\) from \S+ to 'web': unknown-key/, 'the log names the key by fingerprint');
+  t.match(gateway.proc.stderr, /refused key SHA256:\S+ from \S+ to 'web': unknown-key/, 'the log names the key by fingerprint');
   const env = { ...tunnelEnv(dir, token, gateway.url), PAM_GATEWAY_TOKEN: undefined, PAM_KEY_FILE: alice.file };
   const valid = pam(t, ['tunnel', 'start', 'web', '-R', echoScript], { env });
   t.equal(await valid.exited, 0, valid.stderr);
