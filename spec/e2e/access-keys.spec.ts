@@ -215,3 +215,31 @@ t.test('a malformed authorized_keys refuses the start, naming the line', async (
   t.match(proc.stderr, /--authorized-keys: .*authorized_keys line 3: /);
   t.equal(proc.stderr.trim().split('\n').length, 1);
 });
+
+t.test('behind a broker: the key opens its target, from= judges the address the broker saw, revocation ends the tunnel', async (t) => {
+  const { startBrokerGateway, startBrokerProc } = await import('../support/broker.js');
+  const dir = scratchDir(t);
+  const web = await echoServer(t);
+  const alice = await keygen(t, dir, 'alice');
+  const remote = await keygen(t, dir, 'remote');
+  const grants = join(dir, 'authorized_keys');
+  writeFileSync(grants, [`targets=web,from="127.0.0.0/8" ${alice.line}`, `targets=web,from="198.51.100.0/24" ${remote.line}`].join('\n'));
+  const broker = await startBrokerProc(t, dir);
+  const gateway = await startBrokerGateway(t, dir, token, broker.url, 'lab', { web: web.port }, { extra: ['--authorized-keys', grants] });
+  const env = tunnelEnv(dir, token, gateway.url);
+
+  const opened = pam(t, ['tunnel', 'start', 'web', '-R', echoScript], { env: keyOnly(env, alice.file) });
+  t.equal(await opened.exited, 0, opened.stderr);
+  t.equal(opened.stdout, expected, 'bytes through the brokered, key-granted tunnel');
+  const outside = pam(t, ['tunnel', 'start', 'web', '-R', 'true'], { env: keyOnly(env, remote.file) });
+  t.equal(await outside.exited, 77);
+  t.match(outside.stderr, /may not connect from 127\.0\.0\.1/, 'the client address as the broker saw it');
+
+  const live = pam(t, ['tunnel', 'start', 'web', '--json'], { env: keyOnly(env, alice.file) });
+  await live.event('ready');
+  writeFileSync(grants, `targets=web,from="198.51.100.0/24" ${remote.line}\n`);
+  gateway.proc.child.kill('SIGHUP');
+  t.equal(await live.exited, 77, 'revoked behind the broker too');
+  t.match(live.stdout, /access revoked: key SHA256:\S+ \(alice\) was removed/);
+  t.notMatch(broker.proc.stderr, /alice|pam-ed25519/, 'the broker never sees the key or its comment');
+});
