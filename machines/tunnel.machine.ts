@@ -109,6 +109,9 @@ function stoppedBy(event: { signal: StopSignal; origin?: string }): string {
   return `stopped by ${event.signal}${event.origin ? ` from ${event.origin}` : ''}`;
 }
 
+/** Failures that are the gateway's verdict on who asks: retrying the same request gets the same answer. */
+const refusalKinds: ReadonlySet<string> = new Set(['authRefused', 'accessRefused', 'accessRevoked', 'gatewayKeyMismatch']);
+
 const tunnelSetup = setup({
   types: {
     context: {} as TunnelContext,
@@ -167,6 +170,8 @@ const tunnelSetup = setup({
     isCommandSignalled: ({ context }) => context.commandSignalled !== undefined,
     /** --reconnect-attempts is not 0. */
     mayReconnect: ({ context }) => (context.settings?.reconnectAttempts ?? 0) > 0,
+    /** A reconnect was refused by the gateway (credentials or access), not merely failed. */
+    isRefusal: ({ event }) => 'error' in event && refusalKinds.has(failureOf(event.error).kind),
     hasAttemptsLeft: ({ context }) => (context.reconnectAttempt ?? 0) + 1 < (context.settings?.reconnectAttempts ?? 0),
   },
   delays: {
@@ -246,6 +251,12 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
                 ],
               },
               onError: [
+                // The gateway answered and said no (access revoked meanwhile, token changed): asking again cannot help.
+                {
+                  guard: 'isRefusal',
+                  target: gone,
+                  actions: [{ type: 'recordOutcome', params: ({ event }) => failureOf(event.error) }, raise({ type: 'link.gone' })],
+                },
                 { guard: 'hasAttemptsLeft', target: 'waiting', actions: 'countReconnectAttempt' },
                 {
                   target: gone,

@@ -85,6 +85,9 @@ const actorErrors: Record<string, unknown> = {
   teardown: new Error('close failed'),
 };
 
+/** A reconnect the gateway refuses (the key was revoked while the link was down): final, never retried. */
+const refusedReconnect = new TunnelError('accessRefused', 'the gateway refused access: key removed');
+
 /** The events worth trying in a state: what its adapters or the outside world can really send there. */
 function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] {
   const stops: StepEvent[] = [{ type: 'tunnel.stop', signal: 'SIGTERM' }];
@@ -114,7 +117,13 @@ function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] 
       return [{ type: `xstate.after.reconnectBackoff.${path}.waiting` }, ...command, ...stops];
     }
     if (snapshot.matches({ ready: { [work]: { reconnecting: 'attempting' } } })) {
-      return [...invoke('reconnect', {}), { type: `xstate.after.connectTimeout.${path}.attempting` }, ...command, ...stops];
+      return [
+        ...invoke('reconnect', {}),
+        { type: 'xstate.error.actor.reconnect', error: refusedReconnect },
+        { type: `xstate.after.connectTimeout.${path}.attempting` },
+        ...command,
+        ...stops,
+      ];
     }
     return [...command, ...stops]; // gone: only the command (or a signal) ends it
   }
@@ -249,6 +258,7 @@ function oracle(variant: Variant, path: Path): number {
     else if (event.type === 'command.exited') decided = event.exit!.exitCode;
     else if (event.type.startsWith('xstate.after.reconnectBackoff')) continue;
     else if (event.type.startsWith('xstate.after') && event.type.includes('reconnecting')) attemptFailed();
+    else if (event.type === 'xstate.error.actor.reconnect' && event.error === refusedReconnect) decided = 77;
     else if (event.type === 'xstate.error.actor.reconnect') attemptFailed();
     else if (event.type.startsWith('xstate.after')) decided = 124;
     else if (event.type.startsWith('xstate.error.actor.')) {
@@ -325,7 +335,7 @@ async function replay(variant: Variant, path: Path, taken: Set<string>): Promise
       gates.open('negotiate');
       await flush();
       gates.open('establish');
-    } else if (event.type === 'xstate.error.actor.reconnect') gates.fail('negotiate', actorErrors.reconnect);
+    } else if (event.type === 'xstate.error.actor.reconnect') gates.fail('negotiate', event.error ?? actorErrors.reconnect);
     else if (event.type.startsWith('xstate.done.actor.')) gates.open(event.type.slice('xstate.done.actor.'.length));
     else if (event.type.startsWith('xstate.error.actor.')) {
       const id = event.type.slice('xstate.error.actor.'.length);
