@@ -11,7 +11,7 @@ import {
   gatewayUrl,
   iceServers,
   readConfigFile,
-  readToken,
+  readCredentials,
   transportChoice,
   transportForTurn,
 } from '../config.js';
@@ -58,6 +58,10 @@ export class TunnelDiagnoseCommand extends PamCommand {
   target = Option.String({ name: 'target', required: false });
   gateway = SingleString('--gateway', { description: 'gateway or broker site URL (default: $PAM_GATEWAY_URL)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
+  keyFile = SingleString('--key-file', {
+    description:
+      'your private key from `pam keygen` for the test tunnel (default: $PAM_KEY_FILE, or $XDG_CONFIG_HOME/pam/id_ed25519 if it exists)',
+  });
   iceServers = iceServerOption();
   transport = transportOption();
   timeout = SingleString('--timeout', '5', { description: 'seconds each network step may take (default 5; the test tunnel at least 20)' });
@@ -85,7 +89,7 @@ export class TunnelDiagnoseCommand extends PamCommand {
       timeoutMs,
       transport: () =>
         lazyTransport({
-          token: () => readToken(this.tokenFile, env, 'client', file),
+          credentials: () => readCredentials({ tokenFile: this.tokenFile, keyFile: this.keyFile, env, file }),
           env,
           iceServers: this.iceServers,
           transport,

@@ -3,6 +3,7 @@
 import { BrokerCommand } from './BrokerCommand.js';
 import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
+import { KeygenCommand } from './KeygenCommand.js';
 import { ShellCommand } from './ShellCommand.js';
 import { TunnelDiagnoseCommand } from './TunnelDiagnoseCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
@@ -23,5 +24,6 @@ export const commandClasses = [
   GatewayCommand,
   BrokerCommand,
   ShellCommand,
+  KeygenCommand,
   CompletionCommand,
 ];
