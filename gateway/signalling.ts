@@ -1,12 +1,15 @@
 // The gateway's half of sealed signalling, whatever carries it (its own HTTP listener, or a broker's
 // WebSocket): open the sealed request, refuse replays, check the token and the offer, answer it with a
 // WebRTC peer, and seal the answer back. The target is a name looked up in the allowlist, never an
-// address, so clients cannot make the gateway dial elsewhere.
+// address, so clients cannot make the gateway dial elsewhere; only a SOCKS tunnel (target `@socks`,
+// served with --socks-allow) names destinations, each decided by gateway/socks-policy.ts.
 
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { createReplayGuard, openRequest, SealError, type GatewayKeyPair } from '../adapters/sealed-signalling.js';
-import { Mux, type MuxOptions } from '../adapters/mux.js';
+import { Mux, type MuxDestination, type MuxOptions } from '../adapters/mux.js';
+import { socksTarget } from '../machines/start-flags.js';
+import { type SocksPolicy, socksReply } from './socks-policy.js';
 import type { IceOptions, IceServer } from '../adapters/ice-options.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
 
@@ -19,6 +22,8 @@ export interface SignallingOptions {
   readonly token: string;
   readonly key: GatewayKeyPair;
   readonly targets: Readonly<Record<string, GatewayTarget>>;
+  /** --socks-allow: SOCKS tunnels are served, each CONNECT decided by this policy; without it they are refused. */
+  readonly socks?: SocksPolicy;
   readonly log: (line: string) => void;
   readonly ice?: IceOptions;
   /** The WebRTC library answering offers (werift when none is given; `pam gateway` passes native). */
@@ -124,7 +129,12 @@ export function createSignalling(options: SignallingOptions): Signalling {
     if (typeof target !== 'string' || typeof offer !== 'string')
       throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
-    if (!Object.hasOwn(options.targets, target)) throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, names);
+    const socks = target === socksTarget ? options.socks : undefined;
+    if (target === socksTarget && !socks) {
+      options.log(`refused a SOCKS tunnel from ${client}: this gateway has no --socks-allow rule`);
+      throw new Refusal(404, 'this gateway was started without --socks-allow', names);
+    }
+    if (!socks && !Object.hasOwn(options.targets, target)) throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, names);
     if (peers.size >= maxPeers) throw new Refusal(429, `gateway is serving its limit of ${maxPeers} tunnels`);
     if ((perClient.get(client) ?? 0) >= maxPeersPerClient) {
       throw new Refusal(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
@@ -142,7 +152,13 @@ export function createSignalling(options: SignallingOptions): Signalling {
       if (!pattern.test(offer)) throw new Refusal(400, `offer lacks ${line}: not a WebRTC data-channel offer`);
     }
 
-    const destination = options.targets[target]!;
+    const named = socks ? undefined : options.targets[target]!;
+    const label = socks ? `SOCKS tunnel of ${client}` : `tunnel to ${target}`;
+    const dial = (destination: MuxDestination | undefined): Promise<Socket> => {
+      if (socks) return destination ? dialSocks(socks, destination, (line) => options.log(`${label}: ${line}`)) : refuse('no destination');
+      // A named-target tunnel goes to its target only, whatever an open frame asks for.
+      return named && !destination ? dialTarget(named) : refuse('this tunnel carries its named target only');
+    };
     const slot = {};
     peers.add(slot);
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
@@ -176,7 +192,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(400, `offer refused: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
     }
     const deadline = setTimeout(() => {
-      options.log(`tunnel to ${target}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
+      options.log(`${label}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
       drop();
     }, channelDeadlineMs);
     deadline.unref();
@@ -190,15 +206,15 @@ export function createSignalling(options: SignallingOptions): Signalling {
         clearTimeout(deadline);
         const mux = new Mux(frames, {
           ...options.mux,
-          dial: () => dialTarget(destination),
-          log: (line) => options.log(`tunnel to ${target}: ${line}`),
+          dial,
+          log: (line) => options.log(`${label}: ${line}`),
         });
         mux.onLost((reason) => {
-          options.log(`tunnel to ${target} ended: ${reason}`);
+          options.log(`${label} ended: ${reason}`);
           drop();
         });
         const pair = opened.selectedPath?.();
-        options.log(`tunnel to ${target} open${pair ? ` (path ${pair})` : ''}`);
+        options.log(`${label} open${pair ? ` (path ${pair})` : ''}`);
       },
       () => drop(),
     );
@@ -215,15 +231,69 @@ export function createSignalling(options: SignallingOptions): Signalling {
   };
 }
 
-function dialTarget(target: GatewayTarget): Promise<Socket> {
+/** An open refused with a SOCKS5 reply code (the mux sends it back to a client that named a destination). */
+class DialRefusal extends Error {
+  constructor(
+    readonly replyCode: number,
+    message: string,
+    /** Logged already, with the destination: the mux need not log it again. */
+    readonly logged = false,
+  ) {
+    super(message);
+  }
+}
+
+const refuse = (reason: string) => Promise.reject(new DialRefusal(socksReply.notAllowed, reason));
+
+/** How long one address may take to accept a connection. */
+const socksConnectTimeoutMs = 10_000;
+
+const connectErrorReply: Record<string, number> = {
+  ECONNREFUSED: socksReply.connectionRefused,
+  EHOSTUNREACH: socksReply.hostUnreachable,
+  ENETUNREACH: socksReply.networkUnreachable,
+  ETIMEDOUT: socksReply.ttlExpired,
+};
+
+/**
+ * One SOCKS CONNECT: the policy resolves and checks, then the checked addresses are dialled in turn
+ * (never the name again, so a second DNS answer cannot differ from the one checked). Refusals are logged.
+ */
+async function dialSocks(policy: SocksPolicy, destination: MuxDestination, log: (line: string) => void): Promise<Socket> {
+  const asked = `${destination.host.includes(':') ? `[${destination.host}]` : destination.host}:${destination.port}`;
+  const decision = await policy.decide(destination);
+  if (!decision.allowed) {
+    log(`CONNECT ${asked} refused (reply ${decision.code}): ${decision.reason}`);
+    throw new DialRefusal(decision.code, decision.reason, true);
+  }
+  let last: DialRefusal | undefined;
+  for (const { address } of decision.addresses) {
+    try {
+      return await dialTarget({ host: address, port: destination.port }, socksConnectTimeoutMs);
+    } catch (error) {
+      const code = (error as { code?: string }).code ?? '';
+      last = new DialRefusal(connectErrorReply[code] ?? socksReply.generalFailure, (error as Error).message);
+    }
+  }
+  log(`CONNECT ${asked} failed (reply ${last!.replyCode}): ${last!.message}`);
+  throw new DialRefusal(last!.replyCode, last!.message, true);
+}
+
+function dialTarget(target: GatewayTarget, timeoutMs?: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: target.host, port: target.port, allowHalfOpen: true });
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })), timeoutMs);
     socket.once('connect', () => {
+      clearTimeout(timer);
       socket.removeAllListeners('error');
       resolve(socket);
     });
-    socket.once('error', (error: NodeJS.ErrnoException) =>
-      reject(new Error(`target ${target.host}:${target.port}: ${error.code ?? error.message}`)),
-    );
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(Object.assign(new Error(`target ${target.host}:${target.port}: ${error.code ?? error.message}`), { code: error.code }));
+    });
   });
 }

@@ -65,7 +65,8 @@ export function normalAddress(address: string): { address: string; family: Famil
     return { address: `${high >> 8}.${high & 255}.${low >> 8}.${low & 255}`, family: 'ipv4' };
   }
   if (mapped?.[1] !== undefined) return { address: mapped[1], family: 'ipv4' };
-  return { address: bare.toLowerCase(), family: 'ipv6' };
+  // The canonical (compressed, lower-case) text, as logs and rules show it.
+  return { address: new URL(`http://[${bare}]`).hostname.slice(1, -1), family: 'ipv6' };
 }
 
 function parsePorts(text: string, rule: string): SocksRule['ports'] {
