@@ -55,7 +55,8 @@ export interface MuxOptions {
   readonly keepaliveDeadMs?: number;
   /**
    * Gateway side: open the target for a new stream (`destination` when the client named one), or
-   * reject with a reason; an error's `replyCode` (a SOCKS5 reply code) travels back to the client.
+   * reject with a reason; an error's `replyCode` (a SOCKS5 reply code) travels back to the client,
+   * and `logged: true` says the dialler has logged the refusal already.
    */
   readonly dial?: (destination: MuxDestination | undefined) => Promise<Socket>;
   readonly log?: (line: string) => void;

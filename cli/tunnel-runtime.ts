@@ -198,7 +198,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     if (reached.matches('ready')) {
       session.adopt({
         id,
-        target: flags.target,
+        target: flags.socks ? socksTarget : flags.target,
         stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }),
         finished: settle,
       });
