@@ -3,7 +3,7 @@
 
 import { connect, type Socket } from 'node:net';
 import type { MuxDestination } from '../adapters/mux.js';
-import { type SocksPolicy, socksReply } from './socks-policy.js';
+import { type SocksPolicy, type SocksRule, socksReply } from './socks-policy.js';
 
 export interface DialTarget {
   readonly host: string;
@@ -38,9 +38,15 @@ const connectErrorReply: Record<string, number> = {
  * One SOCKS CONNECT: the policy resolves and checks, then the checked addresses are dialled in turn
  * (never the name again, so a second DNS answer cannot differ from the one checked). Refusals are logged.
  */
-export async function dialSocks(policy: SocksPolicy, destination: MuxDestination, log: (line: string) => void): Promise<Socket> {
+export async function dialSocks(
+  policy: SocksPolicy,
+  destination: MuxDestination,
+  log: (line: string) => void,
+  /** A principal's own rules (a per-key grant), deciding instead of the gateway's --socks-allow. */
+  rules?: readonly SocksRule[],
+): Promise<Socket> {
   const asked = `${destination.host.includes(':') ? `[${destination.host}]` : destination.host}:${destination.port}`;
-  const decision = await policy.decide(destination);
+  const decision = await policy.decide(destination, rules);
   if (!decision.allowed) {
     log(`CONNECT ${asked} refused (reply ${decision.code}): ${decision.reason}`);
     throw new DialRefusal(decision.code, decision.reason, true);
