@@ -22,8 +22,8 @@ function capture(): { context: PamContext; out: () => string; err: () => string 
 
 t.test('a parse error exits 2 and goes to stderr', async (t) => {
   const { context, out, err } = capture();
-  t.equal(await runCli(['tunnel', 'start'], context), 2);
-  t.match(err(), /Not enough positional arguments/);
+  t.equal(await runCli(['tunnel', 'list', 'extra'], context), 2);
+  t.match(err(), /Extraneous positional argument/);
   t.equal(out(), '');
 });
 
