@@ -179,8 +179,7 @@ t.test('usage errors exit 2 with one line naming the fix, before anything connec
     [['--timeout', 'soon'], /--timeout/],
     [['--port', '70000'], /--port/],
     [['-R', ''], /--run/],
-    // With an optional target (it may be --socks) clipanion names the line, not the option.
-    [['--no-such-flag'], /tunnel start echo --no-such-flag/],
+    [['--no-such-flag'], /Unsupported option name \("--no-such-flag"\)/],
   ];
   for (const [args, message] of cases) {
     const proc = pam(t, ['tunnel', 'start', 'echo', ...args], { env });
