@@ -22,7 +22,7 @@ export class DialRefusal extends Error {
   }
 }
 
-export const refuse = (reason: string) => Promise.reject(new DialRefusal(socksReply.notAllowed, reason));
+export const refuseDestination = (reason: string) => Promise.reject(new DialRefusal(socksReply.notAllowed, reason));
 
 /** How long one address may take to accept a connection. */
 const socksConnectTimeoutMs = 10_000;

@@ -56,6 +56,8 @@ export interface ClaimInput {
 export interface NegotiateInput {
   readonly gateway: string;
   readonly target: string;
+  readonly reason?: string;
+  readonly ticket?: string;
 }
 export interface PublishInput {
   readonly record: TunnelRecord;
@@ -65,9 +67,7 @@ export interface ServeInput {
   readonly listener: LocalListener;
   readonly link: Link;
 }
-export interface ReconnectInput {
-  readonly gateway: string;
-  readonly target: string;
+export interface ReconnectInput extends NegotiateInput {
   readonly lost?: Link;
 }
 export interface RunInput {
@@ -109,6 +109,9 @@ function pathOf(context: TunnelContext): { path?: 'direct' | 'relay' } {
 function stoppedBy(event: { signal: StopSignal; origin?: string }): string {
   return `stopped by ${event.signal}${event.origin ? ` from ${event.origin}` : ''}`;
 }
+
+/** Failures that are the gateway's verdict on who asks: retrying the same request gets the same answer. */
+const refusalKinds: ReadonlySet<string> = new Set(['authRefused', 'accessRefused', 'accessRevoked', 'gatewayKeyMismatch']);
 
 const tunnelSetup = setup({
   types: {
@@ -168,6 +171,8 @@ const tunnelSetup = setup({
     isCommandSignalled: ({ context }) => context.commandSignalled !== undefined,
     /** --reconnect-attempts is not 0. */
     mayReconnect: ({ context }) => (context.settings?.reconnectAttempts ?? 0) > 0,
+    /** A reconnect was refused by the gateway (credentials or access), not merely failed. */
+    isRefusal: ({ event }) => 'error' in event && refusalKinds.has(failureOf(event.error).kind),
     hasAttemptsLeft: ({ context }) => (context.reconnectAttempt ?? 0) + 1 < (context.settings?.reconnectAttempts ?? 0),
   },
   delays: {
@@ -213,6 +218,14 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
               ],
             },
           ],
+          // The gateway withdrew access: a reconnect would be refused, so the link is gone for good.
+          'link.revoked': {
+            target: 'gone',
+            actions: [
+              { type: 'recordOutcome', params: ({ event }) => failure('accessRevoked', event.reason) },
+              raise({ type: 'link.gone' }),
+            ],
+          },
         },
       },
       reconnecting: {
@@ -229,11 +242,7 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
             invoke: {
               id: 'reconnect',
               src: 'reconnect',
-              input: ({ context }) => ({
-                gateway: context.settings!.gateway,
-                target: context.settings!.target,
-                ...(context.link ? { lost: context.link } : {}),
-              }),
+              input: ({ context }) => ({ ...negotiateInput(context), ...(context.link ? { lost: context.link } : {}) }),
               onDone: {
                 target: `#${parent}.linked`,
                 actions: [
@@ -243,6 +252,12 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
                 ],
               },
               onError: [
+                // The gateway answered and said no (access revoked meanwhile, token changed): asking again cannot help.
+                {
+                  guard: 'isRefusal',
+                  target: gone,
+                  actions: [{ type: 'recordOutcome', params: ({ event }) => failureOf(event.error) }, raise({ type: 'link.gone' })],
+                },
                 { guard: 'hasAttemptsLeft', target: 'waiting', actions: 'countReconnectAttempt' },
                 {
                   target: gone,
@@ -271,6 +286,17 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
       gone: { description: 'The link is lost for good; the outcome says why' },
     },
   });
+}
+
+/** What signalling sends: where to, and the operator's --reason / --ticket. */
+function negotiateInput(context: TunnelContext): NegotiateInput {
+  const settings = context.settings!;
+  return {
+    gateway: settings.gateway,
+    target: settings.target,
+    ...(settings.reason !== undefined ? { reason: settings.reason } : {}),
+    ...(settings.ticket !== undefined ? { ticket: settings.ticket } : {}),
+  };
 }
 
 function lostForGood(context: TunnelContext, detail: string): Failure {
@@ -357,7 +383,7 @@ export const tunnelMachine = tunnelSetup.createMachine({
           invoke: {
             id: 'negotiate',
             src: 'negotiate',
-            input: ({ context }) => ({ gateway: context.settings!.gateway, target: context.settings!.target }),
+            input: ({ context }) => negotiateInput(context),
             onDone: { target: 'establishing', actions: assign({ negotiation: ({ event }) => event.output }) },
             onError: { target: '#tunnel.stopping', actions: 'recordError' },
           },

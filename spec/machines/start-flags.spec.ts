@@ -149,3 +149,20 @@ t.test('--socks: no target, the reserved @socks target in settings; a target wit
   t.match(parseStartFlags({ ...base, socks: true }), { ok: false, failure: { kind: 'usage', reason: /--socks takes no target/ } });
   t.match(parseStartFlags({ ...base, target: '' }), { ok: false, failure: { kind: 'usage', reason: /name a target .* or pass --socks/ } });
 });
+
+t.test('--reason and --ticket: kept trimmed; empty, multi-line, overlong or a ticket alone refused', async (t) => {
+  const parsed = parseStartFlags({ ...base, reason: '  restore after INC-7 ', ticket: 'INC-7' });
+  t.match(parsed, { ok: true, settings: { reason: 'restore after INC-7', ticket: 'INC-7' } });
+  const cases: Array<[Record<string, unknown>, RegExp]> = [
+    [{ reason: '   ' }, /--reason needs a text/],
+    [{ reason: 'two\nlines' }, /--reason must be one line of at most 500/],
+    [{ reason: 'x'.repeat(501) }, /--reason must be one line/],
+    [{ reason: 'ok', ticket: 'has space' }, /--ticket 'has space' must be an identifier/],
+    [{ reason: 'ok', ticket: 'T'.repeat(101) }, /--ticket .* must be an identifier/],
+    [{ ticket: 'CHG-1' }, /--ticket goes with --reason/],
+  ];
+  for (const [flags, message] of cases) {
+    const result = parseStartFlags({ ...base, ...flags });
+    t.match(result, { ok: false, failure: { kind: 'usage', exitCode: 2, reason: message } }, JSON.stringify(flags).slice(0, 60));
+  }
+});
