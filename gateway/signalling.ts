@@ -229,12 +229,14 @@ export function createSignalling(options: SignallingOptions): Signalling {
     }
 
     const named = socks ? undefined : options.targets[target]!;
-    const label = socks ? `SOCKS tunnel of ${client}` : `tunnel to ${target}`;
+    const label = socks ? `SOCKS tunnel of ${describePrincipal(principal)} from ${client}` : `tunnel to ${target}`;
     const dial = (destination: MuxDestination | undefined): Promise<Socket> => {
-      if (socks)
-        return destination
-          ? dialSocks(socks, destination, (line) => options.log(`${label}: ${line}`))
-          : refuseDestination('no destination');
+      if (socks) {
+        if (!destination) return refuseDestination('no destination');
+        // A key's socks="…" grant, as in force now, narrows --socks-allow for its tunnels.
+        const grant = principal.kind === 'key' ? (options.authorizedKeys?.().grants.get(principal.fingerprint)?.socks ?? []) : undefined;
+        return dialSocks(socks, destination, (line) => options.log(`${label}: ${line}`), grant);
+      }
       // A named-target tunnel goes to its target only, whatever an open frame asks for.
       return named && !destination ? dialTarget(named) : refuseDestination('this tunnel carries its named target only');
     };

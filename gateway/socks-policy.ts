@@ -200,9 +200,10 @@ export interface SocksPolicy {
   readonly rules: readonly SocksRule[];
   /**
    * Allowed, with the addresses to dial (every one checked), or refused with a SOCKS reply code.
-   * `rules` narrows the decision to another rule list (a principal's grant) instead of the gateway's.
+   * `grant` (a principal's own rules, e.g. a key's socks="…") narrows it: a destination must then pass
+   * both the gateway's rules and the grant, resolved once.
    */
-  decide(destination: Destination, rules?: readonly SocksRule[]): Promise<SocksDecision>;
+  decide(destination: Destination, grant?: readonly SocksRule[]): Promise<SocksDecision>;
 }
 
 export interface SocksPolicyOptions {
@@ -222,6 +223,7 @@ export function createSocksPolicy(options: SocksPolicyOptions): SocksPolicy {
   /** The rule that admits `address` (reached as `name`, when a name was asked for), or why none does. */
   function admit(
     rules: readonly SocksRule[],
+    source: string,
     address: string,
     family: Family,
     port: number,
@@ -249,48 +251,61 @@ export function createSocksPolicy(options: SocksPolicyOptions): SocksPolicy {
       const what = special ? `in ${literal(special.address, family)}/${special.prefix}` : "one of the gateway's own addresses";
       return { reason: `${shown}, which is ${what}: allowed only by a rule naming it (e.g. --socks-allow '${shown}:${port}')` };
     }
-    return { reason: `${shown}, which no --socks-allow rule allows on port ${port}` };
+    return { reason: `${shown}, which no ${source} rule allows on port ${port}` };
   }
 
   return {
     rules: options.rules,
-    async decide(destination, rules = options.rules) {
+    async decide(destination, grant) {
+      const lists: Array<[string, readonly SocksRule[]]> = [['--socks-allow', options.rules]];
+      if (grant) lists.push(['socks= grant', grant]);
+      const refused = (code: number, reason: string): SocksDecision => ({ allowed: false, code, reason });
       const { port } = destination;
-      if (!(Number.isInteger(port) && port >= 1 && port <= 65535)) {
-        return { allowed: false, code: socksReply.notAllowed, reason: `port ${port} is not a port to connect to` };
-      }
+      if (!(Number.isInteger(port) && port >= 1 && port <= 65535))
+        return refused(socksReply.notAllowed, `port ${port} is not a port to connect to`);
       const literalAddress = normalAddress(destination.host);
       if (literalAddress) {
-        const verdict = admit(rules, literalAddress.address, literalAddress.family, port, undefined);
-        if ('reason' in verdict) return { allowed: false, code: socksReply.notAllowed, reason: verdict.reason };
+        let rule: SocksRule | undefined;
+        for (const [source, rules] of lists) {
+          const verdict = admit(rules, source, literalAddress.address, literalAddress.family, port, undefined);
+          if ('reason' in verdict) return refused(socksReply.notAllowed, verdict.reason);
+          rule ??= verdict.rule;
+        }
         const family = literalAddress.family === 'ipv4' ? 4 : 6;
-        return { allowed: true, addresses: [{ address: literalAddress.address, family }], rule: verdict.rule.text };
+        return { allowed: true, addresses: [{ address: literalAddress.address, family }], rule: rule!.text };
       }
       const name = normalName(destination.host);
-      if (!name)
-        return { allowed: false, code: socksReply.hostUnreachable, reason: `'${destination.host.slice(0, 64)}' is not a host name` };
+      if (!name) return refused(socksReply.hostUnreachable, `'${destination.host.slice(0, 64)}' is not a host name`);
       // A name no rule could admit is refused before it is looked up: the resolver learns nothing of it.
-      const candidates = rules.filter((rule) => portMatches(rule, port) && (rule.host.kind === 'network' || nameMatches(rule.host, name)));
-      if (candidates.length === 0)
-        return { allowed: false, code: socksReply.notAllowed, reason: `no --socks-allow rule allows ${name}:${port}` };
+      const candidates = lists.map(
+        ([source, rules]) =>
+          [
+            source,
+            rules.filter((rule) => portMatches(rule, port) && (rule.host.kind === 'network' || nameMatches(rule.host, name))),
+          ] as const,
+      );
+      for (const [source, rules] of candidates) {
+        if (rules.length === 0) return refused(socksReply.notAllowed, `no ${source} rule allows ${name}:${port}`);
+      }
       let resolved: readonly ResolvedAddress[];
       try {
         resolved = await options.resolve(name);
       } catch (error) {
         const code = (error as NodeJS.ErrnoException).code ?? String(error);
-        return { allowed: false, code: socksReply.hostUnreachable, reason: `${name} does not resolve (${code})` };
+        return refused(socksReply.hostUnreachable, `${name} does not resolve (${code})`);
       }
-      if (resolved.length === 0) return { allowed: false, code: socksReply.hostUnreachable, reason: `${name} resolves to no address` };
+      if (resolved.length === 0) return refused(socksReply.hostUnreachable, `${name} resolves to no address`);
       const addresses: ResolvedAddress[] = [];
       let rule: SocksRule | undefined;
       // Every address, not the first: a name that also resolves to a forbidden address is refused whole.
       for (const entry of resolved) {
         const normal = normalAddress(entry.address);
-        if (!normal)
-          return { allowed: false, code: socksReply.notAllowed, reason: `${name} resolves to '${entry.address}', not an address` };
-        const verdict = admit(candidates, normal.address, normal.family, port, name);
-        if ('reason' in verdict) return { allowed: false, code: socksReply.notAllowed, reason: `${name} resolves to ${verdict.reason}` };
-        rule ??= verdict.rule;
+        if (!normal) return refused(socksReply.notAllowed, `${name} resolves to '${entry.address}', not an address`);
+        for (const [source, rules] of candidates) {
+          const verdict = admit(rules, source, normal.address, normal.family, port, name);
+          if ('reason' in verdict) return refused(socksReply.notAllowed, `${name} resolves to ${verdict.reason}`);
+          rule ??= verdict.rule;
+        }
         addresses.push({ address: normal.address, family: normal.family === 'ipv4' ? 4 : 6 });
       }
       return { allowed: true, addresses, rule: rule!.text };

@@ -5,7 +5,7 @@
 
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -229,6 +229,41 @@ t.test('--run gets ALL_PROXY; -bg and list show the tunnel as SOCKS', async (t) 
   t.equal(sha256(fetched.stdout), sha256(files.body), 'the background SOCKS tunnel carries too');
   const stop = pam(t, ['tunnel', 'stop', launched.id], { env });
   t.equal(await stop.exited, 0, stop.stderr);
+});
+
+t.test('a key\'s socks="…" grant narrows --socks-allow; a key without one is refused (77)', async (t) => {
+  const dir = scratchDir(t);
+  const files = await fileServer(t);
+  const echo = await echoServer(t);
+  const keygen = async (name: string) => {
+    const file = join(dir, 'keys', name);
+    const made = pam(t, ['keygen', '--file', file, '--comment', name], { env: tunnelEnv(dir, token) });
+    t.equal(await made.exited, 0, made.stderr);
+    return { file, line: made.stdout.trim() };
+  };
+  const alice = await keygen('alice');
+  const bob = await keygen('bob');
+  const grants = join(dir, 'authorized_keys');
+  writeFileSync(grants, `socks="127.0.0.1:${files.port}" ${alice.line}\ntargets="echo" ${bob.line}\n`);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port }, [
+    ...['--authorized-keys', grants, '--socks-allow', `127.0.0.1:${files.port}`, '--socks-allow', `127.0.0.1:${echo.port}`],
+  ]);
+  const env = { ...tunnelEnv(dir, token, gateway.url), PAM_GATEWAY_TOKEN: undefined };
+  const tunnel = pam(t, ['tunnel', 'start', '--socks', '-fg', '--json'], { env: { ...env, PAM_KEY_FILE: alice.file } });
+  const port = Number((await tunnel.event('ready', 60_000)).port);
+  const fetched = await curl(['--socks5-hostname', `127.0.0.1:${port}`, `http://127.0.0.1:${files.port}/file`]);
+  t.equal(sha256(fetched.stdout), sha256(files.body), 'the granted destination is reached');
+  t.equal(
+    (await socksConnect(port, { kind: 'ipv4', host: '127.0.0.1' }, echo.port)).code,
+    2,
+    '--socks-allow alone is not enough for a key',
+  );
+  t.equal(echo.connections, 0);
+  tunnel.child.kill('SIGTERM');
+  t.equal(await tunnel.exited, 0);
+  const refused = pam(t, ['tunnel', 'start', '--socks', '-fg'], { env: { ...env, PAM_KEY_FILE: bob.file } });
+  t.equal(await refused.exited, 77, refused.stderr);
+  t.match(refused.stderr, /has no socks="…" grant/);
 });
 
 t.test('a gateway without --socks-allow refuses SOCKS tunnels: 68, saying so', async (t) => {

@@ -178,13 +178,23 @@ t.test('loopback, link-local, unspecified and own addresses need a literal IP/CI
   t.match(await both.decide({ host: 'localhost', port: 22 }), { allowed: true, addresses: [{ address: '127.0.0.1' }, { address: '::1' }] });
 });
 
-t.test('IPv6 networks and a per-principal rule list', async (t) => {
+t.test('IPv6 networks, and a grant that narrows the gateway rules', async (t) => {
   const { policy: p } = policy(['[2001:db8::/32]:443']);
   t.match(await p.decide({ host: '2001:db8:1::5', port: 443 }), { allowed: true });
   t.match(await p.decide({ host: '2001:db9::5', port: 443 }), { allowed: false });
   t.match(await p.decide({ host: 'b.db.internal', port: 443 }), { allowed: false }, '198.51.100.8 of the name is outside the network');
+  const { policy: wide, looked } = policy(['*.db.internal:5432', '[2001:db8::/32]:443']);
   const grant = parseSocksRules(['a.db.internal:5432']);
-  t.match(await p.decide({ host: 'a.db.internal', port: 5432 }), { allowed: false }, 'the gateway rules do not allow it');
-  t.match(await p.decide({ host: 'a.db.internal', port: 5432 }, grant), { allowed: true }, 'the rule list passed in decides');
-  t.match(await p.decide({ host: '2001:db8::5', port: 443 }, grant), { allowed: false });
+  t.match(await wide.decide({ host: 'a.db.internal', port: 5432 }, grant), { allowed: true }, 'allowed by both');
+  t.match(await wide.decide({ host: 'b.db.internal', port: 5432 }, grant), {
+    allowed: false,
+    reason: /no socks= grant rule allows b\.db\.internal:5432/,
+  });
+  t.notOk(looked.includes('b.db.internal'), 'not looked up when the grant cannot allow it');
+  t.match(await wide.decide({ host: '2001:db8::5', port: 443 }, grant), { allowed: false, reason: /socks= grant/ });
+  t.match(
+    await p.decide({ host: 'a.db.internal', port: 5432 }, grant),
+    { allowed: false, reason: /--socks-allow/ },
+    'a grant cannot widen',
+  );
 });
