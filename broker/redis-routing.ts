@@ -197,19 +197,23 @@ export async function connectRedisRouting(options: RedisRoutingOptions): Promise
   };
 
   // Both connect now; a Redis that is down at start is not fatal (degraded until it comes), a refused password is.
-  await Promise.all([commands, subscriber].map((client) => client.connect().catch((error: Error) => error))).then((results) => {
-    const refused = results.find((result) => result instanceof Error && /WRONGPASS|NOAUTH|NOPERM/.test(result.message));
-    if (refused) {
-      closing = true;
-      commands.disconnect();
-      subscriber.disconnect();
-      throw new TunnelError(
-        'usage',
-        `Redis ${shown} refused the credentials (${(refused as Error).message.split(' ')[0]}): set PAM_REDIS_PASSWORD (or user:password@ in --redis)`,
-      );
-    }
-  });
-
+  let refusal: string | undefined;
+  for (const client of [commands, subscriber]) {
+    client.on('error', (error: Error) => {
+      const match = /^(WRONGPASS|NOAUTH|NOPERM)\b/.exec(error.message);
+      if (match) refusal = match[1];
+    });
+  }
+  await Promise.all([commands, subscriber].map((client) => client.connect().catch(() => undefined)));
+  if (refusal !== undefined) {
+    closing = true;
+    commands.disconnect();
+    subscriber.disconnect();
+    throw new TunnelError(
+      'usage',
+      `Redis ${shown} refused the credentials (${refusal}): set PAM_REDIS_PASSWORD (or user:password@ in --redis)`,
+    );
+  }
   // Wait a moment for the subscription, so a broker that starts with Redis up says so.
   if (!up()) {
     await new Promise<void>((resolve) => {

@@ -107,7 +107,7 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
   const ttl = options.turnCredentialTtlSeconds ?? 12 * 3600;
   const now = options.now ?? Date.now;
   const maxBodyBytes = 64 * 1024;
-  const maxPendingPerGateway = 64;
+  const maxPendingPerGateway = 128;
   const counts = { exchanges: 0, forwarded: 0, failures: 0 };
   /** Exchanges this broker has in flight per gateway, and counts gateways reported in answers: spread a burst. */
   const inFlight = new Map<string, number>();
