@@ -4,11 +4,11 @@ import { readFileSync } from 'node:fs';
 import { Command, Option } from 'clipanion';
 import { SingleString } from '../single-option.js';
 import { TunnelError } from '../../machines/errors.js';
-import type { PamContext } from '../context.js';
+import { PamCommand } from '../pam-command.js';
 import { iceServers, iceServerUrls } from '../config.js';
 import { parseHostPort, readBrokerToken, readTls, stopSignal } from './GatewayCommand.js';
 
-export class BrokerCommand extends Command<PamContext> {
+export class BrokerCommand extends PamCommand {
   static override paths = [['broker']];
 
   static override usage = Command.Usage({
