@@ -18,6 +18,9 @@ const ice = { hosts: ['127.0.0.1'] };
 /** `count` offer → sealed answer exchanges, `parallel` at a time; exchanges per second. */
 async function exchangeRate(gateway: string, count: number, parallel: number): Promise<number> {
   const transport = createNativeTransport({ token, ice });
+  // Untimed first round: JIT, the WebRTC library's threads, the brokers' first Redis round trips.
+  for (let warm = 0; warm < parallel; warm += 1)
+    await (await transport.negotiate({ gateway, target: 'echo', signal: AbortSignal.timeout(30_000) })).close();
   let next = 0;
   const started = process.hrtime.bigint();
   await Promise.all(

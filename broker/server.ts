@@ -465,7 +465,7 @@ export async function startBroker(options: BrokerOptions): Promise<Broker> {
     if (routing && !routing.up())
       options.log(`Redis ${routing.shown} is unreachable: site ${gateway.site} is reachable through this broker only, for now`);
     options.log(
-      `site ${gateway.site} registered from ${from} (gateway ${gateway.id}, ${gateways.size} at this broker; targets: ${gateway.targets.join(', ')}; gateway key ${keyFingerprint(key)})`,
+      `site ${gateway.site} registered from ${from} (targets: ${gateway.targets.join(', ')}; gateway key ${keyFingerprint(key)}; gateway ${gateway.id}, ${gateways.size} at this broker)`,
     );
     send(ws, { type: 'registered', site: gateway.site });
     return gateway;
