@@ -65,8 +65,8 @@ export function createGatewayKeyCheck(options: { pin?: { fingerprint: string; so
       const recorded = known.get(differing);
       throw new TunnelError(
         'gatewayKeyMismatch',
-        `gateway ${identity} presents key ${shown}, but ${options.file} records ${recorded}: no tunnel was set up; ` +
-          `if the gateway's key was replaced on purpose, remove its line from ${options.file} (or pin the new key with PAM_GATEWAY_KEY=${shown})`,
+        `gateway ${identity} presents key ${shown}, but ${options.file} records ${recorded}${identities.length > 1 ? ` for ${differing}` : ''}: no tunnel was set up; ` +
+          `if the gateway's key was replaced on purpose, remove its line${identities.length > 1 ? 's' : ''} from ${options.file} (or pin the new key with PAM_GATEWAY_KEY=${shown})`,
       );
     },
     trust(url, publicKey) {
