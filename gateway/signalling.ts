@@ -180,8 +180,6 @@ export function createSignalling(options: SignallingOptions): Signalling {
         message: `request refused: ${replayed}`,
       });
     }
-    if (typeof target !== 'string' || typeof offer !== 'string')
-      throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
     if (
       (reason !== undefined && (typeof reason !== 'string' || reason.length > 500)) ||
       (ticket !== undefined && (typeof ticket !== 'string' || ticket.length > 100))
@@ -190,17 +188,32 @@ export function createSignalling(options: SignallingOptions): Signalling {
     const said = { ...(typeof reason === 'string' ? { reason } : {}), ...(typeof ticket === 'string' ? { ticket } : {}) };
     let principal: Principal;
     try {
-      const statement = { gateway: options.key.fingerprint, target, nonce, timestamp, offer, ...said };
+      const statement = {
+        gateway: options.key.fingerprint,
+        target: typeof target === 'string' ? target : '',
+        nonce,
+        timestamp,
+        offer: typeof offer === 'string' ? offer : '',
+        ...said,
+      };
       principal = access.authorize(fields, statement, client, held);
     } catch (error) {
       if (!(error instanceof AccessDenied)) throw error;
       const code: RefusalCode = error.code;
       refuse({
-        request: { ...(error.principal ? { principal: error.principal } : {}), client, target, ...said },
+        request: {
+          ...(error.principal ? { principal: error.principal } : {}),
+          client,
+          target: typeof target === 'string' ? target : '',
+          ...said,
+        },
         code,
         message: error.message,
       });
     }
+    // Shape errors only after authentication: an unauthenticated request learns nothing of the protocol.
+    if (typeof target !== 'string' || typeof offer !== 'string')
+      throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
     const request: LiveTunnel['request'] = { principal, client, target, ...said };
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
     const socks = target === socksTarget ? options.socks : undefined;
