@@ -54,6 +54,18 @@ export interface MuxOptions {
   /** Gateway side: open the target for a new stream, or reject with a reason. */
   readonly dial?: () => Promise<Socket>;
   readonly log?: (line: string) => void;
+  /** Told of each stream's life (the gateway's audit log). */
+  readonly streams?: StreamObserver;
+}
+
+/** How a stream ended: FIN both ways, a reset from the peer or from this side, the dial failed, the tunnel lost or closed. */
+export type StreamEnd = 'fin' | 'reset-by-peer' | 'reset-here' | 'dial-failed' | 'lost' | 'closed';
+
+export interface StreamObserver {
+  /** Awaited before a stream the peer opens is dialled; a rejection refuses the stream with its message. */
+  opening?(id: number): Promise<void>;
+  /** Once per stream, when it ends: payload bytes sent to and received from the peer. */
+  ended?(id: number, outcome: { readonly sent: number; readonly received: number; readonly end: StreamEnd }): void;
 }
 
 interface Stream {
@@ -71,6 +83,9 @@ interface Stream {
   sentFin: boolean;
   gotFin: boolean;
   ended: boolean;
+  /** Payload bytes sent to / received from the peer. */
+  sent: number;
+  received: number;
 }
 
 export const defaultMuxOptions = {
@@ -85,7 +100,7 @@ export const defaultMuxOptions = {
 export class Mux {
   private readonly streams = new Map<number, Stream>();
   private readonly lostHandlers: Array<(reason: string) => void> = [];
-  private readonly options: Required<Omit<MuxOptions, 'dial' | 'log'>> & MuxOptions;
+  private readonly options: Required<Omit<MuxOptions, 'dial' | 'log' | 'streams'>> & MuxOptions;
   private nextId = 1;
   /** Sum over streams of window − windowBytes. */
   private grown = 0;
@@ -145,7 +160,10 @@ export class Mux {
     if (!wasLost) this.send(frameType.goodbye, 0);
     this.closed = true;
     clearInterval(this.keepalive);
-    for (const stream of this.streams.values()) stream.socket?.destroy();
+    for (const stream of this.streams.values()) {
+      if (!stream.ended) this.ended(stream, 'closed');
+      stream.socket?.destroy();
+    }
     this.streams.clear();
     this.grown = 0;
     for (let waited = 0; !wasLost && waited < graceMs && this.channel.bufferedAmount > 0; waited += 10) {
@@ -167,6 +185,8 @@ export class Mux {
       sentFin: false,
       gotFin: false,
       ended: false,
+      sent: 0,
+      received: 0,
     };
     this.streams.set(id, stream);
     if (socket) this.bind(stream, socket);
@@ -180,6 +200,7 @@ export class Mux {
         this.send(frameType.data, stream.id, chunk.subarray(offset, offset + maxPayloadBytes));
       }
       stream.sendCredit -= chunk.length;
+      stream.sent += chunk.length;
       this.updateFlow(stream);
     });
     socket.on('end', () => {
@@ -191,7 +212,7 @@ export class Mux {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       if (stream.ended) return;
-      stream.ended = true;
+      this.ended(stream, stream.sentFin && stream.gotFin ? 'fin' : 'reset-here');
       this.forget(stream);
       // Closed before both sides said FIN: the peer must not wait for more.
       if (!(stream.sentFin && stream.gotFin) && !this.closed) this.send(frameType.rst, stream.id, Buffer.from('connection reset'));
@@ -252,7 +273,7 @@ export class Mux {
         return;
       case frameType.openFail:
         this.options.log?.(`the target refused a connection (${payload.toString('utf8').slice(0, 200)}): the local client got a reset`);
-        return this.drop(stream);
+        return this.drop(stream, 'reset-by-peer');
       case frameType.data:
         return this.deliver(stream, payload);
       case frameType.window:
@@ -263,7 +284,7 @@ export class Mux {
         stream.socket?.end();
         return this.finishIfDone(stream);
       case frameType.rst:
-        return this.drop(stream);
+        return this.drop(stream, 'reset-by-peer');
       default:
         return this.lose(`unknown frame type ${type} from peer`);
     }
@@ -273,6 +294,7 @@ export class Mux {
     const socket = stream.socket;
     if (!socket || socket.destroyed) return;
     const flushed = socket.write(payload);
+    stream.received += payload.length;
     stream.owed += payload.length;
     if (flushed) this.growIfDraining(stream, payload.length);
     else stream.drainedRun = 0;
@@ -326,6 +348,23 @@ export class Mux {
     const dial = this.options.dial;
     if (!dial || this.streams.has(id)) return this.send(frameType.openFail, id, Buffer.from('this side does not accept connections'));
     const stream = this.addStream(id, undefined);
+    const observer = this.options.streams;
+    if (!observer?.opening) return this.dialStream(stream, dial);
+    observer.opening(id).then(
+      () => this.dialStream(stream, dial),
+      (error: unknown) => {
+        stream.ended = true;
+        this.forget(stream);
+        const reason = error instanceof Error ? error.message : String(error);
+        this.options.log?.(`connection ${id} refused: ${reason}`);
+        this.send(frameType.openFail, id, Buffer.from(reason));
+      },
+    );
+  }
+
+  private dialStream(stream: Stream, dial: () => Promise<Socket>): void {
+    const id = stream.id;
+    if (stream.ended || this.closed) return;
     dial().then(
       (socket) => {
         if (stream.ended || this.closed) {
@@ -337,7 +376,8 @@ export class Mux {
         this.updateFlow(stream);
       },
       (error: unknown) => {
-        stream.ended = true;
+        if (stream.ended) return;
+        this.ended(stream, 'dial-failed');
         this.forget(stream);
         const reason = error instanceof Error ? error.message : String(error);
         this.options.log?.(`connection ${id} not opened: ${reason}`);
@@ -353,9 +393,15 @@ export class Mux {
     }
   }
 
-  /** The peer reset or refused the stream: reset the local side too. */
-  private drop(stream: Stream): void {
+  /** Mark a stream ended, once, and tell the observer how. */
+  private ended(stream: Stream, end: StreamEnd): void {
     stream.ended = true;
+    this.options.streams?.ended?.(stream.id, { sent: stream.sent, received: stream.received, end });
+  }
+
+  /** The peer reset or refused the stream, or the tunnel is lost: reset the local side too. */
+  private drop(stream: Stream, end: StreamEnd): void {
+    if (!stream.ended) this.ended(stream, end);
     this.forget(stream);
     const socket = stream.socket;
     if (socket && !socket.destroyed) {
@@ -376,7 +422,7 @@ export class Mux {
     if (this.closed || this.lostReason !== undefined) return;
     this.lostReason = reason;
     clearInterval(this.keepalive);
-    for (const stream of this.streams.values()) this.drop(stream);
+    for (const stream of this.streams.values()) this.drop(stream, 'lost');
     for (const handler of this.lostHandlers.splice(0)) handler(reason);
     try {
       this.channel.close();

@@ -3,12 +3,14 @@
 // WebRTC peer, and seal the answer back. The target is a name looked up in the allowlist, never an
 // address, so clients cannot make the gateway dial elsewhere.
 
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { createReplayGuard, openRequest, SealError, type GatewayKeyPair } from '../adapters/sealed-signalling.js';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
 import type { IceOptions, IceServer } from '../adapters/ice-options.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
+import { AuditUnavailable, noAudit, type AuditPrincipal, type AuditSink } from './audit.js';
+import { tunnelAudit } from './tunnel-audit.js';
 
 export interface GatewayTarget {
   readonly host: string;
@@ -34,6 +36,8 @@ export interface SignallingOptions {
   readonly channelDeadlineMs?: number;
   /** How far a request's timestamp may be from this clock (replay window). */
   readonly replayWindowMs?: number;
+  /** Where refusals, tunnels and connections are recorded before they take effect (`pam gateway` always gives one). */
+  readonly audit?: AuditSink;
 }
 
 /** What a sealed answer carries: the outcome of the request, readable only by the client. */
@@ -68,7 +72,8 @@ export interface Signalling {
   /** Sealed request → sealed reply; throws ClearRefusal when the request cannot be opened. */
   handle(envelope: Buffer, client: string, servers?: readonly IceServer[]): Promise<Buffer>;
   peerCount(): number;
-  closeAll(): void;
+  /** Close every tunnel (recording tunnel.closed) and every peer connection. */
+  closeAll(): Promise<void>;
 }
 
 const digest = (text: string) => createHash('sha256').update(text).digest();
@@ -84,26 +89,48 @@ export function createSignalling(options: SignallingOptions): Signalling {
   const answerer = options.answerer ?? weriftAnswerer(options.ice);
   const names = Object.keys(options.targets);
   const replay = createReplayGuard(options.replayWindowMs !== undefined ? { windowMs: options.replayWindowMs } : {});
+  const audit = options.audit ?? noAudit;
+  /** Open tunnels, closed with a reason at shutdown. */
+  const live = new Set<(why: string) => Promise<void>>();
+
+  /** Every refusal passes here: recorded (access.refused) before the client is answered. */
+  async function refused(client: string, status: number, why: string, seen: RequestSeen): Promise<void> {
+    await audit
+      .record({
+        event: 'access.refused',
+        client,
+        status,
+        why,
+        ...(seen.who ? { who: seen.who } : {}),
+        ...(seen.target !== undefined ? { target: seen.target } : {}),
+      })
+      .catch((error: unknown) => options.log(`refusal of ${client} (${why}) not recorded: ${(error as Error).message}`));
+  }
 
   async function handle(envelope: Buffer, client: string, servers?: readonly IceServer[]): Promise<Buffer> {
     let opened: Awaited<ReturnType<typeof openRequest>>;
     try {
       opened = await openRequest(options.key, envelope);
     } catch (error) {
-      if (error instanceof SealError) throw new ClearRefusal(400, error.message);
+      if (error instanceof SealError) {
+        await refused(client, 400, error.message, {});
+        throw new ClearRefusal(400, error.message);
+      }
       throw error;
     }
     let reply: SealedReply;
+    const seen: RequestSeen = {};
     try {
-      reply = { status: 200, answer: await openTunnel(opened.request, client, servers) };
+      reply = { status: 200, answer: await openTunnel(opened.request, client, seen, servers) };
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
+      await refused(client, error.status, error.message, seen);
       reply = { status: error.status, error: error.message, ...(error.targets ? { targets: error.targets } : {}) };
     }
     return opened.seal(Buffer.from(JSON.stringify(reply)));
   }
 
-  async function openTunnel(plain: Buffer, client: string, servers?: readonly IceServer[]): Promise<string> {
+  async function openTunnel(plain: Buffer, client: string, seen: RequestSeen, servers?: readonly IceServer[]): Promise<string> {
     let parsed: unknown;
     try {
       parsed = JSON.parse(plain.toString('utf8'));
@@ -111,6 +138,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(400, 'sealed request is not JSON');
     }
     const { target, offer, answerSetup, token, nonce, timestamp } = (parsed ?? {}) as Record<string, unknown>;
+    if (typeof target === 'string') seen.target = target.slice(0, 64);
+    if (typeof token === 'string' && token.length > 0) seen.who = { kind: 'token' };
     if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 64 || typeof timestamp !== 'number') {
       throw new Refusal(400, 'sealed request lacks a nonce and timestamp');
     }
@@ -130,6 +159,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
     }
     if (!/^v=0\r?\n/.test(offer)) throw new Refusal(400, 'offer is not an SDP');
+    const who: AuditPrincipal = { kind: 'token' };
     // What a data-channel offer must carry; werift accepts less and then never answers.
     const required: Array<[string, RegExp]> = [
       ['m=application', /^m=application \d+ [A-Z/]*DTLS\/SCTP /m],
@@ -141,19 +171,30 @@ export function createSignalling(options: SignallingOptions): Signalling {
     for (const [line, pattern] of required) {
       if (!pattern.test(offer)) throw new Refusal(400, `offer lacks ${line}: not a WebRTC data-channel offer`);
     }
+    // Fail closed: a tunnel the log could not record is not opened.
+    await audit.ready().catch((error: unknown) => {
+      throw error instanceof AuditUnavailable ? new Refusal(503, error.message) : error;
+    });
 
     const destination = options.targets[target]!;
     const slot = {};
     peers.add(slot);
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
     let answer: Answer | undefined;
-    const drop = () => {
-      if (!peers.delete(slot)) return;
+    let mux: Mux | undefined;
+    const trail = tunnelAudit(audit, { tunnel: randomBytes(6).toString('hex'), who, client, target }, options.log);
+    const drop = (why: string) => {
+      if (!peers.delete(slot)) return Promise.resolve();
+      live.delete(drop);
       const held = (perClient.get(client) ?? 1) - 1;
       if (held > 0) perClient.set(client, held);
       else perClient.delete(client);
+      // Ends the tunnel's connections now, so tunnel.closed carries their totals.
+      void mux?.close(0);
       answer?.close();
+      return trail.closed(why);
     };
+    live.add(drop);
     // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
     const answering = AbortSignal.timeout(signallingTimeoutMs);
     const pending = answerer.answer(offer, answering, { passive: answerSetup === 'passive', ...(servers ? { servers } : {}) });
@@ -167,7 +208,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
         ),
       ]);
     } catch (error) {
-      drop();
+      void drop('no answer');
       void pending.then(
         (late) => late.close(),
         () => undefined,
@@ -177,30 +218,36 @@ export function createSignalling(options: SignallingOptions): Signalling {
     }
     const deadline = setTimeout(() => {
       options.log(`tunnel to ${target}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
-      drop();
+      void drop('data channel not open in time');
     }, channelDeadlineMs);
     deadline.unref();
     answer.onEnded(() => {
       clearTimeout(deadline);
-      drop();
+      void drop('the peer connection ended');
     });
     const opened = answer;
     answer.channel.then(
       (frames) => {
         clearTimeout(deadline);
-        const mux = new Mux(frames, {
+        const pair = opened.selectedPath?.();
+        // Recorded before any connection is dialled: each connection.opened waits for this line.
+        trail.opened(pair).catch((error: unknown) => {
+          options.log(`tunnel to ${target} closed: ${(error as Error).message}`);
+          void drop('the audit log could not be written');
+        });
+        mux = new Mux(frames, {
           ...options.mux,
           dial: () => dialTarget(destination),
           log: (line) => options.log(`tunnel to ${target}: ${line}`),
+          streams: trail.streams,
         });
         mux.onLost((reason) => {
           options.log(`tunnel to ${target} ended: ${reason}`);
-          drop();
+          void drop(reason);
         });
-        const pair = opened.selectedPath?.();
         options.log(`tunnel to ${target} open${pair ? ` (path ${pair})` : ''}`);
       },
-      () => drop(),
+      () => void drop('the data channel did not open'),
     );
     return answer.sdp;
   }
@@ -208,11 +255,19 @@ export function createSignalling(options: SignallingOptions): Signalling {
   return {
     handle,
     peerCount: () => peers.size,
-    closeAll() {
+    async closeAll() {
+      const closing = [...live].map((drop) => drop('the gateway stopped'));
       answerer.closeAll();
       peers.clear();
+      await Promise.allSettled(closing);
     },
   };
+}
+
+/** What a request showed before it was refused, for its access.refused line. */
+interface RequestSeen {
+  who?: AuditPrincipal;
+  target?: string;
 }
 
 function dialTarget(target: GatewayTarget): Promise<Socket> {

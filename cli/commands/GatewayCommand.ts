@@ -6,7 +6,7 @@ import { createProcessSignals } from '../../adapters/posix-signals.js';
 import { PamCommand } from '../pam-command.js';
 import { SingleString } from '../single-option.js';
 import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
-import { iceServerOption, numberFlag, transportOption } from '../options.js';
+import { auditLogOption, iceServerOption, numberFlag, transportOption } from '../options.js';
 import { isTargetName, targetNameRule } from '../../machines/start-flags.js';
 import { readFileSync } from 'node:fs';
 import { siteNamePattern } from '../../broker/protocol.js';
@@ -36,6 +36,12 @@ export class GatewayCommand extends PamCommand {
       answers the sealed offers the broker relays, and re-registers with backoff when the broker goes
       away; tunnels already up keep running meanwhile. Clients then use
       --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
+
+      Every refusal, tunnel and connection is recorded in the audit log (--audit-log, default
+      $XDG_STATE_HOME/pam/audit.jsonl, mode 0600) before it takes effect, each line fsync'd; it
+      rotates at --audit-max-mb, keeping --audit-keep older files. A log that cannot be written at
+      start stops the gateway (exit 2); later, new tunnels and connections are refused (503, naming
+      the audit log) until it can be written again. Read it with \`pam gateway audit\`.
     `,
     examples: [
       [
@@ -69,6 +75,11 @@ export class GatewayCommand extends PamCommand {
   maxPeersPerClient = SingleString('--max-tunnels-per-client', '64', {
     description: 'tunnels one client address may hold at once (default 64)',
   });
+  auditLog = auditLogOption();
+  auditMaxMb = SingleString('--audit-max-mb', '10', {
+    description: 'rotate the audit log when it would grow past this many MiB (default 10)',
+  });
+  auditKeep = SingleString('--audit-keep', '5', { description: 'rotated audit log files kept beside the live one (default 5)' });
 
   async execute(): Promise<number> {
     if (this.broker !== undefined && this.listen !== undefined)
@@ -85,6 +96,10 @@ export class GatewayCommand extends PamCommand {
     if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
     const maxPeersPerClient = numberFlag('--max-tunnels-per-client', this.maxPeersPerClient, { min: 1, max: 10_000, whole: true });
     const token = readToken(this.tokenFile, this.context.env, 'gateway');
+    const auditMaxBytes = Math.round(
+      numberFlag('--audit-max-mb', this.auditMaxMb, { min: 0.001, max: 1_000_000, whole: false }) * 1024 * 1024,
+    );
+    const auditKeep = numberFlag('--audit-keep', this.auditKeep, { min: 1, max: 1000, whole: true });
 
     const tls = readTls(this.tlsCert, this.tlsKey);
     const transport = transportChoice(this.transport, this.context.env);
@@ -106,8 +121,18 @@ export class GatewayCommand extends PamCommand {
       log(
         `gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`,
       );
+    const { defaultAuditFile, openAuditLog } = await import('../../adapters/audit-log.js');
+    const audit = await openAuditLog({
+      path: this.auditLog ?? defaultAuditFile(this.context.env),
+      maxBytes: auditMaxBytes,
+      keep: auditKeep,
+      gateway: key.fingerprint,
+      site: this.site,
+      log,
+    });
     const names = Object.keys(targets);
     const options = {
+      audit,
       token,
       key,
       targets,
@@ -151,7 +176,8 @@ export class GatewayCommand extends PamCommand {
       });
       const ended = await Promise.race([stopSignal(), link.failed]).catch((error: unknown) => error);
       link.close();
-      signalling.closeAll();
+      await signalling.closeAll();
+      await audit.close();
       if (typeof ended !== 'string') throw ended;
       log(`${ended}: closing`);
       return 0;
@@ -169,6 +195,7 @@ export class GatewayCommand extends PamCommand {
     const signal = await stopSignal();
     log(`${signal}: closing`);
     await gateway.close();
+    await audit.close();
     return 0;
   }
 }

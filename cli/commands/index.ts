@@ -2,6 +2,7 @@
 
 import { BrokerCommand } from './BrokerCommand.js';
 import { CompletionCommand } from './CompletionCommand.js';
+import { GatewayAuditCommand } from './GatewayAuditCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
 import { ShellCommand } from './ShellCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
@@ -19,6 +20,7 @@ export const commandClasses = [
   TunnelReplayCommand,
   TunnelMachineCommand,
   GatewayCommand,
+  GatewayAuditCommand,
   BrokerCommand,
   ShellCommand,
   CompletionCommand,
