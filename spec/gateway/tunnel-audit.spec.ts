@@ -69,7 +69,11 @@ async function auditedTunnel(t: TapTest, targetPort: () => number, sink: AuditSi
   gateway.onLost((reason) => (lost = trail.closed(reason)));
   t.teardown(() => Promise.all([client.close(), gateway.close()]));
   const local = await listen(t, (socket) => client.carry(socket));
-  return { client, gateway, local, closed: async () => (await until(() => lost !== undefined, 5_000, 'tunnel lost'), lost) };
+  const closed = async () => {
+    await until(() => lost !== undefined, 5_000, 'tunnel lost');
+    await lost;
+  };
+  return { client, gateway, local, closed };
 }
 
 t.test('each connection is counted each way with how it ended; tunnel.closed carries the totals, in order', async (t) => {
