@@ -3,11 +3,14 @@
 // reader (rotated files oldest first, malformed lines reported by number), failure and healing.
 
 import { appendFileSync, chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { openAuditLog, readAuditLog } from '../../adapters/audit-log.js';
 import { AuditUnavailable, matchesAudit, parseSince, type AuditLine } from '../../gateway/audit.js';
 import { scratchDir } from '../support/processes.js';
+import { skipBecause } from '../support/tap.js';
 
 const gateway = 'SHA256:gatewaygatewaygatewaygatewaygatewaygatewaygat';
 const refusal = (n: number) => ({ event: 'access.refused' as const, client: '198.51.100.7', status: 401, why: `try ${n}` });
@@ -174,4 +177,32 @@ t.test('--since takes ISO times and ages; filters by key, token and target', asy
   t.ok(matchesAudit(byKey, { target: 'db', since: new Date('2026-12-01T12:00:00Z') }));
   t.notOk(matchesAudit(byKey, { target: 'web' }));
   t.notOk(matchesAudit(byKey, { since: new Date('2026-12-01T12:31:00Z') }));
+});
+
+t.test('a full disk (a tiny tmpfs in a private mount namespace): records fail closed, no partial line, and heal', async (t) => {
+  const problem = process.getuid?.() !== 0 ? 'not running as root' : undefined;
+  if (problem) {
+    if (process.env.CI === 'true') t.fail(`ENOSPC test unavailable under CI: ${problem}`);
+    else skipBecause(t, `ENOSPC test skipped: ${problem} (under CI=true this is a failure)`);
+    return;
+  }
+  const dir = scratchDir(t);
+  const child = join(dirname(fileURLToPath(import.meta.url)), '../support/audit-enospc-child.js');
+  // The mount lives only in the child's private namespace: it is gone when the child exits.
+  const run = spawnSync(
+    'unshare',
+    ['-m', 'sh', '-c', 'mount -t tmpfs -o size=256k pam-audit-spec "$1" && exec "$2" "$3" "$1"', 'sh', dir, process.execPath, child],
+    { encoding: 'utf8', timeout: 30_000 },
+  );
+  t.equal(run.status, 0, run.stderr);
+  const report = JSON.parse(run.stdout) as Record<string, unknown>;
+  t.equal(report.first, 'ok');
+  t.match(report.full, /^AuditUnavailable: the gateway cannot write its audit log \(ENOSPC\)/, 'record() rejects on a full disk');
+  t.match(report.readyWhenFull, /\(ENOSPC\)/, 'ready() refuses too');
+  t.same(report.whileFull, { lines: 1, problems: 0 }, 'the partial line was taken back');
+  t.equal(report.readyAfter, 'ok');
+  t.equal(report.after, 'ok');
+  t.same(report.whys, ['before the disk filled', 'after space came back']);
+  t.equal(report.problems, 0);
+  t.same(readdirSync(dir), [], 'nothing was written outside the namespace (the mount is gone)');
 });
