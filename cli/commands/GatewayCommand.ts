@@ -116,11 +116,6 @@ export class GatewayCommand extends PamCommand {
     const { defaultKeyFile, loadOrCreateGatewayKey } = await import('../../adapters/gateway-key-file.js');
     const keyPath = this.keyFile ?? defaultKeyFile(this.context.env);
     const key = await loadOrCreateGatewayKey(keyPath);
-    // Printed once the gateway is up, so a refused start stays one line.
-    const announceKey = () =>
-      log(
-        `gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`,
-      );
     const { defaultAuditFile, openAuditLog } = await import('../../adapters/audit-log.js');
     const audit = await openAuditLog({
       path: this.auditLog ?? defaultAuditFile(this.context.env),
@@ -130,6 +125,11 @@ export class GatewayCommand extends PamCommand {
       site: this.site,
       log,
     });
+    // Printed once the gateway is up, so a refused start stays one line.
+    const announceKey = () =>
+      log(
+        `gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}; audit log ${audit.path}`,
+      );
     const names = Object.keys(targets);
     const options = {
       audit,

@@ -6,7 +6,7 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { appendFileSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import type { AuditLine } from '../../gateway/audit.js';
@@ -238,28 +238,48 @@ t.test('--audit-max-mb and --audit-keep rotate: at most keep older files, every 
   );
 });
 
-t.test('behind a broker: the client address the broker forwards and the site are recorded', async (t) => {
-  const dir = scratchDir(t);
-  const echo = await echoServer(t);
-  const broker = await startBrokerProc(t, dir);
-  const gateway = await startBrokerGateway(t, dir, token, broker.url, 'lab', { echo: echo.port });
-  const env = tunnelEnv(dir, token, gateway.url);
-  const run = pam(t, ['tunnel', 'start', 'echo', '-R', 'true'], { env });
-  t.equal(await run.exited, 0, run.stderr);
-  const refused = pam(t, ['tunnel', 'start', 'echo', '-R', 'true'], { env: { ...env, PAM_GATEWAY_TOKEN: 'wrong-token-via-broker' } });
-  t.equal(await refused.exited, 77);
-  const log = join(dir, 'state', 'pam', 'audit.jsonl');
-  await until(() => events(log).includes('tunnel.closed'), 10_000, 'tunnel.closed');
-  const lines = auditLines(log);
-  t.match(
-    lines.find((line) => line.event === 'tunnel.opened'),
-    { site: 'lab', gateway: gateway.key, client: '127.0.0.1', target: 'echo' },
-  );
-  t.match(
-    lines.find((line) => line.event === 'access.refused'),
-    { site: 'lab', client: '127.0.0.1', status: 401 },
-  );
-});
+t.test(
+  'behind a broker: the forwarded client address and the site are recorded; a stopping gateway closes its tunnels on the record',
+  async (t) => {
+    const dir = scratchDir(t);
+    const echo = await echoServer(t);
+    const broker = await startBrokerProc(t, dir);
+    const gateway = await startBrokerGateway(t, dir, token, broker.url, 'lab', { echo: echo.port });
+    const env = tunnelEnv(dir, token, gateway.url);
+    const run = pam(t, ['tunnel', 'start', 'echo', '-R', 'true'], { env });
+    t.equal(await run.exited, 0, run.stderr);
+    const refused = pam(t, ['tunnel', 'start', 'echo', '-R', 'true'], { env: { ...env, PAM_GATEWAY_TOKEN: 'wrong-token-via-broker' } });
+    t.equal(await refused.exited, 77);
+    const log = join(dir, 'state', 'pam', 'audit.jsonl');
+    await until(() => events(log).includes('tunnel.closed'), 10_000, 'tunnel.closed');
+    t.match(gateway.proc.stderr, new RegExp(`audit log ${log.replace(/[/.]/g, '\\$&')}`), 'the gateway names its audit log at start');
+
+    // A connection still open when the gateway stops: both are closed on the record before it exits.
+    const live = await foregroundTunnel(t, env, 'echo');
+    const socket = connect(live.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    const echoed = new Promise<void>((resolve) => socket.once('data', () => resolve()));
+    socket.write(Buffer.alloc(1234, 9));
+    await echoed;
+    gateway.proc.child.kill('SIGTERM');
+    t.equal(await gateway.proc.exited, 0);
+    socket.destroy();
+    const lines = auditLines(log);
+    t.match(lines.slice(-3), [
+      { event: 'connection.opened', connection: 1 },
+      { event: 'connection.closed', connection: 1, end: 'tunnel-closed', bytesFromClient: 1234, bytesToClient: 1234 },
+      { event: 'tunnel.closed', why: 'the gateway stopped', connections: 1 },
+    ]);
+    t.match(
+      lines.find((line) => line.event === 'tunnel.opened'),
+      { site: 'lab', gateway: gateway.key, client: '127.0.0.1', target: 'echo' },
+    );
+    t.match(
+      lines.find((line) => line.event === 'access.refused'),
+      { site: 'lab', client: '127.0.0.1', status: 401 },
+    );
+  },
+);
 
 t.test('a log that cannot be written refuses new tunnels and connections; the gateway stays up and heals', async (t) => {
   const dir = scratchDir(t);
