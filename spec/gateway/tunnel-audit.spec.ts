@@ -158,21 +158,23 @@ t.test('connections still open when the gateway closes the tunnel are recorded a
   t.match(sink.events.at(-1), { event: 'connection.closed', connection: 1, end: 'tunnel-closed', bytesFromClient: 1000, bytesToClient: 0 });
 });
 
-t.test('a connection whose connection.opened cannot be recorded is refused and its target never dialled', async (t) => {
-  const sink = memorySink((event) => event.event === 'connection.opened');
-  const target = await listen(t, (socket) => socket.pipe(socket));
-  const { local } = await auditedTunnel(t, () => target.port, sink);
-  const outcome = await new Promise<string>((resolve) => {
-    const socket = connect(local.port, '127.0.0.1', () => socket.write('hello'));
-    socket.on('data', () => resolve('data'));
-    socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
-    socket.on('close', () => resolve('closed'));
+for (const unwritable of ['tunnel.opened', 'connection.opened'] as const) {
+  t.test(`a connection is refused, its target never dialled, when ${unwritable} cannot be recorded`, async (t) => {
+    const sink = memorySink((event) => event.event === unwritable);
+    const target = await listen(t, (socket) => socket.pipe(socket));
+    const { local } = await auditedTunnel(t, () => target.port, sink);
+    const outcome = await new Promise<string>((resolve) => {
+      const socket = connect(local.port, '127.0.0.1', () => socket.write('hello'));
+      socket.on('data', () => resolve('data'));
+      socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
+      socket.on('close', () => resolve('closed'));
+    });
+    t.not(outcome, 'data', `the local client got no bytes (${outcome})`);
+    t.equal(target.dialled(), 0, 'the target was never dialled');
+    t.same(
+      sink.events.map((event) => event.event),
+      unwritable === 'tunnel.opened' ? [] : ['tunnel.opened'],
+      'nothing recorded for the refused connection',
+    );
   });
-  t.not(outcome, 'data', `the local client got no bytes (${outcome})`);
-  t.equal(target.dialled(), 0, 'the target was never dialled');
-  t.same(
-    sink.events.map((event) => event.event),
-    ['tunnel.opened'],
-    'nothing recorded for the refused connection',
-  );
-});
+}
