@@ -150,6 +150,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
     }
     const presented = typeof token === 'string' ? token : '';
     if (!(timingSafeEqual(digest(presented), tokenDigest) && presented.length > 0)) throw new Refusal(401, 'token refused');
+    // Who the audit log names: the shared token is the one principal so far.
+    const who: AuditPrincipal = { kind: 'token' };
     if (typeof target !== 'string' || typeof offer !== 'string')
       throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
@@ -159,7 +161,6 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
     }
     if (!/^v=0\r?\n/.test(offer)) throw new Refusal(400, 'offer is not an SDP');
-    const who: AuditPrincipal = { kind: 'token' };
     // What a data-channel offer must carry; werift accepts less and then never answers.
     const required: Array<[string, RegExp]> = [
       ['m=application', /^m=application \d+ [A-Z/]*DTLS\/SCTP /m],
