@@ -1,10 +1,10 @@
 // What the gateway's audit log records, and the port it writes through (adapters/audit-log.ts is the
 // file behind it). Every field is metadata: never a token, a key, or a byte of what a tunnel carries.
 
+import type { Principal, RefusalCode } from './principal.js';
+
 /** Who asked: a holder of the shared token, or of a user key (its fingerprint and comment). */
-export type AuditPrincipal =
-  | { readonly kind: 'token' }
-  | { readonly kind: 'key'; readonly fingerprint: string; readonly comment?: string | undefined };
+export type AuditPrincipal = Principal;
 
 /** How one connection through a tunnel ended, as the gateway saw it. */
 export type ConnectionEnd = 'fin' | 'rst-client' | 'rst-target' | 'target-refused' | 'tunnel-lost' | 'tunnel-closed';
@@ -18,6 +18,8 @@ export type AuditEvent =
       readonly status: number;
       readonly who?: AuditPrincipal;
       readonly target?: string;
+      /** The access check's refusal code (token-refused, unknown-key, target-not-granted, …), for access refusals. */
+      readonly code?: RefusalCode;
     }
   | {
       readonly event: 'tunnel.opened';

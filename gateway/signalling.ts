@@ -1,15 +1,19 @@
 // The gateway's half of sealed signalling, whatever carries it (its own HTTP listener, or a broker's
-// WebSocket): open the sealed request, refuse replays, check the token and the offer, answer it with a
-// WebRTC peer, and seal the answer back. The target is a name looked up in the allowlist, never an
-// address, so clients cannot make the gateway dial elsewhere.
+// WebSocket): open the sealed request, refuse replays, check who asks (token or signed user key, see
+// gateway/access.ts) and the offer, answer it with a WebRTC peer, and seal the answer back. The target
+// is a name looked up in the allowlist, never an address, so clients cannot make the gateway dial
+// elsewhere. Tunnels whose access is revoked (reload, expiry) are ended with the reason.
 
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { createReplayGuard, openRequest, SealError, type GatewayKeyPair } from '../adapters/sealed-signalling.js';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
 import type { IceOptions, IceServer } from '../adapters/ice-options.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
-import { AuditUnavailable, noAudit, type AuditPrincipal, type AuditSink } from './audit.js';
+import { AccessDenied, createAccess } from './access.js';
+import type { AuthorizedKeys } from './authorized-keys.js';
+import { describePrincipal, type AccessRefusal, type AccessRequest, type Principal, type RefusalCode } from './principal.js';
+import { AuditUnavailable, noAudit, type AuditSink } from './audit.js';
 import { tunnelAudit } from './tunnel-audit.js';
 
 export interface GatewayTarget {
@@ -18,7 +22,12 @@ export interface GatewayTarget {
 }
 
 export interface SignallingOptions {
-  readonly token: string;
+  /** The shared token (simple mode: every target); absent when only user keys are admitted. */
+  readonly token?: string;
+  /** The user keys and their grants in force now (`--authorized-keys`). */
+  readonly authorizedKeys?: () => AuthorizedKeys;
+  /** `--require-reason`: refuse a tunnel without --reason. */
+  readonly requireReason?: boolean;
   readonly key: GatewayKeyPair;
   readonly targets: Readonly<Record<string, GatewayTarget>>;
   readonly log: (line: string) => void;
@@ -63,6 +72,8 @@ class Refusal extends Error {
     readonly status: number,
     message: string,
     readonly targets?: readonly string[],
+    /** For the audit line: who the access check saw, and its refusal code. */
+    readonly audit?: { readonly code: RefusalCode; readonly who?: Principal },
   ) {
     super(message);
   }
@@ -72,11 +83,22 @@ export interface Signalling {
   /** Sealed request → sealed reply; throws ClearRefusal when the request cannot be opened. */
   handle(envelope: Buffer, client: string, servers?: readonly IceServer[]): Promise<Buffer>;
   peerCount(): number;
+  /** Check every live tunnel against the grants in force now; end those no longer allowed. */
+  recheckAccess(): void;
   /** Close every tunnel (recording tunnel.closed) and every peer connection. */
   closeAll(): Promise<void>;
 }
 
-const digest = (text: string) => createHash('sha256').update(text).digest();
+/** A tunnel the gateway serves, with who opened it (for revocation). */
+interface LiveTunnel {
+  readonly request: AccessRequest & { readonly principal: Principal };
+  /** End it, telling the client why; set once the data channel is open. */
+  end?: (reason: string) => void;
+  readonly drop: (why: string) => Promise<void>;
+}
+
+/** How often expiry is checked: a key whose `expires` passes loses its tunnels within a second. */
+const expiryCheckMs = 250;
 
 export function createSignalling(options: SignallingOptions): Signalling {
   const maxPeers = options.maxPeers ?? 256;
@@ -84,17 +106,47 @@ export function createSignalling(options: SignallingOptions): Signalling {
   const perClient = new Map<string, number>();
   const channelDeadlineMs = options.channelDeadlineMs ?? 30_000;
   const signallingTimeoutMs = options.signallingTimeoutMs ?? 10_000;
-  const tokenDigest = digest(options.token);
+  const access = createAccess({
+    ...(options.token !== undefined ? { token: options.token } : {}),
+    ...(options.authorizedKeys ? { keys: options.authorizedKeys } : {}),
+    ...(options.requireReason ? { requireReason: true } : {}),
+  });
+  const live = new Set<LiveTunnel>();
   const peers = new Set<object>();
   const answerer = options.answerer ?? weriftAnswerer(options.ice);
   const names = Object.keys(options.targets);
   const replay = createReplayGuard(options.replayWindowMs !== undefined ? { windowMs: options.replayWindowMs } : {});
-  const audit = options.audit ?? noAudit;
-  /** Open tunnels, closed with a reason at shutdown. */
-  const live = new Set<(why: string) => Promise<void>>();
+  const held = (fingerprint: string) =>
+    [...live].filter(({ request }) => request.principal.kind === 'key' && request.principal.fingerprint === fingerprint).length;
 
-  /** Every refusal passes here: recorded (access.refused) before the client is answered. */
-  async function refused(client: string, status: number, why: string, seen: RequestSeen): Promise<void> {
+  /**
+   * Every access refusal goes through here: the log line, and the reply the client exits 77 with; its
+   * code and principal ride on the Refusal to the audit line `handle()` records for every refusal.
+   */
+  function refuse(refusal: AccessRefusal): never {
+    const { request, code, message } = refusal;
+    options.log(`refused ${describePrincipal(request.principal)} from ${request.client} to '${request.target.slice(0, 64)}': ${code}`);
+    const status = code === 'token-refused' || code === 'no-credentials' ? 401 : code === 'replayed' ? 400 : 403;
+    throw new Refusal(status, message, undefined, { code, ...(request.principal ? { who: request.principal } : {}) });
+  }
+
+  function recheckAccess(): void {
+    for (const tunnel of [...live]) {
+      const { principal, target, client } = tunnel.request;
+      const revoked = access.revoked(principal, target, client);
+      if (!revoked) continue;
+      options.log(`tunnel to ${target} of ${describePrincipal(principal)} ended: ${revoked.code}`);
+      live.delete(tunnel);
+      if (tunnel.end) tunnel.end(revoked.message);
+      else void tunnel.drop(`access revoked: ${revoked.message}`);
+    }
+  }
+  const expiry = access.admitsKeys ? setInterval(recheckAccess, expiryCheckMs) : undefined;
+  expiry?.unref();
+  const audit = options.audit ?? noAudit;
+
+  /** Every refusal, access or not, passes here: recorded (access.refused) before the client is answered. */
+  async function recordRefusal(client: string, status: number, why: string, seen: RequestSeen): Promise<void> {
     await audit
       .record({
         event: 'access.refused',
@@ -103,6 +155,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
         why,
         ...(seen.who ? { who: seen.who } : {}),
         ...(seen.target !== undefined ? { target: seen.target } : {}),
+        ...(seen.code ? { code: seen.code } : {}),
       })
       .catch((error: unknown) => options.log(`refusal of ${client} (${why}) not recorded: ${(error as Error).message}`));
   }
@@ -113,7 +166,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       opened = await openRequest(options.key, envelope);
     } catch (error) {
       if (error instanceof SealError) {
-        await refused(client, 400, error.message, {});
+        await recordRefusal(client, 400, error.message, {});
         throw new ClearRefusal(400, error.message);
       }
       throw error;
@@ -124,7 +177,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       reply = { status: 200, answer: await openTunnel(opened.request, client, seen, servers) };
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
-      await refused(client, error.status, error.message, seen);
+      await recordRefusal(client, error.status, error.message, { ...seen, ...error.audit });
       reply = { status: error.status, error: error.message, ...(error.targets ? { targets: error.targets } : {}) };
     }
     return opened.seal(Buffer.from(JSON.stringify(reply)));
@@ -137,25 +190,48 @@ export function createSignalling(options: SignallingOptions): Signalling {
     } catch {
       throw new Refusal(400, 'sealed request is not JSON');
     }
-    const { target, offer, answerSetup, token, nonce, timestamp } = (parsed ?? {}) as Record<string, unknown>;
+    const fields = (parsed ?? {}) as Record<string, unknown>;
+    const { target, offer, answerSetup, nonce, timestamp, reason, ticket } = fields;
     if (typeof target === 'string') seen.target = target.slice(0, 64);
-    if (typeof token === 'string' && token.length > 0) seen.who = { kind: 'token' };
     if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 64 || typeof timestamp !== 'number') {
       throw new Refusal(400, 'sealed request lacks a nonce and timestamp');
     }
     const replayed = replay.check(nonce, timestamp);
     if (replayed) {
       options.log(`refused a sealed request from ${client}: ${replayed}`);
-      throw new Refusal(400, `request refused: ${replayed}`);
+      refuse({
+        request: { client, target: typeof target === 'string' ? target : '' },
+        code: 'replayed',
+        message: `request refused: ${replayed}`,
+      });
     }
-    const presented = typeof token === 'string' ? token : '';
-    if (!(timingSafeEqual(digest(presented), tokenDigest) && presented.length > 0)) throw new Refusal(401, 'token refused');
-    // Who the audit log names: the shared token is the one principal so far.
-    const who: AuditPrincipal = { kind: 'token' };
     if (typeof target !== 'string' || typeof offer !== 'string')
       throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
+    if (
+      (reason !== undefined && (typeof reason !== 'string' || reason.length > 500)) ||
+      (ticket !== undefined && (typeof ticket !== 'string' || ticket.length > 100))
+    )
+      throw new Refusal(400, 'reason and ticket, when given, must be strings (at most 500 and 100 characters)');
+    const said = { ...(typeof reason === 'string' ? { reason } : {}), ...(typeof ticket === 'string' ? { ticket } : {}) };
+    let principal: Principal;
+    try {
+      const statement = { gateway: options.key.fingerprint, target, nonce, timestamp, offer, ...said };
+      principal = access.authorize(fields, statement, client, held);
+    } catch (error) {
+      if (!(error instanceof AccessDenied)) throw error;
+      const code: RefusalCode = error.code;
+      refuse({
+        request: { ...(error.principal ? { principal: error.principal } : {}), client, target, ...said },
+        code,
+        message: error.message,
+      });
+    }
+    seen.who = principal;
+    const request: LiveTunnel['request'] = { principal, client, target, ...said };
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
-    if (!Object.hasOwn(options.targets, target)) throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, names);
+    // A key learns only of the targets granted to it (and served here); the token, of every target.
+    if (!Object.hasOwn(options.targets, target))
+      throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, access.granted(principal, names));
     if (peers.size >= maxPeers) throw new Refusal(429, `gateway is serving its limit of ${maxPeers} tunnels`);
     if ((perClient.get(client) ?? 0) >= maxPeersPerClient) {
       throw new Refusal(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
@@ -183,10 +259,10 @@ export function createSignalling(options: SignallingOptions): Signalling {
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
     let answer: Answer | undefined;
     let mux: Mux | undefined;
-    const trail = tunnelAudit(audit, { tunnel: randomBytes(6).toString('hex'), who, client, target }, options.log);
-    const drop = (why: string) => {
+    const trail = tunnelAudit(audit, { tunnel: randomBytes(6).toString('hex'), who: principal, client, target, ...said }, options.log);
+    const drop = (why: string): Promise<void> => {
+      live.delete(tunnel);
       if (!peers.delete(slot)) return Promise.resolve();
-      live.delete(drop);
       const held = (perClient.get(client) ?? 1) - 1;
       if (held > 0) perClient.set(client, held);
       else perClient.delete(client);
@@ -195,7 +271,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
       answer?.close();
       return trail.closed(why);
     };
-    live.add(drop);
+    const tunnel: LiveTunnel = { request, drop };
+    live.add(tunnel);
     // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
     const answering = AbortSignal.timeout(signallingTimeoutMs);
     const pending = answerer.answer(offer, answering, { passive: answerSetup === 'passive', ...(servers ? { servers } : {}) });
@@ -246,6 +323,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
           options.log(`tunnel to ${target} ended: ${reason}`);
           void drop(reason);
         });
+        // Revoked: the goodbye frame carries the reason, then the peer goes.
+        tunnel.end = (reason) => void mux?.close(500, { ending: 'revoked', reason }).finally(() => drop(`access revoked: ${reason}`));
         options.log(`tunnel to ${target} open${pair ? ` (path ${pair})` : ''}`);
       },
       () => void drop('the data channel did not open'),
@@ -256,8 +335,11 @@ export function createSignalling(options: SignallingOptions): Signalling {
   return {
     handle,
     peerCount: () => peers.size,
+    recheckAccess,
     async closeAll() {
-      const closing = [...live].map((drop) => drop('the gateway stopped'));
+      clearInterval(expiry);
+      const closing = [...live].map((tunnel) => tunnel.drop('the gateway stopped'));
+      live.clear();
       answerer.closeAll();
       peers.clear();
       await Promise.allSettled(closing);
@@ -267,8 +349,9 @@ export function createSignalling(options: SignallingOptions): Signalling {
 
 /** What a request showed before it was refused, for its access.refused line. */
 interface RequestSeen {
-  who?: AuditPrincipal;
+  who?: Principal;
   target?: string;
+  code?: RefusalCode;
 }
 
 function dialTarget(target: GatewayTarget): Promise<Socket> {

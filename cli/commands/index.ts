@@ -4,6 +4,7 @@ import { BrokerCommand } from './BrokerCommand.js';
 import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayAuditCommand } from './GatewayAuditCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
+import { KeygenCommand } from './KeygenCommand.js';
 import { ShellCommand } from './ShellCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
@@ -23,5 +24,6 @@ export const commandClasses = [
   GatewayAuditCommand,
   BrokerCommand,
   ShellCommand,
+  KeygenCommand,
   CompletionCommand,
 ];

@@ -167,7 +167,7 @@ t.test('--since takes ISO times and ages; filters by key, token and target', asy
     event: 'connection.opened',
     tunnel: 'a',
     target: 'db',
-    who: { kind: 'key', fingerprint: 'SHA256:abc' },
+    who: { kind: 'key', fingerprint: 'SHA256:abc', comment: 'alice' },
   } as const;
   const byToken = { ...base, event: 'connection.opened', tunnel: 'b', target: 'web', who: { kind: 'token' } } as const;
   t.ok(matchesAudit(byKey, { key: 'SHA256:abc' }));
