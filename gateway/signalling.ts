@@ -138,7 +138,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       options.log(`tunnel to ${target} of ${describePrincipal(principal)} ended: ${revoked.code}`);
       live.delete(tunnel);
       if (tunnel.end) tunnel.end(revoked.message);
-      else void tunnel.drop(`access revoked: ${revoked.message}`);
+      else void tunnel.drop(revoked.message);
     }
   }
   const expiry = access.admitsKeys ? setInterval(recheckAccess, expiryCheckMs) : undefined;
@@ -324,7 +324,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
           void drop(reason);
         });
         // Revoked: the goodbye frame carries the reason, then the peer goes.
-        tunnel.end = (reason) => void mux?.close(500, { ending: 'revoked', reason }).finally(() => drop(`access revoked: ${reason}`));
+        tunnel.end = (reason) => void mux?.close(500, { ending: 'revoked', reason }).finally(() => drop(reason));
         options.log(`tunnel to ${target} open${pair ? ` (path ${pair})` : ''}`);
       },
       () => void drop('the data channel did not open'),

@@ -142,14 +142,8 @@ t.test('a sha256-checked transfer is audited in order with its bytes each way; r
       bytesToClient: 2 * (64 + reply),
     },
   ]);
-  t.match(lines[6], {
-    event: 'access.refused',
-    status: 401,
-    why: 'token refused',
-    client: '127.0.0.1',
-    target: 'web',
-    who: { kind: 'token' },
-  });
+  t.match(lines[6], { event: 'access.refused', status: 401, code: 'token-refused', why: /token/, client: '127.0.0.1', target: 'web' });
+  t.notOk('who' in lines[6]!, 'a refused token proves no identity: no who');
   t.match(lines[7], { event: 'access.refused', status: 404, why: /unknown target 'nosuch'/, target: 'nosuch' });
 
   const text = readFileSync(log, 'utf8');
@@ -188,7 +182,7 @@ t.test('a sha256-checked transfer is audited in order with its bytes each way; r
   t.equal(await future.exited, 0);
   t.equal(future.stdout, '', '--since in the future: nothing');
   t.equal(await byToken.exited, 0);
-  t.equal(byToken.stdout.trim().split('\n').length, 8, '--key token: every line of a token holder (the tunnel and both refusals)');
+  t.equal(byToken.stdout.trim().split('\n').length, 7, '--key token: every line of the token holder (the tunnel and the unknown target)');
   t.equal(await badSince.exited, 2);
   t.match(badSince.stderr, /--since 'last tuesday' must be an ISO time/);
   appendFileSync(log, 'garbage that is not json\n');
@@ -320,3 +314,78 @@ t.test('a log that cannot be written refuses new tunnels and connections; the ga
     'what happened while the log was writable, and nothing else',
   );
 });
+
+t.test(
+  'user keys: the key is named (fingerprint, comment) with reason and ticket, refused grants and a revocation are recorded, --key filters',
+  async (t) => {
+    const dir = scratchDir(t);
+    const [web, db] = [await echoServer(t), await echoServer(t)];
+    const keygen = async (name: string) => {
+      const file = join(dir, 'keys', name);
+      const proc = pam(t, ['keygen', '--file', file, '--comment', name], { env: tunnelEnv(dir, token) });
+      t.equal(await proc.exited, 0, proc.stderr);
+      return { file, line: proc.stdout.trim() };
+    };
+    const [alice, bob] = [await keygen('alice'), await keygen('bob')];
+    const grants = join(dir, 'authorized_keys');
+    writeFileSync(grants, [`targets=web ${alice.line}`, `targets=web ${bob.line}`].join('\n'));
+    const gateway = await startGatewayProc(t, dir, token, { web: web.port, db: db.port }, ['--authorized-keys', grants]);
+    const log = join(dir, 'state', 'pam', 'audit.jsonl');
+    const env = tunnelEnv(dir, token, gateway.url);
+    const as = (key: string): NodeJS.ProcessEnv => ({ ...env, PAM_GATEWAY_TOKEN: undefined, PAM_KEY_FILE: key });
+
+    const refused = pam(t, ['tunnel', 'start', 'db', '-R', 'true'], { env: as(bob.file) });
+    t.equal(await refused.exited, 77);
+    const port = await freePort();
+    const live = pam(t, ['tunnel', 'start', 'web', '--port', String(port), '--reason', 'fix the login page', '--ticket', 'INC-42'], {
+      env: as(alice.file),
+    });
+    await live.line(/listening on/);
+    const payload = randomBytes(20_000);
+    t.equal(sha256(await roundTrip(port, payload)), sha256(payload));
+    await until(() => events(log).includes('connection.closed'), 10_000, 'connection.closed');
+    writeFileSync(grants, `targets=web ${bob.line}\n`);
+    gateway.proc.child.kill('SIGHUP');
+    t.equal(await live.exited, 77, 'the revoked tunnel ends');
+    await until(() => events(log).includes('tunnel.closed'), 10_000, 'tunnel.closed');
+
+    const lines = auditLines(log);
+    const denied = lines.find((line) => line.event === 'access.refused');
+    t.match(denied, { status: 403, code: 'target-not-granted', target: 'db', client: '127.0.0.1', who: { kind: 'key', comment: 'bob' } });
+    const opened = lines.find((line) => line.event === 'tunnel.opened');
+    t.match(opened, {
+      who: { kind: 'key', fingerprint: /^SHA256:/, comment: 'alice' },
+      target: 'web',
+      reason: 'fix the login page',
+      ticket: 'INC-42',
+    });
+    t.match(
+      lines.find((line) => line.event === 'connection.closed'),
+      { bytesFromClient: payload.length, bytesToClient: payload.length, end: 'fin' },
+    );
+    t.match(
+      lines.find((line) => line.event === 'tunnel.closed'),
+      { why: /^access revoked: key SHA256:\S+ \(alice\) was removed/, connections: 1 },
+    );
+    const text = readFileSync(log, 'utf8');
+    for (const file of [alice.file, bob.file]) {
+      const secret = readFileSync(file, 'utf8')
+        .split('\n')
+        .filter((row) => !row.startsWith('-----') && row.length > 0)
+        .join('');
+      t.notOk(text.includes(secret), 'no private key in the audit log');
+    }
+
+    const fingerprint = (opened?.who as { fingerprint: string }).fingerprint;
+    const read = pam(t, ['gateway', 'audit', '--json', '--key', fingerprint], { env: tunnelEnv(dir, token) });
+    t.equal(await read.exited, 0, read.stderr);
+    t.same(
+      read.stdout
+        .trim()
+        .split('\n')
+        .map((line) => (JSON.parse(line) as AuditLine).event),
+      ['tunnel.opened', 'connection.opened', 'connection.closed', 'tunnel.closed'],
+      "--key: alice's lines only",
+    );
+  },
+);
