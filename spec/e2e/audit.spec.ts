@@ -376,7 +376,7 @@ t.test(
       t.notOk(text.includes(secret), 'no private key in the audit log');
     }
 
-    const fingerprint = (opened?.who as { fingerprint: string }).fingerprint;
+    const fingerprint = (opened!.who as { fingerprint: string }).fingerprint;
     const read = pam(t, ['gateway', 'audit', '--json', '--key', fingerprint], { env: tunnelEnv(dir, token) });
     t.equal(await read.exited, 0, read.stderr);
     t.same(
