@@ -18,6 +18,8 @@ import { keyFingerprint } from './key-fingerprint.js';
 import { signStatement, type Credentials } from './user-key.js';
 import type { IceServer } from './ice-options.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
+import { socksTarget } from '../machines/start-flags.js';
+import { serveSocks } from './socks5-server.js';
 
 /** One WebRTC library's offerer side. `P` is its peer handle. */
 export interface PeerKind<P> {
@@ -109,9 +111,13 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       }
       const mux = new Mux(channel, options.mux);
       const peer = current;
+      // A SOCKS tunnel speaks SOCKS5 to each local client first; its CONNECT names the stream's destination.
+      const socks = current.request.target === socksTarget;
       return {
         path: () => kind.selectedPath?.(peer.peer),
-        carry: (socket) => mux.carry(socket),
+        carry: socks
+          ? (socket) => serveSocks(socket, (client, destination, onOpened) => mux.open(client, destination, onOpened), options.mux?.log)
+          : (socket) => mux.carry(socket),
         onLost: (handler) => mux.onLost(handler),
         async close() {
           await mux.close();
@@ -256,6 +262,10 @@ async function exchange(
         ? 'the gateway admits only the shared token: set PAM_GATEWAY_TOKEN or pass --token-file'
         : 'the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file',
     );
+  }
+  if (reply.status === 404 && target === socksTarget) {
+    const detail = typeof reply.error === 'string' ? reply.error : 'it serves named targets only';
+    throw new TunnelError('unknownTarget', `the gateway does not serve SOCKS tunnels (${detail}); the gateway needs --socks-allow`);
   }
   if (reply.status === 404 && Array.isArray(reply.targets)) {
     const served = reply.targets.filter((name): name is string => typeof name === 'string');

@@ -40,6 +40,8 @@ export type AuditEvent =
       readonly target: string;
       /** 1, 2, 3, … within the tunnel. */
       readonly connection: number;
+      /** A SOCKS tunnel's connection: the host:port the client asked for (before the gateway's policy decides). */
+      readonly destination?: string;
     }
   | {
       readonly event: 'connection.closed';
@@ -157,7 +159,7 @@ export function describeAudit(line: AuditLine): string {
         .filter(Boolean)
         .join(', ');
     case 'connection.opened':
-      return `connection ${line.connection}`;
+      return `connection ${line.connection}${line.destination ? ` to ${line.destination}` : ''}`;
     case 'connection.closed':
       return `connection ${line.connection}: ${line.end}, ${line.bytesFromClient} B in, ${line.bytesToClient} B out, ${line.durationMs} ms`;
     case 'tunnel.closed':

@@ -67,12 +67,19 @@ export function tunnelAudit(audit: AuditSink, input: TunnelAuditInput, log: (lin
       return opening;
     },
     streams: {
-      opening(id) {
+      opening(id, destination) {
         numbered += 1;
         const number = numbered;
         // After tunnel.opened: the log's queue keeps them in order, and a tunnel never recorded carries nothing.
         const recorded = (opening ?? Promise.reject(new Error('tunnel not recorded'))).then(() =>
-          audit.record({ event: 'connection.opened', tunnel, who, target, connection: number }),
+          audit.record({
+            event: 'connection.opened',
+            tunnel,
+            who,
+            target,
+            connection: number,
+            ...(destination ? { destination: `${destination.host.slice(0, 255)}:${destination.port}` } : {}),
+          }),
         );
         connections.set(id, { number, started: Date.now(), recorded });
         track(recorded);
