@@ -285,6 +285,7 @@ t.test('a log that cannot be written refuses new tunnels and connections; the ga
   const live = await foregroundTunnel(t, env, 'echo');
   const payload = randomBytes(10_000);
   t.equal(sha256(await roundTrip(live.port, payload)), sha256(payload), 'a tunnel opened while the log is fine carries bytes');
+  await until(() => events(log).includes('connection.closed'), 10_000, 'its connection.closed, before the log breaks');
 
   // The log's directory replaced by a regular file: nothing can write there, not even root.
   renameSync(logs, join(dir, 'logs.saved'));
