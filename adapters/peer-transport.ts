@@ -145,7 +145,7 @@ const unreachable = (gateway: string, error: unknown) => {
 };
 
 /** GET /v1/key: the gateway's public key and, through a broker, the ICE servers it hands out. */
-async function fetchKey(gateway: string, signal: AbortSignal): Promise<{ key: Buffer; iceServers: IceServer[] }> {
+export async function fetchKey(gateway: string, signal: AbortSignal): Promise<{ key: Buffer; iceServers: IceServer[] }> {
   const url = signallingUrl(gateway, '/v1/key');
   let response: HttpResponse;
   try {

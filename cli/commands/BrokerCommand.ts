@@ -2,13 +2,13 @@
 
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'clipanion';
+import { PamCommand } from '../pam-command.js';
 import { SingleString } from '../single-option.js';
 import { TunnelError } from '../../machines/errors.js';
-import type { PamContext } from '../context.js';
 import { iceServers, iceServerUrls } from '../config.js';
 import { parseHostPort, readBrokerToken, readTls, stopSignal } from './GatewayCommand.js';
 
-export class BrokerCommand extends Command<PamContext> {
+export class BrokerCommand extends PamCommand {
   static override paths = [['broker']];
 
   static override usage = Command.Usage({
@@ -16,7 +16,8 @@ export class BrokerCommand extends Command<PamContext> {
     description: 'run a broker: the rendezvous between clients and gateways that have no inbound port',
     details: `
       Gateways started with --broker URL --site NAME dial in over a WebSocket, authenticated by
-      PAM_BROKER_TOKEN (the same value here and on each gateway; a wrong token is refused and logged).
+      PAM_BROKER_TOKEN (the same value here and on each gateway, at least 16 characters: make one with
+      \`openssl rand -hex 32\`; a wrong token is refused and logged).
       Clients reach a site with --gateway http(s)://BROKER/sites/NAME: the broker hands them the
       site's gateway key and its ICE servers, relays their sealed offer to the gateway and the sealed
       answer back. It cannot read or alter either (they are sealed to the gateway's key, which clients
@@ -28,7 +29,7 @@ export class BrokerCommand extends Command<PamContext> {
       PAM_ICE_USERNAME/PAM_ICE_CREDENTIAL. Stops on SIGINT/SIGTERM.
     `,
     examples: [
-      ['A broker on loopback for a local test', 'PAM_BROKER_TOKEN=s3cret $0 broker --listen 127.0.0.1:8443'],
+      ['A broker on loopback for a local test', 'PAM_BROKER_TOKEN=$(openssl rand -hex 32) $0 broker --listen 127.0.0.1:8443'],
       [
         'A public broker with TLS, STUN and coturn with minted credentials',
         '$0 broker --listen 0.0.0.0:8443 --tls-cert /etc/pam/broker.crt --tls-key /etc/pam/broker.key --ice-server stun:turn.example:3478 --ice-server turn:turn.example:3478 --turn-secret-file /etc/pam/turn-secret',

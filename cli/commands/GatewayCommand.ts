@@ -5,7 +5,17 @@ import { TunnelError, type StopSignal } from '../../machines/errors.js';
 import { createProcessSignals } from '../../adapters/posix-signals.js';
 import { PamCommand } from '../pam-command.js';
 import { SingleString } from '../single-option.js';
-import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
+import {
+  iceHosts,
+  iceServers,
+  keepalive,
+  importNative,
+  makeToken,
+  minBrokerTokenLength,
+  nativeIceHostsWarning,
+  readToken,
+  transportChoice,
+} from '../config.js';
 import { auditLogOption, iceServerOption, numberFlag, transportOption } from '../options.js';
 import { isTargetName, targetNameRule } from '../../machines/start-flags.js';
 import { readFileSync } from 'node:fs';
@@ -42,9 +52,9 @@ export class GatewayCommand extends PamCommand {
       at start (\`gateway key SHA256:…\`, \`key\` in --json): give it to clients as PAM_GATEWAY_KEY.
 
       With --broker URL --site NAME instead of --listen, the gateway opens no listening socket: it
-      dials the broker over a WebSocket (authenticated by PAM_BROKER_TOKEN), registers the site,
-      answers the sealed offers the broker relays, and re-registers with backoff when the broker goes
-      away; tunnels already up keep running meanwhile. Clients then use
+      dials the broker over a WebSocket (authenticated by PAM_BROKER_TOKEN, the broker's value, at
+      least 16 characters), registers the site, answers the sealed offers the broker relays, and
+      re-registers with backoff when the broker goes away; tunnels already up keep running meanwhile. Clients then use
       --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
 
       --authorized-keys FILE admits user keys (\`pam keygen\`), one a line:
@@ -290,6 +300,12 @@ async function openGrants(path: string, served: readonly string[], log: (line: s
 export function readBrokerToken(env: NodeJS.ProcessEnv): string {
   const token = env.PAM_BROKER_TOKEN?.trim();
   if (!token) throw new TunnelError('usage', 'no broker token: set PAM_BROKER_TOKEN (the same value on the broker and its gateways)');
+  if (token.length < minBrokerTokenLength) {
+    throw new TunnelError(
+      'usage',
+      `PAM_BROKER_TOKEN is too short (${token.length} characters, at least ${minBrokerTokenLength}): ${makeToken}, and give the broker and its gateways the same value`,
+    );
+  }
   return token;
 }
 

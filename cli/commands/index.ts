@@ -6,6 +6,7 @@ import { GatewayAuditCommand } from './GatewayAuditCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
 import { KeygenCommand } from './KeygenCommand.js';
 import { ShellCommand } from './ShellCommand.js';
+import { TunnelDiagnoseCommand } from './TunnelDiagnoseCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
 import { TunnelMachineCommand } from './TunnelMachineCommand.js';
@@ -18,6 +19,7 @@ export const commandClasses = [
   TunnelListCommand,
   TunnelStopCommand,
   TunnelHistoryCommand,
+  TunnelDiagnoseCommand,
   TunnelReplayCommand,
   TunnelMachineCommand,
   GatewayCommand,

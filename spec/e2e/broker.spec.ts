@@ -49,7 +49,7 @@ t.test('a wrong PAM_BROKER_TOKEN is refused and logged; a second gateway for a s
     broker.url,
     'lab',
     { echo: echo.port },
-    { env: { PAM_BROKER_TOKEN: 'wrong' }, wait: false },
+    { env: { PAM_BROKER_TOKEN: 'a-wrong-broker-token-long-enough' }, wait: false },
   );
   t.equal(await impostor.proc.exited, 77, 'wrong broker token → 77');
   t.match(impostor.proc.stderr, /the broker http:\/\/127\.0\.0\.1:\d+ refused PAM_BROKER_TOKEN/);
