@@ -69,6 +69,18 @@ export interface MuxOptions {
    */
   readonly dial?: (destination: MuxDestination | undefined) => Promise<Socket>;
   readonly log?: (line: string) => void;
+  /** Told of each stream's life (the gateway's audit log). */
+  readonly streams?: StreamObserver;
+}
+
+/** How a stream ended: FIN both ways, a reset from the peer or from this side, the dial failed, the tunnel lost or closed. */
+export type StreamEnd = 'fin' | 'reset-by-peer' | 'reset-here' | 'dial-failed' | 'lost' | 'closed';
+
+export interface StreamObserver {
+  /** Awaited before a stream the peer opens is dialled (with the destination its open frame names, if any); a rejection refuses the stream with its message. */
+  opening?(id: number, destination: MuxDestination | undefined): Promise<void>;
+  /** Once per stream, when it ends: payload bytes sent to and received from the peer. */
+  ended?(id: number, outcome: { readonly sent: number; readonly received: number; readonly end: StreamEnd }): void;
 }
 
 /** Where a stream goes when the client names it (a SOCKS CONNECT): a host name or address and a port. */
@@ -115,6 +127,9 @@ interface Stream {
   sentFin: boolean;
   gotFin: boolean;
   ended: boolean;
+  /** Payload bytes sent to / received from the peer. */
+  sent: number;
+  received: number;
   /** The open named a destination: its answer goes here, and OPEN_FAIL carries a code. */
   onOpened: ((result: OpenResult) => void) | undefined;
 }
@@ -131,7 +146,7 @@ export const defaultMuxOptions = {
 export class Mux {
   private readonly streams = new Map<number, Stream>();
   private readonly lostHandlers: Array<(reason: string, ending: MuxEnding) => void> = [];
-  private readonly options: Required<Omit<MuxOptions, 'dial' | 'log'>> & MuxOptions;
+  private readonly options: Required<Omit<MuxOptions, 'dial' | 'log' | 'streams'>> & MuxOptions;
   private nextId = 1;
   /** Sum over streams of window − windowBytes. */
   private grown = 0;
@@ -211,7 +226,10 @@ export class Mux {
     if (!wasLost) this.send(frameType.goodbye, 0, farewell ? Buffer.from(JSON.stringify(farewell).slice(0, 4096)) : undefined);
     this.closed = true;
     clearInterval(this.keepalive);
-    for (const stream of this.streams.values()) stream.socket?.destroy();
+    for (const stream of this.streams.values()) {
+      if (!stream.ended) this.ended(stream, 'closed');
+      stream.socket?.destroy();
+    }
     this.streams.clear();
     this.grown = 0;
     for (let waited = 0; !wasLost && waited < graceMs && this.channel.bufferedAmount > 0; waited += 10) {
@@ -233,6 +251,8 @@ export class Mux {
       sentFin: false,
       gotFin: false,
       ended: false,
+      sent: 0,
+      received: 0,
       onOpened: undefined,
     };
     this.streams.set(id, stream);
@@ -248,6 +268,7 @@ export class Mux {
         this.send(frameType.data, stream.id, chunk.subarray(offset, offset + maxPayloadBytes));
       }
       stream.sendCredit -= chunk.length;
+      stream.sent += chunk.length;
       this.updateFlow(stream);
     });
     socket.on('end', () => {
@@ -259,7 +280,7 @@ export class Mux {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       if (stream.ended) return;
-      stream.ended = true;
+      this.ended(stream, stream.sentFin && stream.gotFin ? 'fin' : 'reset-here');
       this.forget(stream);
       // Closed before both sides said FIN: the peer must not wait for more.
       if (!(stream.sentFin && stream.gotFin) && !this.closed) this.send(frameType.rst, stream.id, Buffer.from('connection reset'));
@@ -324,7 +345,7 @@ export class Mux {
       case frameType.openFail:
         if (stream.onOpened) return this.refused(stream, payload);
         this.options.log?.(`the target refused a connection (${payload.toString('utf8').slice(0, 200)}): the local client got a reset`);
-        return this.drop(stream);
+        return this.drop(stream, 'reset-by-peer');
       case frameType.data:
         return this.deliver(stream, payload);
       case frameType.window:
@@ -335,7 +356,7 @@ export class Mux {
         stream.socket?.end();
         return this.finishIfDone(stream);
       case frameType.rst:
-        return this.drop(stream);
+        return this.drop(stream, 'reset-by-peer');
       default:
         return this.lose(`unknown frame type ${type} from peer`);
     }
@@ -345,6 +366,7 @@ export class Mux {
     const socket = stream.socket;
     if (!socket || socket.destroyed) return;
     const flushed = socket.write(payload);
+    stream.received += payload.length;
     stream.owed += payload.length;
     if (flushed) this.growIfDraining(stream, payload.length);
     else stream.drainedRun = 0;
@@ -403,6 +425,28 @@ export class Mux {
     if (!dial || this.streams.has(id)) return fail(generalFailure, 'this side does not accept connections');
     if (destination === null) return fail(generalFailure, 'malformed destination in the open frame');
     const stream = this.addStream(id, undefined);
+    const observer = this.options.streams;
+    if (!observer?.opening) return this.dialStream(stream, dial, destination, fail);
+    observer.opening(id, destination).then(
+      () => this.dialStream(stream, dial, destination, fail),
+      (error: unknown) => {
+        stream.ended = true;
+        this.forget(stream);
+        const reason = error instanceof Error ? error.message : String(error);
+        this.options.log?.(`connection ${id} refused: ${reason}`);
+        fail(generalFailure, reason.slice(0, 1000));
+      },
+    );
+  }
+
+  private dialStream(
+    stream: Stream,
+    dial: NonNullable<MuxOptions['dial']>,
+    destination: MuxDestination | undefined,
+    fail: (code: number, reason: string) => void,
+  ): void {
+    const id = stream.id;
+    if (stream.ended || this.closed) return;
     dial(destination).then(
       (socket) => {
         if (stream.ended || this.closed) {
@@ -414,7 +458,8 @@ export class Mux {
         this.updateFlow(stream);
       },
       (error: unknown) => {
-        stream.ended = true;
+        if (stream.ended) return;
+        this.ended(stream, 'dial-failed');
         this.forget(stream);
         const reason = error instanceof Error ? error.message : String(error);
         const { replyCode: code, logged } = error as { replyCode?: unknown; logged?: unknown };
@@ -431,6 +476,12 @@ export class Mux {
     }
   }
 
+  /** Mark a stream ended, once, and tell the observer how. */
+  private ended(stream: Stream, end: StreamEnd): void {
+    stream.ended = true;
+    this.options.streams?.ended?.(stream.id, { sent: stream.sent, received: stream.received, end });
+  }
+
   /** The peer refused a stream that named a destination: the caller answers its client and closes. */
   private refused(stream: Stream, payload: Buffer): void {
     stream.ended = true;
@@ -441,13 +492,13 @@ export class Mux {
     onOpened?.({ ok: false, code, reason: payload.subarray(1).toString('utf8').slice(0, 1000) });
   }
 
-  /** The peer reset or refused the stream: reset the local side too. */
-  private drop(stream: Stream): void {
+  /** The peer reset or refused the stream, or the tunnel is lost: reset the local side too. */
+  private drop(stream: Stream, end: StreamEnd): void {
     if (stream.onOpened) {
       // Never answered (the tunnel went away): the caller still owes its client a reply.
       return this.refused(stream, Buffer.concat([Buffer.from([generalFailure]), Buffer.from(this.lostReason ?? 'stream reset')]));
     }
-    stream.ended = true;
+    if (!stream.ended) this.ended(stream, end);
     this.forget(stream);
     const socket = stream.socket;
     if (socket && !socket.destroyed) {
@@ -480,7 +531,7 @@ export class Mux {
     this.lostReason = reason;
     this.lostEnding = ending;
     clearInterval(this.keepalive);
-    for (const stream of this.streams.values()) this.drop(stream);
+    for (const stream of this.streams.values()) this.drop(stream, 'lost');
     for (const handler of this.lostHandlers.splice(0)) handler(reason, ending);
     try {
       this.channel.close();

@@ -26,3 +26,6 @@ export function numberFlag(flag: string, text: string, range: { min: number; max
     `${flag} '${text}' must be ${what}${range.unit ? ` of ${range.unit}` : ''} from ${range.min} to ${range.max}`,
   );
 }
+
+export const auditLogOption = () =>
+  SingleString('--audit-log', { description: "the gateway's audit log, JSON lines (default $XDG_STATE_HOME/pam/audit.jsonl)" });

@@ -5,6 +5,7 @@
 // elsewhere; only a SOCKS tunnel (target `@socks`, served with --socks-allow) names destinations, each
 // decided by gateway/socks-policy.ts. Tunnels whose access is revoked (reload, expiry) are ended with the reason.
 
+import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { createReplayGuard, openRequest, SealError, type GatewayKeyPair } from '../adapters/sealed-signalling.js';
 import { Mux, type MuxDestination, type MuxOptions } from '../adapters/mux.js';
@@ -16,6 +17,8 @@ import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
 import { AccessDenied, createAccess } from './access.js';
 import type { AuthorizedKeys } from './authorized-keys.js';
 import { describePrincipal, type AccessRefusal, type AccessRequest, type Principal, type RefusalCode } from './principal.js';
+import { AuditUnavailable, noAudit, type AuditSink } from './audit.js';
+import { tunnelAudit } from './tunnel-audit.js';
 
 export interface GatewayTarget {
   readonly host: string;
@@ -48,6 +51,8 @@ export interface SignallingOptions {
   readonly channelDeadlineMs?: number;
   /** How far a request's timestamp may be from this clock (replay window). */
   readonly replayWindowMs?: number;
+  /** Where refusals, tunnels and connections are recorded before they take effect (`pam gateway` always gives one). */
+  readonly audit?: AuditSink;
 }
 
 /** What a sealed answer carries: the outcome of the request, readable only by the client. */
@@ -73,6 +78,8 @@ class Refusal extends Error {
     readonly status: number,
     message: string,
     readonly targets?: readonly string[],
+    /** For the audit line: who the access check saw, and its refusal code. */
+    readonly audit?: { readonly code: RefusalCode; readonly who?: Principal },
   ) {
     super(message);
   }
@@ -84,7 +91,8 @@ export interface Signalling {
   peerCount(): number;
   /** Check every live tunnel against the grants in force now; end those no longer allowed. */
   recheckAccess(): void;
-  closeAll(): void;
+  /** Close every tunnel (recording tunnel.closed) and every peer connection. */
+  closeAll(): Promise<void>;
 }
 
 /** A tunnel the gateway serves, with who opened it (for revocation). */
@@ -92,7 +100,7 @@ interface LiveTunnel {
   readonly request: AccessRequest & { readonly principal: Principal };
   /** End it, telling the client why; set once the data channel is open. */
   end?: (reason: string) => void;
-  readonly drop: () => void;
+  readonly drop: (why: string) => Promise<void>;
 }
 
 /** How often expiry is checked: a key whose `expires` passes loses its tunnels within a second. */
@@ -118,13 +126,14 @@ export function createSignalling(options: SignallingOptions): Signalling {
     [...live].filter(({ request }) => request.principal.kind === 'key' && request.principal.fingerprint === fingerprint).length;
 
   /**
-   * Every access refusal goes through here: the log line, and the reply the client exits 77 with.
-   * (The one place to record `access.refused`.)
+   * Every access refusal goes through here: the log line, and the reply the client exits 77 with; its
+   * code and principal ride on the Refusal to the audit line `handle()` records for every refusal.
    */
   function refuse(refusal: AccessRefusal): never {
     const { request, code, message } = refusal;
     options.log(`refused ${describePrincipal(request.principal)} from ${request.client} to '${request.target.slice(0, 64)}': ${code}`);
-    throw new Refusal(code === 'token-refused' || code === 'no-credentials' ? 401 : code === 'replayed' ? 400 : 403, message);
+    const status = code === 'token-refused' || code === 'no-credentials' ? 401 : code === 'replayed' ? 400 : 403;
+    throw new Refusal(status, message, undefined, { code, ...(request.principal ? { who: request.principal } : {}) });
   }
 
   function recheckAccess(): void {
@@ -135,31 +144,52 @@ export function createSignalling(options: SignallingOptions): Signalling {
       options.log(`tunnel to ${target} of ${describePrincipal(principal)} ended: ${revoked.code}`);
       live.delete(tunnel);
       if (tunnel.end) tunnel.end(revoked.message);
-      else tunnel.drop();
+      else void tunnel.drop(revoked.message);
     }
   }
   const expiry = access.admitsKeys ? setInterval(recheckAccess, expiryCheckMs) : undefined;
   expiry?.unref();
+  const audit = options.audit ?? noAudit;
+
+  /** Every refusal, access or not, passes here: recorded (access.refused) before the client is answered. */
+  async function recordRefusal(client: string, status: number, why: string, seen: RequestSeen): Promise<void> {
+    await audit
+      .record({
+        event: 'access.refused',
+        client,
+        status,
+        why,
+        ...(seen.who ? { who: seen.who } : {}),
+        ...(seen.target !== undefined ? { target: seen.target } : {}),
+        ...(seen.code ? { code: seen.code } : {}),
+      })
+      .catch((error: unknown) => options.log(`refusal of ${client} (${why}) not recorded: ${(error as Error).message}`));
+  }
 
   async function handle(envelope: Buffer, client: string, servers?: readonly IceServer[]): Promise<Buffer> {
     let opened: Awaited<ReturnType<typeof openRequest>>;
     try {
       opened = await openRequest(options.key, envelope);
     } catch (error) {
-      if (error instanceof SealError) throw new ClearRefusal(400, error.message);
+      if (error instanceof SealError) {
+        await recordRefusal(client, 400, error.message, {});
+        throw new ClearRefusal(400, error.message);
+      }
       throw error;
     }
     let reply: SealedReply;
+    const seen: RequestSeen = {};
     try {
-      reply = { status: 200, answer: await openTunnel(opened.request, client, servers) };
+      reply = { status: 200, answer: await openTunnel(opened.request, client, seen, servers) };
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
+      await recordRefusal(client, error.status, error.message, { ...seen, ...error.audit });
       reply = { status: error.status, error: error.message, ...(error.targets ? { targets: error.targets } : {}) };
     }
     return opened.seal(Buffer.from(JSON.stringify(reply)));
   }
 
-  async function openTunnel(plain: Buffer, client: string, servers?: readonly IceServer[]): Promise<string> {
+  async function openTunnel(plain: Buffer, client: string, seen: RequestSeen, servers?: readonly IceServer[]): Promise<string> {
     let parsed: unknown;
     try {
       parsed = JSON.parse(plain.toString('utf8'));
@@ -168,6 +198,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
     }
     const fields = (parsed ?? {}) as Record<string, unknown>;
     const { target, offer, answerSetup, nonce, timestamp, reason, ticket } = fields;
+    if (typeof target === 'string') seen.target = target.slice(0, 64);
     if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 64 || typeof timestamp !== 'number') {
       throw new Refusal(400, 'sealed request lacks a nonce and timestamp');
     }
@@ -211,6 +242,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
         message: error.message,
       });
     }
+    seen.who = principal;
     // Shape errors only after authentication: an unauthenticated request learns nothing of the protocol.
     if (typeof target !== 'string' || typeof offer !== 'string')
       throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
@@ -240,6 +272,10 @@ export function createSignalling(options: SignallingOptions): Signalling {
     for (const [line, pattern] of required) {
       if (!pattern.test(offer)) throw new Refusal(400, `offer lacks ${line}: not a WebRTC data-channel offer`);
     }
+    // Fail closed: a tunnel the log could not record is not opened.
+    await audit.ready().catch((error: unknown) => {
+      throw error instanceof AuditUnavailable ? new Refusal(503, error.message) : error;
+    });
 
     const named = socks ? undefined : options.targets[target]!;
     const label = socks ? `SOCKS tunnel of ${describePrincipal(principal)} from ${client}` : `tunnel to ${target}`;
@@ -257,13 +293,18 @@ export function createSignalling(options: SignallingOptions): Signalling {
     peers.add(slot);
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
     let answer: Answer | undefined;
-    const drop = () => {
+    let mux: Mux | undefined;
+    const trail = tunnelAudit(audit, { tunnel: randomBytes(6).toString('hex'), who: principal, client, target, ...said }, options.log);
+    const drop = (why: string): Promise<void> => {
       live.delete(tunnel);
-      if (!peers.delete(slot)) return;
+      if (!peers.delete(slot)) return Promise.resolve();
       const held = (perClient.get(client) ?? 1) - 1;
       if (held > 0) perClient.set(client, held);
       else perClient.delete(client);
+      // Ends the tunnel's connections now, so tunnel.closed carries their totals.
+      void mux?.close(0);
       answer?.close();
+      return trail.closed(why);
     };
     const tunnel: LiveTunnel = { request, drop };
     live.add(tunnel);
@@ -280,7 +321,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
         ),
       ]);
     } catch (error) {
-      drop();
+      void drop('no answer');
       void pending.then(
         (late) => late.close(),
         () => undefined,
@@ -290,32 +331,38 @@ export function createSignalling(options: SignallingOptions): Signalling {
     }
     const deadline = setTimeout(() => {
       options.log(`${label}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
-      drop();
+      void drop('data channel not open in time');
     }, channelDeadlineMs);
     deadline.unref();
     answer.onEnded(() => {
       clearTimeout(deadline);
-      drop();
+      void drop('the peer connection ended');
     });
     const opened = answer;
     answer.channel.then(
       (frames) => {
         clearTimeout(deadline);
-        const mux = new Mux(frames, {
+        const pair = opened.selectedPath?.();
+        // Recorded before any connection is dialled: each connection.opened waits for this line.
+        trail.opened(pair).catch((error: unknown) => {
+          options.log(`${label} closed: ${(error as Error).message}`);
+          void drop('the audit log could not be written');
+        });
+        mux = new Mux(frames, {
           ...options.mux,
           dial,
           log: (line) => options.log(`${label}: ${line}`),
+          streams: trail.streams,
         });
         mux.onLost((reason) => {
           options.log(`${label} ended: ${reason}`);
-          drop();
+          void drop(reason);
         });
         // Revoked: the goodbye frame carries the reason, then the peer goes.
-        tunnel.end = (reason) => void mux.close(500, { ending: 'revoked', reason }).finally(drop);
-        const pair = opened.selectedPath?.();
+        tunnel.end = (reason) => void mux?.close(500, { ending: 'revoked', reason }).finally(() => drop(reason));
         options.log(`${label} open${pair ? ` (path ${pair})` : ''}`);
       },
-      () => drop(),
+      () => void drop('the data channel did not open'),
     );
     return answer.sdp;
   }
@@ -324,11 +371,20 @@ export function createSignalling(options: SignallingOptions): Signalling {
     handle,
     peerCount: () => peers.size,
     recheckAccess,
-    closeAll() {
+    async closeAll() {
       clearInterval(expiry);
+      const closing = [...live].map((tunnel) => tunnel.drop('the gateway stopped'));
       live.clear();
       answerer.closeAll();
       peers.clear();
+      await Promise.allSettled(closing);
     },
   };
+}
+
+/** What a request showed before it was refused, for its access.refused line. */
+interface RequestSeen {
+  who?: Principal;
+  target?: string;
+  code?: RefusalCode;
 }

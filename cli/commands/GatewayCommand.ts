@@ -16,7 +16,7 @@ import {
   readToken,
   transportChoice,
 } from '../config.js';
-import { iceServerOption, numberFlag, transportOption } from '../options.js';
+import { auditLogOption, iceServerOption, numberFlag, transportOption } from '../options.js';
 import { isTargetName, targetNameRule } from '../../machines/start-flags.js';
 import { readFileSync } from 'node:fs';
 import { siteNamePattern } from '../../broker/protocol.js';
@@ -69,6 +69,12 @@ export class GatewayCommand extends PamCommand {
       passed expiry ends that key's live tunnels within a second. With keys the token is optional;
       given, it still opens every target. --require-reason refuses tunnels without --reason. See
       docs/access.md.
+
+      Every refusal, tunnel and connection is recorded in the audit log (--audit-log, default
+      $XDG_STATE_HOME/pam/audit.jsonl, mode 0600) before it takes effect, each line fsync'd; it
+      rotates at --audit-max-mb, keeping --audit-keep older files. A log that cannot be written at
+      start stops the gateway (exit 2); later, new tunnels and connections are refused (503, naming
+      the audit log) until it can be written again. Read it with \`pam gateway audit\`.
     `,
     examples: [
       [
@@ -120,6 +126,11 @@ export class GatewayCommand extends PamCommand {
     description: 'user keys and their grants, one a line: targets="a,b" [expires=, from=, max-tunnels=] pam-ed25519 KEY [comment]',
   });
   requireReason = Option.Boolean('--require-reason', false, { description: 'refuse a tunnel opened without --reason' });
+  auditLog = auditLogOption();
+  auditMaxMb = SingleString('--audit-max-mb', '10', {
+    description: 'rotate the audit log when it would grow past this many MiB (default 10)',
+  });
+  auditKeep = SingleString('--audit-keep', '5', { description: 'rotated audit log files kept beside the live one (default 5)' });
 
   async execute(): Promise<number> {
     if (this.broker !== undefined && this.listen !== undefined)
@@ -140,6 +151,10 @@ export class GatewayCommand extends PamCommand {
     // With user keys the shared token is optional: set, it still opens every target (docs/access.md).
     const tokenGiven = this.tokenFile !== undefined || Boolean(this.context.env.PAM_GATEWAY_TOKEN?.trim());
     const token = this.authorizedKeys === undefined || tokenGiven ? readToken(this.tokenFile, this.context.env, 'gateway') : undefined;
+    const auditMaxBytes = Math.round(
+      numberFlag('--audit-max-mb', this.auditMaxMb, { min: 0.001, max: 1_000_000, whole: false }) * 1024 * 1024,
+    );
+    const auditKeep = numberFlag('--audit-keep', this.auditKeep, { min: 1, max: 1000, whole: true });
 
     const tls = readTls(this.tlsCert, this.tlsKey);
     const transport = transportChoice(this.transport, this.context.env);
@@ -156,16 +171,26 @@ export class GatewayCommand extends PamCommand {
     const { defaultKeyFile, loadOrCreateGatewayKey } = await import('../../adapters/gateway-key-file.js');
     const keyPath = this.keyFile ?? defaultKeyFile(this.context.env);
     const key = await loadOrCreateGatewayKey(keyPath);
+    const { defaultAuditFile, openAuditLog } = await import('../../adapters/audit-log.js');
+    const audit = await openAuditLog({
+      path: this.auditLog ?? defaultAuditFile(this.context.env),
+      maxBytes: auditMaxBytes,
+      keep: auditKeep,
+      gateway: key.fingerprint,
+      site: this.site,
+      log,
+    });
     // Printed once the gateway is up, so a refused start stays one line.
     const announceKey = () =>
       log(
-        `gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`,
+        `gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}; audit log ${audit.path}`,
       );
     const names = Object.keys(targets);
     // The grants: read now (a malformed file refuses the start), again on SIGHUP and when the file changes.
     let recheck: () => void = () => undefined;
     const keys = this.authorizedKeys !== undefined ? await openGrants(this.authorizedKeys, names, log, () => recheck()) : undefined;
     const options = {
+      audit,
       ...(token !== undefined ? { token } : {}),
       ...(keys ? { authorizedKeys: keys.current } : {}),
       ...(this.requireReason ? { requireReason: true } : {}),
@@ -214,7 +239,8 @@ export class GatewayCommand extends PamCommand {
       const ended = await Promise.race([stopSignal(keys !== undefined), link.failed]).catch((error: unknown) => error);
       keys?.close();
       link.close();
-      signalling.closeAll();
+      await signalling.closeAll();
+      await audit.close();
       if (typeof ended !== 'string') throw ended;
       log(`${ended}: closing`);
       return 0;
@@ -235,6 +261,7 @@ export class GatewayCommand extends PamCommand {
     log(`${signal}: closing`);
     keys?.close();
     await gateway.close();
+    await audit.close();
     return 0;
   }
 }

@@ -2,6 +2,7 @@
 
 import { BrokerCommand } from './BrokerCommand.js';
 import { CompletionCommand } from './CompletionCommand.js';
+import { GatewayAuditCommand } from './GatewayAuditCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
 import { KeygenCommand } from './KeygenCommand.js';
 import { ShellCommand } from './ShellCommand.js';
@@ -22,6 +23,7 @@ export const commandClasses = [
   TunnelReplayCommand,
   TunnelMachineCommand,
   GatewayCommand,
+  GatewayAuditCommand,
   BrokerCommand,
   ShellCommand,
   KeygenCommand,
