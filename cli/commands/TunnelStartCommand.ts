@@ -17,8 +17,10 @@ import { iceServerOption, transportOption } from '../options.js';
 import { PamCommand } from '../pam-command.js';
 import { launchInBackground, runTunnel, takeOwnerId } from '../tunnel-runtime.js';
 
-/** Every failure kind but `generic` can end `tunnel start`. */
-const startExitCodes = exitCodeSummary((Object.keys(failureKinds) as FailureKind[]).filter((kind) => kind !== 'generic'));
+/** Every failure kind but `generic` (and `tunnel wait`'s own timeout) can end `tunnel start`. */
+const startExitCodes = exitCodeSummary(
+  (Object.keys(failureKinds) as FailureKind[]).filter((kind) => kind !== 'generic' && kind !== 'waitTimeout'),
+);
 
 export class TunnelStartCommand extends PamCommand {
   static override paths = [['tunnel', 'start']];

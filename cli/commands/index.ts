@@ -6,15 +6,19 @@ import { GatewayCommand } from './GatewayCommand.js';
 import { ShellCommand } from './ShellCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
+import { TunnelLogsCommand } from './TunnelLogsCommand.js';
 import { TunnelMachineCommand } from './TunnelMachineCommand.js';
 import { TunnelReplayCommand } from './TunnelReplayCommand.js';
 import { TunnelStartCommand } from './TunnelStartCommand.js';
 import { TunnelStopCommand } from './TunnelStopCommand.js';
+import { TunnelWaitCommand } from './TunnelWaitCommand.js';
 
 export const commandClasses = [
   TunnelStartCommand,
   TunnelListCommand,
   TunnelStopCommand,
+  TunnelWaitCommand,
+  TunnelLogsCommand,
   TunnelHistoryCommand,
   TunnelReplayCommand,
   TunnelMachineCommand,
