@@ -1,7 +1,8 @@
 // Many TCP connections over one ordered, reliable message channel (the WebRTC data channel), with
 // per-connection credit windows so a slow reader on either side never makes the other buffer without
 // bound, half-close and reset carried through, and a keepalive that detects a dead peer.
-// Frame: type (u8) · stream id (u32 BE) · payload. Stream 0 carries PING/PONG.
+// Frame: type (u8) · stream id (u32 BE) · payload. Stream 0 carries PING/PONG. An open frame's payload
+// names the target of a tunnel with several (UTF-8; empty: its only one).
 // Why one multiplexed channel and not a channel per connection: docs/decisions/0002-one-multiplexed-channel.md.
 
 import type { Socket } from 'node:net';
@@ -51,8 +52,11 @@ export interface MuxOptions {
   readonly keepaliveIntervalMs?: number;
   /** Declare the peer dead after this long without any frame. */
   readonly keepaliveDeadMs?: number;
-  /** Gateway side: open the target for a new stream, or reject with a reason. */
-  readonly dial?: () => Promise<Socket>;
+  /**
+   * Gateway side: open the target for a new stream, or reject with a reason. `target` is the name the
+   * client's open frame carries ('' from a client that names none: the tunnel's only target).
+   */
+  readonly dial?: (target: string) => Promise<Socket>;
   readonly log?: (line: string) => void;
 }
 
@@ -116,8 +120,8 @@ export class Mux {
     return this.grown;
   }
 
-  /** Client side: carry a local connection to the peer's target. */
-  carry(socket: Socket): void {
+  /** Client side: carry a local connection to the peer's target (named when the tunnel has several). */
+  carry(socket: Socket, target?: string): void {
     if (this.closed || this.lostReason !== undefined) {
       socket.destroy();
       return;
@@ -127,7 +131,7 @@ export class Mux {
     socket.pause();
     const stream = this.addStream(id, socket);
     stream.open = false;
-    this.send(frameType.open, id);
+    this.send(frameType.open, id, target === undefined ? undefined : Buffer.from(target, 'utf8'));
   }
 
   onLost(handler: (reason: string) => void): void {
@@ -238,7 +242,7 @@ export class Mux {
     if (type === frameType.ping) return this.send(frameType.pong, 0, payload);
     if (type === frameType.pong) return;
     if (type === frameType.goodbye) return this.lose('the peer closed the tunnel');
-    if (type === frameType.open) return this.acceptOpen(id);
+    if (type === frameType.open) return this.acceptOpen(id, payload.toString('utf8'));
     const stream = this.streams.get(id);
     if (!stream) {
       // Late frames of a stream that is already gone; tell the peer once it sends data.
@@ -322,11 +326,11 @@ export class Mux {
     this.send(frameType.window, stream.id, credit);
   }
 
-  private acceptOpen(id: number): void {
+  private acceptOpen(id: number, target: string): void {
     const dial = this.options.dial;
     if (!dial || this.streams.has(id)) return this.send(frameType.openFail, id, Buffer.from('this side does not accept connections'));
     const stream = this.addStream(id, undefined);
-    dial().then(
+    dial(target).then(
       (socket) => {
         if (stream.ended || this.closed) {
           socket.destroy();

@@ -73,7 +73,7 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       const { peer, sdp } = await kind.offer(signal, hello.iceServers);
       try {
         const sealed = { gateway: request.gateway, key: hello.key, token: options.token, trust };
-        await kind.accept(peer, await exchange(sealed, request.target, { offer: sdp, ...setup }, signal));
+        await kind.accept(peer, await exchange(sealed, request.targets ?? [request.target], { offer: sdp, ...setup }, signal));
         return new PeerNegotiation(kind, peer, request);
       } catch (error) {
         await kind.close(peer);
@@ -89,7 +89,7 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
   }
 
   return {
-    negotiate: ({ gateway, target, signal }) => negotiateOnce({ gateway, target }, signal),
+    negotiate: ({ gateway, target, targets, signal }) => negotiateOnce({ gateway, target, ...(targets ? { targets } : {}) }, signal),
 
     async establish(negotiation: Negotiation, signal: AbortSignal): Promise<Link<Socket>> {
       let current = negotiation as PeerNegotiation<P>;
@@ -110,7 +110,8 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       const peer = current;
       return {
         path: () => kind.selectedPath?.(peer.peer),
-        carry: (socket) => mux.carry(socket),
+        // One target: the open frame names none, as gateways before multi-target expect.
+        carry: (socket, target) => mux.carry(socket, peer.request.targets && peer.request.targets.length > 1 ? target : undefined),
         onLost: (handler) => mux.onLost(handler),
         async close() {
           await mux.close();
@@ -190,12 +191,21 @@ interface SealedExchange {
 /** POST the sealed offer; open the sealed answer; map every way signalling can fail to a kind that names the fix. */
 async function exchange(
   sealed: SealedExchange,
-  target: string,
+  targets: readonly string[],
   offer: { offer: string; answerSetup?: 'passive' },
   signal: AbortSignal,
 ): Promise<string> {
   const url = signallingUrl(sealed.gateway, '/v1/tunnels');
-  const plain = { target, ...offer, token: sealed.token, nonce: randomBytes(16).toString('hex'), timestamp: Date.now() };
+  const target = targets[0]!;
+  // A single target travels as before; several as a list the gateway checks name by name.
+  const plain = {
+    target,
+    ...(targets.length > 1 ? { targets } : {}),
+    ...offer,
+    token: sealed.token,
+    nonce: randomBytes(16).toString('hex'),
+    timestamp: Date.now(),
+  };
   const { envelope, open } = await sealRequest(sealed.key, Buffer.from(JSON.stringify(plain)));
   let response: HttpResponse;
   try {
@@ -234,9 +244,10 @@ async function exchange(
   }
   if (reply.status === 404 && Array.isArray(reply.targets)) {
     const served = reply.targets.filter((name): name is string => typeof name === 'string');
+    const unknown = targets.find((name) => !served.includes(name)) ?? target;
     throw new TunnelError(
       'unknownTarget',
-      `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`,
+      `target '${unknown}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`,
     );
   }
   const detail = typeof reply.error === 'string' ? reply.error : 'no reason given';

@@ -110,7 +110,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
     } catch {
       throw new Refusal(400, 'sealed request is not JSON');
     }
-    const { target, offer, answerSetup, token, nonce, timestamp } = (parsed ?? {}) as Record<string, unknown>;
+    const { target, targets, offer, answerSetup, token, nonce, timestamp } = (parsed ?? {}) as Record<string, unknown>;
     if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 64 || typeof timestamp !== 'number') {
       throw new Refusal(400, 'sealed request lacks a nonce and timestamp');
     }
@@ -124,7 +124,10 @@ export function createSignalling(options: SignallingOptions): Signalling {
     if (typeof target !== 'string' || typeof offer !== 'string')
       throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
-    if (!Object.hasOwn(options.targets, target)) throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, names);
+    // Several targets over one link: every name must be served, or none is opened.
+    const requested = requestedTargets(target, targets);
+    const unknown = requested.find((name) => !Object.hasOwn(options.targets, name));
+    if (unknown !== undefined) throw new Refusal(404, `unknown target '${unknown.slice(0, 64)}'`, names);
     if (peers.size >= maxPeers) throw new Refusal(429, `gateway is serving its limit of ${maxPeers} tunnels`);
     if ((perClient.get(client) ?? 0) >= maxPeersPerClient) {
       throw new Refusal(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
@@ -142,7 +145,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       if (!pattern.test(offer)) throw new Refusal(400, `offer lacks ${line}: not a WebRTC data-channel offer`);
     }
 
-    const destination = options.targets[target]!;
+    const label = requested.join(', ');
     const slot = {};
     peers.add(slot);
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
@@ -176,7 +179,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(400, `offer refused: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
     }
     const deadline = setTimeout(() => {
-      options.log(`tunnel to ${target}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
+      options.log(`tunnel to ${label}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
       drop();
     }, channelDeadlineMs);
     deadline.unref();
@@ -190,15 +193,20 @@ export function createSignalling(options: SignallingOptions): Signalling {
         clearTimeout(deadline);
         const mux = new Mux(frames, {
           ...options.mux,
-          dial: () => dialTarget(destination),
-          log: (line) => options.log(`tunnel to ${target}: ${line}`),
+          // An open frame names its target ('' from a client with one); only the negotiated ones are dialled.
+          dial: (name) => {
+            const chosen = name === '' ? requested[0]! : name;
+            if (!requested.includes(chosen)) return Promise.reject(new Error(`target '${chosen.slice(0, 64)}' is not part of this tunnel`));
+            return dialTarget(options.targets[chosen]!);
+          },
+          log: (line) => options.log(`tunnel to ${label}: ${line}`),
         });
         mux.onLost((reason) => {
-          options.log(`tunnel to ${target} ended: ${reason}`);
+          options.log(`tunnel to ${label} ended: ${reason}`);
           drop();
         });
         const pair = opened.selectedPath?.();
-        options.log(`tunnel to ${target} open${pair ? ` (path ${pair})` : ''}`);
+        options.log(`tunnel to ${label} open${pair ? ` (path ${pair})` : ''}`);
       },
       () => drop(),
     );
@@ -213,6 +221,16 @@ export function createSignalling(options: SignallingOptions): Signalling {
       peers.clear();
     },
   };
+}
+
+/** The targets a request names: `targets` (a list of distinct names) when given, else `target` alone. */
+function requestedTargets(target: string, targets: unknown): string[] {
+  if (targets === undefined) return [target];
+  if (!Array.isArray(targets) || targets.length === 0 || targets.length > 32 || !targets.every((name) => typeof name === 'string'))
+    throw new Refusal(400, 'targets, when given, must be a list of 1 to 32 target names');
+  if (new Set(targets).size !== targets.length || targets[0] !== target)
+    throw new Refusal(400, 'targets must be distinct and start with target');
+  return targets as string[];
 }
 
 function dialTarget(target: GatewayTarget): Promise<Socket> {

@@ -42,8 +42,8 @@ export interface LinkPath {
 export interface Link<Connection = unknown> {
   /** The selected ICE path, when the WebRTC library tells (node-datachannel does). */
   path?(): LinkPath | undefined;
-  /** Take ownership of a local connection and carry its bytes to the target and back. */
-  carry(connection: Connection): void;
+  /** Take ownership of a local connection and carry its bytes to the target and back (named when the link serves several). */
+  carry(connection: Connection, target?: string): void;
   /** Called once if the link dies without close() (peer gone, keepalive expired). */
   onLost(handler: (reason: string) => void): void;
   close(): Promise<void>;
@@ -52,6 +52,8 @@ export interface Link<Connection = unknown> {
 export interface NegotiateRequest {
   readonly gateway: string;
   readonly target: string;
+  /** Every target the link serves, when more than one (`target` is then the first). */
+  readonly targets?: readonly string[];
   readonly signal: AbortSignal;
 }
 
