@@ -178,7 +178,10 @@ function parsePorts(
     if (!named) {
       if (names.length > 1)
         return usage(`--port '${spec}' must name its target when there are several: --port ${names[0]}=${spec.trim() || 'PORT'}`);
-      if (specs.length > 1) return usage('--port is given twice: give one port, or NAME=PORT for each target');
+      if (specs.length > 1)
+        return usage(
+          `--port was given ${specs.length} times (${specs.map((text) => `'${text}'`).join(', ')}): give it once, or NAME=PORT for each target`,
+        );
     }
     const name = named ? named[1]!.trim() : names[0]!;
     const text = named ? named[2]! : spec;

@@ -58,7 +58,7 @@ t.test('several targets: usage errors', async (t) => {
     ],
     ['two ports for one target', { targets: ['db', 'web'], ports: ['db=1', 'db=2'] }, /--port is given twice for 'db'/],
     ['one port for two targets', { targets: ['db', 'web'], ports: ['db=1', 'web=1'] }, /--port 1 is given to two targets/],
-    ['two plain ports', { ports: ['1', '2'] }, /--port is given twice/],
+    ['two plain ports', { ports: ['1', '2'] }, /--port was given 2 times \('1', '2'\): give it once/],
     ['a bad port', { targets: ['db', 'web'], port: 'db=70000' }, /--port 'db=70000' is not a port/],
     ['a target twice', { targets: ['db', 'db'] }, /target 'db' is named twice/],
     ['names sharing a variable', { targets: ['my-db', 'my_db'] }, /targets 'my-db' and 'my_db' would share PAM_TUNNEL_PORT_MY_DB/],
