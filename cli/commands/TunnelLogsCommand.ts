@@ -2,7 +2,7 @@
 // rules of `stop`, or by id among the logs of tunnels that have ended.
 
 import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { Command, Option } from 'clipanion';
 import { exitCodeSummary, TunnelError } from '../../machines/errors.js';
 import { blankSelector, selectTunnels } from '../../machines/selector.js';
@@ -75,6 +75,10 @@ export class TunnelLogsCommand extends PamCommand {
       };
     } else if (selection.failure.kind === 'generic') {
       path = this.endedLog(registry.location);
+      // Its record is gone, but the owner may not have written its `stopped` line yet.
+      const stoppedLine = `{"event":"stopped","id":"${basename(path, '.log')}"`;
+      const since = Date.now();
+      running = async () => !printed.includes(stoppedLine) && Date.now() - since < stopGraceMs;
     } else {
       throw new TunnelError(selection.failure.kind, selection.failure.reason);
     }
