@@ -38,14 +38,19 @@ export interface LinkPath {
   readonly pair: string;
 }
 
+export type LinkEnding = 'lost' | 'revoked';
+
 /** An open tunnel to the gateway's target: carries local connections until closed or lost. */
 export interface Link<Connection = unknown> {
   /** The selected ICE path, when the WebRTC library tells (node-datachannel does). */
   path?(): LinkPath | undefined;
   /** Take ownership of a local connection and carry its bytes to the target and back (named when the link serves several). */
   carry(connection: Connection, target?: string): void;
-  /** Called once if the link dies without close() (peer gone, keepalive expired). */
-  onLost(handler: (reason: string) => void): void;
+  /**
+   * Called once if the link dies without close(): `lost` (peer gone, keepalive expired) may be
+   * reconnected; `revoked` (the gateway withdrew this tunnel's access) must not be.
+   */
+  onLost(handler: (reason: string, ending: LinkEnding) => void): void;
   close(): Promise<void>;
 }
 
@@ -54,6 +59,9 @@ export interface NegotiateRequest {
   readonly target: string;
   /** Every target the link serves, when more than one (`target` is then the first). */
   readonly targets?: readonly string[];
+  /** --reason and --ticket: sealed to the gateway with the offer (and signed, with a user key). */
+  readonly reason?: string;
+  readonly ticket?: string;
   readonly signal: AbortSignal;
 }
 

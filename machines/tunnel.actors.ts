@@ -63,8 +63,8 @@ export function provideTunnel(ports: TunnelPorts) {
       }),
       serveConnections: fromCallback<TunnelEvent, ServeInput>(({ input, sendBack }) => {
         let serving = true;
-        input.link.onLost((reason) => {
-          if (serving) sendBack({ type: 'link.lost', reason });
+        input.link.onLost((reason, ending) => {
+          if (serving) sendBack({ type: ending === 'revoked' ? 'link.revoked' : 'link.lost', reason });
         });
         // Each connection names its target; a link that serves one leaves it out of the open frame.
         for (const { listener, target } of input.listeners) listener.accept((connection) => input.link.carry(connection, target));
@@ -76,12 +76,8 @@ export function provideTunnel(ports: TunnelPorts) {
       }),
       reconnect: fromPromise<Link, ReconnectInput>(async ({ input, signal }) => {
         await input.lost?.close().catch(() => undefined);
-        const negotiation = await ports.transport.negotiate({
-          gateway: input.gateway,
-          target: input.target,
-          ...(input.targets ? { targets: input.targets } : {}),
-          signal,
-        });
+        const { lost: _lost, ...request } = input;
+        const negotiation = await ports.transport.negotiate({ ...request, signal });
         try {
           return await ports.transport.establish(negotiation, signal);
         } catch (error) {

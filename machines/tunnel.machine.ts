@@ -67,6 +67,8 @@ export interface NegotiateInput {
   readonly target: string;
   /** Every target, when more than one. */
   readonly targets?: readonly string[];
+  readonly reason?: string;
+  readonly ticket?: string;
 }
 export interface PublishInput {
   /** One record per target; the first (the tunnel's own id) is written last, once the others are. */
@@ -78,10 +80,7 @@ export interface ServeInput {
   readonly listeners: readonly { readonly listener: LocalListener; readonly target: string }[];
   readonly link: Link;
 }
-export interface ReconnectInput {
-  readonly gateway: string;
-  readonly target: string;
-  readonly targets?: readonly string[];
+export interface ReconnectInput extends NegotiateInput {
   readonly lost?: Link;
 }
 export interface ReleaseTargetInput {
@@ -185,6 +184,9 @@ function stoppedBy(event: { signal: StopSignal; origin?: string }): string {
   return `stopped by ${event.signal}${event.origin ? ` from ${event.origin}` : ''}`;
 }
 
+/** Failures that are the gateway's verdict on who asks: retrying the same request gets the same answer. */
+const refusalKinds: ReadonlySet<string> = new Set(['authRefused', 'accessRefused', 'accessRevoked', 'gatewayKeyMismatch']);
+
 const tunnelSetup = setup({
   types: {
     context: {} as TunnelContext,
@@ -251,6 +253,8 @@ const tunnelSetup = setup({
     /** The target stopped is the only one left. */
     isLastTarget: ({ context, event }) =>
       event.type === 'tunnel.stopTarget' && liveTarget(context, event.id) && liveIds(context).length === 1,
+    /** A reconnect was refused by the gateway (credentials or access), not merely failed. */
+    isRefusal: ({ event }) => 'error' in event && refusalKinds.has(failureOf(event.error).kind),
     hasAttemptsLeft: ({ context }) => (context.reconnectAttempt ?? 0) + 1 < (context.settings?.reconnectAttempts ?? 0),
   },
   delays: {
@@ -296,6 +300,14 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
               ],
             },
           ],
+          // The gateway withdrew access: a reconnect would be refused, so the link is gone for good.
+          'link.revoked': {
+            target: 'gone',
+            actions: [
+              { type: 'recordOutcome', params: ({ event }) => failure('accessRevoked', event.reason) },
+              raise({ type: 'link.gone' }),
+            ],
+          },
         },
       },
       reconnecting: {
@@ -312,12 +324,7 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
             invoke: {
               id: 'reconnect',
               src: 'reconnect',
-              input: ({ context }) => ({
-                gateway: context.settings!.gateway,
-                target: context.settings!.target,
-                ...multiTargets(context),
-                ...(context.link ? { lost: context.link } : {}),
-              }),
+              input: ({ context }) => ({ ...negotiateInput(context), ...(context.link ? { lost: context.link } : {}) }),
               onDone: {
                 target: `#${parent}.linked`,
                 actions: [
@@ -327,6 +334,12 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
                 ],
               },
               onError: [
+                // The gateway answered and said no (access revoked meanwhile, token changed): asking again cannot help.
+                {
+                  guard: 'isRefusal',
+                  target: gone,
+                  actions: [{ type: 'recordOutcome', params: ({ event }) => failureOf(event.error) }, raise({ type: 'link.gone' })],
+                },
                 { guard: 'hasAttemptsLeft', target: 'waiting', actions: 'countReconnectAttempt' },
                 {
                   target: gone,
@@ -355,6 +368,18 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
       gone: { description: 'The link is lost for good; the outcome says why' },
     },
   });
+}
+
+/** What signalling sends: where to, and the operator's --reason / --ticket. */
+function negotiateInput(context: TunnelContext): NegotiateInput {
+  const settings = context.settings!;
+  return {
+    gateway: settings.gateway,
+    target: settings.target,
+    ...multiTargets(context),
+    ...(settings.reason !== undefined ? { reason: settings.reason } : {}),
+    ...(settings.ticket !== undefined ? { ticket: settings.ticket } : {}),
+  };
 }
 
 function lostForGood(context: TunnelContext, detail: string): Failure {
@@ -446,7 +471,7 @@ export const tunnelMachine = tunnelSetup.createMachine({
           invoke: {
             id: 'negotiate',
             src: 'negotiate',
-            input: ({ context }) => ({ gateway: context.settings!.gateway, target: context.settings!.target, ...multiTargets(context) }),
+            input: ({ context }) => negotiateInput(context),
             onDone: { target: 'establishing', actions: assign({ negotiation: ({ event }) => event.output }) },
             onError: { target: '#tunnel.stopping', actions: 'recordError' },
           },
