@@ -2,7 +2,7 @@
 // target; each connection reaches its own target; stopping one keeps the others; and one target the
 // gateway does not serve leaves nothing behind (no listener, no registry file, no owner).
 
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import {
@@ -161,4 +161,43 @@ t.test('one target the gateway does not serve: 68, nothing left (foreground and 
 
   const busy = pam(t, ['tunnel', 'start', 'db', 'web', '--port', `db=${dbPort}`, '--port', `web=${dbPort}`], { env });
   t.equal(await busy.exited, 2, 'one port for two targets is a usage error');
+});
+
+t.test('with a user key: both targets granted → both carry bytes (the list is signed); one not granted → 77, nothing left', async (t) => {
+  const dir = scratchDir(t);
+  const [db, web] = [await echoServer(t), await echoServer(t)];
+  const keys: Record<string, { file: string; line: string }> = {};
+  for (const name of ['both', 'dbonly']) {
+    const file = join(dir, 'keys', name);
+    const made = pam(t, ['keygen', '--file', file, '--comment', name], { env: tunnelEnv(dir, token) });
+    t.equal(await made.exited, 0, made.stderr);
+    keys[name] = { file, line: made.stdout.trim() };
+  }
+  const grants = join(dir, 'authorized_keys');
+  writeFileSync(grants, `targets="db,web" ${keys.both!.line}\ntargets="db" ${keys.dbonly!.line}\n`);
+  const gateway = await startGatewayProc(t, dir, token, { db: db.port, web: web.port }, ['--authorized-keys', grants]);
+  const env = (key: string) => ({ ...tunnelEnv(dir, token, gateway.url), PAM_GATEWAY_TOKEN: undefined, PAM_KEY_FILE: keys[key]!.file });
+  const registry = join(dir, 'registry');
+  const files = () => (existsSync(registry) ? readdirSync(registry).filter((name) => /^\d+\.(json|sock)$/.test(name)) : []);
+
+  const fg = pam(t, ['tunnel', 'start', 'db', 'web', '--json'], { env: env('both') });
+  await until(() => fg.stdout.split('\n').filter((line) => line.includes('"event":"ready"')).length === 2, 20_000, 'two ready lines');
+  const ports = fg.stdout
+    .split('\n')
+    .filter((line) => line.includes('"event":"ready"'))
+    .map((line) => (JSON.parse(line) as Row).port);
+  for (const port of ports) {
+    const payload = randomPayload(64 * 1024);
+    t.equal(sha256(await roundTrip(port, payload)), sha256(payload), `bytes through ${port}`);
+  }
+  t.equal(db.connections + web.connections, 2, 'one connection reached each target');
+  fg.child.kill('SIGTERM');
+  t.equal(await fg.exited, 0);
+
+  const dbPort = await freePort();
+  const refused = pam(t, ['tunnel', 'start', 'db', 'web', '--port', `db=${dbPort}`], { env: env('dbonly') });
+  t.equal(await refused.exited, 77, refused.stderr);
+  t.match(refused.stderr, /is not granted target 'web'; it may reach: db/);
+  t.notOk(await portIsOpen(dbPort), 'the granted target’s port was released too');
+  t.same(files(), [], 'no registry file');
 });
