@@ -18,6 +18,8 @@ import { keyFingerprint } from './key-fingerprint.js';
 import { signStatement, type Credentials } from './user-key.js';
 import type { IceServer } from './ice-options.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
+import { socksTarget } from '../machines/start-flags.js';
+import { serveSocks } from './socks5-server.js';
 
 /** One WebRTC library's offerer side. `P` is its peer handle. */
 export interface PeerKind<P> {
@@ -109,10 +111,14 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       }
       const mux = new Mux(channel, options.mux);
       const peer = current;
+      // A SOCKS tunnel speaks SOCKS5 to each local client first; its CONNECT names the stream's destination.
+      const socks = current.request.target === socksTarget;
       return {
         path: () => kind.selectedPath?.(peer.peer),
         // One target: the open frame names none, as gateways before multi-target expect.
-        carry: (socket, target) => mux.carry(socket, peer.request.targets && peer.request.targets.length > 1 ? target : undefined),
+        carry: socks
+          ? (socket) => serveSocks(socket, (client, destination, onOpened) => mux.open(client, destination, onOpened), options.mux?.log)
+          : (socket, target) => mux.carry(socket, peer.request.targets && peer.request.targets.length > 1 ? target : undefined),
         onLost: (handler) => mux.onLost(handler),
         async close() {
           await mux.close();
@@ -260,6 +266,10 @@ async function exchange(
         ? 'the gateway admits only the shared token: set PAM_GATEWAY_TOKEN or pass --token-file'
         : 'the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file',
     );
+  }
+  if (reply.status === 404 && target === socksTarget) {
+    const detail = typeof reply.error === 'string' ? reply.error : 'it serves named targets only';
+    throw new TunnelError('unknownTarget', `the gateway does not serve SOCKS tunnels (${detail}); the gateway needs --socks-allow`);
   }
   if (reply.status === 404 && Array.isArray(reply.targets)) {
     const served = reply.targets.filter((name): name is string => typeof name === 'string');

@@ -34,6 +34,7 @@ export function createTunnelPrinter(
       ready(tunnel: TunnelContext) {
         const host = tunnel.listener?.host ?? '';
         const port = tunnel.listener?.port ?? 0;
+        const socks = tunnel.settings?.socks === true;
         const path = tunnel.link?.path?.();
         const via = path ? `, ${path.kind}` : '';
         // One target: as ever. Several: each with its port and registry id.
@@ -43,6 +44,7 @@ export function createTunnelPrinter(
             ? records.map((record) => `${record.target} (${hostPort(record.host, record.port)}, ${record.id})`).join(', ')
             : (tunnel.settings?.target ?? '');
         const address = records.length > 1 ? 'several ports' : hostPort(host, port);
+        const shown = socks ? 'SOCKS5 proxy (the gateway decides each destination)' : target;
         if (options.json) {
           for (const record of records) {
             json({
@@ -53,6 +55,7 @@ export function createTunnelPrinter(
               port: record.port,
               target: record.target,
               mode: tunnel.settings?.mode,
+              socks,
               ...(path ? { path: path.kind, pair: path.pair } : {}),
             });
           }
@@ -60,12 +63,12 @@ export function createTunnelPrinter(
           line(`pam: listening for ${records.length} targets over one link (pid ${options.pid}${via}): ${target}`);
         } else if (tunnel.settings?.mode === 'shell') {
           line(
-            `pam: listening on ${address} → ${target} (tunnel ${tunnel.id}${via}); it lasts as long as this shell: \`tunnel stop ${tunnel.id}\` ends it`,
+            `pam: listening on ${address} → ${shown} (tunnel ${tunnel.id}${via}); it lasts as long as this shell: \`tunnel stop ${tunnel.id}\` ends it`,
           );
         } else if (context.interactive && !options.runMode) {
-          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}${via}); Ctrl+C to stop; use -bg to detach`);
+          line(`pam: listening on ${address} → ${shown} (tunnel ${tunnel.id}${via}); Ctrl+C to stop; use -bg to detach`);
         } else {
-          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}, pid ${options.pid}${via})`);
+          line(`pam: listening on ${address} → ${shown} (tunnel ${tunnel.id}, pid ${options.pid}${via})`);
         }
       },
       skipped(tunnel: TunnelContext) {

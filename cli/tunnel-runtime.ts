@@ -9,7 +9,7 @@ import { hostPort } from '../machines/address.js';
 import type { Outcome } from '../machines/errors.js';
 import { provideLauncher } from '../machines/launcher.actors.js';
 import type { Link, Negotiation, NegotiateRequest, Transport } from '../machines/ports.js';
-import type { StartFlags } from '../machines/start-flags.js';
+import { type StartFlags, socksTarget } from '../machines/start-flags.js';
 import { provideTunnel, type TunnelPorts } from '../machines/tunnel.actors.js';
 import { recordsOf } from '../machines/tunnel.machine.js';
 import { journalRetention, openJournal } from '../adapters/fs-journal.js';
@@ -144,7 +144,12 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
   // A background owner writes JSON lines to its log, so the launcher can read why it stopped.
   const json = options.json || options.ownerId !== undefined;
   const runMode = flags.run !== undefined;
-  const printer = createTunnelPrinter(context, { json, runMode, pid: process.pid, target: flags.target });
+  const printer = createTunnelPrinter(context, {
+    json,
+    runMode,
+    pid: process.pid,
+    target: flags.socks ? 'the gateway (SOCKS)' : flags.target,
+  });
   const notifier = createSystemdNotifier(env, printer.announce.problem);
   const announce: TunnelPorts['announce'] = {
     ...printer.announce,
@@ -205,7 +210,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
       if (!several) {
         session.adopt({
           id,
-          target: flags.target,
+          target: flags.socks ? socksTarget : flags.target,
           stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }),
           finished: settle,
         });
@@ -270,7 +275,7 @@ export async function launchInBackground(context: PamContext, options: { flags: 
         options.json
           ? // The very row `pam tunnel list --json` shows for this tunnel.
             `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
-          : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
+          : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target === socksTarget ? 'SOCKS5 proxy' : ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
               `stop it with \`pam tunnel stop ${ready.id}\`\n`,
       );
     }

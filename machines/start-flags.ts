@@ -6,10 +6,12 @@ import type { TunnelMode } from './ports.js';
 
 /** The flags exactly as the user typed them; undefined = not given. */
 export interface StartFlags {
-  /** The (first) target. */
+  /** The (first) gateway target; empty with `socks`. */
   readonly target: string;
   /** Every target, in order, when more than one is given (`target` is then the first): one link serves them all. */
   readonly targets?: readonly string[];
+  /** `--socks`: serve SOCKS5 locally; the gateway decides each destination. */
+  readonly socks?: boolean;
   readonly gateway?: string;
   /** Where the gateway URL came from, for messages: '--gateway' (default), 'PAM_GATEWAY_URL', a config file. */
   readonly gatewaySource?: string;
@@ -38,8 +40,9 @@ export interface TargetSetting {
 }
 
 export interface StartSettings {
-  /** The first target and its port (the only ones, for a tunnel with one target). */
+  /** The first gateway target (the only one, for a tunnel with one target), or `socksTarget` for a SOCKS tunnel. */
   readonly target: string;
+  readonly socks?: true;
   readonly gateway: string;
   readonly host: string;
   readonly port: number;
@@ -76,6 +79,12 @@ export const defaultHost = '127.0.0.1';
 export const minTimeoutSeconds = 1;
 const targetPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
+/**
+ * The target of a `--socks` tunnel, in signalling, the registry and `list`: no target name can be it
+ * (a name starts with a letter or digit), so a gateway never mistakes it for one of its --target names.
+ */
+export const socksTarget = '@socks';
+
 /** The one rule for a target name, on the client (`tunnel start <target>`) and the gateway (`--target name=…`). */
 export function isTargetName(name: string): boolean {
   return targetPattern.test(name);
@@ -111,7 +120,13 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   if (flags.run !== undefined && flags.run.trim() === '')
     return usage('--run needs a command, e.g. --run "psql -h $PAM_TUNNEL_HOST -p $PAM_TUNNEL_PORT"');
   const names = flags.targets ?? [flags.target];
-  for (const name of names) {
+  if (flags.socks) {
+    if (names.some((name) => name !== ''))
+      return usage(`--socks takes no target (the gateway decides each destination): drop '${names.join(' ')}', or drop --socks`);
+  } else if (flags.target === '') {
+    return usage('name a target (`pam tunnel start db`), or pass --socks for a SOCKS5 proxy through the gateway');
+  }
+  for (const name of flags.socks ? [] : names) {
     if (!isTargetName(name)) return usage(`target '${name}' is not a valid target name (${targetNameRule})`);
   }
   const repeated = names.find((name, index) => names.indexOf(name) !== index);
@@ -176,8 +191,9 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   return {
     ok: true,
     settings: {
-      target: names[0]!,
-      targets,
+      target: flags.socks ? socksTarget : names[0]!,
+      targets: flags.socks ? [{ name: socksTarget, port }] : targets,
+      ...(flags.socks ? { socks: true as const } : {}),
       gateway: gateway.replace(/\/+$/, ''),
       host,
       port,

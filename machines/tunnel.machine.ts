@@ -7,6 +7,7 @@ import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, Tunn
 import { parseStartFlags, portVariable, type StartFlags, type StartSettings } from './start-flags.js';
 import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
 import { firstOutcome, notProvided } from './provided.js';
+import { hostPort } from './address.js';
 
 export interface TunnelInput {
   readonly id: string;
@@ -643,9 +644,14 @@ export const tunnelMachine = tunnelSetup.createMachine({
 export function commandEnv(context: TunnelContext): Record<string, string> {
   const env: Record<string, string> = { PAM_TUNNEL_HOST: context.listener!.host };
   const targets = context.settings!.targets;
-  targets.forEach((target, index) => {
-    env[portVariable(target.name)] = String(context.listeners?.[index]?.port ?? context.listener!.port);
-  });
+  if (context.settings!.socks) {
+    // curl, git, pip and most HTTP clients read it; socks5h: names are resolved by the gateway.
+    env.ALL_PROXY = `socks5h://${hostPort(context.listener!.host, context.listener!.port)}`;
+  } else {
+    targets.forEach((target, index) => {
+      env[portVariable(target.name)] = String(context.listeners?.[index]?.port ?? context.listener!.port);
+    });
+  }
   if (targets.length === 1) {
     env.PAM_TUNNEL_PORT = String(context.listener!.port);
     env.PAM_TUNNEL_ID = context.id;

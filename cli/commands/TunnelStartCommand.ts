@@ -37,6 +37,13 @@ export class TunnelStartCommand extends PamCommand {
       keep running (the last one ends the owner); --json prints one ready line per target; --run
       gets PAM_TUNNEL_PORT_<NAME> (upper-cased, other characters as _) and PAM_TUNNEL_HOST.
 
+      With --socks instead of a target, the port is a SOCKS5 proxy (RFC 1928: CONNECT, no
+      authentication): each connection names its destination (IPv4, IPv6 or a host name, resolved by
+      the gateway), and the gateway allows it only if one of its --socks-allow rules does. A refused
+      destination gets its SOCKS reply code (2 not allowed, 4 host unreachable, 5 connection refused);
+      a gateway without --socks-allow refuses the tunnel (68). With --run the command also gets
+      ALL_PROXY=socks5h://HOST:PORT.
+
       Modes (choose one): \`--foreground\` (the default) keeps the tunnel in this process until
       SIGINT/SIGTERM/SIGHUP; \`--background\` detaches a child process that owns the tunnel and
       returns only once the port is usable (printing id, pid and port); \`--run\` brings the tunnel up, runs the command through the shell with
@@ -65,6 +72,7 @@ export class TunnelStartCommand extends PamCommand {
         'Run one command through a tunnel and exit with its code',
         '$0 tunnel start db --run \'psql -h "$PAM_TUNNEL_HOST" -p "$PAM_TUNNEL_PORT" -c "select 1"\'',
       ],
+      ['A SOCKS5 proxy through the gateway for one curl', "$0 tunnel start --socks --run 'curl -fsS http://db-admin.internal:8080/health'"],
       ['Machine-readable ready line for a supervisor', '$0 tunnel start web --foreground --json --pid-file /run/pam-web.pid'],
       ['Watch the tunnel live in the Stately inspector (see docs/inspect.md)', '$0 tunnel start web --inspect=ws://127.0.0.1:8080'],
       [
@@ -74,7 +82,10 @@ export class TunnelStartCommand extends PamCommand {
     ],
   });
 
-  targets = Option.Rest({ name: 'target', required: 1 });
+  targets = Option.Rest({ name: 'target' });
+  socks = Option.Boolean('--socks', false, {
+    description: 'serve SOCKS5 on the local port instead of one target; the gateway decides each destination',
+  });
   ports = Option.Array('--port', [], {
     description: 'local port to listen on (0 or omitted: any free port); with several targets NAME=PORT, once per target',
   });
@@ -140,9 +151,10 @@ export class TunnelStartCommand extends PamCommand {
     keepalive(this.context.env);
     inspectUrl(this.inspect, this.context.env); // a bad --inspect/PAM_INSPECT is refused before anything starts
     const flags: StartFlags = {
-      target: this.targets[0]!,
+      target: this.targets[0] ?? '',
       ...(this.targets.length > 1 ? { targets: this.targets } : {}),
       ...(this.ports.length > 1 ? { ports: this.ports } : {}),
+      ...(this.socks ? { socks: true } : {}),
       ...defined({
         gateway,
         gatewaySource: source,

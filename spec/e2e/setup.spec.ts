@@ -39,6 +39,8 @@ t.test('bash completion: commands, subcommands, flags from the definitions, live
   t.same(complete('pam', ''), ['broker', 'completion', 'gateway', 'keygen', 'shell', 'tunnel']);
   t.same(complete('pam', 'tunnel', 'start', '--key'), ['--key-file']);
   t.same(complete('pam', 'gateway', '--auth'), ['--authorized-keys']);
+  t.same(complete('pam', 'tunnel', 'start', '--so'), ['--socks']);
+  t.same(complete('pam', 'gateway', '--so'), ['--socks-allow']);
   t.same(complete('pam', 'tunnel', ''), ['history', 'list', 'logs', 'machine', 'replay', 'start', 'stop', 'wait']);
   t.same(complete('pam', 'tunnel', 'wait', '--f'), ['--for']);
   t.same(complete('pam', 'tunnel', 'logs', '--f'), ['--follow']);

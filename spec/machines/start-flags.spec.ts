@@ -1,7 +1,7 @@
 // Flag validation decides usage errors for both the tunnel and the launcher machines.
 
 import t from 'tap';
-import { parseStartFlags, portVariable } from '../../machines/start-flags.js';
+import { isTargetName, parseStartFlags, portVariable, socksTarget } from '../../machines/start-flags.js';
 import { selectTunnels } from '../../machines/selector.js';
 import type { RegistryEntry } from '../../machines/ports.js';
 
@@ -187,6 +187,14 @@ t.test('--host [::1] is ::1; a timeout below 1 s is refused, naming the minimum'
   const tiny = parseStartFlags({ ...base, timeout: '0.0001' });
   t.ok(!tiny.ok && /--timeout '0\.0001' is too short: a connect needs at least 1 s/.test(tiny.failure.reason));
   t.ok(parseStartFlags({ ...base, timeout: '1' }).ok, '1 s is accepted');
+});
+
+t.test('--socks: no target, the reserved @socks target in settings; a target with it, or neither, is a usage error', async (t) => {
+  const parsed = parseStartFlags({ ...base, target: '', socks: true });
+  t.match(parsed, { ok: true, settings: { target: socksTarget, socks: true, mode: 'foreground' } });
+  t.notOk(isTargetName(socksTarget), 'no gateway --target name can be the SOCKS target');
+  t.match(parseStartFlags({ ...base, socks: true }), { ok: false, failure: { kind: 'usage', reason: /--socks takes no target/ } });
+  t.match(parseStartFlags({ ...base, target: '' }), { ok: false, failure: { kind: 'usage', reason: /name a target .* or pass --socks/ } });
 });
 
 t.test('--reason and --ticket: kept trimmed; empty, multi-line, overlong or a ticket alone refused', async (t) => {
