@@ -39,6 +39,7 @@ import {
   readCredentials,
   type TransportChoice,
   transportChoice,
+  transportForTurn,
   gatewayKeyCheck,
 } from './config.js';
 import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
@@ -158,8 +159,9 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
       void notifier.ready(`listening on ${hostPort(tunnel.listener?.host ?? '', tunnel.listener?.port ?? 0)} → ${tunnel.settings?.target}`);
     },
   };
-  iceServers(options.iceServers, env); // validate now: a bad URL is a usage error before anything starts
-  const transport = transportChoice(options.transport, env);
+  // Validated now: a bad URL is a usage error before anything starts.
+  const warn = (line: string) => context.stderr.write(`pam: ${line}\n`);
+  const transport = transportForTurn(transportChoice(options.transport, env), iceServers(options.iceServers, env), warn);
   const session = context.session;
   // A start with several targets (outside `pam shell`, not --run) answers `pam tunnel stop <id>` for
   // one of them through a control channel; the others keep the link.
@@ -173,7 +175,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     iceServers: options.iceServers,
     transport,
     keys: gatewayKeyCheck(env, options.file),
-    warn: (line) => context.stderr.write(`pam: ${line}\n`),
+    warn,
     ...(session ? { registry: session.registry, signals: session.signals } : {}),
     ...(ownRegistry ? { registry: ownRegistry } : {}),
   });

@@ -194,7 +194,7 @@ export function parseStartFlags(flags: StartFlags): StartParse {
       target: flags.socks ? socksTarget : names[0]!,
       targets: flags.socks ? [{ name: socksTarget, port }] : targets,
       ...(flags.socks ? { socks: true as const } : {}),
-      gateway: gateway.replace(/\/+$/, ''),
+      gateway: gatewayUrls(gateway).join(','),
       host,
       port,
       mode,
@@ -255,11 +255,31 @@ function parseInteger(text: string): number | undefined {
 }
 
 /**
- * Why a gateway URL is refused, or undefined. Credentials in it (`http://user:secret@host`) would end
+ * A gateway setting may list several URLs of one site, comma-separated (the site through several
+ * brokers): tried in order, the next when one does not answer. Each without a trailing slash.
+ */
+export function gatewayUrls(text: string): string[] {
+  return text
+    .split(',')
+    .map((part) => part.trim().replace(/\/+$/, ''))
+    .filter((part) => part !== '');
+}
+
+/**
+ * Why a gateway URL (or a comma-separated list of them) is refused, or undefined. Credentials in it (`http://user:secret@host`) would end
  * up in the registry, the journal and `list --json`: the token has its own, private channels. A path
  * is kept (a gateway behind a path-prefix proxy); a query or fragment has no meaning here.
  */
 export function gatewayUrlProblem(text: string, source: string): string | undefined {
+  const urls = text.split(',').map((part) => part.trim());
+  if (urls.length > 1) {
+    if (urls.some((url) => url === '')) return `${source} lists an empty URL: separate the URLs of one site with single commas`;
+    for (const url of urls) {
+      const problem = gatewayUrlProblem(url, source);
+      if (problem) return problem;
+    }
+    return undefined;
+  }
   // Not even echoed when the URL does not parse: what looks like userinfo is masked.
   const shown = text.replace(/\/\/[^/@]*@/, '//…@');
   let url: URL;

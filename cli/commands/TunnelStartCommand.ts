@@ -63,7 +63,10 @@ export class TunnelStartCommand extends PamCommand {
       Signalling is sealed to the gateway's key (HPKE). PAM_GATEWAY_KEY=SHA256:… (or gatewayKey) pins
       it; otherwise the first key a gateway URL shows is recorded in $XDG_CONFIG_HOME/pam/known_gateways
       and a different one later is refused (77) before any tunnel is set up. A gateway behind a broker
-      is reached with --gateway http(s)://BROKER/sites/NAME. Exit codes: ${startExitCodes},
+      is reached with --gateway http(s)://BROKER/sites/NAME; several URLs of one site, comma-separated
+      (the site through several brokers), are tried in order: the next when one does not answer
+      (refused, timed out, or a 502/503/504 from a broker), never after a refusal (4xx). The key is
+      checked against every URL of the list and recorded for all of them: it is the site's. Exit codes: ${startExitCodes},
       ${signalExitBase}+N killed by signal N; with --run, the command's code.
     `,
     examples: [
@@ -90,7 +93,7 @@ export class TunnelStartCommand extends PamCommand {
     description: 'local port to listen on (0 or omitted: any free port); with several targets NAME=PORT, once per target',
   });
   host = SingleString('--host', { description: 'local address to bind (default 127.0.0.1)' });
-  gateway = SingleString('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
+  gateway = SingleString('--gateway', { description: 'gateway URL, or several of one site comma-separated (default: $PAM_GATEWAY_URL)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
   keyFile = SingleString('--key-file', {
     description:
@@ -144,7 +147,7 @@ export class TunnelStartCommand extends PamCommand {
     const source = gatewaySource(this.gateway, this.context.env, file);
     // Credentials in the URL are refused before anything records the flags (journal, registry, launcher).
     const credentials =
-      gateway !== undefined && /^[^/]*\/\/[^/]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
+      gateway !== undefined && /(^|,)[^/,]*\/\/[^/,]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
     if (credentials) throw new TunnelError('usage', credentials);
     // Settings from the environment are checked before anything starts, naming the variable.
     iceHosts(this.context.env);

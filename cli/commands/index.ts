@@ -5,6 +5,7 @@ import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
 import { KeygenCommand } from './KeygenCommand.js';
 import { ShellCommand } from './ShellCommand.js';
+import { TunnelDiagnoseCommand } from './TunnelDiagnoseCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
 import { TunnelLogsCommand } from './TunnelLogsCommand.js';
@@ -21,6 +22,7 @@ export const commandClasses = [
   TunnelWaitCommand,
   TunnelLogsCommand,
   TunnelHistoryCommand,
+  TunnelDiagnoseCommand,
   TunnelReplayCommand,
   TunnelMachineCommand,
   GatewayCommand,

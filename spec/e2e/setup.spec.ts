@@ -41,7 +41,8 @@ t.test('bash completion: commands, subcommands, flags from the definitions, live
   t.same(complete('pam', 'gateway', '--auth'), ['--authorized-keys']);
   t.same(complete('pam', 'tunnel', 'start', '--so'), ['--socks']);
   t.same(complete('pam', 'gateway', '--so'), ['--socks-allow']);
-  t.same(complete('pam', 'tunnel', ''), ['history', 'list', 'logs', 'machine', 'replay', 'start', 'stop', 'wait']);
+  t.same(complete('pam', 'tunnel', ''), ['diagnose', 'history', 'list', 'logs', 'machine', 'replay', 'start', 'stop', 'wait']);
+  t.same(complete('pam', 'tunnel', 'diagnose', '--ice'), ['--ice-server']);
   t.same(complete('pam', 'tunnel', 'wait', '--f'), ['--for']);
   t.same(complete('pam', 'tunnel', 'logs', '--f'), ['--follow']);
   t.same(complete('pam', 'tunnel', 'start', '--back'), ['--background']);
