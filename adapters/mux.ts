@@ -2,7 +2,8 @@
 // per-connection credit windows so a slow reader on either side never makes the other buffer without
 // bound, half-close and reset carried through, and a keepalive that detects a dead peer.
 // Frame: type (u8) · stream id (u32 BE) · payload. Stream 0 carries PING/PONG.
-// An OPEN with an empty payload is for the tunnel's named target; a SOCKS stream's OPEN carries its
+// An OPEN with an empty payload is for the tunnel's named target (its first, with several); one that
+// names a target of several carries u8 2 · the name (UTF-8); a SOCKS stream's OPEN carries its
 // destination (u8 1 · port u16 BE · host UTF-8) and its OPEN_FAIL a code (u8 SOCKS5 reply · reason).
 // Why one multiplexed channel and not a channel per connection: docs/decisions/0002-one-multiplexed-channel.md.
 
@@ -63,11 +64,12 @@ export interface MuxOptions {
   /** Declare the peer dead after this long without any frame. */
   readonly keepaliveDeadMs?: number;
   /**
-   * Gateway side: open the target for a new stream (`destination` when the client named one), or
-   * reject with a reason; an error's `replyCode` (a SOCKS5 reply code) travels back to the client,
-   * and `logged: true` says the dialler has logged the refusal already.
+   * Gateway side: open the target for a new stream (`destination` when the client named one, `target`
+   * when it named one of the tunnel's several targets), or reject with a reason; an error's
+   * `replyCode` (a SOCKS5 reply code) travels back to the client, and `logged: true` says the dialler
+   * has logged the refusal already.
    */
-  readonly dial?: (destination: MuxDestination | undefined) => Promise<Socket>;
+  readonly dial?: (destination: MuxDestination | undefined, target?: string) => Promise<Socket>;
   readonly log?: (line: string) => void;
   /** Told of each stream's life (the gateway's audit log). */
   readonly streams?: StreamObserver;
@@ -93,6 +95,12 @@ export interface MuxDestination {
 export type OpenResult = { readonly ok: true } | { readonly ok: false; readonly code: number; readonly reason: string };
 
 const destinationTag = 1;
+/** An OPEN for one of a tunnel's several targets: u8 2 · its name. */
+const targetTag = 2;
+
+export function encodeTarget(target: string): Buffer {
+  return Buffer.concat([Buffer.from([targetTag]), Buffer.from(target, 'utf8')]);
+}
 /** SOCKS5 "general failure": the code of a refusal that gave none. */
 const generalFailure = 0x01;
 
@@ -178,13 +186,13 @@ export class Mux {
     return this.grown;
   }
 
-  /** Client side: carry a local connection to the peer's target. */
-  carry(socket: Socket): void {
+  /** Client side: carry a local connection to the peer's target (named when the tunnel has several). */
+  carry(socket: Socket, target?: string): void {
     if (this.closed || this.lostReason !== undefined) {
       socket.destroy();
       return;
     }
-    this.openStream(socket, undefined);
+    this.openStream(socket, undefined, target);
   }
 
   /**
@@ -200,14 +208,18 @@ export class Mux {
     this.openStream(socket, { destination, onOpened });
   }
 
-  private openStream(socket: Socket, named: { destination: MuxDestination; onOpened: (result: OpenResult) => void } | undefined): void {
+  private openStream(
+    socket: Socket,
+    named: { destination: MuxDestination; onOpened: (result: OpenResult) => void } | undefined,
+    target?: string,
+  ): void {
     const id = this.nextId;
     this.nextId += 2;
     socket.pause();
     const stream = this.addStream(id, socket);
     stream.open = false;
     if (named) stream.onOpened = named.onOpened;
-    this.send(frameType.open, id, named ? encodeDestination(named.destination) : undefined);
+    this.send(frameType.open, id, named ? encodeDestination(named.destination) : target !== undefined ? encodeTarget(target) : undefined);
   }
 
   onLost(handler: (reason: string, ending: MuxEnding) => void): void {
@@ -418,7 +430,8 @@ export class Mux {
 
   private acceptOpen(id: number, payload: Buffer): void {
     const dial = this.options.dial;
-    const destination = decodeDestination(payload);
+    const target = payload.length > 1 && payload[0] === targetTag ? payload.subarray(1).toString('utf8') : undefined;
+    const destination = target === undefined ? decodeDestination(payload) : undefined;
     // A code travels back only to a client that named a destination (older clients read text only).
     const fail = (code: number, reason: string) =>
       this.send(frameType.openFail, id, destination ? Buffer.concat([Buffer.from([code]), Buffer.from(reason)]) : Buffer.from(reason));
@@ -426,9 +439,9 @@ export class Mux {
     if (destination === null) return fail(generalFailure, 'malformed destination in the open frame');
     const stream = this.addStream(id, undefined);
     const observer = this.options.streams;
-    if (!observer?.opening) return this.dialStream(stream, dial, destination, fail);
+    if (!observer?.opening) return this.dialStream(stream, dial, destination, target, fail);
     observer.opening(id, destination).then(
-      () => this.dialStream(stream, dial, destination, fail),
+      () => this.dialStream(stream, dial, destination, target, fail),
       (error: unknown) => {
         stream.ended = true;
         this.forget(stream);
@@ -443,11 +456,12 @@ export class Mux {
     stream: Stream,
     dial: NonNullable<MuxOptions['dial']>,
     destination: MuxDestination | undefined,
+    target: string | undefined,
     fail: (code: number, reason: string) => void,
   ): void {
     const id = stream.id;
     if (stream.ended || this.closed) return;
-    dial(destination).then(
+    dial(destination, target).then(
       (socket) => {
         if (stream.ended || this.closed) {
           socket.destroy();

@@ -145,9 +145,10 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       const socks = current.request.target === socksTarget;
       return {
         path: () => kind.selectedPath?.(peer.peer),
+        // One target: the open frame names none, as gateways before multi-target expect.
         carry: socks
           ? (socket) => serveSocks(socket, (client, destination, onOpened) => mux.open(client, destination, onOpened), options.mux?.log)
-          : (socket) => mux.carry(socket),
+          : (socket, target) => mux.carry(socket, peer.request.targets && peer.request.targets.length > 1 ? target : undefined),
         onLost: (handler) => mux.onLost(handler),
         async close() {
           await mux.close();
@@ -256,9 +257,12 @@ async function exchange(
 ): Promise<string> {
   const url = signallingUrl(sealed.gateway, '/v1/tunnels');
   const target = request.target;
+  const targets = request.targets ?? [target];
   const statement = {
     gateway: keyFingerprint(sealed.key),
     target,
+    // A single target travels as before; several as a list the gateway checks name by name.
+    ...(targets.length > 1 ? { targets } : {}),
     nonce: randomBytes(16).toString('hex'),
     timestamp: Date.now(),
     offer: offer.offer,
@@ -324,9 +328,10 @@ async function exchange(
   }
   if (reply.status === 404 && Array.isArray(reply.targets)) {
     const served = reply.targets.filter((name): name is string => typeof name === 'string');
+    const unknown = targets.find((name) => !served.includes(name)) ?? target;
     throw new TunnelError(
       'unknownTarget',
-      `target '${target}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`,
+      `target '${unknown}' is not served by the gateway (it serves: ${served.join(', ') || 'nothing'})`,
     );
   }
   const detail = typeof reply.error === 'string' ? reply.error : 'no reason given';

@@ -119,6 +119,8 @@ export interface AccessStatement {
   /** Fingerprint of the gateway key the request is sealed to: a signature is good for that gateway only. */
   readonly gateway: string;
   readonly target: string;
+  /** Every target of a request for several (the first is `target`); signed only then, so one-target bytes are unchanged. */
+  readonly targets?: readonly string[];
   readonly nonce: string;
   readonly timestamp: number;
   /** The SDP offer; its SHA-256 is signed. */
@@ -139,6 +141,7 @@ export function statementBytes(statement: AccessStatement): Buffer {
       offerDigest,
       statement.reason ?? '',
       statement.ticket ?? '',
+      ...(statement.targets && statement.targets.length > 1 ? [statement.targets] : []),
     ])}`,
   );
 }

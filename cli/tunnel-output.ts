@@ -4,7 +4,7 @@
 import { hostPort } from '../machines/address.js';
 import type { Outcome } from '../machines/errors.js';
 import type { TunnelPorts } from '../machines/tunnel.actors.js';
-import type { TunnelContext } from '../machines/tunnel.machine.js';
+import { recordsOf, type TunnelContext } from '../machines/tunnel.machine.js';
 import type { PamContext } from './context.js';
 
 export interface TunnelPrinter {
@@ -34,24 +34,33 @@ export function createTunnelPrinter(
       ready(tunnel: TunnelContext) {
         const host = tunnel.listener?.host ?? '';
         const port = tunnel.listener?.port ?? 0;
-        const target = tunnel.settings?.target ?? '';
         const socks = tunnel.settings?.socks === true;
-        const shown = socks ? 'SOCKS5 proxy (the gateway decides each destination)' : target;
-        const address = hostPort(host, port);
         const path = tunnel.link?.path?.();
         const via = path ? `, ${path.kind}` : '';
+        // One target: as ever. Several: each with its port and registry id.
+        const records = recordsOf(tunnel, 'ready');
+        const target =
+          records.length > 1
+            ? records.map((record) => `${record.target} (${hostPort(record.host, record.port)}, ${record.id})`).join(', ')
+            : (tunnel.settings?.target ?? '');
+        const address = records.length > 1 ? 'several ports' : hostPort(host, port);
+        const shown = socks ? 'SOCKS5 proxy (the gateway decides each destination)' : target;
         if (options.json) {
-          json({
-            event: 'ready',
-            id: tunnel.id,
-            pid: options.pid,
-            host,
-            port,
-            target,
-            mode: tunnel.settings?.mode,
-            socks,
-            ...(path ? { path: path.kind, pair: path.pair } : {}),
-          });
+          for (const record of records) {
+            json({
+              event: 'ready',
+              id: record.id,
+              pid: options.pid,
+              host: record.host,
+              port: record.port,
+              target: record.target,
+              mode: tunnel.settings?.mode,
+              socks,
+              ...(path ? { path: path.kind, pair: path.pair } : {}),
+            });
+          }
+        } else if (records.length > 1) {
+          line(`pam: listening for ${records.length} targets over one link (pid ${options.pid}${via}): ${target}`);
         } else if (tunnel.settings?.mode === 'shell') {
           line(
             `pam: listening on ${address} → ${shown} (tunnel ${tunnel.id}${via}); it lasts as long as this shell: \`tunnel stop ${tunnel.id}\` ends it`,

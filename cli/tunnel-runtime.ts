@@ -4,13 +4,14 @@
 // (usage errors, busy ports) don't pay werift's import cost.
 
 import { randomBytes } from 'node:crypto';
-import { createActor, toPromise, waitFor } from 'xstate';
+import { type Actor, createActor, toPromise, waitFor } from 'xstate';
 import { hostPort } from '../machines/address.js';
 import type { Outcome } from '../machines/errors.js';
 import { provideLauncher } from '../machines/launcher.actors.js';
 import type { Link, Negotiation, NegotiateRequest, Transport } from '../machines/ports.js';
 import { type StartFlags, socksTarget } from '../machines/start-flags.js';
 import { provideTunnel, type TunnelPorts } from '../machines/tunnel.actors.js';
+import { recordsOf } from '../machines/tunnel.machine.js';
 import { journalRetention, openJournal } from '../adapters/fs-journal.js';
 import { processStartTime } from '../adapters/process-identity.js';
 import { createSystemdNotifier } from '../adapters/sd-notify.js';
@@ -21,7 +22,8 @@ import { tunnelRow } from './registry-rows.js';
 import { createProcessSignals } from '../adapters/posix-signals.js';
 import { createShellRunner } from '../adapters/shell-runner.js';
 import { createTcpListenerFactory } from '../adapters/tcp-listener.js';
-import { openFsRegistry } from '../adapters/fs-registry.js';
+import { openFsRegistry, type FsRegistry } from '../adapters/fs-registry.js';
+import { openControlServer } from '../adapters/control-channel.js';
 import { createPidFiles } from '../adapters/pid-files.js';
 import { createBackgroundOwners, ownerIdVariable } from '../adapters/background-owner.js';
 import { logDir } from '../adapters/fs-journal.js';
@@ -161,6 +163,10 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
   const warn = (line: string) => context.stderr.write(`pam: ${line}\n`);
   const transport = transportForTurn(transportChoice(options.transport, env), iceServers(options.iceServers, env), warn);
   const session = context.session;
+  // A start with several targets (outside `pam shell`, not --run) answers `pam tunnel stop <id>` for
+  // one of them through a control channel; the others keep the link.
+  const several = (flags.targets?.length ?? 1) > 1;
+  const ownRegistry = !session && several && !runMode ? await openFsRegistry({ env }) : undefined;
   const ports = await createTunnelPorts({
     ...(options.ownerId !== undefined ? { ownerLogId: options.ownerId } : {}),
     credentials: () => readCredentials({ tokenFile: options.tokenFile, keyFile: options.keyFile, env, file: options.file }),
@@ -171,6 +177,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     keys: gatewayKeyCheck(env, options.file),
     warn,
     ...(session ? { registry: session.registry, signals: session.signals } : {}),
+    ...(ownRegistry ? { registry: ownRegistry } : {}),
   });
 
   const input = { id, flags, startedAt: new Date().toISOString(), interactive: context.interactive };
@@ -189,7 +196,9 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
       inspector?.inspect(event);
     },
   });
-  const settle: Promise<Outcome> = toPromise(actor).then((outcome) => {
+  const control = ownRegistry ? await openTargetControl(ownRegistry, actor) : undefined;
+  const settle: Promise<Outcome> = toPromise(actor).then(async (outcome) => {
+    await control?.close();
     inspector?.stop();
     printer.stopped(id, outcome);
     return outcome;
@@ -200,16 +209,46 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     // In `pam shell` the tunnel lives on in the session: back to the prompt once it is ready.
     const reached = await waitFor(actor, (snapshot) => snapshot.matches('ready') || snapshot.status === 'done');
     if (reached.matches('ready')) {
-      session.adopt({
-        id,
-        target: flags.socks ? socksTarget : flags.target,
-        stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }),
-        finished: settle,
-      });
+      if (!several) {
+        session.adopt({
+          id,
+          target: flags.socks ? socksTarget : flags.target,
+          stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }),
+          finished: settle,
+        });
+        return 0;
+      }
+      // Several targets: each id is the session's to stop on its own; the last one ends the tunnel.
+      for (const record of recordsOf(reached.context, 'ready')) {
+        session.adopt({
+          id: record.id,
+          target: record.target,
+          stop: () => actor.send({ type: 'tunnel.stopTarget', id: record.id }),
+          finished: settle,
+        });
+      }
       return 0;
     }
   }
   return (await settle).exitCode;
+}
+
+/** The owner's control channel for a tunnel with several targets: `pam tunnel stop <id>` stops one target. */
+async function openTargetControl(registry: FsRegistry, actor: Actor<ReturnType<typeof provideTunnel>>) {
+  const socketPath = join(registry.location, `${process.pid}.sock`);
+  const server = await openControlServer(socketPath, (target) => {
+    const snapshot = actor.getSnapshot();
+    if (snapshot.status !== 'active' || !recordsOf(snapshot.context, 'ready').some((record) => record.id === target)) return false;
+    actor.send({ type: 'tunnel.stopTarget', id: target });
+    return true;
+  });
+  await registry.setControl(socketPath);
+  return {
+    async close() {
+      await server.close();
+      await registry.setControl(undefined).catch(() => undefined);
+    },
+  };
 }
 
 /** `-bg`: spawn the detached owner through the launcher machine; print where the tunnel is once it is ready. */
@@ -222,14 +261,26 @@ export async function launchInBackground(context: PamContext, options: { flags: 
   actor.send({ type: 'launch.start' });
   const outcome = await finished;
   if (outcome.ready && outcome.owner) {
-    const { ready, owner } = outcome;
-    context.stdout.write(
-      options.json
-        ? // The very row `pam tunnel list --json` shows for this tunnel.
-          `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
-        : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target === socksTarget ? 'SOCKS5 proxy' : ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
-            `stop it with \`pam tunnel stop ${ready.id}\`\n`,
-    );
+    const { owner } = outcome;
+    // Several targets: the owner wrote the others' records before the first one's (the one watched).
+    const others =
+      (options.flags.targets?.length ?? 1) > 1
+        ? (await openFsRegistry({ env: context.env }))
+            .entries()
+            .then(
+              (entries) =>
+                entries.find((entry) => entry.pid === owner.pid)?.tunnels.filter((record) => record.id !== outcome.ready!.id) ?? [],
+            )
+        : Promise.resolve([]);
+    for (const ready of [outcome.ready, ...(await others)]) {
+      context.stdout.write(
+        options.json
+          ? // The very row `pam tunnel list --json` shows for this tunnel.
+            `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
+          : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target === socksTarget ? 'SOCKS5 proxy' : ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
+              `stop it with \`pam tunnel stop ${ready.id}\`\n`,
+      );
+    }
   } else {
     // With --json, failure is one JSON object on stdout too, shaped like the foreground `stopped` event.
     if (options.json) {

@@ -97,7 +97,8 @@ export interface Signalling {
 
 /** A tunnel the gateway serves, with who opened it (for revocation). */
 interface LiveTunnel {
-  readonly request: AccessRequest & { readonly principal: Principal };
+  /** `targets`: every target of a link that serves several (`target` is the first). */
+  readonly request: AccessRequest & { readonly principal: Principal; readonly targets?: readonly string[] };
   /** End it, telling the client why; set once the data channel is open. */
   end?: (reason: string) => void;
   readonly drop: (why: string) => Promise<void>;
@@ -139,7 +140,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
   function recheckAccess(): void {
     for (const tunnel of [...live]) {
       const { principal, target, client } = tunnel.request;
-      const revoked = access.revoked(principal, target, client);
+      // One target of several no longer granted ends the link: its streams share the others' channel.
+      const revoked = (tunnel.request.targets ?? [target]).map((name) => access.revoked(principal, name, client)).find(Boolean);
       if (!revoked) continue;
       options.log(`tunnel to ${target} of ${describePrincipal(principal)} ended: ${revoked.code}`);
       live.delete(tunnel);
@@ -197,7 +199,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(400, 'sealed request is not JSON');
     }
     const fields = (parsed ?? {}) as Record<string, unknown>;
-    const { target, offer, answerSetup, nonce, timestamp, reason, ticket } = fields;
+    const { target, targets, offer, answerSetup, nonce, timestamp, reason, ticket } = fields;
     if (typeof target === 'string') seen.target = target.slice(0, 64);
     if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 64 || typeof timestamp !== 'number') {
       throw new Refusal(400, 'sealed request lacks a nonce and timestamp');
@@ -222,6 +224,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
       const statement = {
         gateway: options.key.fingerprint,
         target: typeof target === 'string' ? target : '',
+        // Several targets are signed as a list; one target is signed as before.
+        ...(Array.isArray(targets) && targets.length > 1 ? { targets } : {}),
         nonce,
         timestamp,
         offer: typeof offer === 'string' ? offer : '',
@@ -246,16 +250,28 @@ export function createSignalling(options: SignallingOptions): Signalling {
     // Shape errors only after authentication: an unauthenticated request learns nothing of the protocol.
     if (typeof target !== 'string' || typeof offer !== 'string')
       throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
-    const request: LiveTunnel['request'] = { principal, client, target, ...said };
+    const requested = requestedTargets(target, targets);
+    const request: LiveTunnel['request'] = { principal, client, target, ...(requested.length > 1 ? { targets: requested } : {}), ...said };
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
     const socks = target === socksTarget ? options.socks : undefined;
     if (target === socksTarget && !socks) {
       options.log(`refused a SOCKS tunnel from ${client}: this gateway has no --socks-allow rule`);
       throw new Refusal(404, 'this gateway was started without --socks-allow', access.granted(principal, names));
     }
-    // A key learns only of the targets granted to it (and served here); the token, of every target.
-    if (!socks && !Object.hasOwn(options.targets, target))
-      throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, access.granted(principal, names));
+    if (socks && requested.length > 1) throw new Refusal(400, 'a SOCKS tunnel cannot be combined with named targets');
+    // Several targets over one link: every name must be served, or none is opened; a key learns only
+    // of the targets granted to it (and served here); the token, of every target.
+    const unknown = socks ? undefined : requested.find((name) => !Object.hasOwn(options.targets, name));
+    if (unknown !== undefined) throw new Refusal(404, `unknown target '${unknown.slice(0, 64)}'`, access.granted(principal, names));
+    // authorize() checked a key's grant for the first target; each of the others needs it too.
+    const ungranted = socks ? undefined : requested.find((name) => !access.granted(principal, names).includes(name));
+    if (ungranted !== undefined) {
+      refuse({
+        request: { principal, client, target: ungranted, ...said },
+        code: 'target-not-granted',
+        message: `${describePrincipal(principal)} is not granted target '${ungranted.slice(0, 64)}'; it may reach: ${access.granted(principal, names).join(', ')}`,
+      });
+    }
     if (peers.size >= maxPeers) throw new Refusal(429, `gateway is serving its limit of ${maxPeers} tunnels`);
     if ((perClient.get(client) ?? 0) >= maxPeersPerClient) {
       throw new Refusal(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
@@ -277,17 +293,18 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw error instanceof AuditUnavailable ? new Refusal(503, error.message) : error;
     });
 
-    const named = socks ? undefined : options.targets[target]!;
-    const label = socks ? `SOCKS tunnel of ${describePrincipal(principal)} from ${client}` : `tunnel to ${target}`;
-    const dial = (destination: MuxDestination | undefined): Promise<Socket> => {
+    const label = socks ? `SOCKS tunnel of ${describePrincipal(principal)} from ${client}` : `tunnel to ${requested.join(', ')}`;
+    const dial = (destination: MuxDestination | undefined, name?: string): Promise<Socket> => {
       if (socks) {
         if (!destination) return refuseDestination('no destination');
         // A key's socks="…" grant, as in force now, narrows --socks-allow for its tunnels.
         const grant = principal.kind === 'key' ? (options.authorizedKeys?.().grants.get(principal.fingerprint)?.socks ?? []) : undefined;
         return dialSocks(socks, destination, (line) => options.log(`${label}: ${line}`), grant);
       }
-      // A named-target tunnel goes to its target only, whatever an open frame asks for.
-      return named && !destination ? dialTarget(named) : refuseDestination('this tunnel carries its named target only');
+      // A named-target tunnel goes to its negotiated targets only (an unnamed open: the first), whatever an open frame asks for.
+      const chosen = name ?? requested[0]!;
+      if (destination || !requested.includes(chosen)) return refuseDestination('this tunnel carries its named targets only');
+      return dialTarget(options.targets[chosen]!);
     };
     const slot = {};
     peers.add(slot);
@@ -387,4 +404,14 @@ interface RequestSeen {
   who?: Principal;
   target?: string;
   code?: RefusalCode;
+}
+
+/** The targets a request names: `targets` (a list of distinct names) when given, else `target` alone. */
+function requestedTargets(target: string, targets: unknown): string[] {
+  if (targets === undefined) return [target];
+  if (!Array.isArray(targets) || targets.length === 0 || targets.length > 32 || !targets.every((name) => typeof name === 'string'))
+    throw new Refusal(400, 'targets, when given, must be a list of 1 to 32 target names');
+  if (new Set(targets).size !== targets.length || targets[0] !== target)
+    throw new Refusal(400, 'targets must be distinct and start with target');
+  return targets as string[];
 }

@@ -45,6 +45,7 @@ export const failureKinds = {
     summary: 'the registry directory is unsafe to use (a symlink in its path, a relative path, foreign owner or writable by others)',
   },
   connectTimeout: { exitCode: 124, brief: 'connect timeout', summary: 'the connection was not ready within --timeout' },
+  waitTimeout: { exitCode: 124, brief: 'wait timeout', summary: '`tunnel wait`: the tunnel did not reach the state within --timeout' },
 } as const;
 
 export type FailureKind = keyof typeof failureKinds;

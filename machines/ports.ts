@@ -44,8 +44,8 @@ export type LinkEnding = 'lost' | 'revoked';
 export interface Link<Connection = unknown> {
   /** The selected ICE path, when the WebRTC library tells (node-datachannel does). */
   path?(): LinkPath | undefined;
-  /** Take ownership of a local connection and carry its bytes to the target and back. */
-  carry(connection: Connection): void;
+  /** Take ownership of a local connection and carry its bytes to the target and back (named when the link serves several). */
+  carry(connection: Connection, target?: string): void;
   /**
    * Called once if the link dies without close(): `lost` (peer gone, keepalive expired) may be
    * reconnected; `revoked` (the gateway withdrew this tunnel's access) must not be.
@@ -57,6 +57,8 @@ export interface Link<Connection = unknown> {
 export interface NegotiateRequest {
   readonly gateway: string;
   readonly target: string;
+  /** Every target the link serves, when more than one (`target` is then the first). */
+  readonly targets?: readonly string[];
   /** --reason and --ticket: sealed to the gateway with the offer (and signed, with a user key). */
   readonly reason?: string;
   readonly ticket?: string;

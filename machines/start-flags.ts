@@ -6,8 +6,10 @@ import type { TunnelMode } from './ports.js';
 
 /** The flags exactly as the user typed them; undefined = not given. */
 export interface StartFlags {
-  /** The gateway target; empty with `socks`. */
+  /** The (first) gateway target; empty with `socks`. */
   readonly target: string;
+  /** Every target, in order, when more than one is given (`target` is then the first): one link serves them all. */
+  readonly targets?: readonly string[];
   /** `--socks`: serve SOCKS5 locally; the gateway decides each destination. */
   readonly socks?: boolean;
   readonly gateway?: string;
@@ -15,6 +17,8 @@ export interface StartFlags {
   readonly gatewaySource?: string;
   readonly host?: string;
   readonly port?: string;
+  /** Several --port values (`NAME=PORT` each, for several targets); `port` holds a single one. */
+  readonly ports?: readonly string[];
   readonly foreground?: boolean;
   readonly background?: boolean;
   readonly run?: string;
@@ -29,13 +33,21 @@ export interface StartFlags {
   readonly ticket?: string;
 }
 
+/** One target of a tunnel and the local port it listens on (0: any free port). */
+export interface TargetSetting {
+  readonly name: string;
+  readonly port: number;
+}
+
 export interface StartSettings {
-  /** The gateway target, or `socksTarget` for a SOCKS tunnel. */
+  /** The first gateway target (the only one, for a tunnel with one target), or `socksTarget` for a SOCKS tunnel. */
   readonly target: string;
   readonly socks?: true;
   readonly gateway: string;
   readonly host: string;
   readonly port: number;
+  /** Every target with its local port, in the order given; at least one. */
+  readonly targets: readonly TargetSetting[];
   readonly mode: TunnelMode;
   readonly command?: string;
   readonly timeoutMs: number;
@@ -107,13 +119,23 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   }
   if (flags.run !== undefined && flags.run.trim() === '')
     return usage('--run needs a command, e.g. --run "psql -h $PAM_TUNNEL_HOST -p $PAM_TUNNEL_PORT"');
+  const names = flags.targets ?? [flags.target];
   if (flags.socks) {
-    if (flags.target !== '')
-      return usage(`--socks takes no target (the gateway decides each destination): drop '${flags.target}', or drop --socks`);
+    if (names.some((name) => name !== ''))
+      return usage(`--socks takes no target (the gateway decides each destination): drop '${names.join(' ')}', or drop --socks`);
   } else if (flags.target === '') {
     return usage('name a target (`pam tunnel start db`), or pass --socks for a SOCKS5 proxy through the gateway');
-  } else if (!isTargetName(flags.target)) {
-    return usage(`target '${flags.target}' is not a valid target name (${targetNameRule})`);
+  }
+  for (const name of flags.socks ? [] : names) {
+    if (!isTargetName(name)) return usage(`target '${name}' is not a valid target name (${targetNameRule})`);
+  }
+  const repeated = names.find((name, index) => names.indexOf(name) !== index);
+  if (repeated !== undefined) return usage(`target '${repeated}' is named twice: name each target once`);
+  const clash = names.find((name, index) => names.findIndex((other) => portVariable(other) === portVariable(name)) !== index);
+  if (clash !== undefined) {
+    return usage(
+      `targets '${names.find((name) => portVariable(name) === portVariable(clash))}' and '${clash}' would share ${portVariable(clash)}: rename one`,
+    );
   }
 
   const gateway = flags.gateway?.trim();
@@ -121,10 +143,10 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   const refused = gatewayUrlProblem(gateway, flags.gatewaySource ?? '--gateway');
   if (refused) return usage(refused);
 
-  const port = flags.port === undefined ? 0 : parseInteger(flags.port);
-  if (port === undefined || port < 0 || port > 65535) {
-    return usage(`--port '${flags.port}' is not a port: use a whole number from 1 to 65535, or 0 for any free port`);
-  }
+  const ports = parsePorts(names, flags.ports ?? (flags.port === undefined ? [] : [flags.port]));
+  if (!ports.ok) return ports;
+  const targets = names.map((name) => ({ name, port: ports.byName.get(name) ?? 0 }));
+  const port = targets[0]!.port;
 
   // `[::1]` is how IPv6 addresses are written next to a port; the brackets are not part of the address.
   const host = flags.host === undefined ? defaultHost : flags.host.trim().replace(/^\[([^\]]*:[^\]]*)\]$/, '$1');
@@ -169,7 +191,8 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   return {
     ok: true,
     settings: {
-      target: flags.socks ? socksTarget : flags.target,
+      target: flags.socks ? socksTarget : names[0]!,
+      targets: flags.socks ? [{ name: socksTarget, port }] : targets,
       ...(flags.socks ? { socks: true as const } : {}),
       gateway: gatewayUrls(gateway).join(','),
       host,
@@ -184,6 +207,47 @@ export function parseStartFlags(flags: StartFlags): StartParse {
       ...(ticket !== undefined ? { ticket } : {}),
     },
   };
+}
+
+const portRule = 'use a whole number from 1 to 65535, or 0 for any free port';
+
+/**
+ * The --port values: one plain port for a tunnel with one target, or `NAME=PORT` for any target
+ * (each named once, each a target of this start); unnamed targets get any free port.
+ */
+function parsePorts(
+  names: readonly string[],
+  specs: readonly string[],
+): { readonly ok: true; readonly byName: ReadonlyMap<string, number> } | { readonly ok: false; readonly failure: Failure } {
+  const usage = (reason: string) => ({ ok: false as const, failure: failure('usage', reason) });
+  const byName = new Map<string, number>();
+  for (const spec of specs) {
+    const named = /^([^=]*)=(.*)$/.exec(spec);
+    if (!named) {
+      if (names.length > 1)
+        return usage(`--port '${spec}' must name its target when there are several: --port ${names[0]}=${spec.trim() || 'PORT'}`);
+      if (specs.length > 1)
+        return usage(
+          `--port was given ${specs.length} times (${specs.map((text) => `'${text}'`).join(', ')}): give it once, or NAME=PORT for each target`,
+        );
+    }
+    const name = named ? named[1]!.trim() : names[0]!;
+    const text = named ? named[2]! : spec;
+    if (!names.includes(name)) return usage(`--port '${spec}' names '${name}', which is not a target of this start (${names.join(', ')})`);
+    if (byName.has(name)) return usage(`--port is given twice for '${name}': one port per target`);
+    const port = parseInteger(text);
+    if (port === undefined || port > 65535) return usage(`--port '${spec}' is not a port: ${portRule}`);
+    byName.set(name, port);
+  }
+  const taken = [...byName.entries()].filter(([, port]) => port !== 0);
+  const shared = taken.find(([name, port]) => taken.some(([other, otherPort]) => other !== name && otherPort === port));
+  if (shared) return usage(`--port ${shared[1]} is given to two targets: each target needs its own port`);
+  return { ok: true, byName };
+}
+
+/** The variable a --run command finds a target's local port in: PAM_TUNNEL_PORT_<NAME>, upper-cased, non-alphanumerics as `_`. */
+export function portVariable(target: string): string {
+  return `PAM_TUNNEL_PORT_${target.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
 }
 
 function parseInteger(text: string): number | undefined {

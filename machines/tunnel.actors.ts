@@ -7,7 +7,7 @@ import { TunnelError } from './errors.js';
 import type { CommandRunner, ListenerFactory, PidFiles, Registry, Signals, Transport } from './ports.js';
 import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
 import {
-  recordOf,
+  recordsOf,
   tunnelMachine,
   type ClaimInput,
   type NegotiateInput,
@@ -41,27 +41,37 @@ export interface TunnelPorts {
 export function provideTunnel(ports: TunnelPorts) {
   return tunnelMachine.provide({
     actors: {
-      claimLocal: fromPromise<LocalListener, ClaimInput>(async ({ input }) => {
+      claimLocal: fromPromise<readonly LocalListener[], ClaimInput>(async ({ input }) => {
         if (input.pidFile !== undefined) await ports.pidFiles.check(input.pidFile);
-        if (input.port !== 0) await refuseRegisteredPort(ports.registry, input.host, input.port);
-        return ports.listeners.bind(input.host, input.port);
+        for (const port of input.ports) if (port !== 0) await refuseRegisteredPort(ports.registry, input.host, port);
+        // All or nothing: one port that cannot be bound releases the ones already bound.
+        const bound: LocalListener[] = [];
+        try {
+          for (const port of input.ports) bound.push(await ports.listeners.bind(input.host, port));
+        } catch (error) {
+          await Promise.all(bound.map((listener) => listener.close().catch(() => undefined)));
+          throw error;
+        }
+        return bound;
       }),
       negotiate: fromPromise<Negotiation, NegotiateInput>(({ input, signal }) => ports.transport.negotiate({ ...input, signal })),
       establish: fromPromise<Link, Negotiation>(({ input, signal }) => ports.transport.establish(input, signal)),
       publish: fromPromise<void, PublishInput>(async ({ input }) => {
         if (input.pidFile !== undefined) await ports.pidFiles.write(input.pidFile, ports.ownerPid);
-        await ports.registry.put(input.record);
+        // The first record last: a launcher that sees it ready finds the others written.
+        for (const record of [...input.records.slice(1), ...input.records.slice(0, 1)]) await ports.registry.put(record);
       }),
       serveConnections: fromCallback<TunnelEvent, ServeInput>(({ input, sendBack }) => {
         let serving = true;
         input.link.onLost((reason, ending) => {
           if (serving) sendBack({ type: ending === 'revoked' ? 'link.revoked' : 'link.lost', reason });
         });
-        input.listener.accept((connection) => input.link.carry(connection));
+        // Each connection names its target; a link that serves one leaves it out of the open frame.
+        for (const { listener, target } of input.listeners) listener.accept((connection) => input.link.carry(connection, target));
         // Leaving `linked` (reconnecting, stopping): new connections wait for the next link.
         return () => {
           serving = false;
-          input.listener.accept(undefined);
+          for (const { listener } of input.listeners) listener.accept(undefined);
         };
       }),
       reconnect: fromPromise<Link, ReconnectInput>(async ({ input, signal }) => {
@@ -88,13 +98,21 @@ export function provideTunnel(ports: TunnelPorts) {
     },
     actions: {
       reportState: ({ context }, params) => {
-        const record = recordOf(context, params.state);
-        if (!record) return;
-        ports.registry
-          .put(record)
-          .catch((error: unknown) =>
-            ports.announce.problem(`registry update failed: ${error instanceof Error ? error.message : String(error)}`),
-          );
+        for (const record of recordsOf(context, params.state)) {
+          ports.registry
+            .put(record)
+            .catch((error: unknown) =>
+              ports.announce.problem(`registry update failed: ${error instanceof Error ? error.message : String(error)}`),
+            );
+        }
+      },
+      releaseTarget: (_, params) => {
+        void (async () => {
+          await params.listener?.close();
+          await ports.registry.remove(params.id);
+        })().catch((error: unknown) =>
+          ports.announce.problem(`stopping target ${params.id} failed: ${error instanceof Error ? error.message : String(error)}`),
+        );
       },
       // After the macrostep: the journal (written when the snapshot is emitted) then already says
       // `ready` by the time anyone can see the ready line and act on it (e.g. kill -9 the owner).
@@ -125,9 +143,9 @@ async function teardown(ports: TunnelPorts, input: TeardownInput): Promise<void>
   const steps: Array<() => Promise<void> | undefined> = [
     () => input.link?.close(),
     () => (input.link ? undefined : input.negotiation?.close()),
-    () => input.listener?.close(),
+    ...(input.listeners ?? [input.listener]).map((listener) => () => listener?.close()),
     () => (input.pidFile !== undefined ? ports.pidFiles.remove(input.pidFile, ports.ownerPid) : undefined),
-    () => ports.registry.remove(input.id),
+    ...(input.ids ?? [input.id]).map((id) => () => ports.registry.remove(id)),
   ];
   let firstError: unknown;
   for (const step of steps) {

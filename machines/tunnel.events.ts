@@ -8,6 +8,8 @@ export type TunnelEvent =
   | { type: 'tunnel.start' }
   /** A stop request: a process signal, or `pam tunnel stop` through the control channel. */
   | { type: 'tunnel.stop'; signal: StopSignal; origin?: string }
+  /** `pam tunnel stop <id>` for one target of a tunnel with several (through the owner's control channel). */
+  | { type: 'tunnel.stopTarget'; id: string }
   /** The link to the gateway died (peer gone, keepalive expired); the machine may reconnect. */
   | { type: 'link.lost'; reason: string }
   /** The gateway ended the tunnel because its access was revoked or expired: never reconnected. */

@@ -4,7 +4,7 @@
 import { assign, fromCallback, fromPromise, raise, sendTo, setup } from 'xstate';
 import { type Failure, failure, failureOf, signalExitCode, type Outcome, type StopSignal } from './errors.js';
 import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, TunnelRecord } from './ports.js';
-import { parseStartFlags, type StartFlags, type StartSettings } from './start-flags.js';
+import { parseStartFlags, portVariable, type StartFlags, type StartSettings } from './start-flags.js';
 import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
 import { firstOutcome, notProvided } from './provided.js';
 import { hostPort } from './address.js';
@@ -16,6 +16,8 @@ export interface TunnelInput {
   readonly startedAt: string;
   /** Is a terminal attached? Then Ctrl+C already reaches a --run command (same process group). */
   readonly interactive: boolean;
+  /** Registry ids of the targets after the first (the first is `id`), for a start with several. */
+  readonly targetIds?: readonly string[];
 }
 
 export type ConnectStage = 'claiming the local port' | 'signalling' | 'ICE/DTLS' | 'publishing';
@@ -29,7 +31,14 @@ export interface TunnelContext {
   readonly settings?: StartSettings;
   readonly flagError?: Failure;
   readonly stage?: ConnectStage;
+  /** The first target's listener (the only one of a tunnel with one target). */
   readonly listener?: LocalListener;
+  /** One listener per target, in the order of `settings.targets`. */
+  readonly listeners?: readonly LocalListener[];
+  /** Registry ids, one per target (the first is `id`). */
+  readonly targetIds?: readonly string[];
+  /** Ids of targets stopped one by one while the others keep running. */
+  readonly dropped?: readonly string[];
   readonly negotiation?: Negotiation;
   readonly link?: Link;
   /** How the tunnel ends: set once by the first decisive event, then kept. */
@@ -50,25 +59,34 @@ export type TunnelOutput = Outcome;
 
 export interface ClaimInput {
   readonly host: string;
-  readonly port: number;
+  /** One local port per target (0: any free port); all are bound, or none is kept. */
+  readonly ports: readonly number[];
   readonly pidFile?: string;
 }
 export interface NegotiateInput {
   readonly gateway: string;
   readonly target: string;
+  /** Every target, when more than one. */
+  readonly targets?: readonly string[];
   readonly reason?: string;
   readonly ticket?: string;
 }
 export interface PublishInput {
-  readonly record: TunnelRecord;
+  /** One record per target; the first (the tunnel's own id) is written last, once the others are. */
+  readonly records: readonly TunnelRecord[];
   readonly pidFile?: string;
 }
 export interface ServeInput {
-  readonly listener: LocalListener;
+  /** Listener and target name, per target; a connection is carried naming its target when there are several. */
+  readonly listeners: readonly { readonly listener: LocalListener; readonly target: string }[];
   readonly link: Link;
 }
 export interface ReconnectInput extends NegotiateInput {
   readonly lost?: Link;
+}
+export interface ReleaseTargetInput {
+  readonly id: string;
+  readonly listener?: LocalListener;
 }
 export interface RunInput {
   readonly command: string;
@@ -76,7 +94,11 @@ export interface RunInput {
 }
 export interface TeardownInput {
   readonly id: string;
+  /** Every target's registry id (the first is `id`). */
+  readonly ids?: readonly string[];
   readonly listener?: LocalListener;
+  /** Every listener still held (a tunnel with several targets). */
+  readonly listeners?: readonly LocalListener[];
   readonly negotiation?: Negotiation;
   readonly link?: Link;
   readonly pidFile?: string;
@@ -101,6 +123,59 @@ export function recordOf(context: TunnelContext, state: RegistryState): TunnelRe
   };
 }
 
+/** The registry's view of every target still served, one record each (the first has the tunnel's own id). */
+export function recordsOf(context: TunnelContext, state: RegistryState): TunnelRecord[] {
+  const first = recordOf(context, state);
+  if (!first || !context.settings) return [];
+  const ids = context.targetIds ?? [context.id];
+  return context.settings.targets
+    .map((target, index) => ({
+      ...first,
+      id: ids[index]!,
+      target: target.name,
+      port: context.listeners?.[index]?.port ?? target.port,
+    }))
+    .filter((record) => !context.dropped?.includes(record.id));
+}
+
+/**
+ * Ids for the targets after the first: the ones the caller chose, else derived from the tunnel's id
+ * (its last byte counted up, so they differ from it and from each other, and a -bg launcher, which
+ * knows only the first, can tell which records are its owner's).
+ */
+function idsFor(input: TunnelInput, count: number): string[] {
+  const last = /^[0-9a-f]{8}$/.test(input.id) ? Number.parseInt(input.id.slice(6), 16) : undefined;
+  return Array.from({ length: count }, (_, index) => {
+    if (index === 0) return input.id;
+    const chosen = input.targetIds?.[index - 1];
+    if (chosen !== undefined) return chosen;
+    return last === undefined ? `${input.id}-${index}` : `${input.id.slice(0, 6)}${((last + index) % 256).toString(16).padStart(2, '0')}`;
+  });
+}
+
+/** Each held listener with its target's name, dropped targets left out. */
+function servedListeners(context: TunnelContext): ServeInput['listeners'] {
+  const names = context.settings?.targets ?? [];
+  const ids = context.targetIds ?? [context.id];
+  return (context.listeners ?? (context.listener ? [context.listener] : []))
+    .map((listener, index) => ({ listener, target: names[index]?.name ?? '', id: ids[index] ?? '' }))
+    .filter(({ id }) => !context.dropped?.includes(id))
+    .map(({ listener, target }) => ({ listener, target }));
+}
+
+const liveIds = (context: TunnelContext) => (context.targetIds ?? [context.id]).filter((id) => !context.dropped?.includes(id));
+const liveTarget = (context: TunnelContext, id: string) => liveIds(context).includes(id);
+
+function releaseOf(context: TunnelContext, id: string): ReleaseTargetInput {
+  const listener = context.listeners?.[(context.targetIds ?? []).indexOf(id)];
+  return { id, ...(listener ? { listener } : {}) };
+}
+
+function multiTargets(context: TunnelContext): { targets?: readonly string[] } {
+  const targets = context.settings?.targets ?? [];
+  return targets.length > 1 ? { targets: targets.map((target) => target.name) } : {};
+}
+
 function pathOf(context: TunnelContext): { path?: 'direct' | 'relay' } {
   const kind = context.link?.path?.()?.kind;
   return kind ? { path: kind } : {};
@@ -122,7 +197,7 @@ const tunnelSetup = setup({
   },
   actors: {
     /** Check the pid file and bind the local listener (exit 75 before any gateway contact). */
-    claimLocal: fromPromise<LocalListener, ClaimInput>(notProvided('claimLocal actor')),
+    claimLocal: fromPromise<readonly LocalListener[], ClaimInput>(notProvided('claimLocal actor')),
     /** Signalling: offer → gateway → answer. */
     negotiate: fromPromise<Negotiation, NegotiateInput>(notProvided('negotiate actor')),
     /** ICE + DTLS + data channel open. */
@@ -159,6 +234,8 @@ const tunnelSetup = setup({
     announceReady: notProvided<[{ context: TunnelContext }]>('announceReady action'),
     /** Tell the operator about a skipped flag (inside `pam shell`). */
     announceSkipped: notProvided<[{ context: TunnelContext }]>('announceSkipped action'),
+    /** One target of several stopped: close its listener and remove its record (fire and forget, like reportState). */
+    releaseTarget: notProvided<[{ context: TunnelContext }, ReleaseTargetInput]>('releaseTarget action'),
     /** Tell the operator the link was lost and is being re-established, or is back. */
     announceLink: notProvided<[{ context: TunnelContext }, { message: string }]>('announceLink action'),
   },
@@ -171,6 +248,12 @@ const tunnelSetup = setup({
     isCommandSignalled: ({ context }) => context.commandSignalled !== undefined,
     /** --reconnect-attempts is not 0. */
     mayReconnect: ({ context }) => (context.settings?.reconnectAttempts ?? 0) > 0,
+    /** A target is stopped on its own, and another one keeps the tunnel going. */
+    isOneOfSeveralTargets: ({ context, event }) =>
+      event.type === 'tunnel.stopTarget' && liveTarget(context, event.id) && liveIds(context).length > 1,
+    /** The target stopped is the only one left. */
+    isLastTarget: ({ context, event }) =>
+      event.type === 'tunnel.stopTarget' && liveTarget(context, event.id) && liveIds(context).length === 1,
     /** A reconnect was refused by the gateway (credentials or access), not merely failed. */
     isRefusal: ({ event }) => 'error' in event && refusalKinds.has(failureOf(event.error).kind),
     hasAttemptsLeft: ({ context }) => (context.reconnectAttempt ?? 0) + 1 < (context.settings?.reconnectAttempts ?? 0),
@@ -198,7 +281,7 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
         invoke: {
           id: 'serve',
           src: 'serveConnections',
-          input: ({ context }) => ({ listener: context.listener!, link: context.link! }),
+          input: ({ context }) => ({ listeners: servedListeners(context), link: context.link! }),
         },
         on: {
           'link.lost': [
@@ -294,6 +377,7 @@ function negotiateInput(context: TunnelContext): NegotiateInput {
   return {
     gateway: settings.gateway,
     target: settings.target,
+    ...multiTargets(context),
     ...(settings.reason !== undefined ? { reason: settings.reason } : {}),
     ...(settings.ticket !== undefined ? { ticket: settings.ticket } : {}),
   };
@@ -316,7 +400,9 @@ export const tunnelMachine = tunnelSetup.createMachine({
       flags: input.flags,
       startedAt: input.startedAt,
       interactive: input.interactive,
-      ...(parsed.ok ? { settings: parsed.settings } : { flagError: parsed.failure }),
+      ...(parsed.ok
+        ? { settings: parsed.settings, targetIds: idsFor(input, parsed.settings.targets.length) }
+        : { flagError: parsed.failure }),
     };
   },
   invoke: { id: 'signals', src: 'watchSignals' },
@@ -370,10 +456,13 @@ export const tunnelMachine = tunnelSetup.createMachine({
             src: 'claimLocal',
             input: ({ context }) => ({
               host: context.settings!.host,
-              port: context.settings!.port,
+              ports: context.settings!.targets.map((target) => target.port),
               ...(context.settings!.pidFile !== undefined ? { pidFile: context.settings!.pidFile } : {}),
             }),
-            onDone: { target: 'negotiating', actions: assign({ listener: ({ event }) => event.output }) },
+            onDone: {
+              target: 'negotiating',
+              actions: assign({ listener: ({ event }) => event.output[0], listeners: ({ event }) => event.output }),
+            },
             onError: { target: '#tunnel.stopping', actions: 'recordError' },
           },
         },
@@ -406,7 +495,7 @@ export const tunnelMachine = tunnelSetup.createMachine({
             id: 'publish',
             src: 'publish',
             input: ({ context }) => ({
-              record: recordOf(context, 'ready')!,
+              records: recordsOf(context, 'ready'),
               ...(context.settings!.pidFile !== undefined ? { pidFile: context.settings!.pidFile } : {}),
             }),
             onDone: { target: '#tunnel.ready' },
@@ -427,6 +516,25 @@ export const tunnelMachine = tunnelSetup.createMachine({
         serving: {
           description: 'Serving until a signal or `pam tunnel stop` (foreground, background, shell)',
           on: {
+            'tunnel.stopTarget': [
+              // One of several targets: its listener and record go, the link carries the others on.
+              {
+                guard: 'isOneOfSeveralTargets',
+                actions: [
+                  assign({ dropped: ({ context, event }) => [...(context.dropped ?? []), event.id] }),
+                  { type: 'releaseTarget', params: ({ context, event }) => releaseOf(context, event.id) },
+                ],
+              },
+              // The last target (or the only one): the tunnel ends as `pam tunnel stop` ends it.
+              {
+                guard: 'isLastTarget',
+                target: '#tunnel.stopping',
+                actions: {
+                  type: 'recordOutcome',
+                  params: { kind: 'ok', exitCode: 0, reason: 'stopped by `pam tunnel stop` (its last target)' },
+                },
+              },
+            ],
             'tunnel.stop': {
               target: '#tunnel.stopping',
               actions: { type: 'recordOutcome', params: ({ event }) => ({ kind: 'ok', exitCode: 0, reason: stoppedBy(event) }) },
@@ -442,13 +550,7 @@ export const tunnelMachine = tunnelSetup.createMachine({
             src: 'runCommand',
             input: ({ context }) => ({
               command: context.settings!.command!,
-              env: {
-                PAM_TUNNEL_HOST: context.listener!.host,
-                PAM_TUNNEL_PORT: String(context.listener!.port),
-                PAM_TUNNEL_ID: context.id,
-                // curl, git, pip and most HTTP clients read it; socks5h: names are resolved by the gateway.
-                ...(context.settings!.socks ? { ALL_PROXY: `socks5h://${hostPort(context.listener!.host, context.listener!.port)}` } : {}),
-              },
+              env: commandEnv(context),
             }),
           },
           on: {
@@ -504,7 +606,9 @@ export const tunnelMachine = tunnelSetup.createMachine({
         src: 'teardown',
         input: ({ context }) => ({
           id: context.id,
+          ids: liveIds(context),
           ...(context.listener ? { listener: context.listener } : {}),
+          ...(context.listeners ? { listeners: servedListeners(context).map(({ listener }) => listener) } : {}),
           ...(context.negotiation ? { negotiation: context.negotiation } : {}),
           ...(context.link ? { link: context.link } : {}),
           ...(context.settings?.pidFile !== undefined ? { pidFile: context.settings.pidFile } : {}),
@@ -532,6 +636,28 @@ export const tunnelMachine = tunnelSetup.createMachine({
   },
   output: ({ context }) => outputOf(context),
 });
+
+/**
+ * What a --run command finds: PAM_TUNNEL_PORT_<NAME> for every target, PAM_TUNNEL_HOST (one --host
+ * for all), and with one target also PAM_TUNNEL_PORT and PAM_TUNNEL_ID.
+ */
+export function commandEnv(context: TunnelContext): Record<string, string> {
+  const env: Record<string, string> = { PAM_TUNNEL_HOST: context.listener!.host };
+  const targets = context.settings!.targets;
+  if (context.settings!.socks) {
+    // curl, git, pip and most HTTP clients read it; socks5h: names are resolved by the gateway.
+    env.ALL_PROXY = `socks5h://${hostPort(context.listener!.host, context.listener!.port)}`;
+  } else {
+    targets.forEach((target, index) => {
+      env[portVariable(target.name)] = String(context.listeners?.[index]?.port ?? context.listener!.port);
+    });
+  }
+  if (targets.length === 1) {
+    env.PAM_TUNNEL_PORT = String(context.listener!.port);
+    env.PAM_TUNNEL_ID = context.id;
+  }
+  return env;
+}
 
 export function outputOf(context: TunnelContext): TunnelOutput {
   const exit = context.exit ?? failure('internal', 'stopped without a recorded outcome');

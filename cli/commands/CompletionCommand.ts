@@ -20,7 +20,8 @@ export class CompletionCommand extends PamCommand {
     category: 'Setup',
     description: 'print a shell completion script',
     details: `
-      Completes commands and flags, and the ids and targets of running tunnels for \`tunnel stop\`.
+      Completes commands and flags, and the ids and targets of running tunnels for \`tunnel stop\`,
+      \`tunnel wait\` and \`tunnel logs\`.
       Load it from your shell's start-up file.
     `,
     examples: [
@@ -89,9 +90,10 @@ ${commands
        esac ;;
   esac
   if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "$flags" -- "$cur")); return; fi
-  if [ "$first $second" = "tunnel stop" ]; then
-    COMPREPLY=($(compgen -W "$(\${COMP_WORDS[0]} completion --ids 2>/dev/null)" -- "$cur")); return
-  fi
+  case "$first $second" in
+    "tunnel stop"|"tunnel wait"|"tunnel logs")
+      COMPREPLY=($(compgen -W "$(\${COMP_WORDS[0]} completion --ids 2>/dev/null)" -- "$cur")); return ;;
+  esac
   if [ "$first" = "completion" ]; then COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); fi
 }
 complete -o default -F _pam_complete pam
@@ -124,7 +126,7 @@ function fishScript(commands: readonly CommandWords[]): string {
       lines.push(`complete -c pam -n '${condition}' ${option}`);
     }
   }
-  lines.push(`complete -c pam -n '__fish_seen_subcommand_from stop' -a '(pam completion --ids 2>/dev/null)'`);
+  lines.push(`complete -c pam -n '__fish_seen_subcommand_from stop wait logs' -a '(pam completion --ids 2>/dev/null)'`);
   lines.push(`complete -c pam -n '__fish_seen_subcommand_from completion' -a 'bash zsh fish'`);
   return `${lines.join('\n')}\n`;
 }

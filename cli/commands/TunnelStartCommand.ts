@@ -17,8 +17,10 @@ import { iceServerOption, transportOption } from '../options.js';
 import { PamCommand } from '../pam-command.js';
 import { launchInBackground, runTunnel, takeOwnerId } from '../tunnel-runtime.js';
 
-/** Every failure kind but `generic` can end `tunnel start`. */
-const startExitCodes = exitCodeSummary((Object.keys(failureKinds) as FailureKind[]).filter((kind) => kind !== 'generic'));
+/** Every failure kind but `generic` (and `tunnel wait`'s own timeout) can end `tunnel start`. */
+const startExitCodes = exitCodeSummary(
+  (Object.keys(failureKinds) as FailureKind[]).filter((kind) => kind !== 'generic' && kind !== 'waitTimeout'),
+);
 
 export class TunnelStartCommand extends PamCommand {
   static override paths = [['tunnel', 'start']];
@@ -29,6 +31,11 @@ export class TunnelStartCommand extends PamCommand {
     details: `
       Binds a local TCP port (127.0.0.1, a free port unless --port is given) and carries every
       connection to it over WebRTC to the gateway, which connects to the named target.
+      Several targets (\`tunnel start db web --port db=15432 --port web=18080\`) share one link: one
+      port each, ready once every port is usable, all or nothing (one that fails ends them all with
+      its code); each has its own registry record and id, \`tunnel stop\` stops one and the others
+      keep running (the last one ends the owner); --json prints one ready line per target; --run
+      gets PAM_TUNNEL_PORT_<NAME> (upper-cased, other characters as _) and PAM_TUNNEL_HOST.
 
       With --socks instead of a target, the port is a SOCKS5 proxy (RFC 1928: CONNECT, no
       authentication): each connection names its destination (IPv4, IPv6 or a host name, resolved by
@@ -71,14 +78,20 @@ export class TunnelStartCommand extends PamCommand {
       ['A SOCKS5 proxy through the gateway for one curl', "$0 tunnel start --socks --run 'curl -fsS http://db-admin.internal:8080/health'"],
       ['Machine-readable ready line for a supervisor', '$0 tunnel start web --foreground --json --pid-file /run/pam-web.pid'],
       ['Watch the tunnel live in the Stately inspector (see docs/inspect.md)', '$0 tunnel start web --inspect=ws://127.0.0.1:8080'],
+      [
+        'A database and a cache over one link, for one CI job',
+        '$0 tunnel start db cache --port db=15432 --run \'./ci-tests --db-port "$PAM_TUNNEL_PORT_DB" --cache-port "$PAM_TUNNEL_PORT_CACHE"\'',
+      ],
     ],
   });
 
-  target = Option.String({ name: 'target', required: false });
+  targets = Option.Rest({ name: 'target' });
   socks = Option.Boolean('--socks', false, {
     description: 'serve SOCKS5 on the local port instead of one target; the gateway decides each destination',
   });
-  port = SingleString('--port', { description: 'local port to listen on (0 or omitted: any free port)' });
+  ports = Option.Array('--port', [], {
+    description: 'local port to listen on (0 or omitted: any free port); with several targets NAME=PORT, once per target',
+  });
   host = SingleString('--host', { description: 'local address to bind (default 127.0.0.1)' });
   gateway = SingleString('--gateway', { description: 'gateway URL, or several of one site comma-separated (default: $PAM_GATEWAY_URL)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
@@ -141,13 +154,15 @@ export class TunnelStartCommand extends PamCommand {
     keepalive(this.context.env);
     inspectUrl(this.inspect, this.context.env); // a bad --inspect/PAM_INSPECT is refused before anything starts
     const flags: StartFlags = {
-      target: this.target ?? '',
+      target: this.targets[0] ?? '',
+      ...(this.targets.length > 1 ? { targets: this.targets } : {}),
+      ...(this.ports.length > 1 ? { ports: this.ports } : {}),
       ...(this.socks ? { socks: true } : {}),
       ...defined({
         gateway,
         gatewaySource: source,
         host: this.host,
-        port: this.port,
+        port: this.ports.length === 1 ? this.ports[0] : undefined,
         foreground: this.foreground,
         background: this.background,
         run: this.run,

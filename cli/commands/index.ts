@@ -9,15 +9,19 @@ import { ShellCommand } from './ShellCommand.js';
 import { TunnelDiagnoseCommand } from './TunnelDiagnoseCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
+import { TunnelLogsCommand } from './TunnelLogsCommand.js';
 import { TunnelMachineCommand } from './TunnelMachineCommand.js';
 import { TunnelReplayCommand } from './TunnelReplayCommand.js';
 import { TunnelStartCommand } from './TunnelStartCommand.js';
 import { TunnelStopCommand } from './TunnelStopCommand.js';
+import { TunnelWaitCommand } from './TunnelWaitCommand.js';
 
 export const commandClasses = [
   TunnelStartCommand,
   TunnelListCommand,
   TunnelStopCommand,
+  TunnelWaitCommand,
+  TunnelLogsCommand,
   TunnelHistoryCommand,
   TunnelDiagnoseCommand,
   TunnelReplayCommand,

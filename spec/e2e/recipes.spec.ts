@@ -7,7 +7,17 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
-import { pamBin, postgres, repoRoot, scratchDir, spawnProc, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
+import {
+  echoServer,
+  pamBin,
+  postgres,
+  repoRoot,
+  scratchDir,
+  spawnProc,
+  startGatewayProc,
+  tunnelEnv,
+  type Teardownable,
+} from '../support/processes.js';
 import { skipBecause } from '../support/tap.js';
 
 const token = 'recipes-token-93b0';
@@ -69,4 +79,43 @@ t.test('recipe: a CI step through a tunnel with --run and psql', async (t) => {
   const shell = run(recipe('**A CI step through a tunnel**'));
   t.equal(await shell.exited, 0, shell.stderr);
   t.match(shell.stdout, /\?column\?\s*\n-+\n\s*1\n\(1 row\)/, "psql's answer came back through the tunnel");
+});
+
+t.test('recipes: several targets in one start; waiting for a tunnel and reading its log', async (t) => {
+  const dir = scratchDir(t);
+  const targets: Record<string, number> = {};
+  for (const name of ['db', 'cache', 'web']) targets[name] = (await echoServer(t)).port;
+  const gateway = await startGatewayProc(t, dir, token, targets);
+  const env = tunnelEnv(dir, token, gateway.url);
+  const run = shellWithPam(t, dir, env);
+
+  const several = run(recipe('**Several targets in one start**'));
+  t.equal(await several.exited, 0, several.stderr);
+  t.match(several.stdout, /^db on 15432, cache on \d+\n/, '--run saw a port variable per target');
+  const ready = several.stdout
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as { id: string; target: string });
+  t.match(ready, [{ target: 'db' }, { target: 'web' }], 'a ready line per target');
+  t.match(
+    several.stdout,
+    new RegExp(`stopped tunnel ${ready[1]?.id} \\(web[\\s\\S]*stopped tunnel ${ready[0]?.id} \\(db`),
+    'web, then db stopped',
+  );
+
+  if (!has('jq')) {
+    skipBecause(t, 'jq is not installed: the waiting recipe uses it');
+    return;
+  }
+  const waiting = run(recipe('**Waiting for a tunnel another step started'));
+  t.equal(await waiting.exited, 0, waiting.stderr);
+  t.match(
+    waiting.stdout,
+    /^\{[\s\S]*"event":"ready"[\s\S]*stopped tunnel [0-9a-f]{8} \(db[\s\S]*no running tunnel matches '[0-9a-f]{8}'\n$/,
+    'logs --tail, stop, wait --for gone',
+  );
+  const followed = readFileSync(join(dir, 'db-tunnel.log'), 'utf8');
+  t.match(followed, /"event":"stopped","id":"[0-9a-f]{8}","exitCode":0/, 'logs -f followed the owner to its end');
+  const left = spawnSync(process.execPath, [pamBin, 'tunnel', 'list', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+  t.same(JSON.parse(left.stdout), [], 'nothing left running');
 });

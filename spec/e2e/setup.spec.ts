@@ -41,11 +41,15 @@ t.test('bash completion: commands, subcommands, flags from the definitions, live
   t.same(complete('pam', 'gateway', '--auth'), ['--authorized-keys']);
   t.same(complete('pam', 'tunnel', 'start', '--so'), ['--socks']);
   t.same(complete('pam', 'gateway', '--so'), ['--socks-allow']);
-  t.same(complete('pam', 'tunnel', ''), ['diagnose', 'history', 'list', 'machine', 'replay', 'start', 'stop']);
+  t.same(complete('pam', 'tunnel', ''), ['diagnose', 'history', 'list', 'logs', 'machine', 'replay', 'start', 'stop', 'wait']);
   t.same(complete('pam', 'tunnel', 'diagnose', '--ice'), ['--ice-server']);
+  t.same(complete('pam', 'tunnel', 'wait', '--f'), ['--for']);
+  t.same(complete('pam', 'tunnel', 'logs', '--f'), ['--follow']);
   t.same(complete('pam', 'tunnel', 'start', '--back'), ['--background']);
   t.same(complete('pam', 'tunnel', 'stop', '--a'), ['--all']);
   t.same(complete('pam', 'tunnel', 'stop', ''), [owner.id, 'echo'].sort(), 'running tunnel ids and targets');
+  t.same(complete('pam', 'tunnel', 'wait', ''), [owner.id, 'echo'].sort(), 'wait completes them too');
+  t.same(complete('pam', 'tunnel', 'logs', ''), [owner.id, 'echo'].sort(), 'and logs');
 
   for (const shell of ['zsh', 'fish']) {
     const text = pam(t, ['completion', shell], { env });

@@ -1,7 +1,7 @@
 // Flag validation decides usage errors for both the tunnel and the launcher machines.
 
 import t from 'tap';
-import { isTargetName, parseStartFlags, socksTarget } from '../../machines/start-flags.js';
+import { isTargetName, parseStartFlags, portVariable, socksTarget } from '../../machines/start-flags.js';
 import { selectTunnels } from '../../machines/selector.js';
 import type { RegistryEntry } from '../../machines/ports.js';
 
@@ -16,11 +16,58 @@ t.test('valid flags resolve defaults: foreground, 127.0.0.1, any free port, 30 s
       gateway: 'http://127.0.0.1:8765',
       host: '127.0.0.1',
       port: 0,
+      targets: [{ name: 'db', port: 0 }],
       mode: 'foreground',
       timeoutMs: 30_000,
       reconnectAttempts: 5,
     },
   });
+});
+
+t.test('several targets: NAME=PORT per target, the rest any free port; the first is `target`/`port`', async (t) => {
+  const parsed = parseStartFlags({ ...base, targets: ['db', 'web', 'cache'], ports: ['web=18080', 'db = 15432'] });
+  t.match(parsed, {
+    ok: true,
+    settings: {
+      target: 'db',
+      port: 15432,
+      targets: [
+        { name: 'db', port: 15432 },
+        { name: 'web', port: 18080 },
+        { name: 'cache', port: 0 },
+      ],
+    },
+  });
+  t.match(parseStartFlags({ ...base, port: 'db=15432' }), { ok: true, settings: { port: 15432, targets: [{ name: 'db', port: 15432 }] } });
+  t.match(parseStartFlags({ ...base, targets: ['db', 'web'], port: 'web=1' }), { ok: true, settings: { port: 0 } });
+  t.equal(portVariable('db'), 'PAM_TUNNEL_PORT_DB');
+  t.equal(portVariable('my-db.v2'), 'PAM_TUNNEL_PORT_MY_DB_V2');
+});
+
+t.test('several targets: usage errors', async (t) => {
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    [
+      'a plain port with several targets',
+      { targets: ['db', 'web'], port: '15432' },
+      /--port '15432' must name its target when there are several: --port db=15432/,
+    ],
+    [
+      'a port for a target not started',
+      { targets: ['db', 'web'], port: 'cache=1' },
+      /names 'cache', which is not a target of this start \(db, web\)/,
+    ],
+    ['two ports for one target', { targets: ['db', 'web'], ports: ['db=1', 'db=2'] }, /--port is given twice for 'db'/],
+    ['one port for two targets', { targets: ['db', 'web'], ports: ['db=1', 'web=1'] }, /--port 1 is given to two targets/],
+    ['two plain ports', { ports: ['1', '2'] }, /--port was given 2 times \('1', '2'\): give it once/],
+    ['a bad port', { targets: ['db', 'web'], port: 'db=70000' }, /--port 'db=70000' is not a port/],
+    ['a target twice', { targets: ['db', 'db'] }, /target 'db' is named twice/],
+    ['names sharing a variable', { targets: ['my-db', 'my_db'] }, /targets 'my-db' and 'my_db' would share PAM_TUNNEL_PORT_MY_DB/],
+    ['a bad second target', { targets: ['db', '../x'] }, /target '..\/x' is not a valid target name/],
+  ];
+  for (const [name, flags, reason] of cases) {
+    const parsed = parseStartFlags({ ...base, ...flags, target: (flags.targets as string[] | undefined)?.[0] ?? 'db' });
+    t.match(parsed, { ok: false, failure: { kind: 'usage', exitCode: 2, reason } }, name);
+  }
 });
 
 t.test('usage errors name the fix in one line', async (t) => {

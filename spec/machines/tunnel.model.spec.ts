@@ -21,7 +21,14 @@ import {
   Gates,
 } from '../support/fakes.js';
 
-type StepEvent = EventObject & { signal?: StopSignal; output?: unknown; error?: unknown; exit?: { exitCode: number }; reason?: string };
+type StepEvent = EventObject & {
+  signal?: StopSignal;
+  output?: unknown;
+  error?: unknown;
+  exit?: { exitCode: number };
+  reason?: string;
+  id?: string;
+};
 interface Variant {
   readonly name: string;
   readonly input: TunnelInput;
@@ -66,6 +73,15 @@ const variants: Variant[] = [
     },
   },
   {
+    name: 'foreground, two targets over one link',
+    input: {
+      id: 'ab12cd34',
+      flags: { target: 'web', targets: ['web', 'db'], gateway: 'http://127.0.0.1:9', timeout: '2', reconnectAttempts: '1' },
+      startedAt: 'T',
+      interactive: false,
+    },
+  },
+  {
     name: 'conflicting modes',
     input: {
       id: 'bad',
@@ -89,7 +105,7 @@ const actorErrors: Record<string, unknown> = {
 const refusedReconnect = new TunnelError('accessRefused', 'the gateway refused access: key removed');
 
 /** The events worth trying in a state: what its adapters or the outside world can really send there. */
-function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] {
+function eventsFor(snapshot: { matches(value: unknown): boolean; context: unknown }): StepEvent[] {
   const stops: StepEvent[] = [{ type: 'tunnel.stop', signal: 'SIGTERM' }];
   const invoke = (id: string, output: unknown = {}): StepEvent[] => [
     { type: `xstate.done.actor.${id}`, output },
@@ -97,7 +113,7 @@ function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] 
   ];
   if (snapshot.matches('idle')) return [{ type: 'tunnel.start' }, ...stops];
   const timeout: StepEvent = { type: 'xstate.after.connectTimeout.tunnel.connecting' };
-  if (snapshot.matches({ connecting: 'claiming' })) return [...invoke('claim', { host: '127.0.0.1', port: 40000 }), timeout, ...stops];
+  if (snapshot.matches({ connecting: 'claiming' })) return [...invoke('claim', [{ host: '127.0.0.1', port: 40000 }]), timeout, ...stops];
   if (snapshot.matches({ connecting: 'negotiating' })) return [...invoke('negotiate'), timeout, ...stops];
   if (snapshot.matches({ connecting: 'establishing' })) return [...invoke('establish'), timeout, ...stops];
   if (snapshot.matches({ connecting: 'publishing' })) return [...invoke('publish'), timeout, ...stops];
@@ -111,8 +127,18 @@ function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] 
           ]
         : [];
     const path = `tunnel.ready.${work}.reconnecting`;
+    // `pam tunnel stop <id>` for one target (the owner's control channel): one of several, or the last.
+    const context = snapshot.context as { targetIds?: string[]; dropped?: string[] };
+    const live = (context.targetIds ?? []).filter((id) => !context.dropped?.includes(id));
+    const oneTarget: StepEvent[] = work === 'serving' && live[0] ? [{ type: 'tunnel.stopTarget', id: live[0] }] : [];
     if (snapshot.matches({ ready: { [work]: 'linked' } }))
-      return [{ type: 'link.lost', reason: 'peer gone' }, { type: 'link.revoked', reason: 'access revoked' }, ...command, ...stops];
+      return [
+        { type: 'link.lost', reason: 'peer gone' },
+        { type: 'link.revoked', reason: 'access revoked' },
+        ...oneTarget,
+        ...command,
+        ...stops,
+      ];
     if (snapshot.matches({ ready: { [work]: { reconnecting: 'waiting' } } })) {
       return [{ type: `xstate.after.reconnectBackoff.${path}.waiting` }, ...command, ...stops];
     }
@@ -135,7 +161,7 @@ function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] 
 const inert = () => undefined;
 const traversable = tunnelMachine.provide({
   actors: {
-    claimLocal: fromPromise(async () => ({}) as never) as never,
+    claimLocal: fromPromise(async () => [] as never) as never,
     negotiate: fromPromise(async () => ({}) as never) as never,
     establish: fromPromise(async () => ({}) as never) as never,
     reconnect: fromPromise(async () => ({}) as never) as never,
@@ -145,7 +171,7 @@ const traversable = tunnelMachine.provide({
     runCommand: fromCallback(inert),
     watchSignals: fromCallback(inert),
   },
-  actions: { reportState: inert, announceReady: inert, announceSkipped: inert, announceLink: inert },
+  actions: { reportState: inert, releaseTarget: inert, announceReady: inert, announceSkipped: inert, announceLink: inert },
 });
 
 interface Path {
@@ -154,8 +180,14 @@ interface Path {
 }
 
 const key = (snapshot: { value: unknown; context: unknown }) => {
-  const context = snapshot.context as { exit?: unknown; reconnectAttempt?: number; commandSignalled?: string };
-  return JSON.stringify([snapshot.value, context.exit, context.reconnectAttempt ?? 0, context.commandSignalled ?? null]);
+  const context = snapshot.context as { exit?: unknown; reconnectAttempt?: number; commandSignalled?: string; dropped?: string[] };
+  return JSON.stringify([
+    snapshot.value,
+    context.exit,
+    context.reconnectAttempt ?? 0,
+    context.commandSignalled ?? null,
+    context.dropped ?? [],
+  ]);
 };
 
 function generatePaths(input: TunnelInput): Path[] {
@@ -233,6 +265,7 @@ function oracle(variant: Variant, path: Path): number {
   const budget = Number(variant.input.flags.reconnectAttempts ?? 5);
   let failedAttempts = 0;
   let commandSignalled = false;
+  let targetsLeft = variant.input.flags.targets?.length ?? 1;
   const attemptFailed = () => {
     failedAttempts += 1;
     if (failedAttempts >= budget) decided = 69; // reconnect budget spent: lost for good
@@ -250,6 +283,9 @@ function oracle(variant: Variant, path: Path): number {
       else if (where.includes('runningCommand'))
         decided = signalCode; // a second signal stops waiting for the command
       else decided = signalCode;
+    } else if (event.type === 'tunnel.stopTarget') {
+      targetsLeft -= 1; // one of several goes quietly; the last one ends the tunnel as a stop does
+      if (targetsLeft === 0) decided = 0;
     } else if (event.type === 'link.lost') {
       failedAttempts = 0;
       if (budget === 0) decided = 69; // no reconnect: lost for good
@@ -325,7 +361,12 @@ async function replay(variant: Variant, path: Path, taken: Set<string>): Promise
   for (const event of path.events) {
     if (event.type === 'tunnel.start') actor.send({ type: 'tunnel.start' });
     else if (event.type === 'tunnel.stop') signals.emit(event.signal!);
-    else if (event.type === 'link.lost') transport.links.at(-1)!.lose('peer gone');
+    else if (event.type === 'tunnel.stopTarget') {
+      actor.send({ type: 'tunnel.stopTarget', id: event.id! });
+      await flush();
+      // One of several: its record's removal passes the registry's teardown gate on its own.
+      if (actor.getSnapshot().matches('ready') && gates.isWaiting('teardown')) gates.open('teardown');
+    } else if (event.type === 'link.lost') transport.links.at(-1)!.lose('peer gone');
     else if (event.type === 'link.revoked') transport.links.at(-1)!.lose('access revoked', 'revoked');
     else if (event.type === 'command.exited') runner.commands.at(-1)!.exit(event.exit!.exitCode);
     else if (event.type.startsWith('xstate.after.reconnectBackoff')) clock.increment(30_000);
@@ -336,10 +377,19 @@ async function replay(variant: Variant, path: Path, taken: Set<string>): Promise
       await flush();
       gates.open('establish');
     } else if (event.type === 'xstate.error.actor.reconnect') gates.fail('negotiate', event.error ?? actorErrors.reconnect);
-    else if (event.type.startsWith('xstate.done.actor.')) gates.open(event.type.slice('xstate.done.actor.'.length));
+    else if (['claim', 'publish', 'teardown'].some((gate) => event.type === `xstate.done.actor.${gate}`)) {
+      // One bind (one registry removal) per target: each waits at the gate in turn.
+      const gate = event.type.slice('xstate.done.actor.'.length);
+      do {
+        gates.open(gate);
+        await flush();
+      } while (gates.isWaiting(gate));
+    } else if (event.type.startsWith('xstate.done.actor.')) gates.open(event.type.slice('xstate.done.actor.'.length));
     else if (event.type.startsWith('xstate.error.actor.')) {
       const id = event.type.slice('xstate.error.actor.'.length);
       gates.fail(id, actorErrors[id]);
+      // Teardown goes on after a failed step: the other targets' records are removed too.
+      for (await flush(); id === 'teardown' && gates.isWaiting(id); await flush()) gates.open(id);
     } else throw new Error(`no driver for ${event.type}`);
     await flush();
     visited.push(JSON.stringify(actor.getSnapshot().value));
@@ -359,7 +409,9 @@ t.test('every generated path replays to its expected exit code, covering every t
     for (const path of paths) {
       pathCount += 1;
       const label = `${variant.name}: ${path.events.map((e) => e.type.replace('xstate.', '')).join(' > ')}`;
-      const result = await replay(variant, path, taken);
+      const result = await replay(variant, path, taken).catch((error: unknown) => {
+        throw new Error(`${label}: ${error instanceof Error ? error.message : String(error)}`);
+      });
       t.same(result.visited, path.states, `${label}: actor follows the model's states`);
       t.equal(result.exitCode, oracle(variant, path), `${label}: exit code`);
     }

@@ -115,13 +115,18 @@ export function createFakeListeners(
 
 export class FakeLink implements Link<FakeConnection> {
   readonly carried: FakeConnection[] = [];
+  /** The target each carried connection was for (undefined: the link's only one). */
+  readonly carriedFor: Array<string | undefined> = [];
   closed = false;
   private lostHandlers: Array<(reason: string, ending: LinkEnding) => void> = [];
   private lost = false;
 
-  carry(connection: FakeConnection): void {
+  carry(connection: FakeConnection, target?: string): void {
     if (this.closed || this.lost) connection.destroy();
-    else this.carried.push(connection);
+    else {
+      this.carried.push(connection);
+      this.carriedFor.push(target);
+    }
   }
 
   onLost(handler: (reason: string, ending: LinkEnding) => void): void {
@@ -150,16 +155,16 @@ export function createFakeTransport(
   const transport = {
     links,
     negotiations: 0,
-    async negotiate(request: { target: string; signal: AbortSignal }): Promise<Negotiation> {
+    async negotiate(request: { target: string; targets?: readonly string[]; signal: AbortSignal }): Promise<Negotiation> {
       transport.negotiations += 1;
       await gates.wait('negotiate');
       if (request.signal.aborted) throw new TunnelError('connectTimeout', 'aborted');
       if (options.acceptedToken !== undefined && options.token !== options.acceptedToken) {
         throw new TunnelError('authRefused', 'the gateway refused the token');
       }
-      if (options.targets && !options.targets.includes(request.target)) {
-        throw new TunnelError('unknownTarget', `the gateway has no target '${request.target}'`);
-      }
+      // Several targets over one link: all are served, or none is.
+      const unknown = (request.targets ?? [request.target]).find((name) => options.targets && !options.targets.includes(name));
+      if (unknown !== undefined) throw new TunnelError('unknownTarget', `the gateway has no target '${unknown}'`);
       return { close: async () => undefined };
     },
     async establish(_negotiation: Negotiation, signal: AbortSignal): Promise<Link<FakeConnection>> {
