@@ -27,6 +27,15 @@ export const maxPayloadBytes = 60 * 1024;
 /** Both transports raise `bufferedamountlow` here: the mux resumes its sockets once the channel drains to it. */
 export const channelLowWater = 256 * 1024;
 
+/** How a tunnel ended from the peer's side: `lost` (gone, closed, keepalive) or `revoked` (access withdrawn: do not come back). */
+export type MuxEnding = 'lost' | 'revoked';
+
+/** What a goodbye frame may carry (JSON payload): why the peer ends the tunnel. An empty payload is a plain goodbye. */
+export interface Farewell {
+  readonly ending: 'revoked';
+  readonly reason: string;
+}
+
 /** The message channel under the mux (a data channel in production, an in-memory pair in tests). */
 export interface FrameChannel {
   send(frame: Buffer): void;
@@ -84,7 +93,7 @@ export const defaultMuxOptions = {
 
 export class Mux {
   private readonly streams = new Map<number, Stream>();
-  private readonly lostHandlers: Array<(reason: string) => void> = [];
+  private readonly lostHandlers: Array<(reason: string, ending: MuxEnding) => void> = [];
   private readonly options: Required<Omit<MuxOptions, 'dial' | 'log'>> & MuxOptions;
   private nextId = 1;
   /** Sum over streams of window − windowBytes. */
@@ -94,6 +103,7 @@ export class Mux {
   private lastHeard = Date.now();
   private readonly keepalive: NodeJS.Timeout;
   private lostReason: string | undefined;
+  private lostEnding: MuxEnding = 'lost';
 
   constructor(
     private readonly channel: FrameChannel,
@@ -130,19 +140,20 @@ export class Mux {
     this.send(frameType.open, id);
   }
 
-  onLost(handler: (reason: string) => void): void {
-    if (this.lostReason !== undefined) handler(this.lostReason);
+  onLost(handler: (reason: string, ending: MuxEnding) => void): void {
+    if (this.lostReason !== undefined) handler(this.lostReason, this.lostEnding);
     else this.lostHandlers.push(handler);
   }
 
   /**
    * Orderly shutdown from this side: connections are closed, the peer is told (goodbye frame, given up
-   * to `graceMs` to leave the channel), then the channel closes. No lost event here.
+   * to `graceMs` to leave the channel), then the channel closes. No lost event here. A `farewell`
+   * tells the peer why (the gateway ending a tunnel whose access was revoked).
    */
-  async close(graceMs = 500): Promise<void> {
+  async close(graceMs = 500, farewell?: Farewell): Promise<void> {
     if (this.closed) return;
     const wasLost = this.lostReason !== undefined;
-    if (!wasLost) this.send(frameType.goodbye, 0);
+    if (!wasLost) this.send(frameType.goodbye, 0, farewell ? Buffer.from(JSON.stringify(farewell).slice(0, 4096)) : undefined);
     this.closed = true;
     clearInterval(this.keepalive);
     for (const stream of this.streams.values()) stream.socket?.destroy();
@@ -237,7 +248,7 @@ export class Mux {
     const payload = frame.subarray(headerBytes);
     if (type === frameType.ping) return this.send(frameType.pong, 0, payload);
     if (type === frameType.pong) return;
-    if (type === frameType.goodbye) return this.lose('the peer closed the tunnel');
+    if (type === frameType.goodbye) return this.farewell(payload);
     if (type === frameType.open) return this.acceptOpen(id);
     const stream = this.streams.get(id);
     if (!stream) {
@@ -372,12 +383,24 @@ export class Mux {
     this.send(frameType.ping, 0);
   }
 
-  private lose(reason: string): void {
+  private farewell(payload: Buffer): void {
+    let said: Partial<Farewell> = {};
+    try {
+      said = payload.length > 0 ? (JSON.parse(payload.toString('utf8')) as Partial<Farewell>) : {};
+    } catch {
+      // a goodbye without a readable reason is a plain goodbye
+    }
+    if (said.ending === 'revoked' && typeof said.reason === 'string') return this.lose(said.reason.slice(0, 500), 'revoked');
+    return this.lose('the peer closed the tunnel');
+  }
+
+  private lose(reason: string, ending: MuxEnding = 'lost'): void {
     if (this.closed || this.lostReason !== undefined) return;
     this.lostReason = reason;
+    this.lostEnding = ending;
     clearInterval(this.keepalive);
     for (const stream of this.streams.values()) this.drop(stream);
-    for (const handler of this.lostHandlers.splice(0)) handler(reason);
+    for (const handler of this.lostHandlers.splice(0)) handler(reason, ending);
     try {
       this.channel.close();
     } catch {

@@ -14,6 +14,8 @@ import type { Link, LinkPath, NegotiateRequest, Negotiation, Transport } from '.
 import { BodyTooLarge, readBodyBytes } from './http-body.js';
 import type { GatewayKeyCheck } from './known-gateways.js';
 import { SealError, sealedContentType, sealRequest } from './sealed-signalling.js';
+import { keyFingerprint } from './key-fingerprint.js';
+import { signStatement, type Credentials } from './user-key.js';
 import type { IceServer } from './ice-options.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
 
@@ -34,8 +36,7 @@ export interface PeerKind<P> {
   readonly answerSetup?: 'passive';
 }
 
-export interface PeerTransportOptions {
-  readonly token: string;
+export interface PeerTransportOptions extends Credentials {
   readonly mux?: MuxOptions;
   /** Pinning / known_gateways; without one any key is accepted (in-process tests). */
   readonly keys?: GatewayKeyCheck;
@@ -76,8 +77,8 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       for (let attempt = 1; ; attempt += 1) {
         const { peer, sdp } = await kind.offer(signal, hello.iceServers);
         try {
-          const sealed = { gateway: request.gateway, key: hello.key, token: options.token, trust };
-          await kind.accept(peer, await exchange(sealed, request.target, { offer: sdp, ...setup }, signal, connection));
+          const sealed = { gateway: request.gateway, key: hello.key, credentials: options, trust };
+          await kind.accept(peer, await exchange(sealed, request, { offer: sdp, ...setup }, signal, connection));
           return new PeerNegotiation(kind, peer, request);
         } catch (error) {
           await kind.close(peer);
@@ -96,7 +97,7 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
   }
 
   return {
-    negotiate: ({ gateway, target, signal }) => negotiateOnce({ gateway, target }, signal),
+    negotiate: ({ signal, ...request }) => negotiateOnce(request, signal),
 
     async establish(negotiation: Negotiation, signal: AbortSignal): Promise<Link<Socket>> {
       let current = negotiation as PeerNegotiation<P>;
@@ -189,7 +190,7 @@ function isIceServer(value: unknown): value is IceServer {
 interface SealedExchange {
   readonly gateway: string;
   readonly key: Buffer;
-  readonly token: string;
+  readonly credentials: Credentials;
   /** Called once a sealed answer opened: the gateway proved it holds the key. */
   readonly trust: () => void;
 }
@@ -197,13 +198,27 @@ interface SealedExchange {
 /** POST the sealed offer; open the sealed answer; map every way signalling can fail to a kind that names the fix. */
 async function exchange(
   sealed: SealedExchange,
-  target: string,
+  request: Omit<NegotiateRequest, 'signal'>,
   offer: { offer: string; answerSetup?: 'passive' },
   signal: AbortSignal,
   agent: SignallingAgent,
 ): Promise<string> {
   const url = signallingUrl(sealed.gateway, '/v1/tunnels');
-  const plain = { target, ...offer, token: sealed.token, nonce: randomBytes(16).toString('hex'), timestamp: Date.now() };
+  const target = request.target;
+  const statement = {
+    gateway: keyFingerprint(sealed.key),
+    target,
+    nonce: randomBytes(16).toString('hex'),
+    timestamp: Date.now(),
+    offer: offer.offer,
+    ...(request.reason !== undefined ? { reason: request.reason } : {}),
+    ...(request.ticket !== undefined ? { ticket: request.ticket } : {}),
+  };
+  const { key, token } = sealed.credentials;
+  // The private key never leaves this process: only the public key and the signature travel, sealed.
+  const proof = key ? { key: key.publicKey.toString('base64'), signature: signStatement(key, statement).toString('base64') } : {};
+  const { gateway: _gateway, ...fields } = statement;
+  const plain = { ...fields, ...offer, ...(token !== undefined ? { token } : {}), ...proof };
   const { envelope, open } = await sealRequest(sealed.key, Buffer.from(JSON.stringify(plain)));
   let response: HttpResponse;
   try {
@@ -237,8 +252,18 @@ async function exchange(
       `gateway ${sealed.gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`,
     );
   }
+  if (reply.status === 403 && typeof reply.error === 'string') {
+    // An access decision (key, grant, source, limit, reason): the gateway's own words, already limited
+    // to what this key may know.
+    throw new TunnelError('accessRefused', `the gateway refused access: ${reply.error.slice(0, 500)}`);
+  }
   if (reply.status === 401 || reply.status === 403) {
-    throw new TunnelError('authRefused', `the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file`);
+    throw new TunnelError(
+      'authRefused',
+      sealed.credentials.token === undefined
+        ? 'the gateway admits only the shared token: set PAM_GATEWAY_TOKEN or pass --token-file'
+        : 'the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file',
+    );
   }
   if (reply.status === 404 && Array.isArray(reply.targets)) {
     const served = reply.targets.filter((name): name is string => typeof name === 'string');

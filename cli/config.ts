@@ -1,7 +1,7 @@
 // Where settings come from: flags > environment > config file > defaults. The token is never taken
 // from argv (other users can read argv in `ps`): only from PAM_GATEWAY_TOKEN or a token file.
 
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
@@ -9,6 +9,7 @@ import { TunnelError } from '../machines/errors.js';
 import { type IceServer, iceUrlForm, parseIceUrl } from '../adapters/ice-options.js';
 import { createGatewayKeyCheck, fingerprintPattern, knownGatewaysPath, type GatewayKeyCheck } from '../adapters/known-gateways.js';
 import { gatewayUrlProblem } from '../machines/start-flags.js';
+import { type Credentials, defaultUserKeyFile, loadUserKey } from '../adapters/user-key.js';
 
 /** `$XDG_CONFIG_HOME/pam/config.json` (default `~/.config/pam/config.json`). */
 export interface ConfigFile {
@@ -132,6 +133,34 @@ export function readToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv,
       ? 'the gateway refuses to start without a token: set PAM_GATEWAY_TOKEN or pass --token-file (never on the command line)'
       : 'no gateway token: set PAM_GATEWAY_TOKEN or pass --token-file';
   throw new TunnelError('usage', hint);
+}
+
+/**
+ * The client's credentials: a user key from --key-file, PAM_KEY_FILE or the default key file when it
+ * exists, and the token when one is configured. Both may be sent (the gateway decides which counts:
+ * docs/access.md); neither is a usage error naming both fixes.
+ */
+export function readCredentials(options: {
+  readonly tokenFile: string | undefined;
+  readonly keyFile: string | undefined;
+  readonly env: NodeJS.ProcessEnv;
+  readonly file?: ConfigFile;
+}): Credentials {
+  const { env, file = {} } = options;
+  const named = options.keyFile ?? (env.PAM_KEY_FILE?.trim() || undefined);
+  const source = options.keyFile !== undefined ? '--key-file' : 'PAM_KEY_FILE';
+  const fallback = defaultUserKeyFile(env);
+  const key =
+    named !== undefined ? loadUserKey(named, source) : existsSync(fallback) ? loadUserKey(fallback, 'the default key file') : undefined;
+  const tokenGiven = options.tokenFile !== undefined || Boolean(env.PAM_GATEWAY_TOKEN?.trim()) || Boolean(file.tokenFile);
+  const token = tokenGiven ? readToken(options.tokenFile, env, 'client', file) : undefined;
+  if (key === undefined && token === undefined) {
+    throw new TunnelError(
+      'usage',
+      `no credentials: set PAM_GATEWAY_TOKEN or pass --token-file (shared token), or create a user key with \`pam keygen\` (${fallback}) or pass --key-file / PAM_KEY_FILE`,
+    );
+  }
+  return { ...(token !== undefined ? { token } : {}), ...(key !== undefined ? { key } : {}) };
 }
 
 /** The gateway decides what a token must be; a client presents whatever it was given. */

@@ -34,16 +34,17 @@ import {
   importNative,
   keepalive,
   nativeIceHostsWarning,
-  readToken,
+  readCredentials,
   type TransportChoice,
   transportChoice,
   gatewayKeyCheck,
 } from './config.js';
 import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
+import type { Credentials } from '../adapters/user-key.js';
 
 export interface TransportOptions {
-  /** Read on first use, so flag errors are reported before a missing token. */
-  readonly token: () => string;
+  /** Read on first use, so flag errors are reported before missing credentials. */
+  readonly credentials: () => Credentials;
   readonly env: NodeJS.ProcessEnv;
   readonly iceServers?: readonly string[];
   /** native (default, node-datachannel) or werift, as `transportChoice()` resolved it. */
@@ -59,7 +60,7 @@ export function lazyTransport(options: TransportOptions): Transport {
   const load = () =>
     (loaded ??= (async () => {
       const settings = {
-        token: options.token(),
+        ...options.credentials(),
         ice: { hosts: iceHosts(options.env), servers: iceServers(options.iceServers ?? [], options.env) },
         // One stderr line per connection the target refused: the client itself sees only a reset.
         mux: { ...keepalive(options.env), log: options.warn },
@@ -123,6 +124,7 @@ export interface TunnelRunOptions {
   readonly ownerId?: string;
   readonly json: boolean;
   readonly tokenFile: string | undefined;
+  readonly keyFile: string | undefined;
   readonly file: ConfigFile;
   readonly iceServers: readonly string[];
   readonly transport: string | undefined;
@@ -154,7 +156,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
   const session = context.session;
   const ports = await createTunnelPorts({
     ...(options.ownerId !== undefined ? { ownerLogId: options.ownerId } : {}),
-    token: () => readToken(options.tokenFile, env, 'client', options.file),
+    credentials: () => readCredentials({ tokenFile: options.tokenFile, keyFile: options.keyFile, env, file: options.file }),
     env,
     announce,
     iceServers: options.iceServers,

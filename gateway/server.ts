@@ -23,6 +23,8 @@ export interface Gateway {
   readonly url: string;
   readonly port: number;
   peerCount(): number;
+  /** End live tunnels whose access the grants in force no longer allow (after a reload). */
+  recheckAccess(): void;
   close(): Promise<void>;
 }
 
@@ -66,6 +68,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     url,
     port,
     peerCount: () => signalling.peerCount(),
+    recheckAccess: () => signalling.recheckAccess(),
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();

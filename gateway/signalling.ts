@@ -1,14 +1,17 @@
 // The gateway's half of sealed signalling, whatever carries it (its own HTTP listener, or a broker's
-// WebSocket): open the sealed request, refuse replays, check the token and the offer, answer it with a
-// WebRTC peer, and seal the answer back. The target is a name looked up in the allowlist, never an
-// address, so clients cannot make the gateway dial elsewhere.
+// WebSocket): open the sealed request, refuse replays, check who asks (token or signed user key, see
+// gateway/access.ts) and the offer, answer it with a WebRTC peer, and seal the answer back. The target
+// is a name looked up in the allowlist, never an address, so clients cannot make the gateway dial
+// elsewhere. Tunnels whose access is revoked (reload, expiry) are ended with the reason.
 
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { createReplayGuard, openRequest, SealError, type GatewayKeyPair } from '../adapters/sealed-signalling.js';
 import { Mux, type MuxOptions } from '../adapters/mux.js';
 import type { IceOptions, IceServer } from '../adapters/ice-options.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
+import { AccessDenied, createAccess } from './access.js';
+import type { AuthorizedKeys } from './authorized-keys.js';
+import { describePrincipal, type AccessRefusal, type AccessRequest, type Principal, type RefusalCode } from './principal.js';
 
 export interface GatewayTarget {
   readonly host: string;
@@ -16,7 +19,12 @@ export interface GatewayTarget {
 }
 
 export interface SignallingOptions {
-  readonly token: string;
+  /** The shared token (simple mode: every target); absent when only user keys are admitted. */
+  readonly token?: string;
+  /** The user keys and their grants in force now (`--authorized-keys`). */
+  readonly authorizedKeys?: () => AuthorizedKeys;
+  /** `--require-reason`: refuse a tunnel without --reason. */
+  readonly requireReason?: boolean;
   readonly key: GatewayKeyPair;
   readonly targets: Readonly<Record<string, GatewayTarget>>;
   readonly log: (line: string) => void;
@@ -68,10 +76,21 @@ export interface Signalling {
   /** Sealed request → sealed reply; throws ClearRefusal when the request cannot be opened. */
   handle(envelope: Buffer, client: string, servers?: readonly IceServer[]): Promise<Buffer>;
   peerCount(): number;
+  /** Check every live tunnel against the grants in force now; end those no longer allowed. */
+  recheckAccess(): void;
   closeAll(): void;
 }
 
-const digest = (text: string) => createHash('sha256').update(text).digest();
+/** A tunnel the gateway serves, with who opened it (for revocation). */
+interface LiveTunnel {
+  readonly request: AccessRequest & { readonly principal: Principal };
+  /** End it, telling the client why; set once the data channel is open. */
+  end?: (reason: string) => void;
+  readonly drop: () => void;
+}
+
+/** How often expiry is checked: a key whose `expires` passes loses its tunnels within a second. */
+const expiryCheckMs = 250;
 
 export function createSignalling(options: SignallingOptions): Signalling {
   const maxPeers = options.maxPeers ?? 256;
@@ -79,11 +98,42 @@ export function createSignalling(options: SignallingOptions): Signalling {
   const perClient = new Map<string, number>();
   const channelDeadlineMs = options.channelDeadlineMs ?? 30_000;
   const signallingTimeoutMs = options.signallingTimeoutMs ?? 10_000;
-  const tokenDigest = digest(options.token);
+  const access = createAccess({
+    ...(options.token !== undefined ? { token: options.token } : {}),
+    ...(options.authorizedKeys ? { keys: options.authorizedKeys } : {}),
+    ...(options.requireReason ? { requireReason: true } : {}),
+  });
+  const live = new Set<LiveTunnel>();
   const peers = new Set<object>();
   const answerer = options.answerer ?? weriftAnswerer(options.ice);
   const names = Object.keys(options.targets);
   const replay = createReplayGuard(options.replayWindowMs !== undefined ? { windowMs: options.replayWindowMs } : {});
+  const held = (fingerprint: string) =>
+    [...live].filter(({ request }) => request.principal.kind === 'key' && request.principal.fingerprint === fingerprint).length;
+
+  /**
+   * Every access refusal goes through here: the log line, and the reply the client exits 77 with.
+   * (The one place to record `access.refused`.)
+   */
+  function refuse(refusal: AccessRefusal): never {
+    const { request, code, message } = refusal;
+    options.log(`refused ${describePrincipal(request.principal)} from ${request.client} to '${request.target.slice(0, 64)}': ${code}`);
+    throw new Refusal(code === 'token-refused' || code === 'no-credentials' ? 401 : code === 'replayed' ? 400 : 403, message);
+  }
+
+  function recheckAccess(): void {
+    for (const tunnel of [...live]) {
+      const { principal, target, client } = tunnel.request;
+      const revoked = access.revoked(principal, target, client);
+      if (!revoked) continue;
+      options.log(`tunnel to ${target} of ${describePrincipal(principal)} ended: ${revoked.code}`);
+      live.delete(tunnel);
+      if (tunnel.end) tunnel.end(revoked.message);
+      else tunnel.drop();
+    }
+  }
+  const expiry = access.admitsKeys ? setInterval(recheckAccess, expiryCheckMs) : undefined;
+  expiry?.unref();
 
   async function handle(envelope: Buffer, client: string, servers?: readonly IceServer[]): Promise<Buffer> {
     let opened: Awaited<ReturnType<typeof openRequest>>;
@@ -110,21 +160,46 @@ export function createSignalling(options: SignallingOptions): Signalling {
     } catch {
       throw new Refusal(400, 'sealed request is not JSON');
     }
-    const { target, offer, answerSetup, token, nonce, timestamp } = (parsed ?? {}) as Record<string, unknown>;
+    const fields = (parsed ?? {}) as Record<string, unknown>;
+    const { target, offer, answerSetup, nonce, timestamp, reason, ticket } = fields;
     if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 64 || typeof timestamp !== 'number') {
       throw new Refusal(400, 'sealed request lacks a nonce and timestamp');
     }
     const replayed = replay.check(nonce, timestamp);
     if (replayed) {
       options.log(`refused a sealed request from ${client}: ${replayed}`);
-      throw new Refusal(400, `request refused: ${replayed}`);
+      refuse({
+        request: { client, target: typeof target === 'string' ? target : '' },
+        code: 'replayed',
+        message: `request refused: ${replayed}`,
+      });
     }
-    const presented = typeof token === 'string' ? token : '';
-    if (!(timingSafeEqual(digest(presented), tokenDigest) && presented.length > 0)) throw new Refusal(401, 'token refused');
     if (typeof target !== 'string' || typeof offer !== 'string')
       throw new Refusal(400, 'request must carry {"target": string, "offer": string}');
+    if (
+      (reason !== undefined && (typeof reason !== 'string' || reason.length > 500)) ||
+      (ticket !== undefined && (typeof ticket !== 'string' || ticket.length > 100))
+    )
+      throw new Refusal(400, 'reason and ticket, when given, must be strings (at most 500 and 100 characters)');
+    const said = { ...(typeof reason === 'string' ? { reason } : {}), ...(typeof ticket === 'string' ? { ticket } : {}) };
+    let principal: Principal;
+    try {
+      const statement = { gateway: options.key.fingerprint, target, nonce, timestamp, offer, ...said };
+      principal = access.authorize(fields, statement, client, held);
+    } catch (error) {
+      if (!(error instanceof AccessDenied)) throw error;
+      const code: RefusalCode = error.code;
+      refuse({
+        request: { ...(error.principal ? { principal: error.principal } : {}), client, target, ...said },
+        code,
+        message: error.message,
+      });
+    }
+    const request: LiveTunnel['request'] = { principal, client, target, ...said };
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
-    if (!Object.hasOwn(options.targets, target)) throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, names);
+    // A key learns only of the targets granted to it (and served here); the token, of every target.
+    if (!Object.hasOwn(options.targets, target))
+      throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, access.granted(principal, names));
     if (peers.size >= maxPeers) throw new Refusal(429, `gateway is serving its limit of ${maxPeers} tunnels`);
     if ((perClient.get(client) ?? 0) >= maxPeersPerClient) {
       throw new Refusal(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
@@ -148,12 +223,15 @@ export function createSignalling(options: SignallingOptions): Signalling {
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
     let answer: Answer | undefined;
     const drop = () => {
+      live.delete(tunnel);
       if (!peers.delete(slot)) return;
       const held = (perClient.get(client) ?? 1) - 1;
       if (held > 0) perClient.set(client, held);
       else perClient.delete(client);
       answer?.close();
     };
+    const tunnel: LiveTunnel = { request, drop };
+    live.add(tunnel);
     // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
     const answering = AbortSignal.timeout(signallingTimeoutMs);
     const pending = answerer.answer(offer, answering, { passive: answerSetup === 'passive', ...(servers ? { servers } : {}) });
@@ -197,6 +275,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
           options.log(`tunnel to ${target} ended: ${reason}`);
           drop();
         });
+        // Revoked: the goodbye frame carries the reason, then the peer goes.
+        tunnel.end = (reason) => void mux.close(500, { ending: 'revoked', reason }).finally(drop);
         const pair = opened.selectedPath?.();
         options.log(`tunnel to ${target} open${pair ? ` (path ${pair})` : ''}`);
       },
@@ -208,7 +288,10 @@ export function createSignalling(options: SignallingOptions): Signalling {
   return {
     handle,
     peerCount: () => peers.size,
+    recheckAccess,
     closeAll() {
+      clearInterval(expiry);
+      live.clear();
       answerer.closeAll();
       peers.clear();
     },

@@ -22,6 +22,17 @@ export const failureKinds = {
     summary: 'a registry entry or pid file could not be written (permissions, disk full): nothing half-written is left',
   },
   authRefused: { exitCode: 77, brief: 'token refused', summary: 'the gateway refused the token (or the broker refused PAM_BROKER_TOKEN)' },
+  accessRefused: {
+    exitCode: 77,
+    brief: 'access refused',
+    summary:
+      'the gateway refused this key or request (unknown or expired key, target not granted, source address, tunnel limit, missing --reason)',
+  },
+  accessRevoked: {
+    exitCode: 77,
+    brief: 'access revoked',
+    summary: "the gateway ended a live tunnel because the key's access was revoked or expired; it is not reconnected",
+  },
   gatewayKeyMismatch: {
     exitCode: 77,
     brief: 'gateway key mismatch',

@@ -38,20 +38,28 @@ export interface LinkPath {
   readonly pair: string;
 }
 
+export type LinkEnding = 'lost' | 'revoked';
+
 /** An open tunnel to the gateway's target: carries local connections until closed or lost. */
 export interface Link<Connection = unknown> {
   /** The selected ICE path, when the WebRTC library tells (node-datachannel does). */
   path?(): LinkPath | undefined;
   /** Take ownership of a local connection and carry its bytes to the target and back. */
   carry(connection: Connection): void;
-  /** Called once if the link dies without close() (peer gone, keepalive expired). */
-  onLost(handler: (reason: string) => void): void;
+  /**
+   * Called once if the link dies without close(): `lost` (peer gone, keepalive expired) may be
+   * reconnected; `revoked` (the gateway withdrew this tunnel's access) must not be.
+   */
+  onLost(handler: (reason: string, ending: LinkEnding) => void): void;
   close(): Promise<void>;
 }
 
 export interface NegotiateRequest {
   readonly gateway: string;
   readonly target: string;
+  /** --reason and --ticket: sealed to the gateway with the offer (and signed, with a user key). */
+  readonly reason?: string;
+  readonly ticket?: string;
   readonly signal: AbortSignal;
 }
 

@@ -21,6 +21,9 @@ export interface StartFlags {
   readonly reconnectAttempts?: string;
   /** Running inside `pam shell`: -fg/-bg are skipped (tunnels persist for the session). */
   readonly inShell?: boolean;
+  /** Why the operator opens this tunnel, and the change/incident ticket: sealed to the gateway, journalled here. */
+  readonly reason?: string;
+  readonly ticket?: string;
 }
 
 export interface StartSettings {
@@ -35,7 +38,22 @@ export interface StartSettings {
   readonly pidFile?: string;
   /** A flag the shell skipped, to tell the user about ('--background'), if any. */
   readonly skipped?: '--foreground' | '--background';
+  readonly reason?: string;
+  readonly ticket?: string;
 }
+
+/** No control characters (newlines, escapes): text that stays one line in logs and journals. */
+export function isOneLine(text: string): boolean {
+  for (const char of text) {
+    const code = char.codePointAt(0)!;
+    if (code < 0x20 || code === 0x7f) return false;
+  }
+  return true;
+}
+
+/** Longest --reason / --ticket: a sentence and an identifier, not a document. */
+export const maxReasonLength = 500;
+export const maxTicketLength = 100;
 
 export const defaultTimeoutSeconds = 30;
 export const defaultReconnectAttempts = 5;
@@ -112,6 +130,18 @@ export function parseStartFlags(flags: StartFlags): StartParse {
     return usage(`--reconnect-attempts '${flags.reconnectAttempts}' must be a whole number from 0 (never reconnect) to 100`);
   }
 
+  const reason = flags.reason?.trim();
+  if (flags.reason !== undefined && !reason) return usage('--reason needs a text, e.g. --reason "restore of db after incident"');
+  if (reason !== undefined && (reason.length > maxReasonLength || !isOneLine(reason)))
+    return usage(`--reason must be one line of at most ${maxReasonLength} characters`);
+  const ticket = flags.ticket?.trim();
+  if (flags.ticket !== undefined && !/^[\x21-\x7e]{1,100}$/.test(ticket ?? ''))
+    return usage(
+      `--ticket '${(flags.ticket ?? '').slice(0, 40)}' must be an identifier (printable, no spaces, at most ${maxTicketLength}), e.g. CHG-1234`,
+    );
+  if (ticket !== undefined && reason === undefined)
+    return usage('--ticket goes with --reason: say why, e.g. --reason "deploy" --ticket CHG-1234');
+
   let mode: TunnelMode = flags.run !== undefined ? 'run' : flags.background ? 'background' : 'foreground';
   let skipped: StartSettings['skipped'];
   if (flags.inShell && mode !== 'run') {
@@ -133,6 +163,8 @@ export function parseStartFlags(flags: StartFlags): StartParse {
       ...(flags.run !== undefined ? { command: flags.run } : {}),
       ...(flags.pidFile !== undefined ? { pidFile: flags.pidFile } : {}),
       ...(skipped ? { skipped } : {}),
+      ...(reason !== undefined ? { reason } : {}),
+      ...(ticket !== undefined ? { ticket } : {}),
     },
   };
 }

@@ -54,8 +54,8 @@ export function provideTunnel(ports: TunnelPorts) {
       }),
       serveConnections: fromCallback<TunnelEvent, ServeInput>(({ input, sendBack }) => {
         let serving = true;
-        input.link.onLost((reason) => {
-          if (serving) sendBack({ type: 'link.lost', reason });
+        input.link.onLost((reason, ending) => {
+          if (serving) sendBack({ type: ending === 'revoked' ? 'link.revoked' : 'link.lost', reason });
         });
         input.listener.accept((connection) => input.link.carry(connection));
         // Leaving `linked` (reconnecting, stopping): new connections wait for the next link.
@@ -66,7 +66,8 @@ export function provideTunnel(ports: TunnelPorts) {
       }),
       reconnect: fromPromise<Link, ReconnectInput>(async ({ input, signal }) => {
         await input.lost?.close().catch(() => undefined);
-        const negotiation = await ports.transport.negotiate({ gateway: input.gateway, target: input.target, signal });
+        const { lost: _lost, ...request } = input;
+        const negotiation = await ports.transport.negotiate({ ...request, signal });
         try {
           return await ports.transport.establish(negotiation, signal);
         } catch (error) {

@@ -10,6 +10,8 @@ export type TunnelEvent =
   | { type: 'tunnel.stop'; signal: StopSignal; origin?: string }
   /** The link to the gateway died (peer gone, keepalive expired); the machine may reconnect. */
   | { type: 'link.lost'; reason: string }
+  /** The gateway ended the tunnel because its access was revoked or expired: never reconnected. */
+  | { type: 'link.revoked'; reason: string }
   /** Raised by the machine itself once the link is lost for good (reconnects exhausted or disabled). */
   | { type: 'link.gone' }
   /** The wrapped --run command ended. */

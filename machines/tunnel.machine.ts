@@ -55,6 +55,8 @@ export interface ClaimInput {
 export interface NegotiateInput {
   readonly gateway: string;
   readonly target: string;
+  readonly reason?: string;
+  readonly ticket?: string;
 }
 export interface PublishInput {
   readonly record: TunnelRecord;
@@ -64,9 +66,7 @@ export interface ServeInput {
   readonly listener: LocalListener;
   readonly link: Link;
 }
-export interface ReconnectInput {
-  readonly gateway: string;
-  readonly target: string;
+export interface ReconnectInput extends NegotiateInput {
   readonly lost?: Link;
 }
 export interface RunInput {
@@ -108,6 +108,9 @@ function pathOf(context: TunnelContext): { path?: 'direct' | 'relay' } {
 function stoppedBy(event: { signal: StopSignal; origin?: string }): string {
   return `stopped by ${event.signal}${event.origin ? ` from ${event.origin}` : ''}`;
 }
+
+/** Failures that are the gateway's verdict on who asks: retrying the same request gets the same answer. */
+const refusalKinds: ReadonlySet<string> = new Set(['authRefused', 'accessRefused', 'accessRevoked', 'gatewayKeyMismatch']);
 
 const tunnelSetup = setup({
   types: {
@@ -167,6 +170,8 @@ const tunnelSetup = setup({
     isCommandSignalled: ({ context }) => context.commandSignalled !== undefined,
     /** --reconnect-attempts is not 0. */
     mayReconnect: ({ context }) => (context.settings?.reconnectAttempts ?? 0) > 0,
+    /** A reconnect was refused by the gateway (credentials or access), not merely failed. */
+    isRefusal: ({ event }) => 'error' in event && refusalKinds.has(failureOf(event.error).kind),
     hasAttemptsLeft: ({ context }) => (context.reconnectAttempt ?? 0) + 1 < (context.settings?.reconnectAttempts ?? 0),
   },
   delays: {
@@ -212,6 +217,14 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
               ],
             },
           ],
+          // The gateway withdrew access: a reconnect would be refused, so the link is gone for good.
+          'link.revoked': {
+            target: 'gone',
+            actions: [
+              { type: 'recordOutcome', params: ({ event }) => failure('accessRevoked', event.reason) },
+              raise({ type: 'link.gone' }),
+            ],
+          },
         },
       },
       reconnecting: {
@@ -228,11 +241,7 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
             invoke: {
               id: 'reconnect',
               src: 'reconnect',
-              input: ({ context }) => ({
-                gateway: context.settings!.gateway,
-                target: context.settings!.target,
-                ...(context.link ? { lost: context.link } : {}),
-              }),
+              input: ({ context }) => ({ ...negotiateInput(context), ...(context.link ? { lost: context.link } : {}) }),
               onDone: {
                 target: `#${parent}.linked`,
                 actions: [
@@ -242,6 +251,12 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
                 ],
               },
               onError: [
+                // The gateway answered and said no (access revoked meanwhile, token changed): asking again cannot help.
+                {
+                  guard: 'isRefusal',
+                  target: gone,
+                  actions: [{ type: 'recordOutcome', params: ({ event }) => failureOf(event.error) }, raise({ type: 'link.gone' })],
+                },
                 { guard: 'hasAttemptsLeft', target: 'waiting', actions: 'countReconnectAttempt' },
                 {
                   target: gone,
@@ -270,6 +285,17 @@ function linkStates(parent: 'tunnel.ready.serving' | 'tunnel.ready.runningComman
       gone: { description: 'The link is lost for good; the outcome says why' },
     },
   });
+}
+
+/** What signalling sends: where to, and the operator's --reason / --ticket. */
+function negotiateInput(context: TunnelContext): NegotiateInput {
+  const settings = context.settings!;
+  return {
+    gateway: settings.gateway,
+    target: settings.target,
+    ...(settings.reason !== undefined ? { reason: settings.reason } : {}),
+    ...(settings.ticket !== undefined ? { ticket: settings.ticket } : {}),
+  };
 }
 
 function lostForGood(context: TunnelContext, detail: string): Failure {
@@ -356,7 +382,7 @@ export const tunnelMachine = tunnelSetup.createMachine({
           invoke: {
             id: 'negotiate',
             src: 'negotiate',
-            input: ({ context }) => ({ gateway: context.settings!.gateway, target: context.settings!.target }),
+            input: ({ context }) => negotiateInput(context),
             onDone: { target: 'establishing', actions: assign({ negotiation: ({ event }) => event.output }) },
             onError: { target: '#tunnel.stopping', actions: 'recordError' },
           },

@@ -36,6 +36,15 @@ export class GatewayCommand extends PamCommand {
       answers the sealed offers the broker relays, and re-registers with backoff when the broker goes
       away; tunnels already up keep running meanwhile. Clients then use
       --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
+
+      --authorized-keys FILE admits user keys (\`pam keygen\`), one a line:
+      \`targets="web,db"[,expires="ISO-8601"][,from="CIDR,…"][,max-tunnels=N] pam-ed25519 KEY [comment]\`.
+      Each request is signed by its key; a key reaches only its targets. A malformed file refuses the
+      start naming the line; the file is re-read on SIGHUP (which then no longer stops the gateway)
+      and when it changes, a bad version keeps the old grants. A removed key, a narrowed grant or a
+      passed expiry ends that key's live tunnels within a second. With keys the token is optional;
+      given, it still opens every target. --require-reason refuses tunnels without --reason. See
+      docs/access.md.
     `,
     examples: [
       [
@@ -69,6 +78,10 @@ export class GatewayCommand extends PamCommand {
   maxPeersPerClient = SingleString('--max-tunnels-per-client', '64', {
     description: 'tunnels one client address may hold at once (default 64)',
   });
+  authorizedKeys = SingleString('--authorized-keys', {
+    description: 'user keys and their grants, one a line: targets="a,b" [expires=, from=, max-tunnels=] pam-ed25519 KEY [comment]',
+  });
+  requireReason = Option.Boolean('--require-reason', false, { description: 'refuse a tunnel opened without --reason' });
 
   async execute(): Promise<number> {
     if (this.broker !== undefined && this.listen !== undefined)
@@ -84,7 +97,9 @@ export class GatewayCommand extends PamCommand {
     const targets = parseTargets(this.targets);
     if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
     const maxPeersPerClient = numberFlag('--max-tunnels-per-client', this.maxPeersPerClient, { min: 1, max: 10_000, whole: true });
-    const token = readToken(this.tokenFile, this.context.env, 'gateway');
+    // With user keys the shared token is optional: set, it still opens every target (docs/access.md).
+    const tokenGiven = this.tokenFile !== undefined || Boolean(this.context.env.PAM_GATEWAY_TOKEN?.trim());
+    const token = this.authorizedKeys === undefined || tokenGiven ? readToken(this.tokenFile, this.context.env, 'gateway') : undefined;
 
     const tls = readTls(this.tlsCert, this.tlsKey);
     const transport = transportChoice(this.transport, this.context.env);
@@ -107,8 +122,13 @@ export class GatewayCommand extends PamCommand {
         `gateway key ${key.fingerprint} (${key.created ? 'created in' : 'from'} ${keyPath}); clients may pin it with PAM_GATEWAY_KEY=${key.fingerprint}`,
       );
     const names = Object.keys(targets);
+    // The grants: read now (a malformed file refuses the start), again on SIGHUP and when the file changes.
+    let recheck: () => void = () => undefined;
+    const keys = this.authorizedKeys !== undefined ? await openGrants(this.authorizedKeys, names, log, () => recheck()) : undefined;
     const options = {
-      token,
+      ...(token !== undefined ? { token } : {}),
+      ...(keys ? { authorizedKeys: keys.current } : {}),
+      ...(this.requireReason ? { requireReason: true } : {}),
       key,
       targets,
       log,
@@ -127,6 +147,7 @@ export class GatewayCommand extends PamCommand {
         import('../../gateway/broker-link.js'),
       ]);
       const signalling = createSignalling(options);
+      recheck = () => signalling.recheckAccess();
       announceKey();
       const link = connectBroker({
         broker,
@@ -149,7 +170,8 @@ export class GatewayCommand extends PamCommand {
             `${before === 0 ? 'registered' : 'registered again:'} site ${site} at ${broker} (clients: --gateway ${broker.replace(/\/+$/, '')}/sites/${site}; targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
           ),
       });
-      const ended = await Promise.race([stopSignal(), link.failed]).catch((error: unknown) => error);
+      const ended = await Promise.race([stopSignal(keys !== undefined), link.failed]).catch((error: unknown) => error);
+      keys?.close();
       link.close();
       signalling.closeAll();
       if (typeof ended !== 'string') throw ended;
@@ -160,14 +182,16 @@ export class GatewayCommand extends PamCommand {
     const warning = listenWarning(listen.host, tls !== undefined);
     if (warning) log(`warning: ${warning}`);
     const gateway = await startGateway({ host: listen.host, port: listen.port, ...options, ...(tls ? { tls } : {}) });
+    recheck = () => gateway.recheckAccess();
     announceKey();
     print(
       { event: 'listening', url: gateway.url, port: gateway.port, targets: names, key: key.fingerprint },
       `listening on ${gateway.url} (targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
     );
 
-    const signal = await stopSignal();
+    const signal = await stopSignal(keys !== undefined);
     log(`${signal}: closing`);
+    keys?.close();
     await gateway.close();
     return 0;
   }
@@ -175,15 +199,43 @@ export class GatewayCommand extends PamCommand {
 
 /**
  * The process's one signal policy: the first stop signal closes in order; once unwatched, a second
- * one ends the process at once (Node's default).
+ * one ends the process at once (Node's default). With `hangupReloads`, SIGHUP is not a stop signal
+ * (it re-reads --authorized-keys instead).
  */
-export function stopSignal(): Promise<StopSignal> {
+export function stopSignal(hangupReloads = false): Promise<StopSignal> {
   return new Promise<StopSignal>((resolve) => {
-    const unwatch = createProcessSignals().watch((name) => {
+    const signals = hangupReloads ? createProcessSignals(process, ['SIGINT', 'SIGTERM']) : createProcessSignals();
+    const unwatch = signals.watch((name) => {
       unwatch();
       resolve(name);
     });
   });
+}
+
+/** --authorized-keys: loaded now, re-read on SIGHUP (until the process ends) and when the file changes. */
+async function openGrants(path: string, served: readonly string[], log: (line: string) => void, onReload: () => void) {
+  const { openAuthorizedKeys } = await import('../../gateway/authorized-keys-file.js');
+  const file = openAuthorizedKeys(path, { log, onReload });
+  const warnUnserved = () => {
+    const unserved = new Set(
+      [...file.current().grants.values()].flatMap((grant) => grant.targets.filter((name) => !served.includes(name))),
+    );
+    if (unserved.size > 0) log(`warning: authorized_keys grants targets this gateway does not serve: ${[...unserved].join(', ')}`);
+  };
+  warnUnserved();
+  const unwatch = createProcessSignals(process, ['SIGHUP']).watch(() => {
+    if (file.reload('SIGHUP')) warnUnserved();
+    else log('SIGHUP: authorized_keys unchanged');
+    // Expiry and removals are checked again either way.
+    onReload();
+  });
+  return {
+    current: file.current,
+    close() {
+      unwatch();
+      file.close();
+    },
+  };
 }
 
 /** PAM_BROKER_TOKEN, shared by the broker and its gateways; never a flag (argv is visible in `ps`). */

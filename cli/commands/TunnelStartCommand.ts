@@ -40,6 +40,11 @@ export class TunnelStartCommand extends PamCommand {
       gateway behind a path-prefix proxy; credentials in the URL are refused); the token from
       --token-file, PAM_GATEWAY_TOKEN or the config file's tokenFile (never from the command line).
       Config file: $XDG_CONFIG_HOME/pam/config.json (mode 0600), keys gateway, tokenFile, timeout, gatewayKey.
+      Instead of (or with) the token, a user key from \`pam keygen\` (--key-file, PAM_KEY_FILE, or
+      $XDG_CONFIG_HOME/pam/id_ed25519 when it exists) signs the request, for gateways with
+      --authorized-keys; --reason and --ticket travel sealed (and signed) and are journalled. A refused
+      key or grant exits 77 with the gateway's reason; so does a tunnel whose access the gateway
+      revokes (it is not reconnected). See docs/access.md.
 
       Signalling is sealed to the gateway's key (HPKE). PAM_GATEWAY_KEY=SHA256:… (or gatewayKey) pins
       it; otherwise the first key a gateway URL shows is recorded in $XDG_CONFIG_HOME/pam/known_gateways
@@ -63,6 +68,14 @@ export class TunnelStartCommand extends PamCommand {
   host = SingleString('--host', { description: 'local address to bind (default 127.0.0.1)' });
   gateway = SingleString('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
+  keyFile = SingleString('--key-file', {
+    description:
+      'your private key from `pam keygen`, signs the request (default: $PAM_KEY_FILE, or $XDG_CONFIG_HOME/pam/id_ed25519 if it exists)',
+  });
+  reason = SingleString('--reason', {
+    description: 'why you open this tunnel: sealed to the gateway (which may require it) and journalled',
+  });
+  ticket = SingleString('--ticket', { description: 'change or incident ticket id, with --reason (e.g. CHG-1234)' });
   foreground = Option.Boolean('-fg,--foreground', { description: 'keep the tunnel in this process until a signal (default)' });
   background = Option.Boolean('-bg,--background', {
     description: 'detach: a child process owns the tunnel; return once the port is usable',
@@ -128,6 +141,8 @@ export class TunnelStartCommand extends PamCommand {
         // Relative to where the user ran pam, recorded absolute (the registry and `stop` run elsewhere).
         pidFile: this.pidFile === undefined || this.pidFile.trim() === '' ? this.pidFile : resolvePath(this.pidFile),
         inShell: this.context.inShell,
+        reason: this.reason,
+        ticket: this.ticket,
       }),
     };
     const ownerId = takeOwnerId(this.context.env);
@@ -138,6 +153,7 @@ export class TunnelStartCommand extends PamCommand {
       ...(ownerId !== undefined ? { ownerId } : {}),
       json: this.json,
       tokenFile: this.tokenFile,
+      keyFile: this.keyFile,
       file,
       iceServers: this.iceServers,
       transport: this.transport,

@@ -3,6 +3,7 @@
 import { BrokerCommand } from './BrokerCommand.js';
 import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
+import { KeygenCommand } from './KeygenCommand.js';
 import { ShellCommand } from './ShellCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
@@ -21,5 +22,6 @@ export const commandClasses = [
   GatewayCommand,
   BrokerCommand,
   ShellCommand,
+  KeygenCommand,
   CompletionCommand,
 ];

@@ -216,3 +216,19 @@ t.test('the peer closing its channel is a loss with a reason; close() from this 
   t.equal(await clientLost, 'the peer closed the tunnel');
   t.same(lost, [], 'the side that closed is not told it lost anything');
 });
+
+t.test('a goodbye may carry why: revoked reaches the peer as a revoked ending with its reason; a plain goodbye is lost', async (t) => {
+  const [near, far] = framePair();
+  const client = new Mux(near);
+  const gateway = new Mux(far);
+  const ended = new Promise<[string, string]>((resolve) => client.onLost((reason, ending) => resolve([reason, ending])));
+  await gateway.close(500, { ending: 'revoked', reason: 'access revoked: key removed' });
+  t.same(await ended, ['access revoked: key removed', 'revoked']);
+
+  const [a, b] = framePair();
+  const other = new Mux(a);
+  const peer = new Mux(b);
+  const plain = new Promise<[string, string]>((resolve) => other.onLost((reason, ending) => resolve([reason, ending])));
+  await peer.close();
+  t.same(await plain, ['the peer closed the tunnel', 'lost'], 'no farewell: an ordinary loss, which may be reconnected');
+});

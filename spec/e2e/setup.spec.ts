@@ -36,7 +36,9 @@ t.test('bash completion: commands, subcommands, flags from the definitions, live
     );
     return result.stdout.split('\n').filter(Boolean).sort();
   };
-  t.same(complete('pam', ''), ['broker', 'completion', 'gateway', 'shell', 'tunnel']);
+  t.same(complete('pam', ''), ['broker', 'completion', 'gateway', 'keygen', 'shell', 'tunnel']);
+  t.same(complete('pam', 'tunnel', 'start', '--key'), ['--key-file']);
+  t.same(complete('pam', 'gateway', '--auth'), ['--authorized-keys']);
   t.same(complete('pam', 'tunnel', ''), ['history', 'list', 'machine', 'replay', 'start', 'stop']);
   t.same(complete('pam', 'tunnel', 'start', '--back'), ['--background']);
   t.same(complete('pam', 'tunnel', 'stop', '--a'), ['--all']);

@@ -141,3 +141,20 @@ t.test('--host [::1] is ::1; a timeout below 1 s is refused, naming the minimum'
   t.ok(!tiny.ok && /--timeout '0\.0001' is too short: a connect needs at least 1 s/.test(tiny.failure.reason));
   t.ok(parseStartFlags({ ...base, timeout: '1' }).ok, '1 s is accepted');
 });
+
+t.test('--reason and --ticket: kept trimmed; empty, multi-line, overlong or a ticket alone refused', async (t) => {
+  const parsed = parseStartFlags({ ...base, reason: '  restore after INC-7 ', ticket: 'INC-7' });
+  t.match(parsed, { ok: true, settings: { reason: 'restore after INC-7', ticket: 'INC-7' } });
+  const cases: Array<[Record<string, unknown>, RegExp]> = [
+    [{ reason: '   ' }, /--reason needs a text/],
+    [{ reason: 'two\nlines' }, /--reason must be one line of at most 500/],
+    [{ reason: 'x'.repeat(501) }, /--reason must be one line/],
+    [{ reason: 'ok', ticket: 'has space' }, /--ticket 'has space' must be an identifier/],
+    [{ reason: 'ok', ticket: 'T'.repeat(101) }, /--ticket .* must be an identifier/],
+    [{ ticket: 'CHG-1' }, /--ticket goes with --reason/],
+  ];
+  for (const [flags, message] of cases) {
+    const result = parseStartFlags({ ...base, ...flags });
+    t.match(result, { ok: false, failure: { kind: 'usage', exitCode: 2, reason: message } }, JSON.stringify(flags).slice(0, 60));
+  }
+});

@@ -85,6 +85,9 @@ const actorErrors: Record<string, unknown> = {
   teardown: new Error('close failed'),
 };
 
+/** A reconnect the gateway refuses (the key was revoked while the link was down): final, never retried. */
+const refusedReconnect = new TunnelError('accessRefused', 'the gateway refused access: key removed');
+
 /** The events worth trying in a state: what its adapters or the outside world can really send there. */
 function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] {
   const stops: StepEvent[] = [{ type: 'tunnel.stop', signal: 'SIGTERM' }];
@@ -108,12 +111,19 @@ function eventsFor(snapshot: { matches(value: unknown): boolean }): StepEvent[] 
           ]
         : [];
     const path = `tunnel.ready.${work}.reconnecting`;
-    if (snapshot.matches({ ready: { [work]: 'linked' } })) return [{ type: 'link.lost', reason: 'peer gone' }, ...command, ...stops];
+    if (snapshot.matches({ ready: { [work]: 'linked' } }))
+      return [{ type: 'link.lost', reason: 'peer gone' }, { type: 'link.revoked', reason: 'access revoked' }, ...command, ...stops];
     if (snapshot.matches({ ready: { [work]: { reconnecting: 'waiting' } } })) {
       return [{ type: `xstate.after.reconnectBackoff.${path}.waiting` }, ...command, ...stops];
     }
     if (snapshot.matches({ ready: { [work]: { reconnecting: 'attempting' } } })) {
-      return [...invoke('reconnect', {}), { type: `xstate.after.connectTimeout.${path}.attempting` }, ...command, ...stops];
+      return [
+        ...invoke('reconnect', {}),
+        { type: 'xstate.error.actor.reconnect', error: refusedReconnect },
+        { type: `xstate.after.connectTimeout.${path}.attempting` },
+        ...command,
+        ...stops,
+      ];
     }
     return [...command, ...stops]; // gone: only the command (or a signal) ends it
   }
@@ -243,9 +253,12 @@ function oracle(variant: Variant, path: Path): number {
     } else if (event.type === 'link.lost') {
       failedAttempts = 0;
       if (budget === 0) decided = 69; // no reconnect: lost for good
-    } else if (event.type === 'command.exited') decided = event.exit!.exitCode;
+    } else if (event.type === 'link.revoked')
+      decided = 77; // access withdrawn: never reconnected
+    else if (event.type === 'command.exited') decided = event.exit!.exitCode;
     else if (event.type.startsWith('xstate.after.reconnectBackoff')) continue;
     else if (event.type.startsWith('xstate.after') && event.type.includes('reconnecting')) attemptFailed();
+    else if (event.type === 'xstate.error.actor.reconnect' && event.error === refusedReconnect) decided = 77;
     else if (event.type === 'xstate.error.actor.reconnect') attemptFailed();
     else if (event.type.startsWith('xstate.after')) decided = 124;
     else if (event.type.startsWith('xstate.error.actor.')) {
@@ -313,6 +326,7 @@ async function replay(variant: Variant, path: Path, taken: Set<string>): Promise
     if (event.type === 'tunnel.start') actor.send({ type: 'tunnel.start' });
     else if (event.type === 'tunnel.stop') signals.emit(event.signal!);
     else if (event.type === 'link.lost') transport.links.at(-1)!.lose('peer gone');
+    else if (event.type === 'link.revoked') transport.links.at(-1)!.lose('access revoked', 'revoked');
     else if (event.type === 'command.exited') runner.commands.at(-1)!.exit(event.exit!.exitCode);
     else if (event.type.startsWith('xstate.after.reconnectBackoff')) clock.increment(30_000);
     else if (event.type.startsWith('xstate.after.')) clock.increment(timeoutMs);
@@ -321,7 +335,7 @@ async function replay(variant: Variant, path: Path, taken: Set<string>): Promise
       gates.open('negotiate');
       await flush();
       gates.open('establish');
-    } else if (event.type === 'xstate.error.actor.reconnect') gates.fail('negotiate', actorErrors.reconnect);
+    } else if (event.type === 'xstate.error.actor.reconnect') gates.fail('negotiate', event.error ?? actorErrors.reconnect);
     else if (event.type.startsWith('xstate.done.actor.')) gates.open(event.type.slice('xstate.done.actor.'.length));
     else if (event.type.startsWith('xstate.error.actor.')) {
       const id = event.type.slice('xstate.error.actor.'.length);

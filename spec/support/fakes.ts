@@ -7,6 +7,7 @@ import type {
   CommandExit,
   CommandRunner,
   Link,
+  LinkEnding,
   ListenerFactory,
   LocalListener,
   Negotiation,
@@ -115,7 +116,7 @@ export function createFakeListeners(
 export class FakeLink implements Link<FakeConnection> {
   readonly carried: FakeConnection[] = [];
   closed = false;
-  private lostHandlers: Array<(reason: string) => void> = [];
+  private lostHandlers: Array<(reason: string, ending: LinkEnding) => void> = [];
   private lost = false;
 
   carry(connection: FakeConnection): void {
@@ -123,16 +124,16 @@ export class FakeLink implements Link<FakeConnection> {
     else this.carried.push(connection);
   }
 
-  onLost(handler: (reason: string) => void): void {
+  onLost(handler: (reason: string, ending: LinkEnding) => void): void {
     this.lostHandlers.push(handler);
   }
 
-  /** The peer goes away. */
-  lose(reason: string): void {
+  /** The peer goes away (`revoked`: the gateway ended the tunnel's access). */
+  lose(reason: string, ending: LinkEnding = 'lost'): void {
     if (this.lost || this.closed) return;
     this.lost = true;
     for (const connection of this.carried) connection.destroy();
-    for (const handler of this.lostHandlers) handler(reason);
+    for (const handler of this.lostHandlers) handler(reason, ending);
   }
 
   async close(): Promise<void> {
