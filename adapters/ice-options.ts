@@ -34,3 +34,18 @@ export function parseIceUrl(url: string): IceUrl | undefined {
     ...(match[4] !== undefined ? { transport: match[4] as 'udp' | 'tcp' } : {}),
   };
 }
+
+/** TURN over TCP (`turn:…?transport=tcp`; `turns:` is TLS over TCP). */
+export function isTurnOverTcp(url: string): boolean {
+  const parsed = parseIceUrl(url);
+  return parsed !== undefined && (parsed.scheme === 'turns' || (parsed.scheme === 'turn' && parsed.transport === 'tcp'));
+}
+
+/** TURN is offered, but only over TCP: libjuice (the native transport) relays over UDP only and cannot use it. */
+export function turnOnlyOverTcp(servers: readonly { readonly urls: string }[]): boolean {
+  const turn = servers.filter((server) => /^turns?:/.test(server.urls));
+  return turn.length > 0 && turn.every((server) => isTurnOverTcp(server.urls));
+}
+
+export const nativeTurnOverTcp =
+  'the native transport (libdatachannel with libjuice) relays over UDP only and cannot use TURN over TCP (turn:…?transport=tcp)';

@@ -1,18 +1,21 @@
 // Gateway key pinning, the ssh way: a pinned fingerprint (PAM_GATEWAY_KEY or config `gatewayKey`)
 // must match; without a pin, the first key a gateway URL shows is recorded in
 // `$XDG_CONFIG_HOME/pam/known_gateways` (0600) and any other key for that URL later is refused.
-// A refusal is exit 77 and names both fingerprints and what to change.
+// A refusal is exit 77 and names both fingerprints and what to change. A list of URLs of one site
+// (the site through several brokers) is one gateway identity: the key must match the record of every
+// URL in it, and is recorded for each, so whichever broker answers, pinning still means "this site".
 
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
+import { gatewayUrls } from '../machines/start-flags.js';
 import { keyFingerprint } from './key-fingerprint.js';
 
 export interface GatewayKeyCheck {
-  /** Throws TunnelError gatewayKeyMismatch when `publicKey` is not the one expected for `url`. */
+  /** Throws TunnelError gatewayKeyMismatch when `publicKey` is not the one expected for `url` (a URL or a comma-separated list). */
   verify(url: string, publicKey: Buffer): void;
-  /** The gateway proved it holds the key (its sealed answer opened): remember it, if not pinned. */
+  /** The gateway proved it holds the key (its sealed answer opened): remember it for each URL, if not pinned. */
   trust(url: string, publicKey: Buffer): void;
 }
 
@@ -46,7 +49,8 @@ export function createGatewayKeyCheck(options: { pin?: { fingerprint: string; so
   return {
     verify(url, publicKey) {
       const shown = keyFingerprint(publicKey);
-      const identity = gatewayIdentity(url);
+      const identities = gatewayUrls(url).map(gatewayIdentity);
+      const identity = identities.join(',');
       if (options.pin) {
         if (shown === options.pin.fingerprint) return;
         throw new TunnelError(
@@ -55,19 +59,23 @@ export function createGatewayKeyCheck(options: { pin?: { fingerprint: string; so
             `if the gateway's key was replaced on purpose, set ${options.pin.source} to ${shown}`,
         );
       }
-      const recorded = read().get(identity);
-      if (recorded === undefined || recorded === shown) return;
+      const known = read();
+      const differing = identities.find((one) => known.has(one) && known.get(one) !== shown);
+      if (differing === undefined) return;
+      const recorded = known.get(differing);
       throw new TunnelError(
         'gatewayKeyMismatch',
-        `gateway ${identity} presents key ${shown}, but ${options.file} records ${recorded}: no tunnel was set up; ` +
-          `if the gateway's key was replaced on purpose, remove its line from ${options.file} (or pin the new key with PAM_GATEWAY_KEY=${shown})`,
+        `gateway ${identity} presents key ${shown}, but ${options.file} records ${recorded}${identities.length > 1 ? ` for ${differing}` : ''}: no tunnel was set up; ` +
+          `if the gateway's key was replaced on purpose, remove its line${identities.length > 1 ? 's' : ''} from ${options.file} (or pin the new key with PAM_GATEWAY_KEY=${shown})`,
       );
     },
     trust(url, publicKey) {
       if (options.pin) return;
-      const identity = gatewayIdentity(url);
       const known = read();
-      if (known.has(identity)) return;
+      const missing = gatewayUrls(url)
+        .map(gatewayIdentity)
+        .filter((identity) => !known.has(identity));
+      if (missing.length === 0) return;
       mkdirSync(dirname(options.file), { recursive: true, mode: 0o700 });
       let text = '';
       try {
@@ -75,7 +83,8 @@ export function createGatewayKeyCheck(options: { pin?: { fingerprint: string; so
       } catch {
         // first entry
       }
-      writeFileSync(options.file, `${text}${text === '' || text.endsWith('\n') ? '' : '\n'}${identity} ${keyFingerprint(publicKey)}\n`, {
+      const lines = missing.map((identity) => `${identity} ${keyFingerprint(publicKey)}\n`).join('');
+      writeFileSync(options.file, `${text}${text === '' || text.endsWith('\n') ? '' : '\n'}${lines}`, {
         mode: 0o600,
       });
       chmodSync(options.file, 0o600);

@@ -2,6 +2,8 @@
 // per-connection credit windows so a slow reader on either side never makes the other buffer without
 // bound, half-close and reset carried through, and a keepalive that detects a dead peer.
 // Frame: type (u8) · stream id (u32 BE) · payload. Stream 0 carries PING/PONG.
+// An OPEN with an empty payload is for the tunnel's named target; a SOCKS stream's OPEN carries its
+// destination (u8 1 · port u16 BE · host UTF-8) and its OPEN_FAIL a code (u8 SOCKS5 reply · reason).
 // Why one multiplexed channel and not a channel per connection: docs/decisions/0002-one-multiplexed-channel.md.
 
 import type { Socket } from 'node:net';
@@ -60,9 +62,42 @@ export interface MuxOptions {
   readonly keepaliveIntervalMs?: number;
   /** Declare the peer dead after this long without any frame. */
   readonly keepaliveDeadMs?: number;
-  /** Gateway side: open the target for a new stream, or reject with a reason. */
-  readonly dial?: () => Promise<Socket>;
+  /**
+   * Gateway side: open the target for a new stream (`destination` when the client named one), or
+   * reject with a reason; an error's `replyCode` (a SOCKS5 reply code) travels back to the client,
+   * and `logged: true` says the dialler has logged the refusal already.
+   */
+  readonly dial?: (destination: MuxDestination | undefined) => Promise<Socket>;
   readonly log?: (line: string) => void;
+}
+
+/** Where a stream goes when the client names it (a SOCKS CONNECT): a host name or address and a port. */
+export interface MuxDestination {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** How the peer answered an open that named a destination. */
+export type OpenResult = { readonly ok: true } | { readonly ok: false; readonly code: number; readonly reason: string };
+
+const destinationTag = 1;
+/** SOCKS5 "general failure": the code of a refusal that gave none. */
+const generalFailure = 0x01;
+
+export function encodeDestination(destination: MuxDestination): Buffer {
+  const host = Buffer.from(destination.host, 'utf8');
+  const payload = Buffer.allocUnsafe(3 + host.length);
+  payload.writeUInt8(destinationTag, 0);
+  payload.writeUInt16BE(destination.port, 1);
+  host.copy(payload, 3);
+  return payload;
+}
+
+/** The destination an OPEN payload names; undefined for the named target (empty); null when malformed. */
+export function decodeDestination(payload: Buffer): MuxDestination | undefined | null {
+  if (payload.length === 0) return undefined;
+  if (payload.length < 4 || payload.length > 3 + 255 || payload.readUInt8(0) !== destinationTag) return null;
+  return { port: payload.readUInt16BE(1), host: payload.subarray(3).toString('utf8') };
 }
 
 interface Stream {
@@ -80,6 +115,8 @@ interface Stream {
   sentFin: boolean;
   gotFin: boolean;
   ended: boolean;
+  /** The open named a destination: its answer goes here, and OPEN_FAIL carries a code. */
+  onOpened: ((result: OpenResult) => void) | undefined;
 }
 
 export const defaultMuxOptions = {
@@ -132,12 +169,30 @@ export class Mux {
       socket.destroy();
       return;
     }
+    this.openStream(socket, undefined);
+  }
+
+  /**
+   * Client side: carry `socket` to `destination`, which the peer decides on. `onOpened` hears the
+   * answer before any byte of the target reaches the socket; on a refusal the socket is left to the
+   * caller (to send its own reply and close it).
+   */
+  open(socket: Socket, destination: MuxDestination, onOpened: (result: OpenResult) => void): void {
+    if (this.closed || this.lostReason !== undefined) {
+      onOpened({ ok: false, code: generalFailure, reason: this.lostReason ?? 'the tunnel is closed' });
+      return;
+    }
+    this.openStream(socket, { destination, onOpened });
+  }
+
+  private openStream(socket: Socket, named: { destination: MuxDestination; onOpened: (result: OpenResult) => void } | undefined): void {
     const id = this.nextId;
     this.nextId += 2;
     socket.pause();
     const stream = this.addStream(id, socket);
     stream.open = false;
-    this.send(frameType.open, id);
+    if (named) stream.onOpened = named.onOpened;
+    this.send(frameType.open, id, named ? encodeDestination(named.destination) : undefined);
   }
 
   onLost(handler: (reason: string, ending: MuxEnding) => void): void {
@@ -178,6 +233,7 @@ export class Mux {
       sentFin: false,
       gotFin: false,
       ended: false,
+      onOpened: undefined,
     };
     this.streams.set(id, stream);
     if (socket) this.bind(stream, socket);
@@ -187,6 +243,7 @@ export class Mux {
   private bind(stream: Stream, socket: Socket): void {
     stream.socket = socket;
     socket.on('data', (chunk: Buffer) => {
+      if (stream.ended) return;
       for (let offset = 0; offset < chunk.length; offset += maxPayloadBytes) {
         this.send(frameType.data, stream.id, chunk.subarray(offset, offset + maxPayloadBytes));
       }
@@ -249,7 +306,7 @@ export class Mux {
     if (type === frameType.ping) return this.send(frameType.pong, 0, payload);
     if (type === frameType.pong) return;
     if (type === frameType.goodbye) return this.farewell(payload);
-    if (type === frameType.open) return this.acceptOpen(id);
+    if (type === frameType.open) return this.acceptOpen(id, payload);
     const stream = this.streams.get(id);
     if (!stream) {
       // Late frames of a stream that is already gone; tell the peer once it sends data.
@@ -259,9 +316,13 @@ export class Mux {
     switch (type) {
       case frameType.openOk:
         stream.open = true;
+        // The caller's reply goes out before any byte of the target: data frames follow OPEN_OK.
+        stream.onOpened?.({ ok: true });
+        stream.onOpened = undefined;
         this.updateFlow(stream);
         return;
       case frameType.openFail:
+        if (stream.onOpened) return this.refused(stream, payload);
         this.options.log?.(`the target refused a connection (${payload.toString('utf8').slice(0, 200)}): the local client got a reset`);
         return this.drop(stream);
       case frameType.data:
@@ -333,11 +394,16 @@ export class Mux {
     this.send(frameType.window, stream.id, credit);
   }
 
-  private acceptOpen(id: number): void {
+  private acceptOpen(id: number, payload: Buffer): void {
     const dial = this.options.dial;
-    if (!dial || this.streams.has(id)) return this.send(frameType.openFail, id, Buffer.from('this side does not accept connections'));
+    const destination = decodeDestination(payload);
+    // A code travels back only to a client that named a destination (older clients read text only).
+    const fail = (code: number, reason: string) =>
+      this.send(frameType.openFail, id, destination ? Buffer.concat([Buffer.from([code]), Buffer.from(reason)]) : Buffer.from(reason));
+    if (!dial || this.streams.has(id)) return fail(generalFailure, 'this side does not accept connections');
+    if (destination === null) return fail(generalFailure, 'malformed destination in the open frame');
     const stream = this.addStream(id, undefined);
-    dial().then(
+    dial(destination).then(
       (socket) => {
         if (stream.ended || this.closed) {
           socket.destroy();
@@ -351,8 +417,9 @@ export class Mux {
         stream.ended = true;
         this.forget(stream);
         const reason = error instanceof Error ? error.message : String(error);
-        this.options.log?.(`connection ${id} not opened: ${reason}`);
-        this.send(frameType.openFail, id, Buffer.from(reason));
+        const { replyCode: code, logged } = error as { replyCode?: unknown; logged?: unknown };
+        if (logged !== true) this.options.log?.(`connection ${id} not opened: ${reason}`);
+        fail(typeof code === 'number' && code > 0 && code < 256 ? code : generalFailure, reason.slice(0, 1000));
       },
     );
   }
@@ -364,8 +431,22 @@ export class Mux {
     }
   }
 
+  /** The peer refused a stream that named a destination: the caller answers its client and closes. */
+  private refused(stream: Stream, payload: Buffer): void {
+    stream.ended = true;
+    this.forget(stream);
+    const onOpened = stream.onOpened;
+    stream.onOpened = undefined;
+    const code = payload.length > 0 ? payload.readUInt8(0) : generalFailure;
+    onOpened?.({ ok: false, code, reason: payload.subarray(1).toString('utf8').slice(0, 1000) });
+  }
+
   /** The peer reset or refused the stream: reset the local side too. */
   private drop(stream: Stream): void {
+    if (stream.onOpened) {
+      // Never answered (the tunnel went away): the caller still owes its client a reply.
+      return this.refused(stream, Buffer.concat([Buffer.from([generalFailure]), Buffer.from(this.lostReason ?? 'stream reset')]));
+    }
     stream.ended = true;
     this.forget(stream);
     const socket = stream.socket;

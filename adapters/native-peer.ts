@@ -4,7 +4,7 @@
 
 import { initLogger, PeerConnection, type DataChannel, type LogLevel } from 'node-datachannel';
 import type { LinkPath } from '../machines/ports.js';
-import { type IceOptions, type IceServer, parseIceUrl } from './ice-options.js';
+import { type IceOptions, type IceServer, isTurnOverTcp, parseIceUrl } from './ice-options.js';
 import { channelLowWater, type FrameChannel } from './mux.js';
 
 type NativeIceServer = string | { hostname: string; port: number; username?: string; password?: string; relayType?: 'TurnUdp' | 'TurnTcp' };
@@ -36,7 +36,8 @@ export function createNativePeer(name: string, ice: IceOptions = {}): PeerConnec
   webrtcLog();
   const hosts = ice.hosts ?? [];
   return new PeerConnection(name, {
-    iceServers: (ice.servers ?? []).map(iceServer) as never,
+    // libjuice relays over UDP only: TURN over TCP is left out here rather than refused inside it.
+    iceServers: (ice.servers ?? []).filter((server) => !isTurnOverTcp(server.urls)).map(iceServer) as never,
     ...(hosts.length > 0 ? { bindAddress: hosts[0] } : {}),
   });
 }

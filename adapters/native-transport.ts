@@ -5,7 +5,8 @@ import type { DataChannel, PeerConnection } from 'node-datachannel';
 import type { Transport } from '../machines/ports.js';
 import { createPeerTransport, type PeerKind, type PeerTransportOptions } from './peer-transport.js';
 import { createNativePeer, nativeChannelOpen, nativeFrames, nativeGathered, nativeSelectedPath } from './native-peer.js';
-import type { IceOptions } from './ice-options.js';
+import { type IceOptions, nativeTurnOverTcp, turnOnlyOverTcp } from './ice-options.js';
+import { TunnelError } from '../machines/errors.js';
 
 interface NativePeer {
   readonly connection: PeerConnection;
@@ -17,7 +18,11 @@ export function nativeKind(ice: IceOptions = {}): PeerKind<NativePeer> {
     // libdatachannel follows the answer's role: as DTLS client it speaks first, once it has the answer.
     answerSetup: 'passive',
     async offer(signal, servers = []) {
-      const connection = createNativePeer('pam-client', { ...ice, servers: [...(ice.servers ?? []), ...servers] });
+      const all = [...(ice.servers ?? []), ...servers];
+      // A broker can hand out TURN over TCP only; libjuice would drop it without a word and ICE time out.
+      if (turnOnlyOverTcp(all))
+        throw new TunnelError('usage', `${nativeTurnOverTcp}, the only TURN the gateway's broker offers: use --transport werift`);
+      const connection = createNativePeer('pam-client', { ...ice, servers: all });
       try {
         const channel = connection.createDataChannel('pam-mux', { unordered: false });
         return { peer: { connection, channel }, sdp: await nativeGathered(connection, signal) };

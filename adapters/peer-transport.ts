@@ -1,8 +1,9 @@
 // The client transport, independent of the WebRTC library: sealed HTTP signalling with the gateway,
 // directly or through a broker (fetch and check the gateway's key, then offer → answer sealed to it,
 // token inside the seal), then a data channel carrying the mux; a wedged ICE/DTLS attempt is retried
-// with a fresh peer connection within the caller's deadline. werift and node-datachannel plug in as
-// a PeerKind (adapters/werift-transport.ts, adapters/native-transport.ts).
+// with a fresh peer connection within the caller's deadline. A gateway setting listing several URLs of
+// one site is tried in order, the next when one does not answer. werift and node-datachannel plug in
+// as a PeerKind (adapters/werift-transport.ts, adapters/native-transport.ts).
 
 import { randomBytes } from 'node:crypto';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
@@ -10,6 +11,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TunnelError } from '../machines/errors.js';
+import { gatewayUrls } from '../machines/start-flags.js';
 import type { Link, LinkPath, NegotiateRequest, Negotiation, Transport } from '../machines/ports.js';
 import { BodyTooLarge, readBodyBytes } from './http-body.js';
 import type { GatewayKeyCheck } from './known-gateways.js';
@@ -18,6 +20,8 @@ import { keyFingerprint } from './key-fingerprint.js';
 import { signStatement, type Credentials } from './user-key.js';
 import type { IceServer } from './ice-options.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
+import { socksTarget } from '../machines/start-flags.js';
+import { serveSocks } from './socks5-server.js';
 
 /** One WebRTC library's offerer side. `P` is its peer handle. */
 export interface PeerKind<P> {
@@ -63,21 +67,49 @@ const attemptWindowMs = (attempt: number) => Math.min(5_000 * 1.5 ** (attempt - 
 /** Before retry n + 1: none after the first failure, then 250 ms doubling to 2 s. */
 const retryPauseMs = (attempt: number) => (attempt <= 1 ? 0 : Math.min(125 * 2 ** (attempt - 1), 2_000));
 
+/** How long a URL of a list may take to show its key before the next one is asked. */
+const keyDeadlineMs = 5_000;
+
 export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransportOptions): Transport<Socket> {
+  // The URL of the list that answered last: a reconnect asks it first, so a dead broker costs one try.
+  let answered = 0;
+
   async function negotiateOnce(request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
+    const urls = gatewayUrls(request.gateway);
+    if (urls.length <= 1) return negotiateAt(urls[0] ?? request.gateway, request, signal);
+    const failures: string[] = [];
+    for (let step = 0; step < urls.length; step += 1) {
+      const index = (answered + step) % urls.length;
+      try {
+        const negotiation = await negotiateAt(urls[index]!, request, signal);
+        answered = index;
+        return negotiation;
+      } catch (error) {
+        if (!(error instanceof Unanswered) || signal.aborted) throw error;
+        failures.push(error.reason);
+      }
+    }
+    throw new TunnelError(
+      'gatewayUnreachable',
+      `no URL of ${request.gateway} answered (${failures.join('; ')}); check --gateway / PAM_GATEWAY_URL and that a broker or gateway of the site runs`,
+    );
+  }
+
+  /** One URL of the site; `request.gateway` (the whole list) is what the key is checked against. */
+  async function negotiateAt(url: string, request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
     const setup = kind.answerSetup ? { answerSetup: kind.answerSetup } : {};
     // The key request and the offer share one kept-alive connection: one TCP (and TLS) handshake
     // fewer per connect, a round trip each on a long path.
-    const connection = signallingConnection(request.gateway);
+    const connection = signallingConnection(url);
     try {
       // The key is checked before any peer connection exists: a mismatch leaves nothing to tear down.
-      const hello = await fetchKey(request.gateway, signal, connection);
+      const hello = await fetchKey(url, signal, url !== request.gateway ? keyDeadlineMs : undefined, connection);
       options.keys?.verify(request.gateway, hello.key);
       const trust = () => options.keys?.trust(request.gateway, hello.key);
       for (let attempt = 1; ; attempt += 1) {
         const { peer, sdp } = await kind.offer(signal, hello.iceServers);
         try {
-          const sealed = { gateway: request.gateway, key: hello.key, credentials: options, trust };
+          const sealed = { gateway: url, key: hello.key, credentials: options, trust };
           await kind.accept(peer, await exchange(sealed, request, { offer: sdp, ...setup }, signal, connection));
           return new PeerNegotiation(kind, peer, request);
         } catch (error) {
@@ -116,9 +148,13 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       }
       const mux = new Mux(channel, options.mux);
       const peer = current;
+      // A SOCKS tunnel speaks SOCKS5 to each local client first; its CONNECT names the stream's destination.
+      const socks = current.request.target === socksTarget;
       return {
         path: () => kind.selectedPath?.(peer.peer),
-        carry: (socket) => mux.carry(socket),
+        carry: socks
+          ? (socket) => serveSocks(socket, (client, destination, onOpened) => mux.open(client, destination, onOpened), options.mux?.log)
+          : (socket) => mux.carry(socket),
         onLost: (handler) => mux.onLost(handler),
         async close() {
           await mux.close();
@@ -137,23 +173,45 @@ export function signallingUrl(base: string, path: string): URL {
   return url;
 }
 
+/**
+ * The URL did not answer (refused, timed out) or answered that it cannot reach the site now (a
+ * broker's 502/503/504): the next URL of a list is worth asking. A 4xx is a verdict, never this.
+ */
+class Unanswered extends TunnelError {
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super('gatewayUnreachable', message);
+  }
+}
+
 const unreachable = (gateway: string, error: unknown) => {
   const { code, message } = error as { code?: string; message?: string };
-  return new TunnelError(
-    'gatewayUnreachable',
-    `gateway ${gateway} is unreachable (${code ?? message ?? String(error)}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
+  const why = code ?? message ?? String(error);
+  return new Unanswered(
+    `${gateway}: ${why}`,
+    `gateway ${gateway} is unreachable (${why}); check --gateway / PAM_GATEWAY_URL and that the gateway runs`,
   );
 };
 
+const unavailable = (status: number) => status === 502 || status === 503 || status === 504;
+
 /** GET /v1/key: the gateway's public key and, through a broker, the ICE servers it hands out. */
-async function fetchKey(gateway: string, signal: AbortSignal, agent: SignallingAgent): Promise<{ key: Buffer; iceServers: IceServer[] }> {
+export async function fetchKey(
+  gateway: string,
+  signal: AbortSignal,
+  deadlineMs?: number,
+  agent: SignallingAgent | false = false,
+): Promise<{ key: Buffer; iceServers: IceServer[] }> {
   const url = signallingUrl(gateway, '/v1/key');
   let response: HttpResponse;
+  const bounded = deadlineMs ? AbortSignal.any([signal, AbortSignal.timeout(deadlineMs)]) : signal;
   try {
-    response = await send(url, 'GET', undefined, signal, agent);
+    response = await send(url, 'GET', undefined, bounded, agent);
   } catch (error) {
     if (signal.aborted) throw error;
-    throw unreachable(gateway, error);
+    throw unreachable(gateway, bounded.aborted ? { code: `no answer within ${(deadlineMs ?? 0) / 1000} s` } : error);
   }
   const body = parseJson(response.body) as { kem?: unknown; key?: unknown; iceServers?: unknown; error?: unknown };
   if (response.status === 200 && body.kem === 'X25519' && typeof body.key === 'string') {
@@ -172,7 +230,9 @@ async function fetchKey(gateway: string, signal: AbortSignal, agent: SignallingA
     response.status === 200 || response.status === 404
       ? `; is ${gateway} a pam gateway, or a broker site (…/sites/NAME) whose gateway is registered?`
       : '';
-  throw new TunnelError('gatewayUnreachable', `gateway ${gateway} answered HTTP ${response.status}: ${detail}${hint}`);
+  const message = `gateway ${gateway} answered HTTP ${response.status}: ${detail}${hint}`;
+  if (unavailable(response.status)) throw new Unanswered(`${gateway}: HTTP ${response.status}: ${detail}`, message);
+  throw new TunnelError('gatewayUnreachable', message);
 }
 
 function isIceServer(value: unknown): value is IceServer {
@@ -230,7 +290,9 @@ async function exchange(
   if (response.status !== 200 || !response.sealed) {
     const body = parseJson(response.body) as { error?: unknown };
     const detail = typeof body.error === 'string' ? body.error : response.statusText;
-    throw new TunnelError('gatewayUnreachable', `gateway ${sealed.gateway} answered HTTP ${response.status}: ${detail}`);
+    const message = `gateway ${sealed.gateway} answered HTTP ${response.status}: ${detail}`;
+    if (unavailable(response.status)) throw new Unanswered(`${sealed.gateway}: HTTP ${response.status}: ${detail}`, message);
+    throw new TunnelError('gatewayUnreachable', message);
   }
   let reply: { status?: unknown; answer?: unknown; error?: unknown; targets?: unknown };
   try {
@@ -264,6 +326,10 @@ async function exchange(
         ? 'the gateway admits only the shared token: set PAM_GATEWAY_TOKEN or pass --token-file'
         : 'the gateway refused the token; check PAM_GATEWAY_TOKEN or --token-file',
     );
+  }
+  if (reply.status === 404 && target === socksTarget) {
+    const detail = typeof reply.error === 'string' ? reply.error : 'it serves named targets only';
+    throw new TunnelError('unknownTarget', `the gateway does not serve SOCKS tunnels (${detail}); the gateway needs --socks-allow`);
   }
   if (reply.status === 404 && Array.isArray(reply.targets)) {
     const served = reply.targets.filter((name): name is string => typeof name === 'string');

@@ -3,6 +3,7 @@
 // and the data channel seen as a FrameChannel for the mux.
 
 import { RTCPeerConnection, type RTCDataChannel } from 'werift';
+import type { LinkPath } from '../machines/ports.js';
 import type { IceOptions } from './ice-options.js';
 import { channelLowWater, type FrameChannel } from './mux.js';
 
@@ -108,4 +109,31 @@ export function channelFrames(peer: RTCPeerConnection, channel: RTCDataChannel):
       void peer.close().catch(() => undefined);
     },
   };
+}
+
+/** One candidate as the path names it: `relay 203.0.113.1:49160/udp` (from its SDP `candidate:` line). */
+export function describeCandidate(candidate: string): { type: string; text: string } | undefined {
+  // candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> …
+  const match = /^(?:a=)?(?:candidate:)?\S+ \d+ (\S+) \d+ (\S+) (\d+) typ (\S+)/i.exec(candidate.trim());
+  if (!match) return undefined;
+  const [, transport, address, port, type] = match;
+  return { type: type!, text: `${type} ${address}:${port}/${transport!.toLowerCase()}` };
+}
+
+/** `relay` when either end of werift's selected pair is a TURN relay candidate; else `direct`. */
+export function weriftSelectedPath(peer: RTCPeerConnection): LinkPath | undefined {
+  for (const transport of peer.iceTransports) {
+    let pair: ReturnType<typeof transport.getSelectedCandidatePair>;
+    try {
+      pair = transport.getSelectedCandidatePair();
+    } catch {
+      continue;
+    }
+    const local = pair && describeCandidate(pair.local.candidate);
+    const remote = pair && describeCandidate(pair.remote.candidate);
+    if (!local || !remote) continue;
+    const relayed = local.type === 'relay' || remote.type === 'relay';
+    return { kind: relayed ? 'relay' : 'direct', pair: `${local.text} → ${remote.text}` };
+  }
+  return undefined;
 }

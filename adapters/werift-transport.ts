@@ -5,8 +5,8 @@ import type { Socket } from 'node:net';
 import type { RTCDataChannel, RTCPeerConnection } from 'werift';
 import type { Transport } from '../machines/ports.js';
 import { createPeerTransport, type PeerKind, type PeerTransportOptions } from './peer-transport.js';
-import type { IceOptions } from './ice-options.js';
-import { channelFrames, channelOpen, createPeer, gatheringComplete, withoutDefaultStun } from './werift-peer.js';
+import { type IceOptions, type IceServer, parseIceUrl } from './ice-options.js';
+import { channelFrames, channelOpen, createPeer, gatheringComplete, weriftSelectedPath, withoutDefaultStun } from './werift-peer.js';
 
 export interface WeriftTransportOptions extends PeerTransportOptions {
   readonly ice?: IceOptions;
@@ -17,10 +17,21 @@ interface WeriftPeer {
   readonly channel: RTCDataChannel;
 }
 
+/**
+ * werift uses the first STUN and the first TURN server it is given and ignores the rest. Where both
+ * are offered, TURN over TCP goes first: it also works where UDP is blocked (the case werift is there
+ * for: libjuice, under the native transport, relays over UDP only), and the relay is only used when
+ * no direct pair works anyway.
+ */
+export function weriftServerOrder(servers: readonly IceServer[]): IceServer[] {
+  const overTcp = (server: IceServer) => server.urls.startsWith('turn') && parseIceUrl(server.urls)?.transport === 'tcp';
+  return [...servers.filter(overTcp), ...servers.filter((server) => !overTcp(server))];
+}
+
 export function weriftKind(ice: IceOptions = {}): PeerKind<WeriftPeer> {
   return {
     async offer(signal, servers = []) {
-      const withServers = { ...ice, servers: [...(ice.servers ?? []), ...servers] };
+      const withServers = { ...ice, servers: weriftServerOrder([...(ice.servers ?? []), ...servers]) };
       const connection = createPeer(withServers);
       try {
         const channel = connection.createDataChannel('pam-mux', { ordered: true });
@@ -41,6 +52,7 @@ export function weriftKind(ice: IceOptions = {}): PeerKind<WeriftPeer> {
       await channelOpen(peer.connection, peer.channel, signal);
       return channelFrames(peer.connection, peer.channel);
     },
+    selectedPath: (peer) => weriftSelectedPath(peer.connection),
     async close(peer) {
       await peer.connection.close().catch(() => undefined);
     },

@@ -6,7 +6,9 @@
 //   bulk      — MiB/s of a sha256-checked upload: direct TCP, a plain Node relay, a pam tunnel
 //   fan-out   — 1,000 concurrent connections × 64 KiB echoed, all verified
 //   memory    — RSS of an idle tunnel; growth while a 1 MiB/s reader drains a fast sender; peak after bulk
+//   scale-out — exchanges/s through one broker and two over Redis; failover time (bench/scale-out.ts)
 // Default transport (native) first, then connect, bulk and slow-reader figures for --transport werift.
+// `--only startup,data,scale-out` runs just those parts (e.g. `npm run bench -- --only scale-out`).
 
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -16,8 +18,17 @@ import { join } from 'node:path';
 import { openFsRegistry } from '../adapters/fs-registry.js';
 import { processStartTime } from '../adapters/process-identity.js';
 import { pam, pamBin, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../spec/support/processes.js';
+import { scaleOut } from './scale-out.js';
 
 const json = process.argv.includes('--json');
+const parts = ['startup', 'data', 'scale-out'] as const;
+const onlyAt = process.argv.indexOf('--only');
+const only = onlyAt >= 0 ? (process.argv[onlyAt + 1] ?? '').split(',') : [...parts];
+const unknownPart = only.find((part) => !(parts as readonly string[]).includes(part));
+if (unknownPart !== undefined) {
+  process.stderr.write(`bench: --only takes ${parts.join(', ')} (comma-separated), not '${unknownPart}'\n`);
+  process.exit(2);
+}
 const bulkMiB = Number(process.env.PAM_BENCH_MIB ?? 256);
 const cleanups: Array<() => unknown> = [];
 const scope: Teardownable = { teardown: (fn) => void cleanups.push(fn) };
@@ -360,8 +371,9 @@ async function slowReader(
 
 async function main(): Promise<void> {
   if (!json) process.stderr.write(`pam-tunnel bench — node ${process.version}, ${new Date().toISOString()}\n`);
-  await startup();
-  await dataPath();
+  if (only.includes('startup')) await startup();
+  if (only.includes('data')) await dataPath();
+  if (only.includes('scale-out')) await scaleOut(scope, record);
   if (json) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
   else {
     const width = Math.max(...rows.map((row) => row.name.length));

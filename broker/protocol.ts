@@ -5,13 +5,17 @@
 import type { WebSocket } from 'ws';
 import type { IceServer } from '../adapters/ice-options.js';
 
-export const brokerProtocol = 1;
+/** 2: gateways carry an id and report their tunnel count (several gateways per site). */
+export const brokerProtocol = 2;
 export const siteNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export type GatewayToBroker =
-  | { type: 'register'; protocol: number; site: string; targets: string[]; key: string }
+  /** `id`: random per gateway process, so a site can have several and a gateway moving brokers stays one. */
+  | { type: 'register'; protocol: number; id: string; site: string; targets: string[]; key: string; tunnels: number }
   /** `sealed`: the sealed answer; otherwise the request could not be opened (`status`, `error` in clear). */
-  | { type: 'answer'; id: string; sealed?: string; status?: number; error?: string };
+  | { type: 'answer'; id: string; sealed?: string; status?: number; error?: string; tunnels?: number }
+  /** The gateway's tunnel count, sent when it changes: new tunnels go to the gateway of a site with the fewest. */
+  | { type: 'load'; tunnels: number };
 
 export type BrokerToGateway =
   | { type: 'registered'; site: string }
@@ -19,6 +23,8 @@ export type BrokerToGateway =
   | { type: 'offer'; id: string; sealed: string; client: string; iceServers: IceServer[] };
 
 const isString = (value: unknown): value is string => typeof value === 'string';
+const isCount = (value: unknown): value is number => typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 1e6;
+export const gatewayIdPattern = /^[0-9a-f]{8,64}$/;
 
 /** A message from either side, shape-checked; undefined when it is not one of ours. */
 export function parseMessage(text: string): GatewayToBroker | undefined;
@@ -41,8 +47,12 @@ export function parseMessage(text: string, from: 'gateway' | 'broker' = 'gateway
       Array.isArray(value.targets) &&
       value.targets.every(isString)
     ) {
-      return { type: 'register', protocol: value.protocol, site: value.site, key: value.key, targets: value.targets };
+      // An older gateway sends no id: it gets the protocol refusal, which names the fix.
+      const id = isString(value.id) && gatewayIdPattern.test(value.id) ? value.id : '';
+      const tunnels = isCount(value.tunnels) ? value.tunnels : 0;
+      return { type: 'register', protocol: value.protocol, id, site: value.site, key: value.key, targets: value.targets, tunnels };
     }
+    if (value.type === 'load' && isCount(value.tunnels)) return { type: 'load', tunnels: value.tunnels };
     if (value.type === 'answer' && isString(value.id)) {
       return {
         type: 'answer',
@@ -50,6 +60,7 @@ export function parseMessage(text: string, from: 'gateway' | 'broker' = 'gateway
         ...(isString(value.sealed) ? { sealed: value.sealed } : {}),
         ...(typeof value.status === 'number' && value.status >= 400 && value.status < 600 ? { status: value.status } : {}),
         ...(isString(value.error) ? { error: value.error.slice(0, 300) } : {}),
+        ...(isCount(value.tunnels) ? { tunnels: value.tunnels } : {}),
       };
     }
     return undefined;

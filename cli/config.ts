@@ -6,7 +6,7 @@ import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { TunnelError } from '../machines/errors.js';
-import { type IceServer, iceUrlForm, parseIceUrl } from '../adapters/ice-options.js';
+import { type IceServer, iceUrlForm, nativeTurnOverTcp, parseIceUrl, turnOnlyOverTcp } from '../adapters/ice-options.js';
 import { createGatewayKeyCheck, fingerprintPattern, knownGatewaysPath, type GatewayKeyCheck } from '../adapters/known-gateways.js';
 import { gatewayUrlProblem } from '../machines/start-flags.js';
 import { type Credentials, defaultUserKeyFile, loadUserKey } from '../adapters/user-key.js';
@@ -47,7 +47,10 @@ const configKeys: Readonly<Record<string, ConfigKey>> = {
 
 /** The gateway refuses shorter tokens: 16 random characters is the least that resists guessing. */
 export const minGatewayTokenLength = 16;
-const makeToken = "make one with `openssl rand -hex 32` (or node -e \"console.log(require('crypto').randomBytes(32).toString('hex'))\")";
+/** The same floor for PAM_BROKER_TOKEN: whoever holds it can register a site (and answer its clients' offers). */
+export const minBrokerTokenLength = 16;
+export const makeToken =
+  "make one with `openssl rand -hex 32` (or node -e \"console.log(require('crypto').randomBytes(32).toString('hex'))\")";
 
 export function configPath(env: NodeJS.ProcessEnv): string {
   return join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config'), 'pam', 'config.json');
@@ -253,6 +256,18 @@ export function transportChoice(flag: string | undefined, env: NodeJS.ProcessEnv
   if (name !== 'werift' && name !== 'native')
     throw new TunnelError('usage', `${source} '${name}' is not known: use native (default, node-datachannel) or werift (pure TypeScript)`);
   return { name, named: true };
+}
+
+/**
+ * With TURN given only over TCP (`--ice-server turn:…?transport=tcp`), the native transport could never
+ * relay: werift can (decision 0008). Asked for by name, native is refused with the fix; as the default,
+ * werift takes over with one line saying so.
+ */
+export function transportForTurn(choice: TransportChoice, servers: readonly IceServer[], warn: (line: string) => void): TransportChoice {
+  if (choice.name !== 'native' || !turnOnlyOverTcp(servers)) return choice;
+  if (choice.named) throw new TunnelError('usage', `${nativeTurnOverTcp}: use --transport werift, or add a turn: server over UDP`);
+  warn(`${nativeTurnOverTcp}; using werift, which can (pass --transport werift to say so and silence this)`);
+  return { name: 'werift', named: false };
 }
 
 /**

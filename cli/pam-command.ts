@@ -53,6 +53,15 @@ export async function runLine(cli: CliHandle, argv: readonly string[], context: 
 /** A line clipanion could not parse: our own parse-time refusals (a repeated flag) are one line; clipanion's get its usage. */
 export function parseError(error: unknown, context: PamContext, format: (error: unknown) => string): number {
   if (error instanceof TunnelError) return reportError(error, context, false);
+  // An optional positional (`tunnel start [target]`) makes clipanion try the line twice, with and
+  // without it, and answer "Command not found; did you mean" with one command listed twice. It is
+  // one command: say what its first reading found wrong, as clipanion does for a single candidate.
+  const candidates = (error as { name?: unknown; candidates?: Array<{ usage: string; reason: string | null }> }).candidates;
+  const first = candidates?.[0];
+  if ((error as { name?: unknown }).name === 'UnknownSyntaxError' && first?.reason && candidates!.every((c) => c.usage === first.usage)) {
+    context.stderr.write(`Unknown Syntax Error: ${first.reason}\n\n$ ${first.usage}\n`);
+    return failureKinds.usage.exitCode;
+  }
   context.stderr.write(format(error));
   return failureKinds.usage.exitCode;
 }

@@ -4,6 +4,7 @@
 
 import type { RegistryEntry, TunnelRecord } from '../machines/ports.js';
 import type { ForeignEntry } from '../adapters/registry-entry.js';
+import { socksTarget } from '../machines/start-flags.js';
 
 export interface TunnelRow {
   readonly id: string | null;
@@ -19,6 +20,8 @@ export interface TunnelRow {
   /** The ICE path: `direct` (host or server-reflexive candidates) or `relay` (TURN); null when unknown. */
   readonly path: string | null;
   readonly gateway: string | null;
+  /** A SOCKS5 proxy (`tunnel start --socks`; target `@socks`): the gateway decides each destination. */
+  readonly socks: boolean;
   readonly pidFile: string | null;
   readonly logFile: string | null;
   /** true: not pam's entry; listed so it is not mistaken for free, never stopped or removed by pam. */
@@ -39,6 +42,7 @@ export function tunnelRow(entry: Pick<RegistryEntry, 'pid'>, tunnel: TunnelRecor
     reconnects: tunnel.reconnects,
     path: tunnel.path ?? null,
     gateway: tunnel.gateway,
+    socks: tunnel.target === socksTarget,
     pidFile: tunnel.pidFile ?? null,
     logFile: tunnel.logFile ?? null,
     foreign: false,
@@ -59,6 +63,7 @@ export function foreignRow(entry: ForeignEntry): TunnelRow {
     reconnects: null,
     path: null,
     gateway: null,
+    socks: false,
     pidFile: null,
     logFile: null,
     foreign: true,

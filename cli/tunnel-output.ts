@@ -35,6 +35,8 @@ export function createTunnelPrinter(
         const host = tunnel.listener?.host ?? '';
         const port = tunnel.listener?.port ?? 0;
         const target = tunnel.settings?.target ?? '';
+        const socks = tunnel.settings?.socks === true;
+        const shown = socks ? 'SOCKS5 proxy (the gateway decides each destination)' : target;
         const address = hostPort(host, port);
         const path = tunnel.link?.path?.();
         const via = path ? `, ${path.kind}` : '';
@@ -47,16 +49,17 @@ export function createTunnelPrinter(
             port,
             target,
             mode: tunnel.settings?.mode,
+            socks,
             ...(path ? { path: path.kind, pair: path.pair } : {}),
           });
         } else if (tunnel.settings?.mode === 'shell') {
           line(
-            `pam: listening on ${address} → ${target} (tunnel ${tunnel.id}${via}); it lasts as long as this shell: \`tunnel stop ${tunnel.id}\` ends it`,
+            `pam: listening on ${address} → ${shown} (tunnel ${tunnel.id}${via}); it lasts as long as this shell: \`tunnel stop ${tunnel.id}\` ends it`,
           );
         } else if (context.interactive && !options.runMode) {
-          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}${via}); Ctrl+C to stop; use -bg to detach`);
+          line(`pam: listening on ${address} → ${shown} (tunnel ${tunnel.id}${via}); Ctrl+C to stop; use -bg to detach`);
         } else {
-          line(`pam: listening on ${address} → ${target} (tunnel ${tunnel.id}, pid ${options.pid}${via})`);
+          line(`pam: listening on ${address} → ${shown} (tunnel ${tunnel.id}, pid ${options.pid}${via})`);
         }
       },
       skipped(tunnel: TunnelContext) {

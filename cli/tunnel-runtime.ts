@@ -9,7 +9,7 @@ import { hostPort } from '../machines/address.js';
 import type { Outcome } from '../machines/errors.js';
 import { provideLauncher } from '../machines/launcher.actors.js';
 import type { Link, Negotiation, NegotiateRequest, Transport } from '../machines/ports.js';
-import type { StartFlags } from '../machines/start-flags.js';
+import { type StartFlags, socksTarget } from '../machines/start-flags.js';
 import { provideTunnel, type TunnelPorts } from '../machines/tunnel.actors.js';
 import { journalRetention, openJournal } from '../adapters/fs-journal.js';
 import { processStartTime } from '../adapters/process-identity.js';
@@ -37,6 +37,7 @@ import {
   readCredentials,
   type TransportChoice,
   transportChoice,
+  transportForTurn,
   gatewayKeyCheck,
 } from './config.js';
 import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
@@ -142,7 +143,12 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
   // A background owner writes JSON lines to its log, so the launcher can read why it stopped.
   const json = options.json || options.ownerId !== undefined;
   const runMode = flags.run !== undefined;
-  const printer = createTunnelPrinter(context, { json, runMode, pid: process.pid, target: flags.target });
+  const printer = createTunnelPrinter(context, {
+    json,
+    runMode,
+    pid: process.pid,
+    target: flags.socks ? 'the gateway (SOCKS)' : flags.target,
+  });
   const notifier = createSystemdNotifier(env, printer.announce.problem);
   const announce: TunnelPorts['announce'] = {
     ...printer.announce,
@@ -151,8 +157,9 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
       void notifier.ready(`listening on ${hostPort(tunnel.listener?.host ?? '', tunnel.listener?.port ?? 0)} → ${tunnel.settings?.target}`);
     },
   };
-  iceServers(options.iceServers, env); // validate now: a bad URL is a usage error before anything starts
-  const transport = transportChoice(options.transport, env);
+  // Validated now: a bad URL is a usage error before anything starts.
+  const warn = (line: string) => context.stderr.write(`pam: ${line}\n`);
+  const transport = transportForTurn(transportChoice(options.transport, env), iceServers(options.iceServers, env), warn);
   const session = context.session;
   const ports = await createTunnelPorts({
     ...(options.ownerId !== undefined ? { ownerLogId: options.ownerId } : {}),
@@ -162,7 +169,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     iceServers: options.iceServers,
     transport,
     keys: gatewayKeyCheck(env, options.file),
-    warn: (line) => context.stderr.write(`pam: ${line}\n`),
+    warn,
     ...(session ? { registry: session.registry, signals: session.signals } : {}),
   });
 
@@ -195,7 +202,7 @@ export async function runTunnel(context: PamContext, options: TunnelRunOptions):
     if (reached.matches('ready')) {
       session.adopt({
         id,
-        target: flags.target,
+        target: flags.socks ? socksTarget : flags.target,
         stop: (origin) => actor.send({ type: 'tunnel.stop', signal: 'SIGTERM', origin }),
         finished: settle,
       });
@@ -220,7 +227,7 @@ export async function launchInBackground(context: PamContext, options: { flags: 
       options.json
         ? // The very row `pam tunnel list --json` shows for this tunnel.
           `${JSON.stringify(tunnelRow({ pid: owner.pid }, { ...ready, logFile: ready.logFile ?? owner.logFile }, Date.now()))}\n`
-        : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
+        : `pam: tunnel ${ready.id} ready on ${hostPort(ready.host, ready.port)} → ${ready.target === socksTarget ? 'SOCKS5 proxy' : ready.target} (pid ${owner.pid}, log ${owner.logFile}); ` +
             `stop it with \`pam tunnel stop ${ready.id}\`\n`,
     );
   } else {

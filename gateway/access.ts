@@ -8,6 +8,7 @@ import { publicKeyObject, verifyStatement, type AccessStatement } from '../adapt
 import { keyFingerprint } from '../adapters/key-fingerprint.js';
 import { addressAllowed, normalizeAddress, type AuthorizedKeys, type Grant } from './authorized-keys.js';
 import type { Principal, RefusalCode, RevocationCode } from './principal.js';
+import { socksTarget } from '../machines/start-flags.js';
 
 export class AccessDenied extends Error {
   constructor(
@@ -105,10 +106,12 @@ export function createAccess(options: AccessOptions): Access {
             `${shown(grant)} may not connect from ${normalizeAddress(client)}: that address is outside its from= list`,
             principal,
           );
-        if (!grant.targets.includes(statement.target))
+        if (statement.target === socksTarget ? !grant.socks : !grant.targets.includes(statement.target))
           throw new AccessDenied(
             'target-not-granted',
-            `${shown(grant)} is not granted target '${statement.target.slice(0, 64)}'; it may reach: ${grant.targets.join(', ')}`,
+            statement.target === socksTarget
+              ? `${shown(grant)} has no socks="…" grant: it may not open SOCKS tunnels (it may reach: ${grant.targets.join(', ') || 'nothing'})`
+              : `${shown(grant)} is not granted target '${statement.target.slice(0, 64)}'; it may reach: ${grant.targets.join(', ')}`,
             principal,
           );
         if (grant.maxTunnels !== undefined && held(grant.fingerprint) >= grant.maxTunnels)
@@ -143,7 +146,7 @@ export function createAccess(options: AccessOptions): Access {
       if (!grant) return { code: 'key-removed', message: `access revoked: ${who} was removed from the gateway's authorized_keys` };
       if (grant.expires !== undefined && grant.expires <= now())
         return { code: 'key-expired', message: `access revoked: ${who} expired at ${iso(grant.expires)}` };
-      if (!grant.targets.includes(target))
+      if (target === socksTarget ? !grant.socks : !grant.targets.includes(target))
         return { code: 'target-revoked', message: `access revoked: ${who} is no longer granted target '${target}'` };
       if (!addressAllowed(grant, client))
         return { code: 'source-revoked', message: `access revoked: ${who} may no longer connect from ${normalizeAddress(client)}` };

@@ -4,7 +4,7 @@
 
 import type { FrameChannel } from '../adapters/mux.js';
 import type { IceOptions, IceServer } from '../adapters/ice-options.js';
-import { channelFrames, createPeer, gatheringComplete, withoutDefaultStun } from '../adapters/werift-peer.js';
+import { channelFrames, createPeer, gatheringComplete, weriftSelectedPath, withoutDefaultStun } from '../adapters/werift-peer.js';
 
 export interface Answer {
   readonly sdp: string;
@@ -67,6 +67,10 @@ export function weriftAnswerer(ice: IceOptions = {}): Answerer {
             });
           },
           close,
+          selectedPath() {
+            const path = weriftSelectedPath(peer);
+            return path ? `${path.kind}: ${path.pair}` : undefined;
+          },
         };
       } catch (error) {
         close();

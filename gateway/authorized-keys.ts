@@ -1,11 +1,13 @@
 // The gateway's authorized_keys file, in the spirit of OpenSSH's: one key a line,
-// `[options] pam-ed25519 <base64> [comment]`, options `targets="a,b"` (required), `expires="ISO-8601"`,
+// `[options] pam-ed25519 <base64> [comment]`, options `targets="a,b"` (required unless socks= is given),
+// `socks="HOST:PORTS,…"` (SOCKS tunnels, within the gateway's --socks-allow), `expires="ISO-8601"`,
 // `from="CIDR,…"`, `max-tunnels=N`. Pure parsing: a malformed line is an error naming its line number.
 
 import { BlockList, isIP } from 'node:net';
 import { keyFingerprint } from '../adapters/key-fingerprint.js';
 import { publicKeyType } from '../adapters/user-key.js';
 import { isTargetName, targetNameRule } from '../machines/start-flags.js';
+import { parseSocksRules, SocksRuleError, type SocksRule } from './socks-policy.js';
 
 export interface Grant {
   readonly line: number;
@@ -14,6 +16,8 @@ export interface Grant {
   readonly fingerprint: string;
   readonly comment: string;
   readonly targets: readonly string[];
+  /** `socks="…"`: the key may open SOCKS tunnels, to destinations these rules and --socks-allow both allow. */
+  readonly socks?: readonly SocksRule[];
   /** Epoch ms after which the key is refused (and its tunnels end). */
   readonly expires?: number;
   /** Client addresses allowed, as written (`198.51.100.0/24`), and their matcher. */
@@ -35,7 +39,7 @@ export class AuthorizedKeysError extends Error {
   }
 }
 
-const optionNames = new Set(['targets', 'expires', 'from', 'max-tunnels']);
+const optionNames = new Set(['targets', 'socks', 'expires', 'from', 'max-tunnels']);
 const isoPattern = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2}))?$/;
 const base64Pattern = /^[A-Za-z0-9+/]{43}=$/;
 
@@ -73,9 +77,20 @@ function parseLine(line: string, number: number): Grant {
   if (publicKey.length !== 32 || publicKey.toString('base64') !== encoded) fail('the key is not canonical base64 of 32 bytes');
   const comment = fields.slice(2).join(' ');
 
+  let socks: SocksRule[] | undefined;
+  const socksText = options.get('socks');
+  if (socksText !== undefined) {
+    try {
+      socks = parseSocksRules(socksText.split(',').map((rule) => rule.trim()));
+    } catch (error) {
+      if (!(error instanceof SocksRuleError)) throw error;
+      fail(`socks: ${error.message.replace('--socks-allow ', 'rule ')}`);
+    }
+  }
   const targetsText = options.get('targets');
-  if (targetsText === undefined) fail('targets="…" is required: name the targets this key may reach, e.g. targets="web,db"');
-  const targets = targetsText!.split(',').map((name) => name.trim());
+  if (targetsText === undefined && socks === undefined)
+    fail('targets="…" is required: name the targets this key may reach, e.g. targets="web,db" (or socks="…" for SOCKS tunnels)');
+  const targets = targetsText === undefined ? [] : targetsText.split(',').map((name) => name.trim());
   for (const name of targets) {
     if (!isTargetName(name)) fail(`targets: '${name.slice(0, 64)}' is not a target name (${targetNameRule})`);
   }
@@ -111,6 +126,7 @@ function parseLine(line: string, number: number): Grant {
     fingerprint: keyFingerprint(publicKey),
     comment,
     targets,
+    ...(socks ? { socks } : {}),
     ...(expires !== undefined ? { expires } : {}),
     ...(from ? { from } : {}),
     ...(maxTunnels !== undefined ? { maxTunnels } : {}),
@@ -123,8 +139,8 @@ function parseOptions(text: string, fail: (message: string) => never): { parsed:
   let at = 0;
   for (;;) {
     const name = /^[a-z-]+/.exec(text.slice(at))?.[0];
-    if (!name) fail(`expected an option (targets=, expires=, from=, max-tunnels=) or '${publicKeyType}' at column ${at + 1}`);
-    if (!optionNames.has(name!)) fail(`unknown option '${name}' (known: targets, expires, from, max-tunnels)`);
+    if (!name) fail(`expected an option (targets=, socks=, expires=, from=, max-tunnels=) or '${publicKeyType}' at column ${at + 1}`);
+    if (!optionNames.has(name!)) fail(`unknown option '${name}' (known: targets, socks, expires, from, max-tunnels)`);
     if (parsed.has(name!)) fail(`option '${name}' is given twice`);
     at += name!.length;
     if (text[at] !== '=') fail(`option '${name}' needs a value: ${name}="…"`);

@@ -1,8 +1,10 @@
-// `pam gateway --broker URL --site NAME`: no listening socket. The gateway dials the broker over a
-// WebSocket, registers its site, key and target names, answers the sealed offers the broker relays,
-// pings to keep the link alive, and re-registers with backoff whenever the broker goes away. Tunnels
-// already up do not depend on this link at all.
+// `pam gateway --broker URL[,URL…] --site NAME`: no listening socket. The gateway dials a broker over a
+// WebSocket, registers its site, key and target names, reports its tunnel count, answers the sealed
+// offers the broker relays, pings to keep the link alive, and re-registers whenever the broker goes
+// away — at the next broker of the list first, then round the list with backoff. Tunnels already up
+// do not depend on this link at all.
 
+import { randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
 import { TunnelError } from '../machines/errors.js';
 import type { GatewayKeyPair } from '../adapters/sealed-signalling.js';
@@ -10,8 +12,8 @@ import { brokerProtocol, heartbeat, parseMessage, type GatewayToBroker } from '.
 import { ClearRefusal, type Signalling } from './signalling.js';
 
 export interface BrokerLinkOptions {
-  /** The broker's base URL, http(s)://HOST:PORT. */
-  readonly broker: string;
+  /** The brokers' base URLs, http(s)://HOST:PORT, tried in order: one registration at a time. */
+  readonly brokers: readonly string[];
   readonly site: string;
   /** PAM_BROKER_TOKEN. */
   readonly token: string;
@@ -19,9 +21,11 @@ export interface BrokerLinkOptions {
   readonly targets: readonly string[];
   readonly signalling: Signalling;
   readonly log: (line: string) => void;
-  /** Each (re-)registration, with how many there were before. */
-  readonly onRegistered?: (count: number) => void;
+  /** Each (re-)registration, with how many there were before and the broker that took it. */
+  readonly onRegistered?: (count: number, broker: string) => void;
   readonly pingIntervalMs?: number;
+  /** How often a changed tunnel count is reported (default 1 s). */
+  readonly loadIntervalMs?: number;
   /** TLS: extra CA for a broker with a private certificate (NODE_EXTRA_CA_CERTS also works). */
   readonly ca?: string;
 }
@@ -45,10 +49,15 @@ export function brokerSocketUrl(broker: string): URL {
 }
 
 export function connectBroker(options: BrokerLinkOptions): BrokerLink {
-  const url = brokerSocketUrl(options.broker);
+  const urls = options.brokers.map(brokerSocketUrl);
+  if (urls.length === 0) throw new TunnelError('usage', '--broker needs at least one http(s):// URL');
   const pingIntervalMs = options.pingIntervalMs ?? 10_000;
+  const loadIntervalMs = options.loadIntervalMs ?? 1_000;
+  // One id for the life of this process: the brokers count it as one gateway wherever it registers.
+  const id = randomBytes(8).toString('hex');
   let closed = false;
   let attempt = 0;
+  let index = 0;
   let registrations = 0;
   let current: WebSocket | undefined;
   let retry: NodeJS.Timeout | undefined;
@@ -66,21 +75,20 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
   function open(): void {
     if (closed) return;
     attempt += 1;
-    const ws = new WebSocket(url, {
+    const broker = options.brokers[index]!;
+    const ws = new WebSocket(urls[index]!, {
       headers: { authorization: `Bearer ${options.token}` },
-      handshakeTimeout: 10_000,
+      handshakeTimeout: 5_000,
       maxPayload: 256 * 1024,
       ...(options.ca ? { ca: options.ca } : {}),
     });
     current = ws;
     ws.on('unexpected-response', (_request, response) => {
       if (response.statusCode === 401) {
-        options.log(`the broker ${options.broker} refused PAM_BROKER_TOKEN`);
-        stop(
-          new TunnelError('authRefused', `the broker ${options.broker} refused PAM_BROKER_TOKEN: set the broker's token on the gateway`),
-        );
+        options.log(`the broker ${broker} refused PAM_BROKER_TOKEN`);
+        stop(new TunnelError('authRefused', `the broker ${broker} refused PAM_BROKER_TOKEN: set the broker's token on the gateway`));
       } else {
-        options.log(`the broker ${options.broker} answered HTTP ${response.statusCode} instead of a WebSocket: is it a pam broker?`);
+        options.log(`the broker ${broker} answered HTTP ${response.statusCode} instead of a WebSocket: is it a pam broker?`);
       }
       ws.terminate();
     });
@@ -88,6 +96,8 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
       const register: GatewayToBroker = {
         type: 'register',
         protocol: brokerProtocol,
+        id,
+        tunnels: options.signalling.peerCount(),
         site: options.site,
         targets: [...options.targets],
         key: options.key.publicKey.toString('base64'),
@@ -100,14 +110,23 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
       if (!message) return;
       if (message.type === 'registered') {
         attempt = 0;
-        options.onRegistered?.(registrations);
+        options.onRegistered?.(registrations, broker);
         registrations += 1;
+        let reported = options.signalling.peerCount();
+        const load = setInterval(() => {
+          const tunnels = options.signalling.peerCount();
+          if (tunnels === reported) return;
+          reported = tunnels;
+          answer(ws, { type: 'load', tunnels });
+        }, loadIntervalMs);
+        ws.once('close', () => clearInterval(load));
       } else if (message.type === 'refused') {
         options.log(`the broker refused site ${options.site}: ${message.reason}`);
-        stop(new TunnelError('gatewayUnreachable', `the broker ${options.broker} refused site '${options.site}': ${message.reason}`));
+        stop(new TunnelError('gatewayUnreachable', `the broker ${broker} refused site '${options.site}': ${message.reason}`));
       } else if (message.type === 'offer') {
         options.signalling.handle(Buffer.from(message.sealed, 'base64'), message.client, message.iceServers).then(
-          (sealed) => answer(ws, { type: 'answer', id: message.id, sealed: sealed.toString('base64') }),
+          (sealed) =>
+            answer(ws, { type: 'answer', id: message.id, sealed: sealed.toString('base64'), tunnels: options.signalling.peerCount() }),
           (error: unknown) => {
             if (error instanceof ClearRefusal)
               return answer(ws, { type: 'answer', id: message.id, status: error.status, error: error.message });
@@ -118,13 +137,19 @@ export function connectBroker(options: BrokerLinkOptions): BrokerLink {
       }
     });
     ws.on('error', (error: NodeJS.ErrnoException) => {
-      if (attempt <= 1 || attempt % 10 === 0) options.log(`broker ${options.broker}: ${error.code ?? error.message}; retrying`);
+      if (attempt <= urls.length || attempt % 10 === 0) options.log(`broker ${broker}: ${error.code ?? error.message}; retrying`);
     });
     ws.on('close', () => {
       if (closed) return;
+      const next = options.brokers[(index + 1) % urls.length]!;
       if (registrations > 0 && attempt === 0)
-        options.log(`lost the broker ${options.broker}: re-registering (tunnels already up are not affected)`);
-      retry = setTimeout(open, backoffMs(Math.max(attempt, 1)));
+        options.log(
+          `lost the broker ${broker}: re-registering${urls.length > 1 ? ` at ${next}` : ''} (tunnels already up are not affected)`,
+        );
+      // The next broker of the list at once; once every one has failed, backoff before each round.
+      index = (index + 1) % urls.length;
+      const delayMs = attempt < urls.length ? 100 : backoffMs(attempt - urls.length + 1);
+      retry = setTimeout(open, delayMs);
     });
   }
 

@@ -2,11 +2,15 @@
 // WebSocket): open the sealed request, refuse replays, check who asks (token or signed user key, see
 // gateway/access.ts) and the offer, answer it with a WebRTC peer, and seal the answer back. The target
 // is a name looked up in the allowlist, never an address, so clients cannot make the gateway dial
-// elsewhere. Tunnels whose access is revoked (reload, expiry) are ended with the reason.
+// elsewhere; only a SOCKS tunnel (target `@socks`, served with --socks-allow) names destinations, each
+// decided by gateway/socks-policy.ts. Tunnels whose access is revoked (reload, expiry) are ended with the reason.
 
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { createReplayGuard, openRequest, SealError, type GatewayKeyPair } from '../adapters/sealed-signalling.js';
-import { Mux, type MuxOptions } from '../adapters/mux.js';
+import { Mux, type MuxDestination, type MuxOptions } from '../adapters/mux.js';
+import { socksTarget } from '../machines/start-flags.js';
+import type { SocksPolicy } from './socks-policy.js';
+import { dialSocks, dialTarget, refuseDestination } from './dial.js';
 import type { IceOptions, IceServer } from '../adapters/ice-options.js';
 import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
 import { AccessDenied, createAccess } from './access.js';
@@ -27,6 +31,8 @@ export interface SignallingOptions {
   readonly requireReason?: boolean;
   readonly key: GatewayKeyPair;
   readonly targets: Readonly<Record<string, GatewayTarget>>;
+  /** --socks-allow: SOCKS tunnels are served, each CONNECT decided by this policy; without it they are refused. */
+  readonly socks?: SocksPolicy;
   readonly log: (line: string) => void;
   readonly ice?: IceOptions;
   /** The WebRTC library answering offers (werift when none is given; `pam gateway` passes native). */
@@ -197,8 +203,13 @@ export function createSignalling(options: SignallingOptions): Signalling {
     }
     const request: LiveTunnel['request'] = { principal, client, target, ...said };
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
+    const socks = target === socksTarget ? options.socks : undefined;
+    if (target === socksTarget && !socks) {
+      options.log(`refused a SOCKS tunnel from ${client}: this gateway has no --socks-allow rule`);
+      throw new Refusal(404, 'this gateway was started without --socks-allow', access.granted(principal, names));
+    }
     // A key learns only of the targets granted to it (and served here); the token, of every target.
-    if (!Object.hasOwn(options.targets, target))
+    if (!socks && !Object.hasOwn(options.targets, target))
       throw new Refusal(404, `unknown target '${target.slice(0, 64)}'`, access.granted(principal, names));
     if (peers.size >= maxPeers) throw new Refusal(429, `gateway is serving its limit of ${maxPeers} tunnels`);
     if ((perClient.get(client) ?? 0) >= maxPeersPerClient) {
@@ -217,7 +228,18 @@ export function createSignalling(options: SignallingOptions): Signalling {
       if (!pattern.test(offer)) throw new Refusal(400, `offer lacks ${line}: not a WebRTC data-channel offer`);
     }
 
-    const destination = options.targets[target]!;
+    const named = socks ? undefined : options.targets[target]!;
+    const label = socks ? `SOCKS tunnel of ${describePrincipal(principal)} from ${client}` : `tunnel to ${target}`;
+    const dial = (destination: MuxDestination | undefined): Promise<Socket> => {
+      if (socks) {
+        if (!destination) return refuseDestination('no destination');
+        // A key's socks="…" grant, as in force now, narrows --socks-allow for its tunnels.
+        const grant = principal.kind === 'key' ? (options.authorizedKeys?.().grants.get(principal.fingerprint)?.socks ?? []) : undefined;
+        return dialSocks(socks, destination, (line) => options.log(`${label}: ${line}`), grant);
+      }
+      // A named-target tunnel goes to its target only, whatever an open frame asks for.
+      return named && !destination ? dialTarget(named) : refuseDestination('this tunnel carries its named target only');
+    };
     const slot = {};
     peers.add(slot);
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
@@ -254,7 +276,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(400, `offer refused: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
     }
     const deadline = setTimeout(() => {
-      options.log(`tunnel to ${target}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
+      options.log(`${label}: data channel not open after ${channelDeadlineMs / 1000} s, dropped`);
       drop();
     }, channelDeadlineMs);
     deadline.unref();
@@ -268,17 +290,17 @@ export function createSignalling(options: SignallingOptions): Signalling {
         clearTimeout(deadline);
         const mux = new Mux(frames, {
           ...options.mux,
-          dial: () => dialTarget(destination),
-          log: (line) => options.log(`tunnel to ${target}: ${line}`),
+          dial,
+          log: (line) => options.log(`${label}: ${line}`),
         });
         mux.onLost((reason) => {
-          options.log(`tunnel to ${target} ended: ${reason}`);
+          options.log(`${label} ended: ${reason}`);
           drop();
         });
         // Revoked: the goodbye frame carries the reason, then the peer goes.
         tunnel.end = (reason) => void mux.close(500, { ending: 'revoked', reason }).finally(drop);
         const pair = opened.selectedPath?.();
-        options.log(`tunnel to ${target} open${pair ? ` (path ${pair})` : ''}`);
+        options.log(`${label} open${pair ? ` (path ${pair})` : ''}`);
       },
       () => drop(),
     );
@@ -296,17 +318,4 @@ export function createSignalling(options: SignallingOptions): Signalling {
       peers.clear();
     },
   };
-}
-
-function dialTarget(target: GatewayTarget): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: target.host, port: target.port, allowHalfOpen: true });
-    socket.once('connect', () => {
-      socket.removeAllListeners('error');
-      resolve(socket);
-    });
-    socket.once('error', (error: NodeJS.ErrnoException) =>
-      reject(new Error(`target ${target.host}:${target.port}: ${error.code ?? error.message}`)),
-    );
-  });
 }

@@ -6,7 +6,10 @@ import type { TunnelMode } from './ports.js';
 
 /** The flags exactly as the user typed them; undefined = not given. */
 export interface StartFlags {
+  /** The gateway target; empty with `socks`. */
   readonly target: string;
+  /** `--socks`: serve SOCKS5 locally; the gateway decides each destination. */
+  readonly socks?: boolean;
   readonly gateway?: string;
   /** Where the gateway URL came from, for messages: '--gateway' (default), 'PAM_GATEWAY_URL', a config file. */
   readonly gatewaySource?: string;
@@ -27,7 +30,9 @@ export interface StartFlags {
 }
 
 export interface StartSettings {
+  /** The gateway target, or `socksTarget` for a SOCKS tunnel. */
   readonly target: string;
+  readonly socks?: true;
   readonly gateway: string;
   readonly host: string;
   readonly port: number;
@@ -61,6 +66,12 @@ export const defaultHost = '127.0.0.1';
 /** Below this a connect cannot finish (signalling, ICE and DTLS take several round trips). */
 export const minTimeoutSeconds = 1;
 const targetPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/**
+ * The target of a `--socks` tunnel, in signalling, the registry and `list`: no target name can be it
+ * (a name starts with a letter or digit), so a gateway never mistakes it for one of its --target names.
+ */
+export const socksTarget = '@socks';
 
 /** The one rule for a target name, on the client (`tunnel start <target>`) and the gateway (`--target name=…`). */
 export function isTargetName(name: string): boolean {
@@ -96,7 +107,12 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   }
   if (flags.run !== undefined && flags.run.trim() === '')
     return usage('--run needs a command, e.g. --run "psql -h $PAM_TUNNEL_HOST -p $PAM_TUNNEL_PORT"');
-  if (!isTargetName(flags.target)) {
+  if (flags.socks) {
+    if (flags.target !== '')
+      return usage(`--socks takes no target (the gateway decides each destination): drop '${flags.target}', or drop --socks`);
+  } else if (flags.target === '') {
+    return usage('name a target (`pam tunnel start db`), or pass --socks for a SOCKS5 proxy through the gateway');
+  } else if (!isTargetName(flags.target)) {
     return usage(`target '${flags.target}' is not a valid target name (${targetNameRule})`);
   }
 
@@ -153,8 +169,9 @@ export function parseStartFlags(flags: StartFlags): StartParse {
   return {
     ok: true,
     settings: {
-      target: flags.target,
-      gateway: gateway.replace(/\/+$/, ''),
+      target: flags.socks ? socksTarget : flags.target,
+      ...(flags.socks ? { socks: true as const } : {}),
+      gateway: gatewayUrls(gateway).join(','),
       host,
       port,
       mode,
@@ -174,11 +191,31 @@ function parseInteger(text: string): number | undefined {
 }
 
 /**
- * Why a gateway URL is refused, or undefined. Credentials in it (`http://user:secret@host`) would end
+ * A gateway setting may list several URLs of one site, comma-separated (the site through several
+ * brokers): tried in order, the next when one does not answer. Each without a trailing slash.
+ */
+export function gatewayUrls(text: string): string[] {
+  return text
+    .split(',')
+    .map((part) => part.trim().replace(/\/+$/, ''))
+    .filter((part) => part !== '');
+}
+
+/**
+ * Why a gateway URL (or a comma-separated list of them) is refused, or undefined. Credentials in it (`http://user:secret@host`) would end
  * up in the registry, the journal and `list --json`: the token has its own, private channels. A path
  * is kept (a gateway behind a path-prefix proxy); a query or fragment has no meaning here.
  */
 export function gatewayUrlProblem(text: string, source: string): string | undefined {
+  const urls = text.split(',').map((part) => part.trim());
+  if (urls.length > 1) {
+    if (urls.some((url) => url === '')) return `${source} lists an empty URL: separate the URLs of one site with single commas`;
+    for (const url of urls) {
+      const problem = gatewayUrlProblem(url, source);
+      if (problem) return problem;
+    }
+    return undefined;
+  }
   // Not even echoed when the URL does not parse: what looks like userinfo is masked.
   const shown = text.replace(/\/\/[^/@]*@/, '//…@');
   let url: URL;

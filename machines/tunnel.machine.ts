@@ -7,6 +7,7 @@ import type { CommandExit, Link, LocalListener, Negotiation, RegistryState, Tunn
 import { parseStartFlags, type StartFlags, type StartSettings } from './start-flags.js';
 import type { CommandControlEvent, TunnelEvent } from './tunnel.events.js';
 import { firstOutcome, notProvided } from './provided.js';
+import { hostPort } from './address.js';
 
 export interface TunnelInput {
   readonly id: string;
@@ -445,6 +446,8 @@ export const tunnelMachine = tunnelSetup.createMachine({
                 PAM_TUNNEL_HOST: context.listener!.host,
                 PAM_TUNNEL_PORT: String(context.listener!.port),
                 PAM_TUNNEL_ID: context.id,
+                // curl, git, pip and most HTTP clients read it; socks5h: names are resolved by the gateway.
+                ...(context.settings!.socks ? { ALL_PROXY: `socks5h://${hostPort(context.listener!.host, context.listener!.port)}` } : {}),
               },
             }),
           },

@@ -24,8 +24,9 @@ await build({
   target: 'node20',
   // Dependencies are bundled (fewer files to resolve and load at start-up); werift and the inspector
   // client stay external and are only ever imported lazily, by the commands that need them; so does ws
-  // (broker and broker-registered gateways), whose optional native add-ons esbuild cannot resolve.
-  external: ['werift', '@statelyai/inspect', 'node-datachannel', 'ws'],
+  // (broker and broker-registered gateways), whose optional native add-ons esbuild cannot resolve, and
+  // ioredis (only `pam broker --redis`: ~1 MiB of client that no other command should parse).
+  external: ['werift', '@statelyai/inspect', 'node-datachannel', 'ws', 'ioredis'],
   // clipanion (CommonJS) requires node built-ins; give the ESM chunks a real `require` for them.
   banner: { js: "import { createRequire as __pamCreateRequire } from 'node:module'; const require = __pamCreateRequire(import.meta.url);" },
   sourcemap: true,

@@ -5,7 +5,17 @@ import { TunnelError, type StopSignal } from '../../machines/errors.js';
 import { createProcessSignals } from '../../adapters/posix-signals.js';
 import { PamCommand } from '../pam-command.js';
 import { SingleString } from '../single-option.js';
-import { iceHosts, iceServers, keepalive, importNative, nativeIceHostsWarning, readToken, transportChoice } from '../config.js';
+import {
+  iceHosts,
+  iceServers,
+  keepalive,
+  importNative,
+  makeToken,
+  minBrokerTokenLength,
+  nativeIceHostsWarning,
+  readToken,
+  transportChoice,
+} from '../config.js';
 import { iceServerOption, numberFlag, transportOption } from '../options.js';
 import { isTargetName, targetNameRule } from '../../machines/start-flags.js';
 import { readFileSync } from 'node:fs';
@@ -23,19 +33,33 @@ export class GatewayCommand extends PamCommand {
       PAM_GATEWAY_TOKEN or --token-file, never from the command line; without one the gateway
       refuses to start; a token shorter than 16 characters, or a token file others can read, is
       refused (make one with \`openssl rand -hex 32\`). Each --target name once. Stops on SIGINT/SIGTERM.
+
+      With --socks-allow HOST:PORTS (repeatable) the gateway also serves SOCKS tunnels
+      (\`pam tunnel start --socks\`): each CONNECT names a destination, which must match a rule.
+      HOST is a name (\`db.internal\`), a wildcard below a domain (\`*.db.internal\`), \`*\`, an IPv4
+      address or network (\`192.0.2.0/24\`) or a bracketed IPv6 one (\`[2001:db8::/32]\`); PORTS is N,
+      N-M or \`*\`. The gateway resolves names itself and checks every address they resolve to; loopback,
+      link-local (169.254.0.0/16, fe80::/10, the cloud metadata address), unspecified, multicast and
+      the gateway's own addresses pass only a rule naming them by IP (\`127.0.0.1:5432\`), never a name
+      or wildcard rule. Refusals are logged and reach the client as SOCKS reply codes (2 not allowed,
+      4 host unreachable, 5 connection refused). Without --socks-allow, SOCKS tunnels are refused.
       Exit codes: 0 stopped by a signal, 2 usage (bad flag, token, PEM file or PAM_* variable),
       75 the --listen address is already in use, 77 the broker refused PAM_BROKER_TOKEN, 69 the broker
-      refused the --site (another gateway holds it).
+      refused the --site (its gateways have another key).
 
       Signalling is sealed to the gateway's long-term key (HPKE, RFC 9180), created on first start
       in --key-file (default $XDG_STATE_HOME/pam/gateway.key, mode 0600). Its fingerprint is printed
       at start (\`gateway key SHA256:…\`, \`key\` in --json): give it to clients as PAM_GATEWAY_KEY.
 
       With --broker URL --site NAME instead of --listen, the gateway opens no listening socket: it
-      dials the broker over a WebSocket (authenticated by PAM_BROKER_TOKEN), registers the site,
+      dials the broker over a WebSocket (authenticated by PAM_BROKER_TOKEN, the broker's value, at
+      least 16 characters), registers the site,
       answers the sealed offers the broker relays, and re-registers with backoff when the broker goes
       away; tunnels already up keep running meanwhile. Clients then use
-      --gateway http(s)://BROKER/sites/NAME. A site already registered by another gateway is refused.
+      --gateway http(s)://BROKER/sites/NAME. --broker may list several brokers, comma-separated: the
+      gateway registers with one at a time and moves to the next when it does not answer or goes
+      away. Several gateways may serve one site if they share its key (the same --key-file): new
+      tunnels go to the one with the fewest; a gateway with another key is refused (exit 69).
 
       --authorized-keys FILE admits user keys (\`pam keygen\`), one a line:
       \`targets="web,db"[,expires="ISO-8601"][,from="CIDR,…"][,max-tunnels=N] pam-ed25519 KEY [comment]\`.
@@ -56,16 +80,30 @@ export class GatewayCommand extends PamCommand {
         '$0 gateway --listen 127.0.0.1:0 --token-file ~/.config/pam/token --target web=127.0.0.1:8080 --json',
       ],
       [
+        'Serve SOCKS tunnels to the database hosts and one subnet',
+        "$0 gateway --listen 127.0.0.1:8765 --socks-allow '*.db.internal:5432' --socks-allow '192.0.2.0/24:22'",
+      ],
+      [
         'No inbound port: register site "lab" with a broker (PAM_BROKER_TOKEN set)',
         '$0 gateway --broker https://broker.example:8443 --site lab --target db=10.0.0.5:5432',
+      ],
+      [
+        'A second gateway for site "lab", with the same key, failing over between two brokers',
+        '$0 gateway --broker https://b1.example:8443,https://b2.example:8443 --site lab --key-file /etc/pam/lab.key --target db=10.0.0.5:5432',
       ],
     ],
   });
 
   listen = SingleString('--listen', { description: 'address:port for signalling (default 127.0.0.1:8765; not with --broker)' });
-  broker = SingleString('--broker', { description: 'http(s) URL of a `pam broker` to register with instead of listening (with --site)' });
+  broker = SingleString('--broker', {
+    description:
+      'http(s) URL of a `pam broker` to register with instead of listening (with --site); several, comma-separated, for failover',
+  });
   site = SingleString('--site', { description: 'site name to register at --broker; clients use BROKER/sites/NAME' });
   targets = Option.Array('--target', [], { description: 'name=host:port of an allowlisted target (repeatable)' });
+  socksAllow = Option.Array('--socks-allow', [], {
+    description: "HOST:PORTS a SOCKS tunnel may reach, e.g. '*.db.internal:5432', '192.0.2.0/24:22' (repeatable)",
+  });
   tokenFile = SingleString('--token-file', { description: 'file holding the token clients must present (default: $PAM_GATEWAY_TOKEN)' });
   json = Option.Boolean('--json', false, { description: 'print JSON lines instead of prose' });
   tlsCert = SingleString('--tls-cert', { description: 'PEM certificate: serve signalling over HTTPS (with --tls-key)' });
@@ -95,7 +133,9 @@ export class GatewayCommand extends PamCommand {
     const listen = parseHostPort(this.listen ?? '127.0.0.1:8765', '--listen', '127.0.0.1:8765 (port 0 picks a free one)');
     const brokerToken = this.broker !== undefined ? readBrokerToken(this.context.env) : undefined;
     const targets = parseTargets(this.targets);
-    if (Object.keys(targets).length === 0) throw new TunnelError('usage', 'no targets: add at least one --target name=host:port');
+    const socks = this.socksAllow.length > 0 ? await socksPolicy(this.socksAllow) : undefined;
+    if (Object.keys(targets).length === 0 && !socks)
+      throw new TunnelError('usage', 'no targets: add at least one --target name=host:port (or --socks-allow HOST:PORTS)');
     const maxPeersPerClient = numberFlag('--max-tunnels-per-client', this.maxPeersPerClient, { min: 1, max: 10_000, whole: true });
     // With user keys the shared token is optional: set, it still opens every target (docs/access.md).
     const tokenGiven = this.tokenFile !== undefined || Boolean(this.context.env.PAM_GATEWAY_TOKEN?.trim());
@@ -131,6 +171,7 @@ export class GatewayCommand extends PamCommand {
       ...(this.requireReason ? { requireReason: true } : {}),
       key,
       targets,
+      ...(socks ? { socks } : {}),
       log,
       ice,
       ...(answerer ? { answerer } : {}),
@@ -140,7 +181,7 @@ export class GatewayCommand extends PamCommand {
     const print = (event: Record<string, unknown>, prose: string) =>
       this.context.stdout.write(this.json ? `${JSON.stringify(event)}\n` : `pam gateway: ${prose}\n`);
     if (this.broker !== undefined && this.site !== undefined && brokerToken !== undefined) {
-      const broker = this.broker;
+      const brokers = brokerList(this.broker);
       const site = this.site;
       const [{ createSignalling }, { connectBroker }] = await Promise.all([
         import('../../gateway/signalling.js'),
@@ -150,14 +191,14 @@ export class GatewayCommand extends PamCommand {
       recheck = () => signalling.recheckAccess();
       announceKey();
       const link = connectBroker({
-        broker,
+        brokers,
         site,
         token: brokerToken,
         key,
         targets: names,
         signalling,
         log,
-        onRegistered: (before) =>
+        onRegistered: (before, broker) =>
           print(
             {
               event: before === 0 ? 'registered' : 'reregistered',
@@ -184,9 +225,10 @@ export class GatewayCommand extends PamCommand {
     const gateway = await startGateway({ host: listen.host, port: listen.port, ...options, ...(tls ? { tls } : {}) });
     recheck = () => gateway.recheckAccess();
     announceKey();
+    const socksRules = socks ? socks.rules.map((rule) => rule.text) : [];
     print(
-      { event: 'listening', url: gateway.url, port: gateway.port, targets: names, key: key.fingerprint },
-      `listening on ${gateway.url} (targets: ${names.join(', ')}; gateway key ${key.fingerprint})`,
+      { event: 'listening', url: gateway.url, port: gateway.port, targets: names, socksAllow: socksRules, key: key.fingerprint },
+      `listening on ${gateway.url} (targets: ${names.join(', ') || 'none'}${socks ? `; SOCKS to ${socksRules.join(', ')}` : ''}; gateway key ${key.fingerprint})`,
     );
 
     const signal = await stopSignal(keys !== undefined);
@@ -210,6 +252,26 @@ export function stopSignal(hangupReloads = false): Promise<StopSignal> {
       resolve(name);
     });
   });
+}
+
+/** `--broker URL[,URL…]`: brokers tried in order (several for failover), each an http(s) URL. */
+export function brokerList(text: string): string[] {
+  const brokers = text
+    .split(',')
+    .map((part) => part.trim().replace(/\/+$/, ''))
+    .filter(Boolean);
+  if (brokers.length === 0) throw new TunnelError('usage', '--broker needs an http(s):// URL (several, comma-separated, for failover)');
+  for (const broker of brokers) {
+    let url: URL | undefined;
+    try {
+      url = new URL(broker);
+    } catch {
+      url = undefined;
+    }
+    if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.username !== '' || url.password !== '')
+      throw new TunnelError('usage', `--broker '${broker.replace(/\/\/[^/@]*@/, '//…@')}' must be an http(s):// URL without credentials`);
+  }
+  return brokers;
 }
 
 /** --authorized-keys: loaded now, re-read on SIGHUP (until the process ends) and when the file changes. */
@@ -242,6 +304,12 @@ async function openGrants(path: string, served: readonly string[], log: (line: s
 export function readBrokerToken(env: NodeJS.ProcessEnv): string {
   const token = env.PAM_BROKER_TOKEN?.trim();
   if (!token) throw new TunnelError('usage', 'no broker token: set PAM_BROKER_TOKEN (the same value on the broker and its gateways)');
+  if (token.length < minBrokerTokenLength) {
+    throw new TunnelError(
+      'usage',
+      `PAM_BROKER_TOKEN is too short (${token.length} characters, at least ${minBrokerTokenLength}): ${makeToken}, and give the broker and its gateways the same value`,
+    );
+  }
   return token;
 }
 
@@ -268,6 +336,28 @@ function parseTargets(texts: readonly string[]): Record<string, { host: string; 
     targets[name] = destination;
   }
   return targets;
+}
+
+/** `--socks-allow` rules (a bad one is a usage error naming it) and the policy over the system resolver. */
+async function socksPolicy(texts: readonly string[]) {
+  const [{ createSocksPolicy, parseSocksRules, SocksRuleError }, { lookup }, { networkInterfaces }] = await Promise.all([
+    import('../../gateway/socks-policy.js'),
+    import('node:dns/promises'),
+    import('node:os'),
+  ]);
+  let rules: ReturnType<typeof parseSocksRules>;
+  try {
+    rules = parseSocksRules(texts);
+  } catch (error) {
+    if (error instanceof SocksRuleError) throw new TunnelError('usage', error.message);
+    throw error;
+  }
+  return createSocksPolicy({
+    rules,
+    resolve: async (name) =>
+      (await lookup(name, { all: true, verbatim: true })).map(({ address, family }) => ({ address, family: family === 6 ? 6 : 4 })),
+    ownAddresses: () => Object.values(networkInterfaces()).flatMap((addresses) => (addresses ?? []).map((entry) => entry.address)),
+  });
 }
 
 /** --tls-cert and --tls-key, which go together: both read and checked as PEM, or neither given. */

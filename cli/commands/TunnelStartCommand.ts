@@ -30,6 +30,13 @@ export class TunnelStartCommand extends PamCommand {
       Binds a local TCP port (127.0.0.1, a free port unless --port is given) and carries every
       connection to it over WebRTC to the gateway, which connects to the named target.
 
+      With --socks instead of a target, the port is a SOCKS5 proxy (RFC 1928: CONNECT, no
+      authentication): each connection names its destination (IPv4, IPv6 or a host name, resolved by
+      the gateway), and the gateway allows it only if one of its --socks-allow rules does. A refused
+      destination gets its SOCKS reply code (2 not allowed, 4 host unreachable, 5 connection refused);
+      a gateway without --socks-allow refuses the tunnel (68). With --run the command also gets
+      ALL_PROXY=socks5h://HOST:PORT.
+
       Modes (choose one): \`--foreground\` (the default) keeps the tunnel in this process until
       SIGINT/SIGTERM/SIGHUP; \`--background\` detaches a child process that owns the tunnel and
       returns only once the port is usable (printing id, pid and port); \`--run\` brings the tunnel up, runs the command through the shell with
@@ -49,7 +56,10 @@ export class TunnelStartCommand extends PamCommand {
       Signalling is sealed to the gateway's key (HPKE). PAM_GATEWAY_KEY=SHA256:… (or gatewayKey) pins
       it; otherwise the first key a gateway URL shows is recorded in $XDG_CONFIG_HOME/pam/known_gateways
       and a different one later is refused (77) before any tunnel is set up. A gateway behind a broker
-      is reached with --gateway http(s)://BROKER/sites/NAME. Exit codes: ${startExitCodes},
+      is reached with --gateway http(s)://BROKER/sites/NAME; several URLs of one site, comma-separated
+      (the site through several brokers), are tried in order: the next when one does not answer
+      (refused, timed out, or a 502/503/504 from a broker), never after a refusal (4xx). The key is
+      checked against every URL of the list and recorded for all of them: it is the site's. Exit codes: ${startExitCodes},
       ${signalExitBase}+N killed by signal N; with --run, the command's code.
     `,
     examples: [
@@ -58,15 +68,19 @@ export class TunnelStartCommand extends PamCommand {
         'Run one command through a tunnel and exit with its code',
         '$0 tunnel start db --run \'psql -h "$PAM_TUNNEL_HOST" -p "$PAM_TUNNEL_PORT" -c "select 1"\'',
       ],
+      ['A SOCKS5 proxy through the gateway for one curl', "$0 tunnel start --socks --run 'curl -fsS http://db-admin.internal:8080/health'"],
       ['Machine-readable ready line for a supervisor', '$0 tunnel start web --foreground --json --pid-file /run/pam-web.pid'],
       ['Watch the tunnel live in the Stately inspector (see docs/inspect.md)', '$0 tunnel start web --inspect=ws://127.0.0.1:8080'],
     ],
   });
 
-  target = Option.String({ name: 'target' });
+  target = Option.String({ name: 'target', required: false });
+  socks = Option.Boolean('--socks', false, {
+    description: 'serve SOCKS5 on the local port instead of one target; the gateway decides each destination',
+  });
   port = SingleString('--port', { description: 'local port to listen on (0 or omitted: any free port)' });
   host = SingleString('--host', { description: 'local address to bind (default 127.0.0.1)' });
-  gateway = SingleString('--gateway', { description: 'gateway URL (default: $PAM_GATEWAY_URL)' });
+  gateway = SingleString('--gateway', { description: 'gateway URL, or several of one site comma-separated (default: $PAM_GATEWAY_URL)' });
   tokenFile = SingleString('--token-file', { description: 'file holding the gateway token (default: $PAM_GATEWAY_TOKEN)' });
   keyFile = SingleString('--key-file', {
     description:
@@ -120,14 +134,15 @@ export class TunnelStartCommand extends PamCommand {
     const source = gatewaySource(this.gateway, this.context.env, file);
     // Credentials in the URL are refused before anything records the flags (journal, registry, launcher).
     const credentials =
-      gateway !== undefined && /^[^/]*\/\/[^/]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
+      gateway !== undefined && /(^|,)[^/,]*\/\/[^/,]*@/.test(gateway.trim()) ? gatewayUrlProblem(gateway.trim(), source) : undefined;
     if (credentials) throw new TunnelError('usage', credentials);
     // Settings from the environment are checked before anything starts, naming the variable.
     iceHosts(this.context.env);
     keepalive(this.context.env);
     inspectUrl(this.inspect, this.context.env); // a bad --inspect/PAM_INSPECT is refused before anything starts
     const flags: StartFlags = {
-      target: this.target,
+      target: this.target ?? '',
+      ...(this.socks ? { socks: true } : {}),
       ...defined({
         gateway,
         gatewaySource: source,

@@ -5,6 +5,7 @@ import { CompletionCommand } from './CompletionCommand.js';
 import { GatewayCommand } from './GatewayCommand.js';
 import { KeygenCommand } from './KeygenCommand.js';
 import { ShellCommand } from './ShellCommand.js';
+import { TunnelDiagnoseCommand } from './TunnelDiagnoseCommand.js';
 import { TunnelHistoryCommand } from './TunnelHistoryCommand.js';
 import { TunnelListCommand } from './TunnelListCommand.js';
 import { TunnelMachineCommand } from './TunnelMachineCommand.js';
@@ -17,6 +18,7 @@ export const commandClasses = [
   TunnelListCommand,
   TunnelStopCommand,
   TunnelHistoryCommand,
+  TunnelDiagnoseCommand,
   TunnelReplayCommand,
   TunnelMachineCommand,
   GatewayCommand,

@@ -6,7 +6,7 @@ import t from 'tap';
 import { createTcpListenerFactory } from '../../adapters/tcp-listener.js';
 import { createWeriftTransport } from '../../adapters/werift-transport.js';
 import { listenWarning, startGateway, type Gateway } from '../../gateway/server.js';
-import { createPeer, gatheringComplete, withoutDefaultStun } from '../../adapters/werift-peer.js';
+import { createPeer, describeCandidate, gatheringComplete, withoutDefaultStun } from '../../adapters/werift-peer.js';
 import { createSocket } from 'node:dgram';
 import { echoServer, freePort, roundTrip } from '../support/processes.js';
 import type { TapTest } from '../support/tap.js';
@@ -57,6 +57,13 @@ t.test('a link carries a local connection to the target and back', async (t) => 
   const echoed = await roundTrip(listener.port, payload);
   t.equal(createHash('sha256').update(echoed).digest('hex'), createHash('sha256').update(payload).digest('hex'), '1 MiB echoed intact');
   t.equal(gw.peerCount(), 1, 'gateway serves one peer');
+  const hostPair = /^host 127\.0\.0\.1:\d+\/udp → host 127\.0\.0\.1:\d+\/udp$/;
+  t.match(link.path?.(), { kind: 'direct', pair: hostPair }, 'the client names its selected pair: direct, host to host');
+  t.match(
+    gw.lines.join('\n'),
+    /tunnel to echo open \(path direct: host 127\.0\.0\.1:\d+\/udp → host 127\.0\.0\.1:\d+\/udp\)/,
+    'and so does the gateway',
+  );
   await link.close();
   for (let i = 0; i < 200 && gw.peerCount() > 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
   t.equal(gw.peerCount(), 0, 'closing the link frees the gateway peer');
@@ -202,4 +209,18 @@ t.test("a configured STUN server is queried; without one, werift's public defaul
   await gatherWith([{ urls: url }]);
   t.ok(requests.length > 0, 'the configured STUN server got a request');
   t.equal(requests[0]!.readUInt32BE(4), 0x2112a442, 'a STUN binding request (magic cookie)');
+});
+
+t.test("a werift candidate line names the path's ends; relay on either end is a relayed path", async (t) => {
+  t.same(describeCandidate('candidate:1 1 UDP 2130706431 192.0.2.2 50000 typ host'), { type: 'host', text: 'host 192.0.2.2:50000/udp' });
+  t.same(describeCandidate('a=candidate:9 1 tcp 16777215 203.0.113.1 49160 typ relay raddr 0.0.0.0 rport 0'), {
+    type: 'relay',
+    text: 'relay 203.0.113.1:49160/tcp',
+  });
+  t.same(
+    describeCandidate('626da4e5 1 udp 2116026367 127.0.0.1 56380 typ host generation 0'),
+    { type: 'host', text: 'host 127.0.0.1:56380/udp' },
+    'as werift spells it',
+  );
+  t.equal(describeCandidate('not a candidate'), undefined);
 });

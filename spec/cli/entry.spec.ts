@@ -22,9 +22,16 @@ function capture(): { context: PamContext; out: () => string; err: () => string 
 
 t.test('a parse error exits 2 and goes to stderr', async (t) => {
   const { context, out, err } = capture();
-  t.equal(await runCli(['tunnel', 'start'], context), 2);
-  t.match(err(), /Not enough positional arguments/);
+  t.equal(await runCli(['tunnel', 'list', 'extra'], context), 2);
+  t.match(err(), /Extraneous positional argument/);
   t.equal(out(), '');
+});
+
+t.test('an unknown flag after an optional target is named, not "command not found" with the command twice', async (t) => {
+  const { context, err } = capture();
+  t.equal(await runCli(['tunnel', 'start', 'echo', '--no-such-flag'], context), 2);
+  t.match(err(), /^Unknown Syntax Error: Unsupported option name \("--no-such-flag"\)/);
+  t.notMatch(err(), /did you mean/);
 });
 
 t.test('a TunnelError from a command prints one line with its code; --debug adds the stack', async (t) => {

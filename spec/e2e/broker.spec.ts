@@ -38,61 +38,64 @@ t.test('a gateway behind a broker opens no listening socket; a client reaches it
   t.notMatch(broker.proc.stderr, new RegExp(token), 'the gateway token never shows in the broker');
 });
 
-t.test('a wrong PAM_BROKER_TOKEN is refused and logged; a second gateway for a site is refused with a clear error', async (t) => {
-  const dir = scratchDir(t);
-  const echo = await echoServer(t);
-  const broker = await startBrokerProc(t, dir);
-  const impostor = await startBrokerGateway(
-    t,
-    dir,
-    token,
-    broker.url,
-    'lab',
-    { echo: echo.port },
-    { env: { PAM_BROKER_TOKEN: 'wrong' }, wait: false },
-  );
-  t.equal(await impostor.proc.exited, 77, 'wrong broker token → 77');
-  t.match(impostor.proc.stderr, /the broker http:\/\/127\.0\.0\.1:\d+ refused PAM_BROKER_TOKEN/);
-  t.match(broker.proc.stderr, /refused a gateway from 127\.0\.0\.1: wrong or missing PAM_BROKER_TOKEN/);
+t.test(
+  'a wrong PAM_BROKER_TOKEN is refused and logged; a second gateway for a site with another key is refused with a clear error',
+  async (t) => {
+    const dir = scratchDir(t);
+    const echo = await echoServer(t);
+    const broker = await startBrokerProc(t, dir);
+    const impostor = await startBrokerGateway(
+      t,
+      dir,
+      token,
+      broker.url,
+      'lab',
+      { echo: echo.port },
+      { env: { PAM_BROKER_TOKEN: 'a-wrong-broker-token-long-enough' }, wait: false },
+    );
+    t.equal(await impostor.proc.exited, 77, 'wrong broker token → 77');
+    t.match(impostor.proc.stderr, /the broker http:\/\/127\.0\.0\.1:\d+ refused PAM_BROKER_TOKEN/);
+    t.match(broker.proc.stderr, /refused a gateway from 127\.0\.0\.1: wrong or missing PAM_BROKER_TOKEN/);
 
-  const first = await startBrokerGateway(
-    t,
-    dir,
-    token,
-    broker.url,
-    'lab',
-    { echo: echo.port },
-    { extra: ['--key-file', join(dir, 'one.key')] },
-  );
-  const second = await startBrokerGateway(
-    t,
-    dir,
-    token,
-    broker.url,
-    'lab',
-    { echo: echo.port },
-    { extra: ['--key-file', join(dir, 'two.key')], wait: false },
-  );
-  t.equal(await second.proc.exited, 69, 'the second gateway exits');
-  t.match(
-    second.proc.stderr,
-    /refused site 'lab': site 'lab' already has a gateway registered \(from 127\.0\.0\.1 since .*\); stop that one or choose another --site/,
-  );
-  const still = pam(t, ['tunnel', 'start', 'echo', '-R', echoScript], {
-    env: { ...tunnelEnv(dir, token, first.url), PAM_GATEWAY_KEY: first.key },
-  });
-  t.equal(await still.exited, 0, 'the first gateway still serves the site (no takeover)');
+    const first = await startBrokerGateway(
+      t,
+      dir,
+      token,
+      broker.url,
+      'lab',
+      { echo: echo.port },
+      { extra: ['--key-file', join(dir, 'one.key')] },
+    );
+    const second = await startBrokerGateway(
+      t,
+      dir,
+      token,
+      broker.url,
+      'lab',
+      { echo: echo.port },
+      { extra: ['--key-file', join(dir, 'two.key')], wait: false },
+    );
+    t.equal(await second.proc.exited, 69, 'the second gateway exits');
+    t.match(
+      second.proc.stderr,
+      /refused site 'lab': site 'lab' is served with gateway key SHA256:\S+, this gateway presents SHA256:\S+: every gateway of a site must have the same key \(copy the --key-file\), or choose another --site/,
+    );
+    const still = pam(t, ['tunnel', 'start', 'echo', '-R', echoScript], {
+      env: { ...tunnelEnv(dir, token, first.url), PAM_GATEWAY_KEY: first.key },
+    });
+    t.equal(await still.exited, 0, 'the first gateway still serves the site (no takeover)');
 
-  const both = pam(t, ['gateway', '--broker', broker.url, '--site', 'x', '--listen', '127.0.0.1:0', '--target', 'a=127.0.0.1:1'], {
-    env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: brokerToken },
-  });
-  t.equal(await both.exited, 2, '--broker with --listen is a usage error');
-  const noToken = pam(t, ['gateway', '--broker', broker.url, '--site', 'x', '--target', 'a=127.0.0.1:1'], {
-    env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: '' },
-  });
-  t.equal(await noToken.exited, 2);
-  t.match(noToken.stderr, /set PAM_BROKER_TOKEN/);
-});
+    const both = pam(t, ['gateway', '--broker', broker.url, '--site', 'x', '--listen', '127.0.0.1:0', '--target', 'a=127.0.0.1:1'], {
+      env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: brokerToken },
+    });
+    t.equal(await both.exited, 2, '--broker with --listen is a usage error');
+    const noToken = pam(t, ['gateway', '--broker', broker.url, '--site', 'x', '--target', 'a=127.0.0.1:1'], {
+      env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: '' },
+    });
+    t.equal(await noToken.exited, 2);
+    t.match(noToken.stderr, /set PAM_BROKER_TOKEN/);
+  },
+);
 
 t.test('with --turn-secret-file the broker mints TURN REST credentials per exchange', async (t) => {
   const dir = scratchDir(t);

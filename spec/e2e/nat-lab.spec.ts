@@ -20,7 +20,7 @@ async function siteWithTarget(t: TapTest, nat: NatLab) {
   return { broker, target, gateway };
 }
 
-async function tunnelThrough(t: TapTest, options: NatLabOptions, expectedPath: 'direct' | 'relay') {
+async function tunnelThrough(t: TapTest, options: NatLabOptions, expectedPath: 'direct' | 'relay', startArgs: readonly string[] = []) {
   const nat = natLab(t, options);
   if (!nat) return;
   const coturn = await nat.startCoturn();
@@ -29,7 +29,7 @@ async function tunnelThrough(t: TapTest, options: NatLabOptions, expectedPath: '
     t,
     nat.ns.client,
     process.execPath,
-    [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30'],
+    [pamBin, 'tunnel', 'start', 'sink', '-fg', '--json', '--timeout', '30', ...startArgs],
     {
       env: nat.clientEnv(gateway.url, gateway.key),
     },
@@ -79,6 +79,10 @@ if (labAvailable(t)) {
 
   t.test("2. the gateway's NAT symmetric: path relay through coturn", (t) =>
     tunnelThrough(t, { clientNat: 'cone', gatewayNat: 'symmetric' }, 'relay'),
+  );
+
+  t.test("3. the client's UDP blocked by its router: TURN over TCP still works (werift), path relay", (t) =>
+    tunnelThrough(t, { clientNat: 'cone', gatewayNat: 'cone', clientUdpBlocked: true }, 'relay', ['--transport', 'werift']),
   );
 
   t.test('4. the broker killed mid-tunnel: bytes keep flowing; restarted, the gateway re-registers and a new tunnel works', async (t) => {

@@ -39,7 +39,10 @@ t.test('bash completion: commands, subcommands, flags from the definitions, live
   t.same(complete('pam', ''), ['broker', 'completion', 'gateway', 'keygen', 'shell', 'tunnel']);
   t.same(complete('pam', 'tunnel', 'start', '--key'), ['--key-file']);
   t.same(complete('pam', 'gateway', '--auth'), ['--authorized-keys']);
-  t.same(complete('pam', 'tunnel', ''), ['history', 'list', 'machine', 'replay', 'start', 'stop']);
+  t.same(complete('pam', 'tunnel', 'start', '--so'), ['--socks']);
+  t.same(complete('pam', 'gateway', '--so'), ['--socks-allow']);
+  t.same(complete('pam', 'tunnel', ''), ['diagnose', 'history', 'list', 'machine', 'replay', 'start', 'stop']);
+  t.same(complete('pam', 'tunnel', 'diagnose', '--ice'), ['--ice-server']);
   t.same(complete('pam', 'tunnel', 'start', '--back'), ['--background']);
   t.same(complete('pam', 'tunnel', 'stop', '--a'), ['--all']);
   t.same(complete('pam', 'tunnel', 'stop', ''), [owner.id, 'echo'].sort(), 'running tunnel ids and targets');

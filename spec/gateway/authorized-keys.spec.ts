@@ -61,3 +61,16 @@ t.test('the same key on two lines is refused, naming the first', async (t) => {
     message: /^line 2: key SHA256:\S+ is already on line 1/,
   });
 });
+
+t.test('socks="…" grants SOCKS rules, alone or beside targets; a bad rule names the line', async (t) => {
+  const grants = parseAuthorizedKeys(`socks="*.db.internal:5432, 192.0.2.0/24:22" pam-ed25519 ${b64} ops\n`);
+  const grant = grants.grants.get(keyFingerprint(key))!;
+  t.same(grant.targets, [], 'no targets= needed with socks=');
+  t.same(
+    grant.socks?.map((rule) => rule.text),
+    ['*.db.internal:5432', '192.0.2.0/24:22'],
+  );
+  t.throws(() => parseAuthorizedKeys(`targets=web,socks="db:0" pam-ed25519 ${b64}\n`), {
+    message: /^line 1: socks: rule 'db:0': the port must be/,
+  });
+});

@@ -1,7 +1,7 @@
 // Flag validation decides usage errors for both the tunnel and the launcher machines.
 
 import t from 'tap';
-import { parseStartFlags } from '../../machines/start-flags.js';
+import { isTargetName, parseStartFlags, socksTarget } from '../../machines/start-flags.js';
 import { selectTunnels } from '../../machines/selector.js';
 import type { RegistryEntry } from '../../machines/ports.js';
 
@@ -132,6 +132,18 @@ t.test('gateway URLs: credentials refused without echoing them, a path kept, the
   t.ok(path.ok && path.settings.gateway === 'http://127.0.0.1:8765/pam', 'the path is kept (trailing slash dropped)');
 });
 
+t.test("a comma-separated list of one site's URLs: each checked, each normalized, none empty", async (t) => {
+  const list = parseStartFlags({ ...base, gateway: ' http://b1:8443/sites/lab/ , https://b2:8443/sites/lab' });
+  t.ok(list.ok && list.settings.gateway === 'http://b1:8443/sites/lab,https://b2:8443/sites/lab', 'trimmed, trailing slashes dropped');
+  const secret = parseStartFlags({ ...base, gateway: 'http://b1:8443/sites/lab,http://u:hunter2-secret@b2:8443/sites/lab' });
+  t.ok(!secret.ok && /must not carry credentials/.test(secret.failure.reason), 'credentials in any URL of the list are refused');
+  t.notMatch(secret.ok ? '' : secret.failure.reason, /hunter2/, 'without echoing them');
+  const empty = parseStartFlags({ ...base, gateway: 'http://b1:8443/sites/lab,,http://b2:8443/sites/lab' });
+  t.ok(!empty.ok && /lists an empty URL/.test(empty.failure.reason));
+  const bad = parseStartFlags({ ...base, gateway: 'http://b1:8443/sites/lab,ftp://b2' });
+  t.ok(!bad.ok && /'ftp:\/\/b2' is not an http\(s\) URL/.test(bad.failure.reason), 'the bad one is named');
+});
+
 t.test('--host [::1] is ::1; a timeout below 1 s is refused, naming the minimum', async (t) => {
   const bracketed = parseStartFlags({ ...base, host: '[::1]' });
   t.ok(bracketed.ok && bracketed.settings.host === '::1');
@@ -140,6 +152,14 @@ t.test('--host [::1] is ::1; a timeout below 1 s is refused, naming the minimum'
   const tiny = parseStartFlags({ ...base, timeout: '0.0001' });
   t.ok(!tiny.ok && /--timeout '0\.0001' is too short: a connect needs at least 1 s/.test(tiny.failure.reason));
   t.ok(parseStartFlags({ ...base, timeout: '1' }).ok, '1 s is accepted');
+});
+
+t.test('--socks: no target, the reserved @socks target in settings; a target with it, or neither, is a usage error', async (t) => {
+  const parsed = parseStartFlags({ ...base, target: '', socks: true });
+  t.match(parsed, { ok: true, settings: { target: socksTarget, socks: true, mode: 'foreground' } });
+  t.notOk(isTargetName(socksTarget), 'no gateway --target name can be the SOCKS target');
+  t.match(parseStartFlags({ ...base, socks: true }), { ok: false, failure: { kind: 'usage', reason: /--socks takes no target/ } });
+  t.match(parseStartFlags({ ...base, target: '' }), { ok: false, failure: { kind: 'usage', reason: /name a target .* or pass --socks/ } });
 });
 
 t.test('--reason and --ticket: kept trimmed; empty, multi-line, overlong or a ticket alone refused', async (t) => {

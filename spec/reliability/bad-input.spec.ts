@@ -209,6 +209,27 @@ t.test('bad files, variables, flags and gateways: each its documented code, one 
       /PAM_GATEWAY_TOKEN is too short .*openssl rand -hex 32/,
     ],
     [
+      'short PAM_BROKER_TOKEN at the broker',
+      ['broker', '--listen', '127.0.0.1:0'],
+      { ...env, PAM_BROKER_TOKEN: 'fifteen-chars15' },
+      2,
+      /^pam: PAM_BROKER_TOKEN is too short \(15 characters, at least 16\): .*openssl rand -hex 32/,
+    ],
+    [
+      'short PAM_BROKER_TOKEN at a gateway',
+      ['gateway', '--broker', 'http://127.0.0.1:9', '--site', 'lab', ...target],
+      { ...gatewayEnv, PAM_BROKER_TOKEN: 's3cret' },
+      2,
+      /^pam: PAM_BROKER_TOKEN is too short \(6 characters, at least 16\): .*the same value/,
+    ],
+    [
+      'TURN only over TCP with --transport native',
+      ['tunnel', 'start', 'echo', '-R', 'true', '--transport', 'native', '--ice-server', 'turn:127.0.0.1:9?transport=tcp'],
+      { ...env, PAM_ICE_USERNAME: 'u', PAM_ICE_CREDENTIAL: 'c' },
+      2,
+      /^pam: the native transport .* cannot use TURN over TCP .*: use --transport werift/,
+    ],
+    [
       'credentials in --gateway',
       ['tunnel', 'start', 'echo', '-R', 'true', '--gateway', secretUrl],
       env,

@@ -16,7 +16,7 @@ export async function startBrokerProc(
   const proc = pam(t, ['broker', '--json', ...listen, ...extra], {
     env: { ...tunnelEnv(dir, 'unused'), PAM_BROKER_TOKEN: brokerToken, ...env },
   });
-  const listening = await proc.event('listening');
+  const listening = await proc.event('listening', 60_000);
   return { proc, url: String(listening.url), port: Number(listening.port) };
 }
 
@@ -28,7 +28,7 @@ export async function startBrokerGateway(
   broker: string,
   site: string,
   targets: Record<string, number>,
-  options: { env?: NodeJS.ProcessEnv; extra?: readonly string[]; wait?: boolean } = {},
+  options: { env?: NodeJS.ProcessEnv; extra?: readonly string[]; wait?: boolean; timeoutMs?: number } = {},
 ): Promise<{ proc: Proc; url: string; key: string }> {
   const args = [
     'gateway',
@@ -42,7 +42,7 @@ export async function startBrokerGateway(
   ];
   const proc = pam(t, args, { env: { ...tunnelEnv(dir, token), PAM_BROKER_TOKEN: brokerToken, ...options.env } });
   if (options.wait === false) return { proc, url: `${broker}/sites/${site}`, key: '' };
-  const registered = await proc.event('registered');
+  const registered = await proc.event('registered', options.timeoutMs);
   return { proc, url: String(registered.url), key: String(registered.key) };
 }
 

@@ -27,7 +27,9 @@ export interface NatLab {
   readonly publicHost: string;
   readonly gatewayHost: string;
   readonly turnSecret: string;
-  /** Start coturn in `pub` (UDP and TCP on 3478, relaying from the public address). */
+  /** Router A's NAT changed in place (same lab): for checks that compare cone and symmetric. */
+  setClientNat(nat: Nat): void;
+  /** Start coturn in `pub` (UDP and TCP on 3478 at 203.0.113.1 and, as a second STUN server, 203.0.113.17; relaying from the first). */
   startCoturn(): Promise<Proc>;
   /** Start `pam broker` in `pub` on `port` (0: any), handing out STUN and TURN (UDP and TCP) with minted credentials. */
   startBroker(port?: number): Promise<{ proc: Proc; url: string; port: number }>;
@@ -96,6 +98,8 @@ export function natLab(t: TapTest, options: NatLabOptions): NatLab | undefined {
   lab.run(routerB, 'nft', ['-f', '-'], routerRules('198.51.100.0/24', '203.0.113.18', options.gatewayNat, false));
 
   const publicHost = '203.0.113.1';
+  // pub's address on router B's link: a second STUN address for telling cone from symmetric NAT.
+  const secondStunHost = '203.0.113.17';
   const turnSecret = 'nat-lab-turn-secret';
   const secretFile = join(dir, 'turn-secret');
   writeFileSync(secretFile, `${turnSecret}\n`, { mode: 0o600 });
@@ -112,10 +116,15 @@ export function natLab(t: TapTest, options: NatLabOptions): NatLab | undefined {
     publicHost,
     gatewayHost: '198.51.100.2',
     turnSecret,
+    setClientNat(nat) {
+      lab.run(routerA, 'nft', ['flush', 'ruleset']);
+      lab.run(routerA, 'nft', ['-f', '-'], routerRules('192.0.2.0/24', '203.0.113.2', nat, options.clientUdpBlocked ?? false));
+    },
     async startCoturn() {
       const args = [
         '-n',
         `--listening-ip=${publicHost}`,
+        `--listening-ip=${secondStunHost}`,
         `--relay-ip=${publicHost}`,
         '--listening-port=3478',
         '--min-port=49152',
@@ -144,6 +153,8 @@ export function natLab(t: TapTest, options: NatLabOptions): NatLab | undefined {
         ...(process.env.LAB_STUN ? ['--ice-server', `stun:${publicHost}:3478`] : []),
         '--ice-server',
         `turn:${publicHost}:3478`,
+        '--ice-server',
+        `turn:${publicHost}:3478?transport=tcp`,
         '--turn-secret-file',
         secretFile,
       ];
