@@ -6,8 +6,8 @@
 // as a PeerKind (adapters/werift-transport.ts, adapters/native-transport.ts).
 
 import { randomBytes } from 'node:crypto';
-import { request as httpRequest } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { TunnelError } from '../machines/errors.js';
@@ -98,26 +98,33 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
   /** One URL of the site; `request.gateway` (the whole list) is what the key is checked against. */
   async function negotiateAt(url: string, request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
     const setup = kind.answerSetup ? { answerSetup: kind.answerSetup } : {};
-    // The key is checked before any peer connection exists: a mismatch leaves nothing to tear down.
-    const hello = await fetchKey(url, signal, url !== request.gateway ? keyDeadlineMs : undefined);
-    options.keys?.verify(request.gateway, hello.key);
-    const trust = () => options.keys?.trust(request.gateway, hello.key);
-    for (let attempt = 1; ; attempt += 1) {
-      const { peer, sdp } = await kind.offer(signal, hello.iceServers);
-      try {
-        const sealed = { gateway: url, key: hello.key, credentials: options, trust };
-        await kind.accept(peer, await exchange(sealed, request, { offer: sdp, ...setup }, signal));
-        return new PeerNegotiation(kind, peer, request);
-      } catch (error) {
-        await kind.close(peer);
-        // A TunnelError is the gateway's verdict (token, target, reachability): final. Anything else is
-        // the WebRTC library refusing its own exchange. Seen with libdatachannel: on loopback ICE can
-        // connect while the answer is still being applied, DTLS then fails for want of the remote
-        // fingerprint, and applying the rest of the answer throws "remote candidate without ICE
-        // transport". A fresh offer fixes it; a few at most, spaced so the race does not repeat.
-        if (error instanceof TunnelError || signal.aborted || attempt >= 5) throw error;
-        await delay(retryPauseMs(attempt), undefined, { signal });
+    // The key request and the offer share one kept-alive connection: one TCP (and TLS) handshake
+    // fewer per connect, a round trip each on a long path.
+    const connection = signallingConnection(url);
+    try {
+      // The key is checked before any peer connection exists: a mismatch leaves nothing to tear down.
+      const hello = await fetchKey(url, signal, url !== request.gateway ? keyDeadlineMs : undefined, connection);
+      options.keys?.verify(request.gateway, hello.key);
+      const trust = () => options.keys?.trust(request.gateway, hello.key);
+      for (let attempt = 1; ; attempt += 1) {
+        const { peer, sdp } = await kind.offer(signal, hello.iceServers);
+        try {
+          const sealed = { gateway: url, key: hello.key, credentials: options, trust };
+          await kind.accept(peer, await exchange(sealed, request, { offer: sdp, ...setup }, signal, connection));
+          return new PeerNegotiation(kind, peer, request);
+        } catch (error) {
+          await kind.close(peer);
+          // A TunnelError is the gateway's verdict (token, target, reachability): final. Anything else is
+          // the WebRTC library refusing its own exchange. Seen with libdatachannel: on loopback ICE can
+          // connect while the answer is still being applied, DTLS then fails for want of the remote
+          // fingerprint, and applying the rest of the answer throws "remote candidate without ICE
+          // transport". A fresh offer fixes it; a few at most, spaced so the race does not repeat.
+          if (error instanceof TunnelError || signal.aborted || attempt >= 5) throw error;
+          await delay(retryPauseMs(attempt), undefined, { signal });
+        }
       }
+    } finally {
+      connection.destroy();
     }
   }
 
@@ -196,12 +203,13 @@ export async function fetchKey(
   gateway: string,
   signal: AbortSignal,
   deadlineMs?: number,
+  agent: SignallingAgent | false = false,
 ): Promise<{ key: Buffer; iceServers: IceServer[] }> {
   const url = signallingUrl(gateway, '/v1/key');
   let response: HttpResponse;
   const bounded = deadlineMs ? AbortSignal.any([signal, AbortSignal.timeout(deadlineMs)]) : signal;
   try {
-    response = await send(url, 'GET', undefined, bounded);
+    response = await send(url, 'GET', undefined, bounded, agent);
   } catch (error) {
     if (signal.aborted) throw error;
     throw unreachable(gateway, bounded.aborted ? { code: `no answer within ${(deadlineMs ?? 0) / 1000} s` } : error);
@@ -254,6 +262,7 @@ async function exchange(
   request: Omit<NegotiateRequest, 'signal'>,
   offer: { offer: string; answerSetup?: 'passive' },
   signal: AbortSignal,
+  agent: SignallingAgent,
 ): Promise<string> {
   const url = signallingUrl(sealed.gateway, '/v1/tunnels');
   const target = request.target;
@@ -277,7 +286,7 @@ async function exchange(
   const { envelope, open } = await sealRequest(sealed.key, Buffer.from(JSON.stringify(plain)));
   let response: HttpResponse;
   try {
-    response = await send(url, 'POST', envelope, signal);
+    response = await send(url, 'POST', envelope, signal, agent);
   } catch (error) {
     if (signal.aborted) throw error;
     throw unreachable(sealed.gateway, error);
@@ -358,20 +367,39 @@ interface HttpResponse {
 /** An answer is a few KiB; a gateway that sends more is not one. */
 const maxResponseBytes = 256 * 1024;
 
+type SignallingAgent = HttpAgent | HttpsAgent;
+
+/** One kept-alive connection for one negotiation's requests; destroyed when the negotiation ends. */
+function signallingConnection(gateway: string): SignallingAgent {
+  const options = { keepAlive: true, maxSockets: 1 };
+  return signallingUrl(gateway, '/').protocol === 'https:' ? new HttpsAgent(options) : new HttpAgent(options);
+}
+
 /**
  * One request with node:http(s), not fetch: fetch loads undici, ~12 MiB of resident memory that a
- * long-lived tunnel process would carry for one request. One connection, closed after the answer.
+ * long-lived tunnel process would carry for one request. A request on the kept-alive connection that
+ * the server closed in the meantime (its idle timeout) is sent once more on a fresh connection.
  */
-function send(url: URL, method: 'GET' | 'POST', body: Buffer | undefined, signal: AbortSignal): Promise<HttpResponse> {
+function send(
+  url: URL,
+  method: 'GET' | 'POST',
+  body: Buffer | undefined,
+  signal: AbortSignal,
+  agent: SignallingAgent | false,
+): Promise<HttpResponse> {
   const requestFn = url.protocol === 'https:' ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
     const request = requestFn(url, {
       method,
-      agent: false,
+      agent,
       signal,
       headers: body ? { 'content-type': sealedContentType, 'content-length': body.length } : {},
     });
-    request.on('error', reject);
+    request.on('error', (error: NodeJS.ErrnoException) => {
+      const stale = agent !== false && request.reusedSocket && (error.code === 'ECONNRESET' || error.code === 'EPIPE');
+      if (stale && !signal.aborted) send(url, method, body, signal, false).then(resolve, reject);
+      else reject(error);
+    });
     request.on('response', (response) => {
       readBodyBytes(response, maxResponseBytes).then(
         (bytes) =>

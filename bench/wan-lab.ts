@@ -33,6 +33,8 @@ export interface WanLab {
   readonly client: LabHost;
   readonly gateway: LabHost;
   readonly link: LinkOptions;
+  /** The delay line's pid (its CPU time is what the link costs this machine). */
+  readonly linkPid: number;
   /** The link's drop counts per direction (random, queue, ring), once it has been closed. */
   readonly linkReport: () => string;
   /** `ip netns exec` in front of a command, as [command, args] for spawn. */
@@ -122,6 +124,7 @@ export async function openWanLab(scope: Teardownable, net: Lab, link: LinkOption
     client,
     gateway,
     link,
+    linkPid: child.pid!,
     linkReport: () => report.trim(),
     inNs: (host, command, rest) => ['ip', ['netns', 'exec', host.ns.name, command, ...rest]],
     close,

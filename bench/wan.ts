@@ -6,7 +6,10 @@
 // PAM_WAN_CONNECTS (connect samples per tool and RTT, default 5), PAM_WAN_ONLY (comma list of
 // direct,ssh,pam to run a subset). For investigation: PAM_WAN_DIAG=1 prints where packets were dropped
 // (the link's counters, UDP buffer overflows, TCP retransmits), PAM_WAN_TRACE=1 the MiB received each
-// second of every fetch. Interrupting it (SIGINT/SIGTERM) still removes the lab.
+// second of every fetch. `--quick` (or PAM_WAN_QUICK=1) is one scenario (40 ms unless PAM_WAN_SCENARIOS
+// says otherwise), 32 MiB and 3 connects: a focused A/B run. Each fetch also reports the CPU time per MiB
+// of the tool's own processes (ssh + sshd, or the pam tunnel + gateway) and of the link process.
+// Interrupting it (SIGINT/SIGTERM) still removes the lab.
 
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
@@ -16,13 +19,14 @@ import { openLab } from '../spec/support/netns.js';
 import { openWanLab, wanLabUnavailable, type LabHost, type WanLab } from './wan-lab.js';
 
 const peerJs = join(repoRoot, 'build', 'bench', 'wan-peer.js');
-const mib = Number(process.env.PAM_BENCH_MIB ?? 64);
+const quick = process.argv.includes('--quick') || process.env.PAM_WAN_QUICK === '1';
+const mib = Number(process.env.PAM_BENCH_MIB ?? (quick ? 32 : 64));
 const timeoutS = Number(process.env.PAM_WAN_TIMEOUT ?? 120);
-const connects = Number(process.env.PAM_WAN_CONNECTS ?? 5);
+const connects = Number(process.env.PAM_WAN_CONNECTS ?? (quick ? 3 : 5));
 const rateMbit = Number(process.env.PAM_WAN_RATE_MBIT ?? 0);
 const queueKiB = Number(process.env.PAM_WAN_QUEUE_KIB ?? 4096);
 const only = new Set((process.env.PAM_WAN_ONLY ?? 'direct,ssh,pam').split(','));
-const scenarios = (process.env.PAM_WAN_SCENARIOS ?? '0,10,40,100,40:1').split(',').map((item) => {
+const scenarios = (process.env.PAM_WAN_SCENARIOS ?? (quick ? '40' : '0,10,40,100,40:1')).split(',').map((item) => {
   const [rtt, loss] = item.split(':');
   return { rttMs: Number(rtt), lossPct: Number(loss ?? 0) };
 });
@@ -76,15 +80,42 @@ async function peer(
   return JSON.parse(line) as Record<string, unknown>;
 }
 
-function killInNs(ns: string, command: string): void {
+/** Pids in a namespace whose command name matches. */
+function pidsInNs(ns: string, command: RegExp): number[] {
   const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout.split(/\s+/).filter(Boolean);
-  for (const pid of pids) {
+  return pids.map(Number).filter((pid) => {
     try {
-      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === command) process.kill(Number(pid), 'SIGTERM');
+      return command.test(readFileSync(`/proc/${pid}/comm`, 'utf8').trim());
+    } catch {
+      return false; // gone already
+    }
+  });
+}
+
+function killInNs(ns: string, command: string): void {
+  for (const pid of pidsInNs(ns, new RegExp(`^${command}$`))) {
+    try {
+      process.kill(pid, 'SIGTERM');
     } catch {
       // gone already
     }
   }
+}
+
+const clockTicks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+/** CPU time (user + system, ms) the processes have used so far; a process that is gone counts 0. */
+function cpuMs(pids: readonly number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      // Fields after the command name (which may hold spaces) start at field 3: utime and stime are 14 and 15.
+      const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // gone
+    }
+  }
+  return (ticks * 1000) / clockTicks;
 }
 
 /** A private sshd in the gateway namespace: its own host key and config, key authentication only. */
@@ -163,6 +194,8 @@ interface Row {
   bulk: Record<string, string>;
   rates: Record<string, number>;
   connect: Record<string, string>;
+  /** CPU ms per MiB fetched: the tool's processes, and the link process during that fetch. */
+  cpu: Record<string, string>;
 }
 
 function bulkText(result: Record<string, unknown>): string {
@@ -174,7 +207,7 @@ function bulkText(result: Record<string, unknown>): string {
 
 async function scenario(rttMs: number, lossPct: number): Promise<Row> {
   const name = `RTT ${rttMs} ms${lossPct ? `, ${lossPct} % loss` : ''}`;
-  log(`\n${name}`);
+  log(`\n${name} (load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')})`);
   const mark = cleanups.length;
   // Before the lab, so it is removed after every process in the namespaces is gone (a -bg owner still
   // alive would write its registry into it again).
@@ -188,13 +221,18 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
   const off = rttMs > 0 ? `, ${(((pingMs - rttMs) / rttMs) * 100).toFixed(1)} % off 2 × delay (check: within 5 %)` : '';
   log(`  ${ping.tool} round trip median ${pingMs.toFixed(2)} ms, min ${ping.minMs.toFixed(2)} ms (link: 2 × ${rttMs / 2} ms${off})`);
 
-  const row: Row = { scenario: name, pingMs, bulk: {}, rates: {}, connect: {} };
-  const fetch = async (label: string, port: number, host = '127.0.0.1') => {
+  const row: Row = { scenario: name, pingMs, bulk: {}, rates: {}, connect: {}, cpu: {} };
+  const fetch = async (label: string, port: number, host = '127.0.0.1', tool: () => number[] = () => []) => {
+    const pids = tool();
+    const [toolBefore, linkBefore] = [cpuMs(pids), cpuMs([lab.linkPid])];
     const result = await peer(lab, lab.client, ['fetch', host, String(port), String(mib), 'bulk', String(timeoutS)]);
+    const moved = Number(result.bytes) / 1048576;
+    const perMiB = (ms: number) => (moved > 0 ? (ms / moved).toFixed(0) : '–');
+    row.cpu[label] = `${pids.length > 0 ? `${perMiB(cpuMs(pids) - toolBefore)} + ` : ''}${perMiB(cpuMs([lab.linkPid]) - linkBefore)}`;
     row.bulk[label] = bulkText(result);
     // An unfinished fetch still has a rate (what it moved before the cut-off): the ratio is then a ceiling.
     row.rates[label] = result.ok === true || result.finished !== true ? Number(result.mibps) : 0;
-    log(`  bulk ${mib} MiB ${label}: ${row.bulk[label]}`);
+    log(`  bulk ${mib} MiB ${label}: ${row.bulk[label]}; CPU ms per MiB: ${pids.length > 0 ? 'tool + ' : ''}link ${row.cpu[label]}`);
   };
   const connectTimes = async (
     label: string,
@@ -233,7 +271,10 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     const ssh = await connectTimes('ssh -f', ['ssh', ...sshArgs], sshPort, () => killInNs(lab.client.ns.name, 'ssh'));
     row.connect['ssh -f -N -L'] = `${ssh.median.toFixed(0)} ms${roundTrips('ssh', ssh.median)}`;
     log(`  connect ssh -f -N -L (median of ${connects}): ${row.connect['ssh -f -N -L']}`);
-    await fetch('ssh -L', sshPort);
+    await fetch('ssh -L', sshPort, '127.0.0.1', () => [
+      ...pidsInNs(lab.client.ns.name, /^ssh$/),
+      ...pidsInNs(lab.gateway.ns.name, /^sshd/),
+    ]);
     killInNs(lab.client.ns.name, 'ssh');
   }
   if (only.has('pam')) {
@@ -260,7 +301,8 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     const pam = await connectTimes('pam -bg', [process.execPath, pamBin, 'tunnel', 'start', 'src', '-bg', '--json'], 0, stop, clientEnv);
     row.connect['pam tunnel start -bg'] = `${pam.median.toFixed(0)} ms${roundTrips('pam', pam.median)}`;
     log(`  connect pam tunnel start -bg (median of ${connects}): ${row.connect['pam tunnel start -bg']}`);
-    await fetch('pam tunnel', Number(/"port":(\d+)/.exec(pam.stdout)?.[1]));
+    const owner = Number(/"pid":(\d+)/.exec(pam.stdout)?.[1]);
+    await fetch('pam tunnel', Number(/"port":(\d+)/.exec(pam.stdout)?.[1]), '127.0.0.1', () => [owner, gateway.pid]);
     if (process.env.PAM_MUX_TRACE)
       log(
         gateway.stderr
@@ -301,11 +343,22 @@ async function main(): Promise<void> {
   if (unavailable) throw new Error(unavailable);
   if (!existsSync(peerJs)) throw new Error('build first: npm run build');
   log(
-    `pam-tunnel WAN bench — node ${process.version}, ${new Date().toISOString()}, ${mib} MiB bulk, link rate ${rateMbit || 'unlimited'} Mbit/s, queue ${queueKiB} KiB`,
+    `pam-tunnel WAN bench — node ${process.version}, ${new Date().toISOString()}, load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}, ${mib} MiB bulk, link rate ${rateMbit || 'unlimited'} Mbit/s, queue ${queueKiB} KiB`,
   );
   const rows: Row[] = [];
   for (const { rttMs, lossPct } of scenarios) rows.push(await scenario(rttMs, lossPct));
-  const columns = ['link', 'ping RTT', 'direct', 'ssh -L', 'pam tunnel', 'pam / ssh', 'connect pam -bg', 'connect ssh -f'];
+  const columns = [
+    'link',
+    'ping RTT',
+    'direct',
+    'ssh -L',
+    'pam tunnel',
+    'pam / ssh',
+    'connect pam -bg',
+    'connect ssh -f',
+    'CPU ms/MiB ssh',
+    'CPU ms/MiB pam',
+  ];
   const lines = rows.map((row) => [
     row.scenario,
     `${row.pingMs.toFixed(1)} ms`,
@@ -317,13 +370,16 @@ async function main(): Promise<void> {
       : '',
     row.connect['pam tunnel start -bg'] ?? '',
     row.connect['ssh -f -N -L'] ?? '',
+    row.cpu['ssh -L'] ?? '',
+    row.cpu['pam tunnel'] ?? '',
   ]);
   process.stdout.write(`\n| ${columns.join(' | ')} |\n|${columns.map(() => ' --- |').join('')}\n`);
   for (const line of lines) process.stdout.write(`| ${line.join(' | ')} |\n`);
   process.stdout.write(
     `\nbulk: ${mib} MiB fetched from the gateway side, sha256-checked, cut off after ${timeoutS} s; link rate ${rateMbit || 'unlimited'}` +
       ` Mbit/s, queue ${queueKiB} KiB. connect: start → first byte through the local port, median of ${connects};` +
-      ' "N RTT" = time / ping RTT; "+N over RTT 0" = (time − the same tool\'s time at RTT 0) / ping RTT.\n',
+      ' "N RTT" = time / ping RTT; "+N over RTT 0" = (time − the same tool\'s time at RTT 0) / ping RTT.' +
+      " CPU ms/MiB: user + system time per MiB fetched of the tool's processes (ssh + sshd; tunnel + gateway) + of the link process.\n",
   );
 }
 

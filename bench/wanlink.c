@@ -25,6 +25,13 @@
 
 #define SLOTS 16384 /* packets held per direction (24 MiB of 1500-byte packets), a bound on memory */
 #define MAXPKT 2048
+/* The link is serviced at most once per TICK (like a NIC's interrupt moderation, typically 50–125 µs):
+ * packets that arrive or fall due within one tick move in one batch. Without it a sender whose packets
+ * are spread out (WebRTC's SCTP, one datagram per syscall, ACK-clocked) cost this process one timer
+ * wake-up per packet: at 40 ms RTT the link burned 67 ms of CPU per MiB of tunnel traffic against 9 for
+ * TCP's bursts, on the same two cores as the processes being measured. A tick adds at most TICK to a
+ * packet's delay (0.25 % of a 40 ms round trip). */
+#define TICK_NS 100000ull
 
 struct packet { uint64_t due; uint16_t len; unsigned char data[MAXPKT]; };
 struct lane { int from, to; struct packet *ring; unsigned head, tail; uint64_t link_free, lost, tail_dropped, ring_dropped; };
@@ -122,7 +129,15 @@ int main(int argc, char **argv) {
   printf("ready\n");
   fflush(stdout);
   struct pollfd fds[3] = { { lanes[0].from, POLLIN, 0 }, { lanes[1].from, POLLIN, 0 }, { 0, POLLIN, 0 } };
+  uint64_t serviced = 0;
   while (!stop) {
+    uint64_t t = now_ns();
+    if (t - serviced < TICK_NS) {
+      struct timespec nap = { 0, (long)(serviced + TICK_NS - t) };
+      nanosleep(&nap, NULL);
+    }
+    serviced = now_ns();
+    for (int i = 0; i < 2; i++) admit(&lanes[i]);
     int64_t wait = -1;
     for (int i = 0; i < 2; i++) {
       int64_t next = release(&lanes[i]);
@@ -135,7 +150,6 @@ int main(int argc, char **argv) {
       char buf[64];
       if (read(0, buf, sizeof buf) <= 0) break;
     }
-    for (int i = 0; i < 2; i++) if (fds[i].revents & POLLIN) admit(&lanes[i]);
   }
   for (int i = 0; i < 2; i++)
     fprintf(stderr, "wanlink %s->%s: dropped %llu at random, %llu at the queue, %llu with the ring full\n", argv[1 + i], argv[2 - i],

@@ -1,8 +1,9 @@
 // The gateway URL as given: a path prefix is kept (a gateway behind a path-prefix proxy), errors show
-// the whole URL, and a bracketed IPv6 --host binds and prints as [::1]:port.
+// the whole URL, a bracketed IPv6 --host binds and prints as [::1]:port, and one connect's key request
+// and offer travel on one TCP connection.
 
 import { createServer, request } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import t from 'tap';
 import { echoServer, pam, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
 
@@ -58,4 +59,32 @@ t.test('--host [::1] binds ::1 and the address is printed in brackets', async (t
   t.equal(await run.exited, 0, run.stderr.trim());
   t.equal(run.stdout, '::1', 'the command gets the bare address');
   t.match(run.stderr, /listening on \[::1\]:\d+ → echo/);
+});
+
+t.test("one connect's key request and sealed offer share one TCP connection to the gateway", async (t) => {
+  const dir = scratchDir(t);
+  const echo = await echoServer(t);
+  const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
+  // A byte-level relay in front of the gateway that counts the connections it accepts.
+  let connections = 0;
+  const sockets = new Set<Socket>();
+  const relay = createTcpServer((incoming) => {
+    connections += 1;
+    const upstream = connect(gateway.port, '127.0.0.1');
+    for (const socket of [incoming, upstream]) {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      socket.on('close', () => sockets.delete(socket));
+    }
+    incoming.pipe(upstream).pipe(incoming);
+  });
+  t.teardown(() => {
+    for (const socket of sockets) socket.destroy();
+    return new Promise<void>((resolveClose) => relay.close(() => resolveClose()));
+  });
+  await new Promise<void>((resolveListen) => relay.listen(0, '127.0.0.1', resolveListen));
+  const url = `http://127.0.0.1:${(relay.address() as AddressInfo).port}`;
+  const run = pam(t, ['tunnel', 'start', 'echo', '-R', 'exit 0'], { env: tunnelEnv(dir, token, url) });
+  t.equal(await run.exited, 0, `the tunnel connected through the relay: ${run.stderr.trim()}`);
+  t.equal(connections, 1, 'GET /v1/key and POST /v1/tunnels on one connection: one handshake, one round trip fewer');
 });
