@@ -1,6 +1,6 @@
 // Which destinations a SOCKS tunnel may reach: the `--socks-allow` grammar (HOST:PORTS rules) and the
 // decision for one CONNECT. Names are resolved here and every resolved address is checked, so the
-// caller dials addresses that passed, never the name again (docs/decisions/00XX-socks.md).
+// caller dials addresses that passed, never the name again (docs/decisions/0013-socks.md).
 
 import { BlockList, isIP } from 'node:net';
 
