@@ -3,31 +3,15 @@
 // and a named-target tunnel that ignores any destination a client puts in an OPEN frame.
 
 import { randomBytes } from 'node:crypto';
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import t from 'tap';
 import { decodeDestination, encodeDestination, Mux, type MuxDestination } from '../../adapters/mux.js';
 import { serveSocks } from '../../adapters/socks5-server.js';
 import { framePair } from '../support/frame-pair.js';
-import { sha256 } from '../support/processes.js';
+import { sha256, tcpServer } from '../support/processes.js';
 import type { TapTest } from '../support/tap.js';
 
-async function listen(t: TapTest, onSocket: (socket: Socket) => void): Promise<number> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    onSocket(socket);
-  });
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return (server.address() as AddressInfo).port;
-}
+const listenPort = async (t: TapTest, onSocket: (socket: Socket) => void) => (await tcpServer(t, onSocket)).port;
 
 /** A SOCKS listener whose streams reach a gateway mux; `decide` plays the gateway's dial. */
 async function socksTunnel(t: TapTest, decide: (destination: MuxDestination | undefined) => Promise<Socket>) {
@@ -41,11 +25,11 @@ async function socksTunnel(t: TapTest, decide: (destination: MuxDestination | un
     },
   });
   t.teardown(() => Promise.all([client.close(), gateway.close()]));
-  const port = await listen(t, (socket) => serveSocks(socket, (s, d, done) => client.open(s, d, done)));
+  const port = await listenPort(t, (socket) => serveSocks(socket, (s, d, done) => client.open(s, d, done)));
   return { port, asked };
 }
 
-const echoPort = (t: TapTest) => listen(t, (socket) => socket.pipe(socket));
+const echoPort = (t: TapTest) => listenPort(t, (socket) => socket.pipe(socket));
 
 const dialLocal = (port: number) =>
   new Promise<Socket>((resolve, reject) => {
@@ -140,7 +124,7 @@ t.test('a named-target tunnel refuses an OPEN frame that names a destination', a
       destination ? Promise.reject(Object.assign(new Error('named target only'), { replyCode: 2 })) : dialLocal(echo),
   });
   t.teardown(() => Promise.all([client.close(), gateway.close()]));
-  const port = await listen(t, (socket) => serveSocks(socket, (s, d, done) => client.open(s, d, done)));
+  const port = await listenPort(t, (socket) => serveSocks(socket, (s, d, done) => client.open(s, d, done)));
   const back = await exchange(port, Buffer.concat([greeting, connectDomain('169.254.169.254', 80)]));
   t.same([...back.subarray(2, 4)], [5, 2], 'not allowed');
 });

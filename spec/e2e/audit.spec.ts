@@ -6,7 +6,7 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { appendFileSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import type { AuditLine } from '../../gateway/audit.js';
@@ -20,6 +20,7 @@ import {
   scratchDir,
   sha256,
   startGatewayProc,
+  tcpServer,
   tunnelEnv,
   until,
 } from '../support/processes.js';
@@ -38,23 +39,12 @@ const events = (path: string) => auditLines(path).map((line) => line.event);
 
 /** Reads the whole upload, then answers its sha256 (64 hex bytes) and `extra` bytes, then FIN. */
 async function digestServer(t: TapTest, extra: number): Promise<number> {
-  const sockets = new Set<Socket>();
-  const server = createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
+  const served = await tcpServer(t, (socket) => {
     const hash = createHash('sha256');
     socket.on('data', (chunk: Buffer) => hash.update(chunk));
     socket.on('end', () => socket.end(Buffer.concat([Buffer.from(hash.digest('hex')), Buffer.alloc(extra, 0x72)])));
   });
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return (server.address() as AddressInfo).port;
+  return served.port;
 }
 
 /** A foreground `pam tunnel start` on a free port; resolves once it listens. */

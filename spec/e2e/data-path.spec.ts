@@ -4,32 +4,24 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { connect, createServer, Socket, type AddressInfo, type Server } from 'node:net';
+import { connect, Socket } from 'node:net';
 import t from 'tap';
-import { echoServer, freePort, pam, roundTrip, scratchDir, startGatewayProc, tunnelEnv, type Teardownable } from '../support/processes.js';
+import {
+  echoServer,
+  freePort,
+  pam,
+  roundTrip,
+  scratchDir,
+  startGatewayProc,
+  tcpServer,
+  tunnelEnv,
+  type Teardownable,
+} from '../support/processes.js';
 
 const token = 'datapath-token-1b2c';
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+const listenPort = async (t: Teardownable, onSocket: (socket: Socket) => void) => (await tcpServer(t, onSocket)).port;
 const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
-
-async function listen(t: Teardownable, onSocket: (socket: Socket) => void): Promise<number> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    socket.on('close', () => sockets.delete(socket));
-    onSocket(socket);
-  });
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return (server.address() as AddressInfo).port;
-}
 
 async function tunnelTo(t: Teardownable, targets: Record<string, number>, target: string) {
   const dir = scratchDir(t);
@@ -42,7 +34,7 @@ async function tunnelTo(t: Teardownable, targets: Record<string, number>, target
 t.test('1 GiB through one connection, sha256-equal at the target', async (t) => {
   let resolveDigest!: (digest: string) => void;
   const received = new Promise<string>((resolve) => (resolveDigest = resolve));
-  const target = await listen(t, (socket) => {
+  const target = await listenPort(t, (socket) => {
     const hash = createHash('sha256');
     socket.on('data', (chunk: Buffer) => hash.update(chunk));
     socket.on('end', () => {
@@ -83,7 +75,7 @@ t.test('1,000 concurrent connections × 64 KiB each, all echoed intact', async (
 t.test('a reader at 1 MiB/s with a fast sender: neither process buffers the difference', async (t) => {
   let reader: Socket | undefined;
   let read = 0;
-  const target = await listen(t, (socket) => {
+  const target = await listenPort(t, (socket) => {
     reader = socket;
     socket.pause();
   });
@@ -138,12 +130,12 @@ t.test('a reader at 1 MiB/s with a fast sender: neither process buffers the diff
 
 t.test('half-close carries through; a reset resets; a refused target closes only its connection', async (t) => {
   // Target: on the client's FIN, answer and close.
-  const halfClose = await listen(t, (socket) => {
+  const halfClose = await listenPort(t, (socket) => {
     const chunks: Buffer[] = [];
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
     socket.on('end', () => socket.end(`got ${Buffer.concat(chunks).length} bytes after your FIN`));
   });
-  const resetting = await listen(t, (socket) => socket.once('data', () => socket.resetAndDestroy()));
+  const resetting = await listenPort(t, (socket) => socket.once('data', () => socket.resetAndDestroy()));
   const refused = await freePort();
   const dir = scratchDir(t);
   const gateway = await startGatewayProc(t, dir, token, { half: halfClose, reset: resetting, gone: refused });

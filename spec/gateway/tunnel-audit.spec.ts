@@ -3,14 +3,19 @@
 // (never dialled) when its connection.opened cannot be recorded.
 
 import { randomBytes } from 'node:crypto';
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import t from 'tap';
 import { Mux } from '../../adapters/mux.js';
 import { AuditUnavailable, type AuditEvent, type AuditSink } from '../../gateway/audit.js';
 import { tunnelAudit } from '../../gateway/tunnel-audit.js';
 import { framePair } from '../support/frame-pair.js';
-import { freePort, halfCloseExchange, until } from '../support/processes.js';
+import { freePort, halfCloseExchange, tcpServer, until } from '../support/processes.js';
 import type { TapTest } from '../support/tap.js';
+
+const listen = async (t: TapTest, onSocket: (socket: Socket) => void) => {
+  const served = await tcpServer(t, onSocket);
+  return { port: served.port, dialled: served.connections };
+};
 
 function memorySink(refuse: (event: AuditEvent) => boolean = () => false): AuditSink & { events: AuditEvent[] } {
   const events: AuditEvent[] = [];
@@ -30,26 +35,6 @@ function memorySink(refuse: (event: AuditEvent) => boolean = () => false): Audit
     ready: async () => undefined,
     close: async () => undefined,
   };
-}
-
-async function listen(t: TapTest, onSocket: (socket: Socket) => void): Promise<{ port: number; dialled: () => number }> {
-  let dialled = 0;
-  const sockets = new Set<Socket>();
-  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
-    dialled += 1;
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    onSocket(socket);
-  });
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { port: (server.address() as AddressInfo).port, dialled: () => dialled };
 }
 
 const dialTo = (port: number) => () =>

@@ -132,27 +132,44 @@ export function scratchDir(t: Teardownable, prefix = 'pam-spec-'): string {
   return dir;
 }
 
-/** A TCP echo server on 127.0.0.1 (port 0), closed at teardown. */
-export async function echoServer(t: Teardownable): Promise<{ port: number; server: Server; connections: number }> {
+/**
+ * A TCP server on 127.0.0.1 (half-open allowed) handing each socket to `onSocket`, closed with every
+ * socket at teardown; `connections()` counts the sockets accepted so far.
+ */
+export async function tcpServer(
+  t: Teardownable,
+  onSocket: (socket: Socket) => void,
+): Promise<{ port: number; server: Server; connections: () => number }> {
   const sockets = new Set<Socket>();
-  const state = { port: 0, server: createServer(), connections: 0 };
-  state.server.on('connection', (socket) => {
-    state.connections += 1;
+  let connections = 0;
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    connections += 1;
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
-    socket.pipe(socket);
+    onSocket(socket);
   });
   t.teardown(
     () =>
       new Promise<void>((resolveClose) => {
         for (const socket of sockets) socket.destroy();
-        state.server.close(() => resolveClose());
+        server.close(() => resolveClose());
       }),
   );
-  await new Promise<void>((resolveListen) => state.server.listen(0, '127.0.0.1', resolveListen));
-  state.port = (state.server.address() as AddressInfo).port;
-  return state;
+  await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
+  return { port: (server.address() as AddressInfo).port, server, connections: () => connections };
+}
+
+/** An echo server on 127.0.0.1; `connections` counts the sockets accepted so far. */
+export async function echoServer(t: Teardownable): Promise<{ port: number; server: Server; readonly connections: number }> {
+  const served = await tcpServer(t, (socket) => socket.pipe(socket));
+  return {
+    port: served.port,
+    server: served.server,
+    get connections() {
+      return served.connections();
+    },
+  };
 }
 
 /** A port that was free a moment ago (bound then released). */
