@@ -4,7 +4,7 @@
 // tunnel throughout.
 
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { keyFingerprint } from '../../adapters/key-fingerprint.js';
@@ -33,7 +33,13 @@ t.test('forged, replayed and altered signed offers are refused with a reason; th
   const mallory = await keygen(t, dir, 'mallory');
   const grants = join(dir, 'authorized_keys');
   writeFileSync(grants, `targets=web ${alice.line}\n`);
-  const gateway = await startGatewayProc(t, dir, token, { web: web.port, db: db.port }, ['--authorized-keys', grants]);
+  const auditLog = join(dir, 'audit.jsonl');
+  const gateway = await startGatewayProc(t, dir, token, { web: web.port, db: db.port }, [
+    '--authorized-keys',
+    grants,
+    '--audit-log',
+    auditLog,
+  ]);
   const gatewayKey = Buffer.from(((await (await fetch(`${gateway.url}/v1/key`)).json()) as { key: string }).key, 'base64');
   const fingerprint = keyFingerprint(gatewayKey);
   const offer = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n';
@@ -96,10 +102,24 @@ t.test('forged, replayed and altered signed offers are refused with a reason; th
     ],
   ];
   let clean = 0;
+  const refusedLines = () =>
+    readFileSync(auditLog, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as { event: string; status?: number; why?: string })
+      .filter((line) => line.event === 'access.refused');
   for (const [name, payload, status, reason] of cases) {
+    const before = refusedLines().length;
     const result = await sealedPost(gateway.url, gatewayKey, payload);
-    const ok = result.reply?.status === status && reason.test(result.reply?.error ?? '');
-    t.ok(ok, `${name} → ${result.reply?.status}: ${result.reply?.error}`);
+    const audited = refusedLines().slice(before);
+    // The refusal is on disk before the client is answered: exactly one access.refused line, with the same reason.
+    const ok =
+      result.reply?.status === status &&
+      reason.test(result.reply?.error ?? '') &&
+      audited.length === 1 &&
+      audited[0]?.status === status &&
+      audited[0]?.why === result.reply?.error;
+    t.ok(ok, `${name} → ${result.reply?.status}: ${result.reply?.error} (audited: ${JSON.stringify(audited)})`);
     if (ok) clean += 1;
   }
 
@@ -116,6 +136,17 @@ t.test('forged, replayed and altered signed offers are refused with a reason; th
   const resealOk = resealed.reply?.status === 400 && /nonce already seen/.test(resealed.reply.error ?? '');
   t.ok(resealOk, `the signed request sealed anew → ${resealed.reply?.error}`);
   clean += (replayOk ? 1 : 0) + (resealOk ? 1 : 0);
+  const lines = refusedLines();
+  t.equal(lines.length, cases.length + 3, 'one access.refused line for every refusal, the toy offer and both replays included');
+  t.match(
+    lines.slice(-2).map((line) => line.why),
+    [/nonce already seen/, /nonce already seen/],
+    'the replays are audited with their reason',
+  );
+  const logged = readFileSync(auditLog, 'utf8');
+  const signatures = cases.map(([, payload]) => payload.signature).filter((value): value is string => typeof value === 'string');
+  t.ok(signatures.length > 10 && signatures.every((signature) => !logged.includes(signature)), 'no signature is logged');
+  t.notOk(logged.includes('wrong-token-wrong-token') || logged.includes(token), 'no token is logged');
 
   t.match(gateway.proc.stderr, /refused an unidentified client from \S+ to 'web': bad-signature/);
   t.match(gateway.proc.stderr, /refused key SHA256:\S+ from \S+ to 'web': unknown-key/, 'the log names the key by fingerprint');
