@@ -13,8 +13,8 @@ export interface JournalEvent {
   readonly origin?: string;
   readonly reason?: string;
   readonly exit?: { readonly exitCode: number; readonly signal?: string };
-  /** The local listener's address (the only actor output worth keeping). */
-  readonly output?: { readonly host: string; readonly port: number };
+  /** The local listeners' addresses, one per target (the only actor output worth keeping; one object in older journals). */
+  readonly output?: ListenerAddress | readonly ListenerAddress[];
   /** The selected ICE candidate pair, when the link was established (`direct` or `relay`). */
   readonly path?: { readonly kind: string; readonly pair: string };
   readonly error?: { readonly kind?: string; readonly message: string };
@@ -50,6 +50,16 @@ export function stateName(value: StateValue): string {
 }
 
 /** The safe, replayable projection of an event the tunnel actor received. */
+interface ListenerAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+const isListenerAddress = (value: unknown): value is ListenerAddress =>
+  typeof value === 'object' && value !== null && typeof (value as { port?: unknown }).port === 'number';
+
+const isListenerArray = (value: JournalEvent['output']): value is readonly ListenerAddress[] => Array.isArray(value);
+
 export function journalEvent(event: AnyEventObject): JournalEvent {
   const projection: { -readonly [K in keyof JournalEvent]: JournalEvent[K] } = { type: event.type };
   if (typeof event.signal === 'string') projection.signal = event.signal;
@@ -58,7 +68,10 @@ export function journalEvent(event: AnyEventObject): JournalEvent {
   if (event.type === 'command.exited' && typeof event.exit?.exitCode === 'number') {
     projection.exit = { exitCode: event.exit.exitCode, ...(typeof event.exit.signal === 'string' ? { signal: event.exit.signal } : {}) };
   }
-  if (event.type.startsWith('xstate.done.actor.') && typeof event.output?.port === 'number') {
+  const outputs: unknown[] | undefined = Array.isArray(event.output) ? event.output : undefined;
+  if (event.type.startsWith('xstate.done.actor.') && outputs?.length && outputs.every(isListenerAddress)) {
+    projection.output = outputs.map((listener) => ({ host: String(listener.host), port: listener.port }));
+  } else if (event.type.startsWith('xstate.done.actor.') && isListenerAddress(event.output)) {
     projection.output = { host: String(event.output.host), port: event.output.port };
   }
   if (event.type.startsWith('xstate.done.actor.') && typeof event.output?.path === 'function') {
@@ -80,8 +93,12 @@ export function journalEvent(event: AnyEventObject): JournalEvent {
 function replayEvent(event: JournalEvent): AnyEventObject {
   const { type, ...fields } = event;
   if (type.startsWith('xstate.done.actor.')) {
-    const listener = event.output ? { ...event.output, accept() {}, close: async () => undefined } : {};
-    return { type, output: listener };
+    const inert = (address: ListenerAddress) => ({ ...address, accept() {}, close: async () => undefined });
+    const { output } = event;
+    if (isListenerArray(output)) return { type, output: output.map(inert) };
+    // Journals written before several targets per start recorded the claimed listener alone.
+    if (output && type === 'xstate.done.actor.claim') return { type, output: [inert(output)] };
+    return { type, output: output ? inert(output) : {} };
   }
   if (type.startsWith('xstate.error.actor.')) {
     const error = Object.assign(

@@ -65,7 +65,7 @@ t.test('each event is one 0600 line, redacted, and the journal replays', async (
   const actor = createActor(inertTunnelMachine, { input, inspect: journal.inspect });
   actor.start();
   actor.send({ type: 'tunnel.start' });
-  actor.send({ type: 'xstate.done.actor.claim', output: { host: '127.0.0.1', port: 4444, secret: 'should not be kept' } } as never);
+  actor.send({ type: 'xstate.done.actor.claim', output: [{ host: '127.0.0.1', port: 4444, secret: 'should not be kept' }] } as never);
   actor.send({
     type: 'xstate.error.actor.negotiate',
     error: Object.assign(new Error('token refused'), { name: 'TunnelError', kind: 'authRefused' }),
@@ -89,5 +89,27 @@ t.test('each event is one 0600 line, redacted, and the journal replays', async (
     ['idle', 'connecting.claiming', 'connecting.negotiating', 'stopping', 'stopping'],
     'the recorded path replays',
   );
+  t.ok(replay(read!.entries).matches);
+});
+
+t.test('a journal written before several targets per start (one listener, not a list) still replays', async (t) => {
+  const registryDir = scratchDir(t);
+  const journal = openJournal({ registryDir, meta: { id: '0000bbbb', pid: process.pid, startTime: 'x', input } });
+  const actor = createActor(inertTunnelMachine, { input, inspect: journal.inspect });
+  actor.start();
+  actor.send({ type: 'tunnel.start' });
+  actor.send({ type: 'xstate.done.actor.claim', output: [{ host: '127.0.0.1', port: 4444 }] } as never);
+  actor.stop();
+  const current = replay(readJournals(registryDir)[0]!.entries).replayed;
+  t.same(current.slice(0, 3), ['idle', 'connecting.claiming', 'connecting.negotiating']);
+  // Rewrite the claim line as older versions wrote it: the listener's address as one object.
+  const lines = readFileSync(journal.path, 'utf8').replace(
+    '"output":[{"host":"127.0.0.1","port":4444}]',
+    '"output":{"host":"127.0.0.1","port":4444}',
+  );
+  t.match(lines, /"output":\{"host":"127\.0\.0\.1","port":4444\}/, 'the old shape is in the file');
+  writeFileSync(journal.path, lines);
+  const [read] = readJournals(registryDir);
+  t.same(replay(read!.entries).replayed, current, 'the same path as the list the machine reads now');
   t.ok(replay(read!.entries).matches);
 });

@@ -28,7 +28,8 @@ const tunnel = (host: string, mode: string) =>
   ({
     id: '0badc0de',
     listener: { host, port: 15432 },
-    settings: { target: 'db', mode, skipped: '--background' },
+    listeners: [{ host, port: 15432 }],
+    settings: { target: 'db', targets: [{ name: 'db', port: 15432 }], mode, skipped: '--background' },
   }) as unknown as TunnelContext;
 
 t.test('stderr not a terminal (2> file): no spinner frame, no carriage return', async (t) => {
