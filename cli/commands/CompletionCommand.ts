@@ -78,7 +78,8 @@ _pam_complete() {
     case "$first" in
 ${subCases}
     esac
-    if [ -n "$words" ]; then COMPREPLY=($(compgen -W "$words" -- "$cur")); return; fi
+    # A command that has subcommands may be run itself too (\`gateway\`, \`gateway audit\`): a dash means its flags.
+    if [ -n "$words" ] && [[ "$cur" != -* ]]; then COMPREPLY=($(compgen -W "$words" -- "$cur")); return; fi
   fi
   case "$first $second" in
 ${cases}
