@@ -149,14 +149,16 @@ export async function connectRedisRouting(options: RedisRoutingOptions): Promise
       () => undefined,
     );
   });
-  subscriber.on('close', () => {
-    subscribed = false;
-    wasUp = false;
-  });
-  commands.on('close', () => {
+  // Whichever connection notices first says so, once: the two close in either order when Redis stops.
+  const lost = () => {
     if (wasUp && !closing) options.log(`lost Redis ${shown}: routing only for this broker's own gateways until it is back`);
     wasUp = false;
+  };
+  subscriber.on('close', () => {
+    subscribed = false;
+    lost();
   });
+  commands.on('close', lost);
 
   subscriber.on('message', (_channel: string, text: string) => {
     let message: { type?: unknown; id?: unknown; reply?: unknown } & Record<string, unknown>;
