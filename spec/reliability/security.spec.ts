@@ -66,7 +66,7 @@ t.test('the gateway and the listener agree on loopback: no plain-HTTP warning fo
   t.equal(listenWarning('0.0.0.0', true), undefined, 'TLS: no warning');
 });
 
-t.test('the --run command receives no PAM_* secret or setting, only PAM_TUNNEL_HOST/PORT/ID', async (t) => {
+t.test('the --run command receives no PAM_* secret or setting, only PAM_TUNNEL_HOST/PORT/ID and PAM_TUNNEL_PORT_<TARGET>', async (t) => {
   const dir = scratchDir(t);
   const echo = await echoServer(t);
   const gateway = await startGatewayProc(t, dir, token, { echo: echo.port });
@@ -83,7 +83,11 @@ t.test('the --run command receives no PAM_* secret or setting, only PAM_TUNNEL_H
     .filter((line) => /^PAM_/i.test(line))
     .map((line) => line.slice(0, line.indexOf('=')))
     .sort();
-  t.same(names, ['PAM_TUNNEL_HOST', 'PAM_TUNNEL_ID', 'PAM_TUNNEL_PORT'], `PAM_* in the command's environment: ${names.join(' ')}`);
+  t.same(
+    names,
+    ['PAM_TUNNEL_HOST', 'PAM_TUNNEL_ID', 'PAM_TUNNEL_PORT', 'PAM_TUNNEL_PORT_ECHO'],
+    `PAM_* in the command's environment: ${names.join(' ')}`,
+  );
   t.notOk(run.stdout.includes(token), 'no token in the command environment');
   t.notOk(run.stdout.includes('turn-SECRET-credential'), 'no TURN credential in the command environment');
   t.match(run.stdout, /^PATH=/m, 'the rest of the environment is inherited');
