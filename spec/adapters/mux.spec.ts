@@ -2,32 +2,14 @@
 // half-close, bounded buffering against a reader that stops, per-connection failures, resets, keepalive.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { connect, createServer, type Socket, type AddressInfo, type Server } from 'node:net';
+import { connect, createServer, type Socket, type AddressInfo } from 'node:net';
 import t from 'tap';
 import { Mux, type MuxOptions } from '../../adapters/mux.js';
 import { framePair } from '../support/frame-pair.js';
-import { halfCloseExchange } from '../support/processes.js';
+import { halfCloseExchange, tcpServer } from '../support/processes.js';
 import type { TapTest } from '../support/tap.js';
 
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
-
-async function listen(t: TapTest, onSocket: (socket: Socket) => void): Promise<{ server: Server; port: number }> {
-  const server = createServer({ allowHalfOpen: true }, onSocket);
-  const sockets = new Set<Socket>();
-  server.on('connection', (socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-  });
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { server, port: (server.address() as AddressInfo).port };
-}
 
 const dialPort = (port: number) => () =>
   new Promise<Socket>((resolve, reject) => {
@@ -53,13 +35,13 @@ async function tunnel(t: TapTest, targetPort: number, options: MuxOptions = {}) 
     log: (line) => logged.push(line),
   });
   t.teardown(() => Promise.all([client.close(), gateway.close()]));
-  const local = await listen(t, (socket) => client.carry(socket));
+  const local = await tcpServer(t, (socket) => client.carry(socket));
   return { client, gateway, channel: near, far, local, logged, dialled };
 }
 
 t.test('two connections carry 4 MiB each way, byte for byte, with half-close', async (t) => {
   const received: string[] = [];
-  const target = await listen(t, (socket) => {
+  const target = await tcpServer(t, (socket) => {
     const chunks: Buffer[] = [];
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
     socket.on('end', () => {
@@ -83,7 +65,7 @@ t.test('two connections carry 4 MiB each way, byte for byte, with half-close', a
 
 t.test('a target that stops reading bounds what the gateway buffers', async (t) => {
   let targetSocket: Socket | undefined;
-  const target = await listen(t, (socket) => {
+  const target = await tcpServer(t, (socket) => {
     socket.pause();
     targetSocket = socket;
   });
@@ -126,7 +108,7 @@ t.test('a target that stops reading bounds what the gateway buffers', async (t) 
 
 t.test('connections that keep draining get larger windows, within both caps, given back when they end', async (t) => {
   let delivered = 0;
-  const target = await listen(t, (socket) => {
+  const target = await tcpServer(t, (socket) => {
     socket.on('data', (chunk: Buffer) => (delivered += chunk.length));
     socket.on('end', () => socket.end());
   });
@@ -188,7 +170,7 @@ t.test('a refused target closes that one connection; the tunnel keeps serving', 
 });
 
 t.test('a reset at the target resets the local connection', async (t) => {
-  const target = await listen(t, (socket) => socket.once('data', () => socket.resetAndDestroy()));
+  const target = await tcpServer(t, (socket) => socket.once('data', () => socket.resetAndDestroy()));
   const { local } = await tunnel(t, target.port);
   const outcome = await new Promise<string>((resolve) => {
     const socket = connect(local.port, '127.0.0.1', () => socket.write('hello'));
@@ -199,7 +181,7 @@ t.test('a reset at the target resets the local connection', async (t) => {
 });
 
 t.test('a peer that stops answering is declared lost by the keepalive', async (t) => {
-  const target = await listen(t, () => undefined);
+  const target = await tcpServer(t, () => undefined);
   const { client, far } = await tunnel(t, target.port, { keepaliveIntervalMs: 20, keepaliveDeadMs: 200 });
   far.stalled = true; // nothing from the gateway reaches the client any more
   const reason = await new Promise<string>((resolve) => client.onLost(resolve));
@@ -207,7 +189,7 @@ t.test('a peer that stops answering is declared lost by the keepalive', async (t
 });
 
 t.test('the peer closing its channel is a loss with a reason; close() from this side is not', async (t) => {
-  const target = await listen(t, () => undefined);
+  const target = await tcpServer(t, () => undefined);
   const { client, gateway } = await tunnel(t, target.port);
   const lost: string[] = [];
   gateway.onLost((reason) => lost.push(`gateway: ${reason}`));

@@ -1,29 +1,14 @@
 // A SOCKS stream is dialled at the addresses the policy checked, never at the name again: a name only
 // the policy's resolver knows still connects, a refusal carries its SOCKS code and is logged once.
 
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import t from 'tap';
 import { DialRefusal, dialSocks } from '../../gateway/dial.js';
 import { createSocksPolicy, parseSocksRules, socksReply } from '../../gateway/socks-policy.js';
-import { freePort } from '../support/processes.js';
+import { freePort, tcpServer } from '../support/processes.js';
 import type { TapTest } from '../support/tap.js';
 
-async function listening(t: TapTest): Promise<number> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((socket) => {
-    sockets.add(socket);
-    socket.end('hi');
-  });
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return (server.address() as AddressInfo).port;
-}
+/** A target that greets and closes. */
+const listening = async (t: TapTest) => (await tcpServer(t, (socket) => socket.end('hi'))).port;
 
 t.test('the checked address is dialled, not the name', async (t) => {
   const port = await listening(t);
