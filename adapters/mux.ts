@@ -144,7 +144,7 @@ interface Stream {
 
 export const defaultMuxOptions = {
   windowBytes: 256 * 1024,
-  maxWindowBytes: 2 * 1024 * 1024,
+  maxWindowBytes: 4 * 1024 * 1024,
   maxGrowthBytes: 16 * 1024 * 1024,
   channelHighWater: 1024 * 1024,
   keepaliveIntervalMs: 5_000,

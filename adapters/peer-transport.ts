@@ -20,6 +20,7 @@ import { keyFingerprint } from './key-fingerprint.js';
 import { signStatement, type Credentials } from './user-key.js';
 import type { IceServer } from './ice-options.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
+import { stripedFrames } from './striped-channel.js';
 import { socksTarget } from '../machines/start-flags.js';
 import { serveSocks } from './socks5-server.js';
 
@@ -42,6 +43,12 @@ export interface PeerKind<P> {
 
 export interface PeerTransportOptions extends Credentials {
   readonly mux?: MuxOptions;
+  /**
+   * Peer connections (SCTP associations) one tunnel spreads its frames over (1–8, default 1): each has
+   * its own windows, so several carry more per round trip on a long path (decision 0016). A gateway
+   * that answers fewer offers than sent gets that many.
+   */
+  readonly parallel?: number;
   /** Pinning / known_gateways; without one any key is accepted (in-process tests). */
   readonly keys?: GatewayKeyCheck;
 }
@@ -49,13 +56,18 @@ export interface PeerTransportOptions extends Credentials {
 class PeerNegotiation<P> implements Negotiation {
   constructor(
     readonly kind: PeerKind<P>,
-    readonly peer: P,
+    /** The first carries the path shown to the user; all of them carry frames. */
+    readonly peers: readonly P[],
     readonly request: Omit<NegotiateRequest, 'signal'>,
   ) {}
 
-  close(): Promise<void> {
-    return this.kind.close(this.peer);
+  async close(): Promise<void> {
+    await Promise.all(this.peers.map((peer) => this.kind.close(peer)));
   }
+}
+
+async function closePeers<P>(kind: PeerKind<P>, peers: readonly P[]): Promise<void> {
+  await Promise.all(peers.map((peer) => kind.close(peer)));
 }
 
 /**
@@ -73,6 +85,22 @@ const keyDeadlineMs = 5_000;
 export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransportOptions): Transport<Socket> {
   // The URL of the list that answered last: a reconnect asks it first, so a dead broker costs one try.
   let answered = 0;
+  const parallel = options.parallel ?? 1;
+
+  /** `parallel` peers with their offers; none left open if one fails. */
+  async function offerAll(servers: readonly IceServer[], signal: AbortSignal): Promise<Array<{ peer: P; sdp: string }>> {
+    const made = await Promise.allSettled(Array.from({ length: parallel }, () => kind.offer(signal, servers)));
+    const offers = made.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+    const failed = made.find((result) => result.status === 'rejected');
+    if (failed) {
+      await closePeers(
+        kind,
+        offers.map((offer) => offer.peer),
+      );
+      throw failed.reason;
+    }
+    return offers;
+  }
 
   async function negotiateOnce(request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
     const urls = gatewayUrls(request.gateway);
@@ -107,13 +135,20 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       options.keys?.verify(request.gateway, hello.key);
       const trust = () => options.keys?.trust(request.gateway, hello.key);
       for (let attempt = 1; ; attempt += 1) {
-        const { peer, sdp } = await kind.offer(signal, hello.iceServers);
+        const offers = await offerAll(hello.iceServers, signal);
+        const peers = offers.map((offer) => offer.peer);
         try {
           const sealed = { gateway: url, key: hello.key, credentials: options, trust };
-          await kind.accept(peer, await exchange(sealed, request, { offer: sdp, ...setup }, signal, connection));
-          return new PeerNegotiation(kind, peer, request);
+          const [first, ...extra] = offers.map((offer) => offer.sdp);
+          const extraOffers = extra.length > 0 ? { extraOffers: extra } : {};
+          const answers = await exchange(sealed, request, { offer: first!, ...extraOffers, ...setup }, signal, connection);
+          // A gateway before parallel connections answers the first offer only: the others go.
+          const answered = peers.slice(0, answers.length);
+          await closePeers(kind, peers.slice(answers.length));
+          for (const [index, peer] of answered.entries()) await kind.accept(peer, answers[index]!);
+          return new PeerNegotiation(kind, answered, request);
         } catch (error) {
-          await kind.close(peer);
+          await closePeers(kind, peers);
           // A TunnelError is the gateway's verdict (token, target, reachability): final. Anything else is
           // the WebRTC library refusing its own exchange. Seen with libdatachannel: on loopback ICE can
           // connect while the answer is still being applied, DTLS then fails for want of the remote
@@ -128,6 +163,16 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
     }
   }
 
+  /** Every peer's channel open, or every opened one closed again and the first failure thrown. */
+  async function openAll(peers: readonly P[], signal: AbortSignal): Promise<FrameChannel[]> {
+    const opened = await Promise.allSettled(peers.map((peer) => kind.open(peer, signal)));
+    const channels = opened.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+    const failed = opened.find((result) => result.status === 'rejected');
+    if (!failed) return channels;
+    for (const channel of channels) channel.close();
+    throw failed.reason;
+  }
+
   return {
     negotiate: ({ signal, ...request }) => negotiateOnce(request, signal),
 
@@ -136,7 +181,8 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       let channel: FrameChannel | undefined;
       for (let attempt = 1; !channel; attempt += 1) {
         try {
-          channel = await kind.open(current.peer, AbortSignal.any([signal, AbortSignal.timeout(attemptWindowMs(attempt))]));
+          const bounded = AbortSignal.any([signal, AbortSignal.timeout(attemptWindowMs(attempt))]);
+          channel = stripedFrames(await openAll(current.peers, bounded));
         } catch (error) {
           await current.close();
           if (signal.aborted) throw error;
@@ -151,7 +197,7 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
       // A SOCKS tunnel speaks SOCKS5 to each local client first; its CONNECT names the stream's destination.
       const socks = current.request.target === socksTarget;
       return {
-        path: () => kind.selectedPath?.(peer.peer),
+        path: () => kind.selectedPath?.(peer.peers[0]!),
         // One target: the open frame names none, as gateways before multi-target expect.
         carry: socks
           ? (socket) => serveSocks(socket, (client, destination, onOpened) => mux.open(client, destination, onOpened), options.mux?.log)
@@ -260,10 +306,10 @@ interface SealedExchange {
 async function exchange(
   sealed: SealedExchange,
   request: Omit<NegotiateRequest, 'signal'>,
-  offer: { offer: string; answerSetup?: 'passive' },
+  offer: { offer: string; extraOffers?: readonly string[]; answerSetup?: 'passive' },
   signal: AbortSignal,
   agent: SignallingAgent,
-): Promise<string> {
+): Promise<string[]> {
   const url = signallingUrl(sealed.gateway, '/v1/tunnels');
   const target = request.target;
   const targets = request.targets ?? [target];
@@ -275,6 +321,7 @@ async function exchange(
     nonce: randomBytes(16).toString('hex'),
     timestamp: Date.now(),
     offer: offer.offer,
+    ...(offer.extraOffers ? { extraOffers: offer.extraOffers } : {}),
     ...(request.reason !== undefined ? { reason: request.reason } : {}),
     ...(request.ticket !== undefined ? { ticket: request.ticket } : {}),
   };
@@ -298,7 +345,7 @@ async function exchange(
     if (unavailable(response.status)) throw new Unanswered(`${sealed.gateway}: HTTP ${response.status}: ${detail}`, message);
     throw new TunnelError('gatewayUnreachable', message);
   }
-  let reply: { status?: unknown; answer?: unknown; error?: unknown; targets?: unknown };
+  let reply: { status?: unknown; answer?: unknown; extraAnswers?: unknown; error?: unknown; targets?: unknown };
   try {
     reply = parseJson(open(response.body)) as typeof reply;
   } catch (error) {
@@ -312,7 +359,9 @@ async function exchange(
   sealed.trust();
   if (reply.status === 200 && typeof reply.answer === 'string') {
     // Handed to the WebRTC library as is, a non-SDP answer fails deep inside it as an internal error.
-    if (/^v=0\r?\n/.test(reply.answer)) return reply.answer;
+    const extra = Array.isArray(reply.extraAnswers) ? reply.extraAnswers.slice(0, offer.extraOffers?.length ?? 0) : [];
+    const answers = [reply.answer, ...extra];
+    if (answers.every((answer) => typeof answer === 'string' && /^v=0\r?\n/.test(answer))) return answers as string[];
     throw new TunnelError(
       'gatewayUnreachable',
       `gateway ${sealed.gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`,

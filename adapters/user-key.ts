@@ -125,6 +125,8 @@ export interface AccessStatement {
   readonly timestamp: number;
   /** The SDP offer; its SHA-256 is signed. */
   readonly offer: string;
+  /** The offers of a tunnel's further parallel connections (decision 0016); their SHA-256s are signed, only when there are some. */
+  readonly extraOffers?: readonly string[];
   readonly reason?: string;
   readonly ticket?: string;
 }
@@ -142,6 +144,10 @@ export function statementBytes(statement: AccessStatement): Buffer {
       statement.reason ?? '',
       statement.ticket ?? '',
       ...(statement.targets && statement.targets.length > 1 ? [statement.targets] : []),
+      // An object, so it can never be read as the targets list.
+      ...(statement.extraOffers && statement.extraOffers.length > 0
+        ? [{ extraOffers: statement.extraOffers.map((offer) => createHash('sha256').update(offer).digest('hex')) }]
+        : []),
     ])}`,
   );
 }

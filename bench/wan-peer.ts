@@ -35,7 +35,15 @@ function expectedDigest(mibs: number, seed: string): string {
 async function send(socket: Socket, mibs: number, seed: string): Promise<void> {
   const next = keystream(seed);
   for (let i = 0; i < mibs && !socket.destroyed; i += 1) {
-    if (!socket.write(next())) await new Promise((resolve) => socket.once('drain', resolve).once('close', resolve));
+    if (socket.write(next())) continue;
+    // One listener pair per wait, both removed after: a long send must not pile up close listeners.
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        socket.off('drain', done).off('close', done);
+        resolve();
+      };
+      socket.on('drain', done).on('close', done);
+    });
   }
   socket.end();
 }

@@ -303,6 +303,7 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     log(`  connect pam tunnel start -bg (median of ${connects}): ${row.connect['pam tunnel start -bg']}`);
     const owner = Number(/"pid":(\d+)/.exec(pam.stdout)?.[1]);
     await fetch('pam tunnel', Number(/"port":(\d+)/.exec(pam.stdout)?.[1]), '127.0.0.1', () => [owner, gateway.pid]);
+    if (process.env.PAM_WAN_GATEWAY_LOG) log(gateway.stderr);
     if (process.env.PAM_MUX_TRACE)
       log(
         gateway.stderr

@@ -221,6 +221,25 @@ export function keepalive(env: NodeJS.ProcessEnv): { keepaliveDeadMs: number; ke
   return { keepaliveDeadMs: deadMs, keepaliveIntervalMs: Math.max(250, Math.round(deadMs / 3)) };
 }
 
+/** The default of `PAM_PARALLEL` (decision 0016). */
+export const defaultParallel = 4;
+
+/**
+ * `PAM_PARALLEL`: how many WebRTC connections (SCTP associations) a tunnel spreads its bytes over,
+ * 1 to 8. Each brings its own congestion and receive window, so a long path carries more with several.
+ */
+export function parallelConnections(env: NodeJS.ProcessEnv): number {
+  const text = env.PAM_PARALLEL?.trim();
+  const count = text ? Number(text) : defaultParallel;
+  if (!(Number.isInteger(count) && count >= 1 && count <= 8)) {
+    throw new TunnelError(
+      'usage',
+      `PAM_PARALLEL '${env.PAM_PARALLEL}' must be a whole number of connections from 1 to 8 (default ${defaultParallel})`,
+    );
+  }
+  return count;
+}
+
 /** `--ice-server` URLs, validated, without credentials (a broker with --turn-secret-file mints them). */
 export function iceServerUrls(urls: readonly string[]): Array<{ urls: string }> {
   return urls.map((url) => {

@@ -41,6 +41,7 @@ import {
   transportChoice,
   transportForTurn,
   gatewayKeyCheck,
+  parallelConnections,
 } from './config.js';
 import type { GatewayKeyCheck } from '../adapters/known-gateways.js';
 import type { Credentials } from '../adapters/user-key.js';
@@ -73,7 +74,8 @@ export function lazyTransport(options: TransportOptions): Transport {
       if (native) {
         const warning = nativeIceHostsWarning(settings.ice.hosts);
         if (warning) options.warn(warning);
-        return native.createNativeTransport(settings);
+        // Parallel connections on native only: werift's SCTP is JS, CPU-bound long before a window caps it.
+        return native.createNativeTransport({ ...settings, parallel: parallelConnections(options.env) });
       }
       return (await import('../adapters/werift-transport.js')).createWeriftTransport(settings);
     })());

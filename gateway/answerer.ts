@@ -3,6 +3,7 @@
 // native-answerer.ts.
 
 import type { FrameChannel } from '../adapters/mux.js';
+import { stripedFrames } from '../adapters/striped-channel.js';
 import type { IceOptions, IceServer } from '../adapters/ice-options.js';
 import { channelFrames, createPeer, gatheringComplete, weriftSelectedPath, withoutDefaultStun } from '../adapters/werift-peer.js';
 
@@ -15,6 +16,34 @@ export interface Answer {
   close(): void;
   /** Once connected: `direct` or `relay`, and the selected candidate pair, when the library tells. */
   selectedPath?(): string | undefined;
+}
+
+/** A tunnel's answers, one per parallel connection, seen as one (decision 0016). */
+export interface BundledAnswer extends Omit<Answer, 'sdp'> {
+  /** In the order of the offers. */
+  readonly sdps: string[];
+}
+
+/** The frames of all the answers' channels as one striped channel; ended when any one ends. */
+export function bundleAnswers(answers: readonly Answer[]): BundledAnswer {
+  let ended = false;
+  const handlers: Array<() => void> = [];
+  for (const answer of answers) {
+    answer.onEnded(() => {
+      if (ended) return;
+      ended = true;
+      for (const handler of handlers.splice(0)) handler();
+    });
+  }
+  return {
+    sdps: answers.map((answer) => answer.sdp),
+    channel: Promise.all(answers.map((answer) => answer.channel)).then((channels) => stripedFrames(channels)),
+    onEnded: (handler) => void handlers.push(handler),
+    close() {
+      for (const answer of answers) answer.close();
+    },
+    selectedPath: () => answers[0]?.selectedPath?.(),
+  };
 }
 
 export interface AnswerOptions {

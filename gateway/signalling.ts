@@ -13,7 +13,7 @@ import { socksTarget } from '../machines/start-flags.js';
 import type { SocksPolicy } from './socks-policy.js';
 import { dialSocks, dialTarget, refuseDestination } from './dial.js';
 import type { IceOptions, IceServer } from '../adapters/ice-options.js';
-import { weriftAnswerer, type Answer, type Answerer } from './answerer.js';
+import { bundleAnswers, weriftAnswerer, type AnswerOptions, type Answerer, type BundledAnswer } from './answerer.js';
 import { AccessDenied, createAccess } from './access.js';
 import type { AuthorizedKeys } from './authorized-keys.js';
 import { describePrincipal, type AccessRefusal, type AccessRequest, type Principal, type RefusalCode } from './principal.js';
@@ -59,6 +59,8 @@ export interface SignallingOptions {
 export interface SealedReply {
   readonly status: number;
   readonly answer?: string;
+  /** Answers to `extraOffers`, in order: the tunnel's further parallel connections (decision 0016). */
+  readonly extraAnswers?: readonly string[];
   readonly error?: string;
   readonly targets?: readonly string[];
 }
@@ -182,7 +184,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
     let reply: SealedReply;
     const seen: RequestSeen = {};
     try {
-      reply = { status: 200, answer: await openTunnel(opened.request, client, seen, servers) };
+      const [answer, ...extraAnswers] = await openTunnel(opened.request, client, seen, servers);
+      reply = { status: 200, answer, ...(extraAnswers.length > 0 ? { extraAnswers } : {}) };
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
       await recordRefusal(client, error.status, error.message, { ...seen, ...error.audit });
@@ -191,7 +194,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
     return opened.seal(Buffer.from(JSON.stringify(reply)));
   }
 
-  async function openTunnel(plain: Buffer, client: string, seen: RequestSeen, servers?: readonly IceServer[]): Promise<string> {
+  /** The answers to the request's offers (its first, then its `extraOffers`), or a Refusal. */
+  async function openTunnel(plain: Buffer, client: string, seen: RequestSeen, servers?: readonly IceServer[]): Promise<string[]> {
     let parsed: unknown;
     try {
       parsed = JSON.parse(plain.toString('utf8'));
@@ -199,7 +203,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(400, 'sealed request is not JSON');
     }
     const fields = (parsed ?? {}) as Record<string, unknown>;
-    const { target, targets, offer, answerSetup, nonce, timestamp, reason, ticket } = fields;
+    const { target, targets, offer, extraOffers, answerSetup, nonce, timestamp, reason, ticket } = fields;
     if (typeof target === 'string') seen.target = target.slice(0, 64);
     if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 64 || typeof timestamp !== 'number') {
       throw new Refusal(400, 'sealed request lacks a nonce and timestamp');
@@ -229,6 +233,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
         nonce,
         timestamp,
         offer: typeof offer === 'string' ? offer : '',
+        ...(Array.isArray(extraOffers) && extraOffers.length > 0 ? { extraOffers: extraOffers.map(String) } : {}),
         ...said,
       };
       principal = access.authorize(fields, statement, client, held);
@@ -276,18 +281,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
     if ((perClient.get(client) ?? 0) >= maxPeersPerClient) {
       throw new Refusal(429, `this client already holds ${maxPeersPerClient} tunnels, the per-client limit`);
     }
-    if (!/^v=0\r?\n/.test(offer)) throw new Refusal(400, 'offer is not an SDP');
-    // What a data-channel offer must carry; werift accepts less and then never answers.
-    const required: Array<[string, RegExp]> = [
-      ['m=application', /^m=application \d+ [A-Z/]*DTLS\/SCTP /m],
-      ['a=ice-ufrag', /^a=ice-ufrag:\S+/m],
-      ['a=ice-pwd', /^a=ice-pwd:\S+/m],
-      ['a=fingerprint', /^a=fingerprint:\S+ [0-9A-Fa-f:]+/m],
-      ['a=setup', /^a=setup:(actpass|active|passive)/m],
-    ];
-    for (const [line, pattern] of required) {
-      if (!pattern.test(offer)) throw new Refusal(400, `offer lacks ${line}: not a WebRTC data-channel offer`);
-    }
+    const offers = [offer, ...parallelOffers(extraOffers)];
+    for (const each of offers) checkOffer(each);
     // Fail closed: a tunnel the log could not record is not opened.
     await audit.ready().catch((error: unknown) => {
       throw error instanceof AuditUnavailable ? new Refusal(503, error.message) : error;
@@ -309,7 +304,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
     const slot = {};
     peers.add(slot);
     perClient.set(client, (perClient.get(client) ?? 0) + 1);
-    let answer: Answer | undefined;
+    let answer: BundledAnswer | undefined;
     let mux: Mux | undefined;
     const trail = tunnelAudit(audit, { tunnel: randomBytes(6).toString('hex'), who: principal, client, target, ...said }, options.log);
     const drop = (why: string): Promise<void> => {
@@ -327,7 +322,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
     live.add(tunnel);
     // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
     const answering = AbortSignal.timeout(signallingTimeoutMs);
-    const pending = answerer.answer(offer, answering, { passive: answerSetup === 'passive', ...(servers ? { servers } : {}) });
+    const answerOptions = { passive: answerSetup === 'passive', ...(servers ? { servers } : {}) };
+    const pending = answerAll(offers, answering, answerOptions);
     try {
       answer = await Promise.race([
         pending,
@@ -377,11 +373,24 @@ export function createSignalling(options: SignallingOptions): Signalling {
         });
         // Revoked: the goodbye frame carries the reason, then the peer goes.
         tunnel.end = (reason) => void mux?.close(500, { ending: 'revoked', reason }).finally(() => drop(reason));
-        options.log(`${label} open${pair ? ` (path ${pair})` : ''}`);
+        const over = offers.length > 1 ? `, ${offers.length} connections` : '';
+        options.log(`${label} open${pair ? ` (path ${pair}${over})` : over ? ` (${over.slice(2)})` : ''}`);
       },
       () => void drop('the data channel did not open'),
     );
-    return answer.sdp;
+    return answer.sdps;
+  }
+
+  /** One answer per offer, bundled as one (closing those made if any fails). */
+  async function answerAll(offers: readonly string[], signal: AbortSignal, answerOptions: AnswerOptions): Promise<BundledAnswer> {
+    const made = await Promise.allSettled(offers.map((each) => answerer.answer(each, signal, answerOptions)));
+    const answers = made.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+    const failed = made.find((result) => result.status === 'rejected');
+    if (failed) {
+      for (const each of answers) each.close();
+      throw failed.reason;
+    }
+    return bundleAnswers(answers);
   }
 
   return {
@@ -397,6 +406,37 @@ export function createSignalling(options: SignallingOptions): Signalling {
       await Promise.allSettled(closing);
     },
   };
+}
+
+/** At most this many connections per tunnel (the first offer and up to seven more). */
+const maxParallel = 8;
+
+/** `extraOffers`, when given: a list of up to seven SDP strings. */
+function parallelOffers(extraOffers: unknown): string[] {
+  if (extraOffers === undefined) return [];
+  if (
+    !Array.isArray(extraOffers) ||
+    extraOffers.length === 0 ||
+    extraOffers.length > maxParallel - 1 ||
+    !extraOffers.every((each) => typeof each === 'string')
+  )
+    throw new Refusal(400, `extraOffers, when given, must be a list of 1 to ${maxParallel - 1} SDP offers`);
+  return extraOffers as string[];
+}
+
+/** What a data-channel offer must carry; werift accepts less and then never answers. */
+function checkOffer(offer: string): void {
+  if (!/^v=0\r?\n/.test(offer)) throw new Refusal(400, 'offer is not an SDP');
+  const required: Array<[string, RegExp]> = [
+    ['m=application', /^m=application \d+ [A-Z/]*DTLS\/SCTP /m],
+    ['a=ice-ufrag', /^a=ice-ufrag:\S+/m],
+    ['a=ice-pwd', /^a=ice-pwd:\S+/m],
+    ['a=fingerprint', /^a=fingerprint:\S+ [0-9A-Fa-f:]+/m],
+    ['a=setup', /^a=setup:(actpass|active|passive)/m],
+  ];
+  for (const [line, pattern] of required) {
+    if (!pattern.test(offer)) throw new Refusal(400, `offer lacks ${line}: not a WebRTC data-channel offer`);
+  }
 }
 
 /** What a request showed before it was refused, for its access.refused line. */

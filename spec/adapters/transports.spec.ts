@@ -15,6 +15,16 @@ import { nativeAnswerer } from '../../gateway/native-answerer.js';
 import { echoServer, roundTrip, sha256, until } from '../support/processes.js';
 import { framePair } from '../support/frame-pair.js';
 import { sealedHandler, testGatewayKey } from '../support/sealed.js';
+import { openRequest, sealedContentType } from '../../adapters/sealed-signalling.js';
+import { Mux } from '../../adapters/mux.js';
+import { connect, type Socket } from 'node:net';
+
+const dialEcho = (port: number) => () =>
+  new Promise<Socket>((resolve, reject) => {
+    const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', reject);
+  });
 import type { TapTest } from '../support/tap.js';
 import { nativeIceHostsWarning } from '../../cli/config.js';
 
@@ -24,7 +34,7 @@ const clients = { werift: () => createWeriftTransport({ token, ice }), native: (
 const answerers = { werift: () => weriftAnswerer(ice), native: () => nativeAnswerer(ice) };
 
 /** A gateway on 127.0.0.1 whose one target, echo, is a fresh echo server; closed at teardown. */
-async function echoGateway(t: TapTest, answerer: ReturnType<(typeof answerers)[keyof typeof answerers]>) {
+async function echoGateway(t: TapTest, answerer: ReturnType<(typeof answerers)[keyof typeof answerers]>, logged: string[] = []) {
   const echo = await echoServer(t);
   const gateway = await startGateway({
     host: '127.0.0.1',
@@ -32,12 +42,23 @@ async function echoGateway(t: TapTest, answerer: ReturnType<(typeof answerers)[k
     token,
     key: await testGatewayKey(),
     targets: { echo: { host: '127.0.0.1', port: echo.port } },
-    log: () => undefined,
+    log: (line) => void logged.push(line),
     ice,
     answerer,
   });
   t.teardown(() => gateway.close());
   return gateway;
+}
+
+/** A link from `transport` to the gateway's echo target, carried from a local listener; closed at teardown. */
+async function echoLink(t: TapTest, transport: ReturnType<typeof createNativeTransport>, url: string) {
+  const negotiation = await transport.negotiate({ gateway: url, target: 'echo', signal: AbortSignal.timeout(20_000) });
+  const link = await transport.establish(negotiation, AbortSignal.timeout(20_000));
+  t.teardown(() => link.close());
+  const listener = await createTcpListenerFactory().bind('127.0.0.1', 0);
+  t.teardown(() => listener.close());
+  listener.accept((socket) => link.carry(socket));
+  return { link, port: listener.port };
 }
 
 for (const [clientName, client] of Object.entries(clients)) {
@@ -60,6 +81,58 @@ for (const [clientName, client] of Object.entries(clients)) {
     });
   }
 }
+
+for (const parallel of [2, 4]) {
+  t.test(`native client with ${parallel} parallel connections ↔ native gateway: 8 MiB echoed intact, one tunnel`, async (t) => {
+    const logged: string[] = [];
+    const gateway = await echoGateway(t, nativeAnswerer(ice), logged);
+    const transport = createNativeTransport({ token, ice, parallel });
+    const { link, port } = await echoLink(t, transport, gateway.url);
+    const payloads = [randomBytes(8 * 1024 * 1024), randomBytes(3 * 1024 * 1024 + 11)];
+    const echoed = await Promise.all(payloads.map((payload) => roundTrip(port, payload)));
+    t.same(echoed.map(sha256), payloads.map(sha256), 'both connections echoed byte for byte');
+    t.equal(gateway.peerCount(), 1, 'the parallel connections are one tunnel at the gateway');
+    await until(() => logged.some((line) => line.includes(`${parallel} connections`)), 5_000, 'the open line');
+    t.match(logged.join('\n'), new RegExp(`tunnel to echo open \\(path direct: .*, ${parallel} connections\\)`));
+    await link.close();
+    await until(() => gateway.peerCount() === 0, 5_000, 'the gateway to free the peers');
+    t.equal(gateway.peerCount(), 0, 'closing the link frees the gateway peer');
+  });
+}
+
+t.test('a gateway that answers only the first offer (before parallel connections) still gets a working tunnel', async (t) => {
+  const echo = await echoServer(t);
+  const key = await testGatewayKey();
+  const answerer = nativeAnswerer(ice);
+  t.teardown(() => answerer.closeAll());
+  let extraOffers = 0;
+  const server = createServer((request, response) => {
+    if (request.url === '/v1/key') {
+      response.setHeader('content-type', 'application/json');
+      response.end(JSON.stringify({ kem: 'X25519', key: key.publicKey.toString('base64') }));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    request.on('data', (chunk: Buffer) => chunks.push(chunk));
+    request.on('end', async () => {
+      const { request: plain, seal } = await openRequest(key, Buffer.concat(chunks));
+      const fields = JSON.parse(plain.toString('utf8')) as { offer: string; extraOffers?: string[]; answerSetup?: string };
+      extraOffers = fields.extraOffers?.length ?? 0;
+      // What a gateway that knows nothing of extraOffers does: answer the offer, ignore the rest.
+      const answer = await answerer.answer(fields.offer, AbortSignal.timeout(10_000), { passive: fields.answerSetup === 'passive' });
+      void answer.channel.then((frames) => new Mux(frames, { dial: dialEcho(echo.port) }));
+      response.setHeader('content-type', sealedContentType);
+      response.end(seal(Buffer.from(JSON.stringify({ status: 200, answer: answer.sdp }))));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const transport = createNativeTransport({ token, ice, parallel: 3 });
+  const { port } = await echoLink(t, transport, `http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  t.equal(extraOffers, 2, 'the client offered two more connections');
+  const payload = randomBytes(2 * 1024 * 1024);
+  t.equal(sha256(await roundTrip(port, payload)), sha256(payload), 'the one answered connection carries the tunnel');
+});
 
 t.test('native ↔ native: 300 concurrent connections × 64 KiB, all intact (a queued send is back-pressure, not an error)', async (t) => {
   const gateway = await echoGateway(t, nativeAnswerer(ice));

@@ -1,0 +1,131 @@
+// Frames striped over several ordered channels: delivered in order and intact whatever the channels'
+// relative delays, bytes balanced across channels, and every way a peer can break the sequence ends the
+// channel with a reason.
+
+import { createHash, randomBytes } from 'node:crypto';
+import t from 'tap';
+import type { FrameChannel } from '../../adapters/mux.js';
+import { stripedFrames } from '../../adapters/striped-channel.js';
+import { framePair } from '../support/frame-pair.js';
+import type { TapTest } from '../support/tap.js';
+
+const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+/** N channel pairs, each delivering after its own delay (ms), so frames overtake each other across pairs. */
+function delayedPairs(delays: readonly number[]) {
+  const pairs = delays.map(() => framePair());
+  const carried = delays.map(() => 0);
+  for (const [index, [near]] of pairs.entries()) {
+    const send = near.send.bind(near);
+    // One timer per frame with the same delay keeps this channel's own order.
+    near.send = (frame: Buffer) => {
+      carried[index] += frame.length;
+      setTimeout(() => send(frame), delays[index]);
+    };
+  }
+  return { near: pairs.map(([near]) => near), far: pairs.map(([, far]) => far), carried };
+}
+
+const frames = (count: number) =>
+  Array.from({ length: count }, (_, index) => randomBytes(index % 2 === 0 ? 60 * 1024 : 4 * 1024 + (index % 7)));
+
+t.test('one channel is used as it is: no sequence numbers on the wire', async (t) => {
+  const [near] = framePair();
+  t.equal(stripedFrames([near]), near);
+  t.throws(() => stripedFrames([]));
+});
+
+t.test('frames sent over four channels with different delays arrive in order, intact, bytes balanced', async (t) => {
+  const { near, far, carried } = delayedPairs([0, 7, 25, 3]);
+  const sender = stripedFrames(near);
+  const receiver = stripedFrames(far);
+  const sent = frames(600);
+  const got: Buffer[] = [];
+  const all = new Promise<void>((resolve) =>
+    receiver.onFrame((frame) => {
+      got.push(frame);
+      if (got.length === sent.length) resolve();
+    }),
+  );
+  for (const frame of sent) sender.send(frame);
+  await all;
+  t.equal(got.length, sent.length);
+  t.equal(sha(Buffer.concat(got)), sha(Buffer.concat(sent)), 'the same bytes in the same order');
+  t.ok(
+    got.every((frame, index) => frame.equals(sent[index]!)),
+    'frame boundaries kept',
+  );
+  const share = carried.map((bytes) => bytes / carried.reduce((sum, each) => sum + each, 0));
+  t.ok(
+    share.every((part) => part > 0.18 && part < 0.32),
+    `each channel carried about a quarter of the bytes (${share.map((part) => part.toFixed(2)).join(', ')}), not of the frames`,
+  );
+});
+
+t.test('a channel that backs up gets fewer frames; the mux sees the least-loaded one', async (t) => {
+  const [a] = framePair();
+  const [b] = framePair();
+  const sender = stripedFrames([a, b]);
+  const onA: number[] = [];
+  const sendA = a.send.bind(a);
+  a.send = (frame: Buffer) => {
+    onA.push(frame.length);
+    sendA(frame);
+  };
+  a.bufferedAmount = 4 * 1024 * 1024;
+  t.equal(sender.bufferedAmount, 0, 'bufferedAmount is the least-loaded channel’s');
+  for (const frame of frames(20)) sender.send(frame);
+  t.equal(onA.length, 0, 'nothing goes to a channel 4 MiB behind while another is free');
+  let drained = 0;
+  sender.onDrain(() => (drained += 1));
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.ok(drained > 0, 'a drain of any channel reaches the mux');
+});
+
+/** Raw frames with a chosen sequence number, written under the striped receiver. */
+const raw = (seq: number, payload = Buffer.from('x')) => {
+  const frame = Buffer.alloc(4 + payload.length);
+  frame.writeUInt32BE(seq, 0);
+  payload.copy(frame, 4);
+  return frame;
+};
+
+async function brokenBy(t: TapTest, frames: (near: FrameChannel[]) => void, reorderLimit?: number): Promise<string> {
+  const pairs = [framePair(), framePair()];
+  const receiver = stripedFrames(
+    pairs.map(([, far]) => far),
+    reorderLimit,
+  );
+  const delivered: Buffer[] = [];
+  receiver.onFrame((frame) => delivered.push(frame));
+  const reason = new Promise<string>((resolve) => receiver.onClose(resolve));
+  frames(pairs.map(([near]) => near));
+  const why = await reason;
+  t.ok(
+    pairs.every(([near, far]) => far.closed || near.closed),
+    'every channel underneath is closed',
+  );
+  return why;
+}
+
+t.test('a peer that breaks the sequence ends the channel with a reason', async (t) => {
+  t.match(
+    await brokenBy(
+      t,
+      ([a]) => {
+        for (let seq = 1; seq <= 20; seq += 1) a!.send(raw(seq, Buffer.alloc(1024)));
+      },
+      8 * 1024,
+    ),
+    /more than 8192 bytes arrived out of order/,
+  );
+  t.match(
+    await brokenBy(t, ([a, b]) => {
+      a!.send(raw(3));
+      b!.send(raw(3));
+    }),
+    /sequence number 3 received twice/,
+  );
+  t.match(await brokenBy(t, ([a]) => a!.send(Buffer.from([0, 1]))), /malformed striped frame on connection 1/);
+  t.match(await brokenBy(t, ([, b]) => b!.close()), /the data channel closed \(connection 2 of 2\)/);
+});
