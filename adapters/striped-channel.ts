@@ -1,12 +1,20 @@
 // One FrameChannel over several: each frame is prefixed with a sequence number (u32 BE), sent on the
-// least-loaded channel, and delivered in sequence order at the other end. Each SCTP association has
-// its own congestion and receive window, so N of them carry about N windows per round trip where one
-// caps a long path (docs/decisions/0016-parallel-associations.md). Every channel underneath must be
+// channel with the least backlog, and delivered in sequence order at the other end. Each side tells
+// the other, every 64 KiB it receives, how many bytes came in on each channel (sequence number
+// 0xffffffff, then a u32 per channel), so the sender knows each channel's backlog. Each SCTP
+// association has its own congestion and receive window, so N of them carry about N windows per
+// round trip where one caps a long path (docs/decisions/0016-parallel-associations.md). Every channel underneath must be
 // ordered and reliable; the mux above still sees one ordered, reliable channel.
 
 import type { FrameChannel } from './mux.js';
 
 const seqBytes = 4;
+/** Not a data frame: the peer's count of bytes received per channel. Data sequence numbers skip it. */
+const ackSeq = 0xffffffff;
+const nextOf = (seq: number) => (seq === ackSeq - 1 ? 0 : seq + 1);
+/** A count goes back after this many data bytes, or 20 ms after the first uncounted one. */
+const ackEveryBytes = 64 * 1024;
+const ackDelayMs = 20;
 
 /**
  * What may wait out of order before the peer is declared broken. The mux's credit bounds what the
@@ -32,6 +40,7 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
   const lost = (reason: string) => {
     if (ended) return;
     ended = true;
+    clearTimeout(ackTimer);
     early.clear();
     closeAll();
     for (const handler of closeHandlers) handler(reason);
@@ -40,11 +49,52 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     for (const handler of frameHandlers) handler(frame);
   };
 
+  // Bytes sent on / received from each channel (mod 2^32), and what the peer said it received.
+  const sent = channels.map(() => 0);
+  const received = channels.map(() => 0);
+  const acked = channels.map(() => 0);
+  let uncounted = 0;
+  let ackTimer: NodeJS.Timeout | undefined;
+  const outstanding = (index: number) => (sent[index]! - acked[index]!) >>> 0;
+
+  const sendAck = () => {
+    clearTimeout(ackTimer);
+    ackTimer = undefined;
+    uncounted = 0;
+    if (ended) return;
+    const ack = Buffer.allocUnsafe(seqBytes + 4 * channels.length);
+    ack.writeUInt32BE(ackSeq, 0);
+    for (const [index, bytes] of received.entries()) ack.writeUInt32BE(bytes, seqBytes + 4 * index);
+    transmit(ack);
+  };
+  const counted = (bytes: number) => {
+    uncounted += bytes;
+    if (uncounted >= ackEveryBytes) sendAck();
+    else if (!ackTimer) {
+      ackTimer = setTimeout(sendAck, ackDelayMs);
+      ackTimer.unref();
+    }
+  };
+  const takeAck = (frame: Buffer, index: number) => {
+    if (frame.length !== seqBytes + 4 * channels.length) return lost(`malformed count frame on connection ${index + 1}`);
+    for (let each = 0; each < channels.length; each += 1) {
+      const said = frame.readUInt32BE(seqBytes + 4 * each);
+      // Counts can overtake each other across channels: an older one says less, and is ignored. One
+      // that says more than was sent is a broken peer.
+      if ((said - acked[each]!) >>> 0 >= 2 ** 31) continue;
+      if ((sent[each]! - said) >>> 0 >= 2 ** 31) return lost(`connection ${each + 1} counted more bytes than were sent`);
+      acked[each] = said;
+    }
+  };
+
   channels.forEach((channel, index) => {
     channel.onFrame((frame) => {
       if (ended) return;
       if (frame.length < seqBytes) return lost(`malformed striped frame on connection ${index + 1}`);
+      received[index] = (received[index]! + frame.length) >>> 0;
       const seq = frame.readUInt32BE(0);
+      if (seq === ackSeq) return takeAck(frame, index);
+      counted(frame.length);
       const payload = frame.subarray(seqBytes);
       if (seq !== nextSeq) {
         // Ahead of a frame still on its way through a slower association: hold it.
@@ -54,12 +104,12 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
         if (earlyBytes > reorderLimit) lost(`more than ${reorderLimit} bytes arrived out of order`);
         return;
       }
-      nextSeq = (nextSeq + 1) >>> 0;
+      nextSeq = nextOf(nextSeq);
       deliver(payload);
       for (let held = early.get(nextSeq); held !== undefined && !ended; held = early.get(nextSeq)) {
         early.delete(nextSeq);
         earlyBytes -= held.length;
-        nextSeq = (nextSeq + 1) >>> 0;
+        nextSeq = nextOf(nextSeq);
         deliver(held);
       }
     });
@@ -70,25 +120,21 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     channel.onClose((reason) => lost(channels.length > 1 ? `${reason} (connection ${index + 1} of ${channels.length})` : reason));
   });
 
-  // Bytes given to each channel, kept relative to the least-loaded one: frames differ in size (a 64 KiB
-  // socket read is a 60 KiB frame and a 4 KiB one), so counting frames would load some channels far
-  // more than others. A channel that was avoided while its queue was long catches up by at most `lag`.
-  const load = channels.map(() => 0);
-  const lag = 256 * 1024;
-  const pick = (bytes: number): FrameChannel => {
+  /**
+   * The channel with the least backlog: bytes sent on it that the peer has not counted yet. A channel
+   * that slows down (a smaller congestion window, a retransmission timeout) keeps a backlog and so gets
+   * fewer new frames, instead of an equal share that everything behind it in sequence would wait for.
+   * Bytes, not frames: a 64 KiB socket read is a 60 KiB frame and a 4 KiB one.
+   */
+  const pick = (): number => {
     let best = 0;
-    let least = Number.POSITIVE_INFINITY;
-    for (const [index, channel] of channels.entries()) {
-      const waiting = channel.bufferedAmount + load[index]!;
-      if (waiting < least) {
-        least = waiting;
-        best = index;
-      }
-    }
-    load[best]! += bytes;
-    const floor = Math.min(...load);
-    for (let index = 0; index < load.length; index += 1) load[index] = Math.min(load[index]! - floor, lag);
-    return channels[best]!;
+    for (let index = 1; index < channels.length; index += 1) if (outstanding(index) < outstanding(best)) best = index;
+    return best;
+  };
+  const transmit = (frame: Buffer) => {
+    const index = pick();
+    sent[index] = (sent[index]! + frame.length) >>> 0;
+    channels[index]!.send(frame);
   };
 
   return {
@@ -96,8 +142,8 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
       const striped = Buffer.allocUnsafe(seqBytes + frame.length);
       striped.writeUInt32BE(sendSeq, 0);
       frame.copy(striped, seqBytes);
-      sendSeq = (sendSeq + 1) >>> 0;
-      pick(striped.length).send(striped);
+      sendSeq = nextOf(sendSeq);
+      transmit(striped);
     },
     // The least-loaded channel's: frames go there next, so the mux pauses only when every channel is
     // backed up. What all of them hold together is still bounded by the mux's credit.
@@ -110,6 +156,7 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     close() {
       if (ended) return;
       ended = true;
+      clearTimeout(ackTimer);
       early.clear();
       closeAll();
     },
