@@ -6,7 +6,9 @@
 // PAM_WAN_CONNECTS (connect samples per tool and RTT, default 5), PAM_WAN_ONLY (comma list of
 // direct,ssh,pam to run a subset). For investigation: PAM_WAN_DIAG=1 prints where packets were dropped
 // (the link's counters, UDP buffer overflows, TCP retransmits), PAM_WAN_TRACE=1 the MiB received each
-// second of every fetch. `--quick` (or PAM_WAN_QUICK=1) is one scenario (40 ms unless PAM_WAN_SCENARIOS
+// second of every fetch, PAM_WAN_GATEWAY_LOG=1 the pam gateway's stderr (e.g. how many parallel
+// connections a tunnel opened). The pam client inherits the environment, so PAM_PARALLEL=N sets its
+// connection count (decision 0016) for an A/B. `--quick` (or PAM_WAN_QUICK=1) is one scenario (40 ms unless PAM_WAN_SCENARIOS
 // says otherwise), 32 MiB and 3 connects: a focused A/B run. Each fetch also reports the CPU time per MiB
 // of the tool's own processes (ssh + sshd, or the pam tunnel + gateway) and of the link process.
 // Interrupting it (SIGINT/SIGTERM) still removes the lab.
