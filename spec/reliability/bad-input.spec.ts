@@ -368,6 +368,20 @@ t.test('bad files, variables, flags and gateways: each its documented code, one 
       /PAM_KEEPALIVE_TIMEOUT 'soon'/,
     ],
     [
+      'PAM_PARALLEL=9',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, PAM_PARALLEL: '9' },
+      2,
+      /PAM_PARALLEL '9' must be a whole number of connections from 1 to 8 \(default 4\)/,
+    ],
+    [
+      'PAM_PARALLEL=two',
+      ['tunnel', 'start', 'echo', '-R', 'true'],
+      { ...env, PAM_PARALLEL: 'two' },
+      2,
+      /PAM_PARALLEL 'two' must be a whole number/,
+    ],
+    [
       'PAM_GATEWAY_URL=ftp://x',
       ['tunnel', 'start', 'echo', '-R', 'true'],
       { ...env, PAM_GATEWAY_URL: 'ftp://127.0.0.1' },
