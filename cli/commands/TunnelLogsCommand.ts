@@ -9,6 +9,7 @@ import { blankSelector, selectTunnels } from '../../machines/selector.js';
 import { openFsRegistry } from '../../adapters/fs-registry.js';
 import { logDir } from '../../adapters/fs-journal.js';
 import { followLog, readLog } from '../../adapters/log-file.js';
+import { isProcessAlive } from '../../adapters/process-identity.js';
 import { numberFlag } from '../options.js';
 import { PamCommand } from '../pam-command.js';
 
@@ -71,7 +72,10 @@ export class TunnelLogsCommand extends PamCommand {
         const owner = entries.find((candidate) => candidate.pid === entry.pid);
         if (owner?.tunnels.some(({ id }) => id === tunnel.id)) return true;
         goneSince ??= Date.now();
-        return owner !== undefined && !printed.includes(stoppedLine) && Date.now() - goneSince < stopGraceMs;
+        // An owner with no other tunnel removes its whole record before that line: its process, not its
+        // record, says whether the line may still come (seen with a teardown of four connections).
+        const alive = owner !== undefined || isProcessAlive(entry.pid);
+        return alive && !printed.includes(stoppedLine) && Date.now() - goneSince < stopGraceMs;
       };
     } else if (selection.failure.kind === 'generic') {
       path = this.endedLog(registry.location);
