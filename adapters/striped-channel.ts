@@ -65,7 +65,12 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     const ack = Buffer.allocUnsafe(seqBytes + 4 * channels.length);
     ack.writeUInt32BE(ackSeq, 0);
     for (const [index, bytes] of received.entries()) ack.writeUInt32BE(bytes, seqBytes + 4 * index);
-    transmit(ack);
+    // From a timer, outside the mux's own guard: a channel can be closed before its close event is seen.
+    try {
+      transmit(ack);
+    } catch (error) {
+      lost(`a count could not be sent: ${error instanceof Error ? error.message : String(error)}`);
+    }
   };
   const counted = (bytes: number) => {
     uncounted += bytes;

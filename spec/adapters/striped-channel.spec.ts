@@ -148,3 +148,18 @@ t.test('a peer that breaks the sequence ends the channel with a reason', async (
   );
   t.match(await brokenBy(t, ([, b]) => b!.close()), /the data channel closed \(connection 2 of 2\)/);
 });
+
+t.test('a count due on a channel that closed under it ends the striped channel, not the process', async (t) => {
+  // Seen in CI: the 20 ms count timer fired after libdatachannel closed a channel but before its close
+  // event reached JavaScript, and the send threw out of a timer (an uncaught exception in the gateway).
+  const pairs = [framePair(), framePair()];
+  const receiver = stripedFrames(pairs.map(([, far]) => far));
+  const reason = new Promise<string>((resolve) => receiver.onClose(resolve));
+  pairs[1]![0].send(raw(0, Buffer.alloc(100)));
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  // Closed on this side without its close reaching the striped channel yet.
+  pairs[0]![1].close();
+  // The count's timer is unref'd (it never keeps a process alive): wait with one that is.
+  await new Promise((resolve) => setTimeout(resolve, 60));
+  t.match(await reason, /a count could not be sent: channel closed/);
+});
