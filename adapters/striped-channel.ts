@@ -15,6 +15,8 @@ const nextOf = (seq: number) => (seq === ackSeq - 1 ? 0 : seq + 1);
 /** A count goes back after this many data bytes, or 20 ms after the first uncounted one. */
 const ackEveryBytes = 64 * 1024;
 const ackDelayMs = 20;
+/** How long the others may take to close after one channel closed, before the end is reported anyway. */
+const closeGraceMs = 2_000;
 
 /**
  * What may wait out of order before the peer is declared broken. The mux's credit bounds what the
@@ -41,6 +43,7 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     if (ended) return;
     ended = true;
     clearTimeout(ackTimer);
+    clearTimeout(graceTimer);
     early.clear();
     closeAll();
     for (const handler of closeHandlers) handler(reason);
@@ -49,6 +52,8 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     for (const handler of frameHandlers) handler(frame);
   };
 
+  const closedAt = channels.map(() => false);
+  let graceTimer: NodeJS.Timeout | undefined;
   // Bytes sent on / received from each channel (mod 2^32), and what the peer said it received.
   const sent = channels.map(() => 0);
   const received = channels.map(() => 0);
@@ -122,7 +127,18 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     channel.onDrain(() => {
       for (const handler of drainHandlers) handler();
     });
-    channel.onClose((reason) => lost(channels.length > 1 ? `${reason} (connection ${index + 1} of ${channels.length})` : reason));
+    channel.onClose((reason) => {
+      if (ended || closedAt[index]) return;
+      closedAt[index] = true;
+      const why = `${reason} (connection ${index + 1} of ${channels.length})`;
+      // Each association delivers everything sent on it before its own close, but not before the
+      // others': the peer's last frames (a goodbye saying why it ends) may still be on its way on
+      // another. So the end is reported once every channel has closed, or after a grace period for
+      // one that fails without closing the rest.
+      if (closedAt.every(Boolean)) return lost(why);
+      graceTimer ??= setTimeout(() => lost(why), closeGraceMs);
+      graceTimer.unref();
+    });
   });
 
   /**
@@ -132,8 +148,10 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
    * Bytes, not frames: a 64 KiB socket read is a 60 KiB frame and a 4 KiB one.
    */
   const pick = (): number => {
-    let best = 0;
-    for (let index = 1; index < channels.length; index += 1) if (outstanding(index) < outstanding(best)) best = index;
+    let best = closedAt.indexOf(false);
+    if (best < 0) best = 0;
+    for (let index = best + 1; index < channels.length; index += 1)
+      if (!closedAt[index] && outstanding(index) < outstanding(best)) best = index;
     return best;
   };
   const transmit = (frame: Buffer) => {
@@ -162,6 +180,7 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
       if (ended) return;
       ended = true;
       clearTimeout(ackTimer);
+      clearTimeout(graceTimer);
       early.clear();
       closeAll();
     },

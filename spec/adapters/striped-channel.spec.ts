@@ -146,7 +146,17 @@ t.test('a peer that breaks the sequence ends the channel with a reason', async (
     await brokenBy(t, ([a]) => a!.send(raw(0xffffffff, Buffer.from([0, 0, 0, 9, 0, 0, 0, 0])))),
     /connection 1 counted more bytes than were sent/,
   );
+  t.match(
+    await brokenBy(t, ([a, b]) => {
+      b!.close();
+      setTimeout(() => a!.close(), 10);
+    }),
+    /the data channel closed \(connection 1 of 2\)/,
+  );
+  // One closes and the other never does (its path failed silently): reported after the grace period.
+  const hold = setTimeout(() => undefined, 3_000);
   t.match(await brokenBy(t, ([, b]) => b!.close()), /the data channel closed \(connection 2 of 2\)/);
+  clearTimeout(hold);
 });
 
 t.test('a count due on a channel that closed under it ends the striped channel, not the process', async (t) => {
@@ -162,4 +172,25 @@ t.test('a count due on a channel that closed under it ends the striped channel, 
   // The count's timer is unref'd (it never keeps a process alive): wait with one that is.
   await new Promise((resolve) => setTimeout(resolve, 60));
   t.match(await reason, /a count could not be sent: channel closed/);
+});
+
+t.test('frames still on their way on one connection are delivered though another closed first', async (t) => {
+  // Seen in CI: a revoked tunnel's goodbye (why it ends) travelled on one association while another's
+  // close arrived first; the client took it for a lost link, reconnected and was refused.
+  const { near, far } = delayedPairs([30, 0]);
+  const sender = stripedFrames(near);
+  const receiver = stripedFrames(far);
+  const seen: string[] = [];
+  receiver.onFrame((frame) => seen.push(frame.toString()));
+  const ended = new Promise<void>((resolve) =>
+    receiver.onClose(() => {
+      seen.push('closed');
+      resolve();
+    }),
+  );
+  sender.send(Buffer.from('goodbye'));
+  near[1]!.close();
+  setTimeout(() => near[0]!.close(), 60);
+  await ended;
+  t.same(seen, ['goodbye', 'closed'], 'the last frame first, then the end');
 });
