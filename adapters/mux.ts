@@ -51,6 +51,29 @@ export interface FrameChannel {
   close(): void;
 }
 
+/**
+ * The frame handlers of a FrameChannel. Frames that arrive before the first handler is added are held
+ * for it: a tunnel's parallel channels open one after another, and the mux is put on them only once
+ * all are open, while the peer may already be sending on the first (decision 0016).
+ */
+export function frameHandlers(): { add(handler: (frame: Buffer) => void): void; emit(frame: Buffer): void } {
+  const handlers: Array<(frame: Buffer) => void> = [];
+  let held: Buffer[] | undefined = [];
+  return {
+    add(handler) {
+      handlers.push(handler);
+      if (!held) return;
+      const queued = held;
+      held = undefined;
+      for (const frame of queued) handler(frame);
+    },
+    emit(frame) {
+      if (held) held.push(frame);
+      else for (const handler of handlers) handler(frame);
+    },
+  };
+}
+
 export interface MuxOptions {
   /** Bytes a stream may send ahead of the peer's acknowledgement (per direction), at first. */
   readonly windowBytes?: number;

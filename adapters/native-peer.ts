@@ -5,7 +5,7 @@
 import { initLogger, PeerConnection, setSctpSettings, type DataChannel, type LogLevel } from 'node-datachannel';
 import type { LinkPath } from '../machines/ports.js';
 import { type IceOptions, type IceServer, isTurnOverTcp, parseIceUrl } from './ice-options.js';
-import { channelLowWater, type FrameChannel } from './mux.js';
+import { channelLowWater, frameHandlers, type FrameChannel } from './mux.js';
 
 type NativeIceServer = string | { hostname: string; port: number; username?: string; password?: string; relayType?: 'TurnUdp' | 'TurnTcp' };
 
@@ -135,7 +135,7 @@ export function nativeChannelOpen(peer: PeerConnection, channel: DataChannel, si
 export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameChannel {
   channel.setBufferedAmountLowThreshold(channelLowWater);
   let closing = false;
-  const frameHandlers: Array<(frame: Buffer) => void> = [];
+  const frames = frameHandlers();
   const drainHandlers: Array<() => void> = [];
   const closeHandlers: Array<(reason: string) => void> = [];
   const closed = (reason: string) => {
@@ -149,7 +149,7 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
       : typeof message === 'string'
         ? Buffer.from(message)
         : Buffer.from(new Uint8Array(message));
-    for (const handler of frameHandlers) handler(frame);
+    frames.emit(frame);
   });
   channel.onBufferedAmountLow(() => {
     for (const handler of drainHandlers) handler();
@@ -165,7 +165,7 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     get bufferedAmount() {
       return closing ? 0 : channel.bufferedAmount();
     },
-    onFrame: (handler) => void frameHandlers.push(handler),
+    onFrame: (handler) => frames.add(handler),
     onDrain: (handler) => void drainHandlers.push(handler),
     onClose: (handler) => void closeHandlers.push(handler),
     close() {

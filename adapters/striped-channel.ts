@@ -6,7 +6,7 @@
 // round trip where one caps a long path (docs/decisions/0016-parallel-associations.md). Every channel underneath must be
 // ordered and reliable; the mux above still sees one ordered, reliable channel.
 
-import type { FrameChannel } from './mux.js';
+import { frameHandlers, type FrameChannel } from './mux.js';
 
 const seqBytes = 4;
 /** Not a data frame: the peer's count of bytes received per channel. Data sequence numbers skip it. */
@@ -32,7 +32,7 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
   const early = new Map<number, Buffer>();
   let earlyBytes = 0;
   let ended = false;
-  const frameHandlers: Array<(frame: Buffer) => void> = [];
+  const frames = frameHandlers();
   const drainHandlers: Array<() => void> = [];
   const closeHandlers: Array<(reason: string) => void> = [];
 
@@ -48,9 +48,7 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     closeAll();
     for (const handler of closeHandlers) handler(reason);
   };
-  const deliver = (frame: Buffer) => {
-    for (const handler of frameHandlers) handler(frame);
-  };
+  const deliver = (frame: Buffer) => frames.emit(frame);
 
   const closedAt = channels.map(() => false);
   let graceTimer: NodeJS.Timeout | undefined;
@@ -173,7 +171,7 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     get bufferedAmount() {
       return Math.min(...channels.map((channel) => channel.bufferedAmount));
     },
-    onFrame: (handler) => void frameHandlers.push(handler),
+    onFrame: (handler) => frames.add(handler),
     onDrain: (handler) => void drainHandlers.push(handler),
     onClose: (handler) => void closeHandlers.push(handler),
     close() {

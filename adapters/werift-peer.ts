@@ -5,7 +5,7 @@
 import { RTCPeerConnection, type RTCDataChannel } from 'werift';
 import type { LinkPath } from '../machines/ports.js';
 import type { IceOptions } from './ice-options.js';
-import { channelLowWater, type FrameChannel } from './mux.js';
+import { channelLowWater, frameHandlers, type FrameChannel } from './mux.js';
 
 export function createPeer(ice: IceOptions = {}): RTCPeerConnection {
   const hosts = ice.hosts ?? [];
@@ -79,14 +79,14 @@ export function channelOpen(peer: RTCPeerConnection, channel: RTCDataChannel, si
 export function channelFrames(peer: RTCPeerConnection, channel: RTCDataChannel): FrameChannel {
   channel.bufferedAmountLowThreshold = channelLowWater;
   let closing = false;
+  const frames = frameHandlers();
+  channel.onMessage.subscribe((data) => frames.emit(typeof data === 'string' ? Buffer.from(data) : data));
   return {
     send: (frame) => channel.send(frame),
     get bufferedAmount() {
       return channel.bufferedAmount;
     },
-    onFrame(handler) {
-      channel.onMessage.subscribe((data) => handler(typeof data === 'string' ? Buffer.from(data) : data));
-    },
+    onFrame: (handler) => frames.add(handler),
     onDrain(handler) {
       channel.bufferedAmountLow.subscribe(() => handler());
     },

@@ -194,3 +194,16 @@ t.test('frames still on their way on one connection are delivered though another
   await ended;
   t.same(seen, ['goodbye', 'closed'], 'the last frame first, then the end');
 });
+
+t.test('frames that arrive before the mux is put on the channel are held for it, not dropped', async (t) => {
+  // Seen in CI (a reconnect): the client sent its first OPEN as soon as its channels were open, while
+  // the gateway still waited for its last one before putting the mux on; the OPEN was dropped.
+  const pairs = [framePair(), framePair()];
+  const sender = stripedFrames(pairs.map(([near]) => near));
+  const receiver = stripedFrames(pairs.map(([, far]) => far));
+  for (const word of ['open', 'data', 'more']) sender.send(Buffer.from(word));
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  const seen: string[] = [];
+  receiver.onFrame((frame) => seen.push(frame.toString()));
+  t.same(seen, ['open', 'data', 'more']);
+});
