@@ -39,14 +39,18 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
   const closeAll = () => {
     for (const channel of channels) channel.close();
   };
-  const lost = (reason: string) => {
-    if (ended) return;
+  /** Ends it once: timers stopped, held frames dropped, every channel closed; false if it had ended. */
+  const end = (): boolean => {
+    if (ended) return false;
     ended = true;
     clearTimeout(ackTimer);
     clearTimeout(graceTimer);
     early.clear();
     closeAll();
-    for (const handler of closeHandlers) handler(reason);
+    return true;
+  };
+  const lost = (reason: string) => {
+    if (end()) for (const handler of closeHandlers) handler(reason);
   };
   const deliver = (frame: Buffer) => frames.emit(frame);
 
@@ -174,13 +178,6 @@ export function stripedFrames(channels: readonly FrameChannel[], reorderLimit = 
     onFrame: (handler) => frames.add(handler),
     onDrain: (handler) => void drainHandlers.push(handler),
     onClose: (handler) => void closeHandlers.push(handler),
-    close() {
-      if (ended) return;
-      ended = true;
-      clearTimeout(ackTimer);
-      clearTimeout(graceTimer);
-      early.clear();
-      closeAll();
-    },
+    close: () => void end(),
   };
 }
