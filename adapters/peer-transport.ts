@@ -21,6 +21,7 @@ import { signStatement, type Credentials } from './user-key.js';
 import type { IceServer } from './ice-options.js';
 import { Mux, type FrameChannel, type MuxOptions } from './mux.js';
 import { stripedFrames } from './striped-channel.js';
+import { allOrNone } from './all-or-none.js';
 import { socksTarget } from '../machines/start-flags.js';
 import { serveSocks } from './socks5-server.js';
 
@@ -61,8 +62,8 @@ class PeerNegotiation<P> implements Negotiation {
     readonly request: Omit<NegotiateRequest, 'signal'>,
   ) {}
 
-  async close(): Promise<void> {
-    await Promise.all(this.peers.map((peer) => this.kind.close(peer)));
+  close(): Promise<void> {
+    return closePeers(this.kind, this.peers);
   }
 }
 
@@ -88,18 +89,14 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
   const parallel = options.parallel ?? 1;
 
   /** `parallel` peers with their offers; none left open if one fails. */
-  async function offerAll(servers: readonly IceServer[], signal: AbortSignal): Promise<Array<{ peer: P; sdp: string }>> {
-    const made = await Promise.allSettled(Array.from({ length: parallel }, () => kind.offer(signal, servers)));
-    const offers = made.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
-    const failed = made.find((result) => result.status === 'rejected');
-    if (failed) {
-      await closePeers(
+  function offerAll(servers: readonly IceServer[], signal: AbortSignal): Promise<Array<{ peer: P; sdp: string }>> {
+    const offers = Array.from({ length: parallel }, () => kind.offer(signal, servers));
+    return allOrNone(offers, (made) =>
+      closePeers(
         kind,
-        offers.map((offer) => offer.peer),
-      );
-      throw failed.reason;
-    }
-    return offers;
+        made.map((offer) => offer.peer),
+      ),
+    );
   }
 
   async function negotiateOnce(request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
@@ -164,13 +161,13 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
   }
 
   /** Every peer's channel open, or every opened one closed again and the first failure thrown. */
-  async function openAll(peers: readonly P[], signal: AbortSignal): Promise<FrameChannel[]> {
-    const opened = await Promise.allSettled(peers.map((peer) => kind.open(peer, signal)));
-    const channels = opened.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
-    const failed = opened.find((result) => result.status === 'rejected');
-    if (!failed) return channels;
-    for (const channel of channels) channel.close();
-    throw failed.reason;
+  function openAll(peers: readonly P[], signal: AbortSignal): Promise<FrameChannel[]> {
+    return allOrNone(
+      peers.map((peer) => kind.open(peer, signal)),
+      (channels) => {
+        for (const channel of channels) channel.close();
+      },
+    );
   }
 
   return {

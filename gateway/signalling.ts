@@ -19,6 +19,7 @@ import type { AuthorizedKeys } from './authorized-keys.js';
 import { describePrincipal, type AccessRefusal, type AccessRequest, type Principal, type RefusalCode } from './principal.js';
 import { AuditUnavailable, noAudit, type AuditSink } from './audit.js';
 import { tunnelAudit } from './tunnel-audit.js';
+import { allOrNone } from '../adapters/all-or-none.js';
 
 export interface GatewayTarget {
   readonly host: string;
@@ -383,13 +384,12 @@ export function createSignalling(options: SignallingOptions): Signalling {
 
   /** One answer per offer, bundled as one (closing those made if any fails). */
   async function answerAll(offers: readonly string[], signal: AbortSignal, answerOptions: AnswerOptions): Promise<BundledAnswer> {
-    const made = await Promise.allSettled(offers.map((each) => answerer.answer(each, signal, answerOptions)));
-    const answers = made.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
-    const failed = made.find((result) => result.status === 'rejected');
-    if (failed) {
-      for (const each of answers) each.close();
-      throw failed.reason;
-    }
+    const answers = await allOrNone(
+      offers.map((each) => answerer.answer(each, signal, answerOptions)),
+      (made) => {
+        for (const each of made) each.close();
+      },
+    );
     return bundleAnswers(answers);
   }
 
