@@ -186,6 +186,7 @@ async function main(argv: string[]): Promise<void> {
     const [port, seconds, separator, command, ...rest] = args as [string, string, string, string, ...string[]];
     if (separator !== '--') throw new Error('usage: ready PORT SECONDS -- CMD ARGS…');
     const started = now();
+    const startedAt = Date.now();
     const deadline = started + Number(seconds) * 1000;
     const child = spawn(command, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -195,8 +196,10 @@ async function main(argv: string[]): Promise<void> {
     const closed = new Promise((resolve) => child.once('close', resolve));
     const code = await new Promise<number>((resolve) => child.once('exit', (exitCode) => resolve(exitCode ?? 1)));
     const readyMs = now() - started;
-    // `ssh -f` leaves a child holding our pipes, so they may never close: read what is there, then stop.
-    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 100))]);
+    // `ssh -f` leaves a child holding our pipes, so they may never close. A known port is tried at
+    // once (waiting for the pipes would add their wait to ssh's time); port 0 means the command prints
+    // the port (`pam … --json`), which is complete once its pipes close (bounded: 1 s).
+    if (Number(port) === 0 || code !== 0) await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1000))]);
     child.stdout.destroy();
     child.stderr.destroy();
     if (code !== 0) return out({ ok: false, code, stderr: stderr.slice(-500) });
@@ -207,7 +210,7 @@ async function main(argv: string[]): Promise<void> {
       socket.on('error', () => undefined);
       socket.write('F');
       const seen = await receive(socket, 1, Math.min(deadline, now() + 5000));
-      if (seen.bytes > 0) return out({ ok: true, readyMs, usableMs: seen.firstMs - started, stdout: stdout.trim() });
+      if (seen.bytes > 0) return out({ ok: true, startedAt, readyMs, usableMs: seen.firstMs - started, stdout: stdout.trim() });
       if (now() > deadline) return out({ ok: false, readyMs, stdout: stdout.trim() });
       await new Promise((resolve) => setTimeout(resolve, 10));
     }

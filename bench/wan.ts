@@ -10,7 +10,8 @@
 // connections a tunnel opened). The pam client inherits the environment, so PAM_PARALLEL=N sets its
 // connection count (decision 0016) for an A/B. `--quick` (or PAM_WAN_QUICK=1) is one scenario (40 ms unless PAM_WAN_SCENARIOS
 // says otherwise), 32 MiB and 3 connects: a focused A/B run. Each fetch also reports the CPU time per MiB
-// of the tool's own processes (ssh + sshd, or the pam tunnel + gateway) and of the link process.
+// of the tool's own processes (ssh + sshd, or the pam tunnel + gateway) and of the link process, and
+// pam's connects are split into phases from the owners' journals (connectPhases).
 // Interrupting it (SIGINT/SIGTERM) still removes the lab.
 
 import { spawnSync } from 'node:child_process';
@@ -207,6 +208,39 @@ function bulkText(result: Record<string, unknown>): string {
   return `did not finish in ${timeoutS} s (${(Number(result.bytes) / 1048576).toFixed(1)} MiB, ${rate} MiB/s)`;
 }
 
+/**
+ * Where a pam `-bg` connect's time went, from each owner's journal (wall-clock times of its state
+ * changes) and the bench's own start and first-byte times: median ms of each phase, and in ping RTTs.
+ */
+function connectPhases(journals: string, samples: ReadonlyArray<Record<string, unknown>>, pingMs: number): string {
+  const phases: Record<string, number[]> = {};
+  for (const sample of samples) {
+    const id = /"id":"([0-9a-f]+)"/.exec(String(sample.stdout))?.[1];
+    let lines: Array<{ at: string; state?: string }>;
+    try {
+      lines = readFileSync(join(journals, `${id}.jsonl`), 'utf8')
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line) as { at: string; state?: string });
+    } catch {
+      continue;
+    }
+    const started = Number(sample.startedAt);
+    const at = (state: string) => Date.parse(lines.find((line) => line.state === state)?.at ?? '');
+    const marks: Array<[string, number]> = [
+      ['start → owner running', at('idle') - started],
+      ['key + offer/answer', at('connecting.establishing') - at('connecting.negotiating')],
+      ['ICE + DTLS + SCTP + channel', at('connecting.publishing') - at('connecting.establishing')],
+      ['ready → command returned', started + Number(sample.readyMs) - at('ready.serving.linked')],
+      ['returned → first byte', Number(sample.usableMs) - Number(sample.readyMs)],
+    ];
+    for (const [name, ms] of marks) if (Number.isFinite(ms)) (phases[name] ??= []).push(ms);
+  }
+  return Object.entries(phases)
+    .map(([name, values]) => `${name} ${median(values).toFixed(0)} ms${pingMs > 1 ? ` (${(median(values) / pingMs).toFixed(1)} RTT)` : ''}`)
+    .join('; ');
+}
+
 async function scenario(rttMs: number, lossPct: number): Promise<Row> {
   const name = `RTT ${rttMs} ms${lossPct ? `, ${lossPct} % loss` : ''}`;
   log(`\n${name} (load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')})`);
@@ -244,13 +278,15 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     env: NodeJS.ProcessEnv = {},
   ) => {
     const times: number[] = [];
+    const samples: Array<Record<string, unknown>> = [];
     for (let i = 0; i < connects; i += 1) {
       const ready = await peer(lab, lab.client, ['ready', String(port), '60', '--', ...command], env);
       if (ready.ok !== true) throw new Error(`${label} did not connect: ${JSON.stringify(ready)}`);
       times.push(Number(ready.usableMs));
+      samples.push(ready);
       // All but the last are stopped at once; the last one carries the bulk fetch.
       if (i < connects - 1) after(String(ready.stdout));
-      else return { stdout: String(ready.stdout), median: median(times) };
+      else return { stdout: String(ready.stdout), median: median(times), samples };
     }
     throw new Error('no connect samples');
   };
@@ -303,6 +339,7 @@ async function scenario(rttMs: number, lossPct: number): Promise<Row> {
     const pam = await connectTimes('pam -bg', [process.execPath, pamBin, 'tunnel', 'start', 'src', '-bg', '--json'], 0, stop, clientEnv);
     row.connect['pam tunnel start -bg'] = `${pam.median.toFixed(0)} ms${roundTrips('pam', pam.median)}`;
     log(`  connect pam tunnel start -bg (median of ${connects}): ${row.connect['pam tunnel start -bg']}`);
+    log(`  pam connect phases (median of ${connects}): ${connectPhases(join(dir, 'registry', 'journal'), pam.samples, pingMs)}`);
     const owner = Number(/"pid":(\d+)/.exec(pam.stdout)?.[1]);
     await fetch('pam tunnel', Number(/"port":(\d+)/.exec(pam.stdout)?.[1]), '127.0.0.1', () => [owner, gateway.pid]);
     if (process.env.PAM_WAN_GATEWAY_LOG) log(gateway.stderr);
