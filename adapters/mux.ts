@@ -27,6 +27,17 @@ const headerBytes = 5;
 /** werift refuses messages above 64 KiB; keep every frame below it. */
 export const maxPayloadBytes = 60 * 1024;
 
+/**
+ * A stream's first data frame carries at most this much, and each next one twice as much up to
+ * maxPayloadBytes. A message is delivered only once all of it arrived, and a fresh association sends
+ * a few packets per round trip (slow start): a first 60 KiB frame reached the reader four round
+ * trips after the target sent it, a 1 KiB one (one SCTP packet) in the first (decision 0017).
+ */
+export const firstFrameBytes = 1024;
+
+/** The most a net.Socket hands over in one 'data' event: what a sender may overshoot its credit by. */
+const socketReadBytes = 64 * 1024;
+
 /** Both transports raise `bufferedamountlow` here: the mux resumes its sockets once the channel drains to it. */
 export const channelLowWater = 256 * 1024;
 
@@ -96,6 +107,12 @@ export interface MuxOptions {
   readonly log?: (line: string) => void;
   /** Told of each stream's life (the gateway's audit log). */
   readonly streams?: StreamObserver;
+  /**
+   * Client side: the peer holds data that arrives before its dial finished (its answer said
+   * `earlyData`), so a connection's first bytes go with its OPEN instead of a round trip later.
+   * Within the stream's window, as always; never for a SOCKS stream (its client waits for the reply).
+   */
+  readonly earlyData?: boolean;
 }
 
 /** How a stream ended: FIN both ways, a reset from the peer or from this side, the dial failed, the tunnel lost or closed. */
@@ -154,6 +171,8 @@ interface Stream {
   /** Bytes the socket took without pushing back since the window last grew. */
   drainedRun: number;
   waitingDrain: boolean;
+  /** The size of the stream's next data frame: firstFrameBytes, doubling up to maxPayloadBytes. */
+  frameBytes: number;
   open: boolean;
   sentFin: boolean;
   gotFin: boolean;
@@ -163,6 +182,8 @@ interface Stream {
   received: number;
   /** The open named a destination: its answer goes here, and OPEN_FAIL carries a code. */
   onOpened: ((result: OpenResult) => void) | undefined;
+  /** Dial side: data (and whether a FIN came) that arrived before the target's socket existed. */
+  early: { data: Buffer[]; bytes: number } | undefined;
 }
 
 export const defaultMuxOptions = {
@@ -177,7 +198,7 @@ export const defaultMuxOptions = {
 export class Mux {
   private readonly streams = new Map<number, Stream>();
   private readonly lostHandlers: Array<(reason: string, ending: MuxEnding) => void> = [];
-  private readonly options: Required<Omit<MuxOptions, 'dial' | 'log' | 'streams'>> & MuxOptions;
+  private readonly options: Required<Omit<MuxOptions, 'dial' | 'log' | 'streams' | 'earlyData'>> & MuxOptions;
   private nextId = 1;
   /** Sum over streams of window − windowBytes. */
   private grown = 0;
@@ -240,9 +261,11 @@ export class Mux {
     this.nextId += 2;
     socket.pause();
     const stream = this.addStream(id, socket);
-    stream.open = false;
+    // Early data: the peer holds what arrives before its dial is done, so bytes go out at once.
+    stream.open = named === undefined && this.options.earlyData === true;
     if (named) stream.onOpened = named.onOpened;
     this.send(frameType.open, id, named ? encodeDestination(named.destination) : target !== undefined ? encodeTarget(target) : undefined);
+    this.updateFlow(stream);
   }
 
   onLost(handler: (reason: string, ending: MuxEnding) => void): void {
@@ -282,6 +305,7 @@ export class Mux {
       window: this.options.windowBytes,
       drainedRun: 0,
       waitingDrain: false,
+      frameBytes: firstFrameBytes,
       open: true,
       sentFin: false,
       gotFin: false,
@@ -289,6 +313,7 @@ export class Mux {
       sent: 0,
       received: 0,
       onOpened: undefined,
+      early: undefined,
     };
     this.streams.set(id, stream);
     if (socket) this.bind(stream, socket);
@@ -299,8 +324,11 @@ export class Mux {
     stream.socket = socket;
     socket.on('data', (chunk: Buffer) => {
       if (stream.ended) return;
-      for (let offset = 0; offset < chunk.length; offset += maxPayloadBytes) {
-        this.send(frameType.data, stream.id, chunk.subarray(offset, offset + maxPayloadBytes));
+      for (let offset = 0; offset < chunk.length; ) {
+        const size = Math.min(stream.frameBytes, chunk.length - offset);
+        this.send(frameType.data, stream.id, chunk.subarray(offset, offset + size));
+        offset += size;
+        if (stream.frameBytes < maxPayloadBytes) stream.frameBytes = Math.min(maxPayloadBytes, stream.frameBytes * 2);
       }
       stream.sendCredit -= chunk.length;
       stream.sent += chunk.length;
@@ -399,6 +427,7 @@ export class Mux {
 
   private deliver(stream: Stream, payload: Buffer): void {
     const socket = stream.socket;
+    if (!socket && this.options.dial && !stream.ended) return this.hold(stream, payload);
     if (!socket || socket.destroyed) return;
     const flushed = socket.write(payload);
     stream.received += payload.length;
@@ -413,6 +442,35 @@ export class Mux {
       });
     }
     if (!stream.waitingDrain) this.grant(stream, this.options.windowBytes / 4);
+  }
+
+  /**
+   * Early data: bytes of a stream whose target is still being dialled, kept until its socket exists.
+   * The peer may send only its window before any credit, and one socket read past it (a sender pauses
+   * its socket once the credit is spent), so more than that is a broken peer.
+   */
+  private hold(stream: Stream, payload: Buffer): void {
+    const early = (stream.early ??= { data: [], bytes: 0 });
+    if (early.bytes + payload.length > stream.window + socketReadBytes) {
+      this.options.log?.(`connection ${stream.id}: the peer sent more than its window before the target answered; reset`);
+      this.ended(stream, 'reset-here');
+      this.forget(stream);
+      this.send(frameType.rst, stream.id, Buffer.from('more data than the window allows'));
+      return;
+    }
+    early.data.push(payload);
+    early.bytes += payload.length;
+  }
+
+  /** The target's socket exists: what arrived before it goes first, then a FIN that came with it. */
+  private flushEarly(stream: Stream): void {
+    const early = stream.early;
+    stream.early = undefined;
+    for (const payload of early?.data ?? []) this.deliver(stream, payload);
+    if (stream.gotFin) {
+      stream.socket?.end();
+      this.finishIfDone(stream);
+    }
   }
 
   /**
@@ -492,6 +550,7 @@ export class Mux {
         }
         this.bind(stream, socket);
         this.send(frameType.openOk, id);
+        this.flushEarly(stream);
         this.updateFlow(stream);
       },
       (error: unknown) => {

@@ -60,6 +60,8 @@ class PeerNegotiation<P> implements Negotiation {
     /** The first carries the path shown to the user; all of them carry frames. */
     readonly peers: readonly P[],
     readonly request: Omit<NegotiateRequest, 'signal'>,
+    /** The gateway holds a connection's data that arrives before its target answered (MuxOptions.earlyData). */
+    readonly earlyData = false,
   ) {}
 
   close(): Promise<void> {
@@ -138,12 +140,12 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
           const sealed = { gateway: url, key: hello.key, credentials: options, trust };
           const [first, ...extra] = offers.map((offer) => offer.sdp);
           const extraOffers = extra.length > 0 ? { extraOffers: extra } : {};
-          const answers = await exchange(sealed, request, { offer: first!, ...extraOffers, ...setup }, signal, connection);
+          const { answers, earlyData } = await exchange(sealed, request, { offer: first!, ...extraOffers, ...setup }, signal, connection);
           // A gateway before parallel connections answers the first offer only: the others go.
           const answered = peers.slice(0, answers.length);
           await closePeers(kind, peers.slice(answers.length));
           for (const [index, peer] of answered.entries()) await kind.accept(peer, answers[index]!);
-          return new PeerNegotiation(kind, answered, request);
+          return new PeerNegotiation(kind, answered, request, earlyData);
         } catch (error) {
           await closePeers(kind, peers);
           // A TunnelError is the gateway's verdict (token, target, reachability): final. Anything else is
@@ -189,7 +191,7 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
           current = await negotiateOnce(current.request, signal);
         }
       }
-      const mux = new Mux(channel, options.mux);
+      const mux = new Mux(channel, { ...options.mux, earlyData: current.earlyData });
       const peer = current;
       // A SOCKS tunnel speaks SOCKS5 to each local client first; its CONNECT names the stream's destination.
       const socks = current.request.target === socksTarget;
@@ -306,7 +308,7 @@ async function exchange(
   offer: { offer: string; extraOffers?: readonly string[]; answerSetup?: 'passive' },
   signal: AbortSignal,
   agent: SignallingAgent,
-): Promise<string[]> {
+): Promise<{ answers: string[]; earlyData: boolean }> {
   const url = signallingUrl(sealed.gateway, '/v1/tunnels');
   const target = request.target;
   const targets = request.targets ?? [target];
@@ -342,7 +344,7 @@ async function exchange(
     if (unavailable(response.status)) throw new Unanswered(`${sealed.gateway}: HTTP ${response.status}: ${detail}`, message);
     throw new TunnelError('gatewayUnreachable', message);
   }
-  let reply: { status?: unknown; answer?: unknown; extraAnswers?: unknown; error?: unknown; targets?: unknown };
+  let reply: { status?: unknown; answer?: unknown; extraAnswers?: unknown; earlyData?: unknown; error?: unknown; targets?: unknown };
   try {
     reply = parseJson(open(response.body)) as typeof reply;
   } catch (error) {
@@ -358,7 +360,9 @@ async function exchange(
     // Handed to the WebRTC library as is, a non-SDP answer fails deep inside it as an internal error.
     const extra = Array.isArray(reply.extraAnswers) ? reply.extraAnswers.slice(0, offer.extraOffers?.length ?? 0) : [];
     const answers = [reply.answer, ...extra];
-    if (answers.every((answer) => typeof answer === 'string' && /^v=0\r?\n/.test(answer))) return answers as string[];
+    if (answers.every((answer) => typeof answer === 'string' && /^v=0\r?\n/.test(answer))) {
+      return { answers: answers as string[], earlyData: reply.earlyData === true };
+    }
     throw new TunnelError(
       'gatewayUnreachable',
       `gateway ${sealed.gateway} answered 200 with something that is not an SDP answer: is ${url.href} a pam gateway?`,

@@ -62,6 +62,8 @@ export interface SealedReply {
   readonly answer?: string;
   /** Answers to `extraOffers`, in order: the tunnel's further parallel connections (decision 0016). */
   readonly extraAnswers?: readonly string[];
+  /** This gateway holds a connection's data that comes before its target answered (MuxOptions.earlyData). */
+  readonly earlyData?: boolean;
   readonly error?: string;
   readonly targets?: readonly string[];
 }
@@ -186,7 +188,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
     const seen: RequestSeen = {};
     try {
       const [answer, ...extraAnswers] = await openTunnel(opened.request, client, seen, servers);
-      reply = { status: 200, answer, ...(extraAnswers.length > 0 ? { extraAnswers } : {}) };
+      reply = { status: 200, answer, ...(extraAnswers.length > 0 ? { extraAnswers } : {}), earlyData: true };
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
       await recordRefusal(client, error.status, error.message, { ...seen, ...error.audit });

@@ -4,7 +4,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type Socket, type AddressInfo } from 'node:net';
 import t from 'tap';
-import { Mux, type MuxOptions } from '../../adapters/mux.js';
+import { firstFrameBytes, frameType, maxPayloadBytes, Mux, type MuxOptions } from '../../adapters/mux.js';
 import { framePair } from '../support/frame-pair.js';
 import { halfCloseExchange, tcpServer } from '../support/processes.js';
 import type { TapTest } from '../support/tap.js';
@@ -213,4 +213,136 @@ t.test('a goodbye may carry why: revoked reaches the peer as a revoked ending wi
   const plain = new Promise<[string, string]>((resolve) => other.onLost((reason, ending) => resolve([reason, ending])));
   await peer.close();
   t.same(await plain, ['the peer closed the tunnel', 'lost'], 'no farewell: an ordinary loss, which may be reconnected');
+});
+
+/** Each frame `channel` sends, as type · stream id · payload length, in order. */
+function sentFrames(channel: { send(frame: Buffer): void }): Array<{ type: number; id: number; bytes: number }> {
+  const frames: Array<{ type: number; id: number; bytes: number }> = [];
+  const send = channel.send.bind(channel);
+  channel.send = (frame: Buffer) => {
+    frames.push({ type: frame.readUInt8(0), id: frame.readUInt32BE(1), bytes: frame.length - 5 });
+    send(frame);
+  };
+  return frames;
+}
+
+t.test("a stream's first data frames are small and double up to the largest, so its first bytes arrive in the first flight", async (t) => {
+  const reply = randomBytes(512 * 1024);
+  const target = await tcpServer(t, (socket) => socket.end(reply));
+  const { local, far } = await tunnel(t, target.port);
+  const frames = sentFrames(far);
+  const received = await halfCloseExchange(local.port, Buffer.alloc(0));
+  t.equal(sha(received), sha(reply), 'the reply arrived intact');
+  const sizes = frames.filter((frame) => frame.type === frameType.data).map((frame) => frame.bytes);
+  t.equal(sizes[0], firstFrameBytes, 'the first data frame carries 1 KiB');
+  t.ok(
+    sizes.slice(0, 6).every((size, index) => size <= firstFrameBytes * 2 ** index),
+    `each of the first frames at most twice the one before (${sizes.slice(0, 8).join(', ')})`,
+  );
+  t.ok(sizes.includes(maxPayloadBytes), 'bulk still travels in the largest frames');
+  t.ok(Math.max(...sizes) <= maxPayloadBytes, 'no frame above the largest');
+});
+
+/** A gateway mux whose dial waits `ms` first: a target far away, or an access check that takes time. */
+async function slowTunnel(t: TapTest, targetPort: number, ms: number, earlyData: boolean) {
+  const [near, far] = framePair();
+  const client = new Mux(near, { earlyData });
+  const dial = dialPort(targetPort);
+  const gateway = new Mux(far, {
+    dial: async () => {
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      return dial();
+    },
+  });
+  t.teardown(() => Promise.all([client.close(), gateway.close()]));
+  // The order of what the client sent and what it heard, by frame type.
+  const order: string[] = [];
+  const send = near.send.bind(near);
+  near.send = (frame: Buffer) => {
+    order.push(`sent ${frame.readUInt8(0)}`);
+    send(frame);
+  };
+  const sendFar = far.send.bind(far);
+  far.send = (frame: Buffer) => {
+    order.push(`heard ${frame.readUInt8(0)}`);
+    sendFar(frame);
+  };
+  const local = await tcpServer(t, (socket) => client.carry(socket));
+  return { local, order };
+}
+
+const echoReversed = (t: TapTest) =>
+  tcpServer(t, (socket) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('end', () => socket.end(Buffer.from(Buffer.concat(chunks)).reverse()));
+  });
+
+t.test('with early data, a connection sends before its target answered; the gateway holds it, in order, FIN included', async (t) => {
+  const target = await echoReversed(t);
+  const { local, order } = await slowTunnel(t, target.port, 300, true);
+  const upload = randomBytes(200 * 1024);
+  const reply = await halfCloseExchange(local.port, upload);
+  t.equal(sha(reply), sha(Buffer.from(upload).reverse()), 'the target got every early byte and the FIN, in order');
+  const firstData = order.indexOf(`sent ${frameType.data}`);
+  const opened = order.indexOf(`heard ${frameType.openOk}`);
+  t.ok(firstData >= 0 && firstData < opened, 'data went out before OPEN_OK came back');
+  t.ok(order.indexOf(`sent ${frameType.fin}`) < opened, 'so did the FIN');
+});
+
+t.test('without early data (a gateway from before it), no byte goes before OPEN_OK', async (t) => {
+  const target = await echoReversed(t);
+  const { local, order } = await slowTunnel(t, target.port, 100, false);
+  const upload = randomBytes(64 * 1024);
+  const reply = await halfCloseExchange(local.port, upload);
+  t.equal(sha(reply), sha(Buffer.from(upload).reverse()));
+  t.ok(order.indexOf(`sent ${frameType.data}`) > order.indexOf(`heard ${frameType.openOk}`), 'the first data frame follows OPEN_OK');
+});
+
+t.test('early data of a connection the gateway refuses never reaches anything; the local client gets a reset', async (t) => {
+  const [near, far] = framePair();
+  const client = new Mux(near, { earlyData: true });
+  const gateway = new Mux(far, {
+    dial: () => new Promise<Socket>((_, reject) => setTimeout(() => reject(new Error('target refused')), 100)),
+  });
+  t.teardown(() => Promise.all([client.close(), gateway.close()]));
+  const local = await tcpServer(t, (socket) => client.carry(socket));
+  const outcome = await new Promise<string>((resolve) => {
+    const socket = connect(local.port, '127.0.0.1', () => socket.write(randomBytes(10_000)));
+    socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
+    socket.on('close', () => resolve('closed'));
+  });
+  t.match(outcome, /ECONNRESET|closed/);
+  t.equal(gateway.streamCount, 0, 'the gateway kept nothing of it');
+});
+
+t.test('a peer that sends more early data than its window gets that connection reset, and the target none of it', async (t) => {
+  const [near, far] = framePair();
+  let targetBytes = 0;
+  const target = await tcpServer(t, (socket) => socket.on('data', (chunk: Buffer) => (targetBytes += chunk.length)));
+  const logged: string[] = [];
+  const dial = dialPort(target.port);
+  const gateway = new Mux(far, {
+    windowBytes: 4096,
+    dial: async () => {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return dial();
+    },
+    log: (line) => logged.push(line),
+  });
+  t.teardown(() => gateway.close());
+  const heard: Array<{ type: number; id: number }> = [];
+  near.onFrame((frame) => heard.push({ type: frame.readUInt8(0), id: frame.readUInt32BE(1) }));
+  const frame = (type: number, id: number, payload = Buffer.alloc(0)) => Buffer.concat([Buffer.from([type, 0, 0, 0, id]), payload]);
+  near.send(frame(frameType.open, 1));
+  // The window (4 KiB) and one socket read (64 KiB) may come early; this is more.
+  for (let i = 0; i < 18; i += 1) near.send(frame(frameType.data, 1, randomBytes(4000)));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.ok(
+    heard.some((one) => one.type === frameType.rst && one.id === 1),
+    'the connection was reset',
+  );
+  t.equal(targetBytes, 0, 'the target got no byte');
+  t.match(logged.join('\n'), /more than its window before the target answered/);
+  t.equal(gateway.streamCount, 0);
 });

@@ -14,9 +14,9 @@ import { weriftAnswerer } from '../../gateway/answerer.js';
 import { nativeAnswerer } from '../../gateway/native-answerer.js';
 import { echoServer, roundTrip, sha256, until } from '../support/processes.js';
 import { framePair } from '../support/frame-pair.js';
-import { sealedHandler, testGatewayKey } from '../support/sealed.js';
+import { sealedHandler, sealedPost, testGatewayKey } from '../support/sealed.js';
 import { openRequest, sealedContentType } from '../../adapters/sealed-signalling.js';
-import { Mux } from '../../adapters/mux.js';
+import { frameType, Mux, type FrameChannel } from '../../adapters/mux.js';
 import { connect, type Socket } from 'node:net';
 
 const dialEcho = (port: number) => () =>
@@ -100,12 +100,39 @@ for (const parallel of [2, 4]) {
   });
 }
 
-t.test('a gateway that answers only the first offer (before parallel connections) still gets a working tunnel', async (t) => {
+/**
+ * A stand-in gateway from before parallel connections and early data: it answers the first offer only
+ * (and says `earlyData` only when told to). Its target's dial takes 100 ms, and `order` records, per
+ * frame type, what its mux heard and sent, so a test sees whether data came before OPEN_OK.
+ */
+async function standInGateway(t: TapTest, options: { earlyData: boolean }) {
   const echo = await echoServer(t);
   const key = await testGatewayKey();
   const answerer = nativeAnswerer(ice);
   t.teardown(() => answerer.closeAll());
-  let extraOffers = 0;
+  const offers: Array<{ extraOffers?: string[] }> = [];
+  const order: string[] = [];
+  const recorded = (frames: FrameChannel): FrameChannel => ({
+    send: (frame) => {
+      order.push(`sent ${frame.readUInt8(0)}`);
+      frames.send(frame);
+    },
+    get bufferedAmount() {
+      return frames.bufferedAmount;
+    },
+    onFrame: (handler) =>
+      frames.onFrame((frame) => {
+        order.push(`heard ${frame.readUInt8(0)}`);
+        handler(frame);
+      }),
+    onDrain: (handler) => frames.onDrain(handler),
+    onClose: (handler) => frames.onClose(handler),
+    close: () => frames.close(),
+  });
+  const slowDial = async () => {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    return dialEcho(echo.port)();
+  };
   const server = createServer((request, response) => {
     if (request.url === '/v1/key') {
       response.setHeader('content-type', 'application/json');
@@ -117,21 +144,61 @@ t.test('a gateway that answers only the first offer (before parallel connections
     request.on('end', async () => {
       const { request: plain, seal } = await openRequest(key, Buffer.concat(chunks));
       const fields = JSON.parse(plain.toString('utf8')) as { offer: string; extraOffers?: string[]; answerSetup?: string };
-      extraOffers = fields.extraOffers?.length ?? 0;
+      offers.push(fields);
       // What a gateway that knows nothing of extraOffers does: answer the offer, ignore the rest.
       const answer = await answerer.answer(fields.offer, AbortSignal.timeout(10_000), { passive: fields.answerSetup === 'passive' });
-      void answer.channel.then((frames) => new Mux(frames, { dial: dialEcho(echo.port) }));
+      void answer.channel.then((frames) => new Mux(recorded(frames), { dial: slowDial }));
       response.setHeader('content-type', sealedContentType);
-      response.end(seal(Buffer.from(JSON.stringify({ status: 200, answer: answer.sdp }))));
+      const reply = { status: 200, answer: answer.sdp, ...(options.earlyData ? { earlyData: true } : {}) };
+      response.end(seal(Buffer.from(JSON.stringify(reply))));
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => server.close());
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, offers, order };
+}
+
+t.test('a gateway that answers only the first offer (before parallel connections) still gets a working tunnel', async (t) => {
+  const gateway = await standInGateway(t, { earlyData: false });
   const transport = createNativeTransport({ token, ice, parallel: 3 });
-  const { port } = await echoLink(t, transport, `http://127.0.0.1:${(server.address() as AddressInfo).port}`);
-  t.equal(extraOffers, 2, 'the client offered two more connections');
+  const { port } = await echoLink(t, transport, gateway.url);
+  t.equal(gateway.offers[0]?.extraOffers?.length, 2, 'the client offered two more connections');
   const payload = randomBytes(2 * 1024 * 1024);
   t.equal(sha256(await roundTrip(port, payload)), sha256(payload), 'the one answered connection carries the tunnel');
+  // Such a gateway drops data for a connection it is still dialling: the client must wait for OPEN_OK.
+  t.ok(gateway.order.indexOf(`heard ${frameType.data}`) > gateway.order.indexOf(`sent ${frameType.openOk}`), 'no data before OPEN_OK');
+});
+
+t.test("told `earlyData` in the answer, a client sends a connection's first bytes before the target answered", async (t) => {
+  const gateway = await standInGateway(t, { earlyData: true });
+  const { port } = await echoLink(t, createNativeTransport({ token, ice }), gateway.url);
+  // More than the window: the client sends its credit (and at most one read more) early, then waits.
+  const payload = randomBytes(2 * 1024 * 1024);
+  t.equal(sha256(await roundTrip(port, payload)), sha256(payload), 'echoed intact');
+  const firstData = gateway.order.indexOf(`heard ${frameType.data}`);
+  t.ok(firstData >= 0 && firstData < gateway.order.indexOf(`sent ${frameType.openOk}`), 'data arrived while the target was being dialled');
+});
+
+t.test("the gateway's sealed answer says it holds early data", async (t) => {
+  const key = await testGatewayKey();
+  const echo = await echoServer(t);
+  const gateway = await startGateway({
+    host: '127.0.0.1',
+    port: 0,
+    token,
+    key,
+    targets: { echo: { host: '127.0.0.1', port: echo.port } },
+    log: () => undefined,
+    ice,
+    answerer: nativeAnswerer(ice),
+  });
+  t.teardown(() => gateway.close());
+  const kind = nativeKind(ice);
+  const { peer, sdp } = await kind.offer(AbortSignal.timeout(10_000));
+  t.teardown(() => kind.close(peer));
+  const result = await sealedPost(gateway.url, key.publicKey, { token, target: 'echo', offer: sdp });
+  t.equal(result.reply?.status, 200);
+  t.equal(result.reply?.earlyData, true);
 });
 
 t.test('native ↔ native: 300 concurrent connections × 64 KiB, all intact (a queued send is back-pressure, not an error)', async (t) => {
