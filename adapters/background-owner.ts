@@ -2,7 +2,7 @@
 // next to the registry, watched through the registry until ready, and never left running on failure.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, readFileSync, watch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import { failureKinds, TunnelError, type FailureKind, type Outcome } from '../machines/errors.js';
 import { logDir } from './fs-journal.js';
@@ -53,9 +53,11 @@ export function createBackgroundOwners(options: {
     watch(id, owner, events) {
       const child = children.get(owner.pid);
       let finished = false;
+      let watcher: FSWatcher | undefined;
       const finish = () => {
         finished = true;
         clearInterval(timer);
+        watcher?.close();
       };
       const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
         if (finished) return;
@@ -63,23 +65,51 @@ export function createBackgroundOwners(options: {
         events.exited(ownerOutcome(owner.logFile, code, signal));
       };
       child?.once('exit', onExit);
-      const timer = setInterval(() => {
-        void options.registry.entries().then(
-          (entries) => {
-            if (finished) return;
-            const record = entries
-              .find((entry) => entry.pid === owner.pid)
-              ?.tunnels.find((tunnel) => tunnel.id === id && tunnel.state === 'ready');
-            if (!record) return;
-            finish();
-            child?.off('exit', onExit);
-            // The owner lives on: let this process exit without waiting for it.
-            child?.unref();
-            events.ready(record);
-          },
-          () => undefined,
-        );
-      }, pollMs);
+      // One look at a time; a change seen during a look means one more look after it.
+      let looking = false;
+      let again = false;
+      const look = () => {
+        if (finished) return;
+        if (looking) {
+          again = true;
+          return;
+        }
+        looking = true;
+        void options.registry
+          .entries()
+          .then(
+            (entries) => {
+              if (finished) return;
+              const record = entries
+                .find((entry) => entry.pid === owner.pid)
+                ?.tunnels.find((tunnel) => tunnel.id === id && tunnel.state === 'ready');
+              if (!record) return;
+              finish();
+              child?.off('exit', onExit);
+              // The owner lives on: let this process exit without waiting for it.
+              child?.unref();
+              events.ready(record);
+            },
+            () => undefined,
+          )
+          .finally(() => {
+            looking = false;
+            if (again) {
+              again = false;
+              look();
+            }
+          });
+      };
+      // The owner's ready entry is renamed into the registry directory: watching it, the launcher
+      // returns as soon as it lands instead of at the next poll (on average 25 ms later). The poll
+      // stays, for filesystems without change notification.
+      try {
+        watcher = watch(options.registry.location, { persistent: false }, look);
+        watcher.on('error', () => watcher?.close());
+      } catch {
+        watcher = undefined;
+      }
+      const timer = setInterval(look, pollMs);
       return () => {
         finish();
         child?.off('exit', onExit);
