@@ -243,6 +243,22 @@ t.test("a stream's first data frames are small and double up to the largest, so 
   t.ok(Math.max(...sizes) <= maxPayloadBytes, 'no frame above the largest');
 });
 
+t.test('a stream that starts on a busy channel sends full frames at once; after the channel idled, small ones again', async (t) => {
+  const reply = randomBytes(2 * 1024 * 1024);
+  const target = await tcpServer(t, (socket) => socket.end(reply));
+  const { local, far } = await tunnel(t, target.port, { coldIdleMs: 300 });
+  const frames = sentFrames(far);
+  const firstFrame = async () => {
+    const before = frames.length;
+    t.equal(sha(await halfCloseExchange(local.port, Buffer.alloc(0))), sha(reply));
+    return frames.slice(before).find((frame) => frame.type === frameType.data)?.bytes;
+  };
+  t.equal(await firstFrame(), firstFrameBytes, 'a fresh channel: 1 KiB first');
+  t.equal(await firstFrame(), maxPayloadBytes, 'right after 2 MiB went through: a full frame first');
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  t.equal(await firstFrame(), firstFrameBytes, 'after more than coldIdleMs without data: 1 KiB first again');
+});
+
 /** A gateway mux whose dial waits `ms` first: a target far away, or an access check that takes time. */
 async function slowTunnel(t: TapTest, targetPort: number, ms: number, earlyData: boolean) {
   const [near, far] = framePair();
