@@ -18,6 +18,7 @@ import { sealedHandler, sealedPost, testGatewayKey } from '../support/sealed.js'
 import { openRequest, sealedContentType } from '../../adapters/sealed-signalling.js';
 import { frameType, Mux, type FrameChannel } from '../../adapters/mux.js';
 import { connect, type Socket } from 'node:net';
+import { exitAfterLastTest } from '../support/native-exit.js';
 
 const dialEcho = (port: number) => () =>
   new Promise<Socket>((resolve, reject) => {
@@ -27,6 +28,8 @@ const dialEcho = (port: number) => () =>
   });
 import type { TapTest } from '../support/tap.js';
 import { nativeIceHostsWarning } from '../../cli/config.js';
+
+exitAfterLastTest(t);
 
 const token = 'transports-spec-token';
 const ice = { hosts: ['127.0.0.1'] };
