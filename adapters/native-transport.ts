@@ -10,13 +10,18 @@ import { TunnelError } from '../machines/errors.js';
 
 interface NativePeer {
   readonly connection: PeerConnection;
-  readonly channel: DataChannel;
+  /** The pre-negotiated channel, or the DCEP one that replaced it for a gateway that did not make it. */
+  channel: DataChannel;
 }
+
+/** The stream id of the pre-negotiated `pam-mux` channel (odd: DCEP channels of a DTLS client are even). */
+export const negotiatedChannelId = 1;
 
 export function nativeKind(ice: IceOptions = {}): PeerKind<NativePeer> {
   return {
     // libdatachannel follows the answer's role: as DTLS client it speaks first, once it has the answer.
     answerSetup: 'passive',
+    negotiatedChannel: negotiatedChannelId,
     async offer(signal, servers = []) {
       const all = [...(ice.servers ?? []), ...servers];
       // A broker can hand out TURN over TCP only; libjuice would drop it without a word and ICE time out.
@@ -24,15 +29,20 @@ export function nativeKind(ice: IceOptions = {}): PeerKind<NativePeer> {
         throw new TunnelError('usage', `${nativeTurnOverTcp}, the only TURN the gateway's broker offers: use --transport werift`);
       const connection = createNativePeer('pam-client', { ...ice, servers: all });
       try {
-        const channel = connection.createDataChannel('pam-mux', { unordered: false });
+        const channel = connection.createDataChannel('pam-mux', { unordered: false, negotiated: true, id: negotiatedChannelId });
         return { peer: { connection, channel }, sdp: await nativeGathered(connection, signal) };
       } catch (error) {
         connection.close();
         throw error;
       }
     },
-    async accept(peer, answer) {
+    async accept(peer, answer, { negotiated }) {
       peer.connection.setRemoteDescription(answer, 'answer');
+      if (negotiated) return;
+      // A gateway from before negotiated channels waits for a DCEP OPEN: give it one. The local
+      // description already has its application section, so this needs no new offer.
+      peer.channel.close();
+      peer.channel = peer.connection.createDataChannel('pam-mux', { unordered: false });
     },
     async open(peer, signal) {
       await nativeChannelOpen(peer.connection, peer.channel, signal);

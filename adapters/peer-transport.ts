@@ -29,7 +29,8 @@ import { serveSocks } from './socks5-server.js';
 export interface PeerKind<P> {
   /** A peer with a data channel, its offer gathered (non-trickle); `servers` add to the configured ICE servers. */
   offer(signal: AbortSignal, servers?: readonly IceServer[]): Promise<{ peer: P; sdp: string }>;
-  accept(peer: P, answer: string): Promise<void>;
+  /** Apply the answer; `negotiated`: the gateway made the `negotiatedChannel` channel (else open one with DCEP). */
+  accept(peer: P, answer: string, options: { negotiated: boolean }): Promise<void>;
   /** Resolve with the channel once open; reject with a readable reason if the connection fails. */
   open(peer: P, signal: AbortSignal): Promise<FrameChannel>;
   close(peer: P): Promise<void>;
@@ -40,6 +41,12 @@ export interface PeerKind<P> {
    * asks; werift does not (as DTLS client it fails against libdatachannel's OpenSSL server).
    */
   readonly answerSetup?: 'passive';
+  /**
+   * The offer's data channel is a pre-negotiated one with this stream id: ask the gateway to make it
+   * too, which saves DCEP's OPEN → ACK round trip (decision 0017). A gateway that does not say it did
+   * gets a DCEP channel instead (accept's `negotiated: false`).
+   */
+  readonly negotiatedChannel?: number;
 }
 
 export interface PeerTransportOptions extends Credentials {
@@ -124,7 +131,10 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
 
   /** One URL of the site; `request.gateway` (the whole list) is what the key is checked against. */
   async function negotiateAt(url: string, request: Omit<NegotiateRequest, 'signal'>, signal: AbortSignal): Promise<PeerNegotiation<P>> {
-    const setup = kind.answerSetup ? { answerSetup: kind.answerSetup } : {};
+    const setup = {
+      ...(kind.answerSetup ? { answerSetup: kind.answerSetup } : {}),
+      ...(kind.negotiatedChannel !== undefined ? { negotiatedChannel: kind.negotiatedChannel } : {}),
+    };
     // The key request and the offer share one kept-alive connection: one TCP (and TLS) handshake
     // fewer per connect, a round trip each on a long path.
     const connection = signallingConnection(url);
@@ -140,11 +150,17 @@ export function createPeerTransport<P>(kind: PeerKind<P>, options: PeerTransport
           const sealed = { gateway: url, key: hello.key, credentials: options, trust };
           const [first, ...extra] = offers.map((offer) => offer.sdp);
           const extraOffers = extra.length > 0 ? { extraOffers: extra } : {};
-          const { answers, earlyData } = await exchange(sealed, request, { offer: first!, ...extraOffers, ...setup }, signal, connection);
+          const { answers, earlyData, negotiated } = await exchange(
+            sealed,
+            request,
+            { offer: first!, ...extraOffers, ...setup },
+            signal,
+            connection,
+          );
           // A gateway before parallel connections answers the first offer only: the others go.
           const answered = peers.slice(0, answers.length);
           await closePeers(kind, peers.slice(answers.length));
-          for (const [index, peer] of answered.entries()) await kind.accept(peer, answers[index]!);
+          for (const [index, peer] of answered.entries()) await kind.accept(peer, answers[index]!, { negotiated });
           return new PeerNegotiation(kind, answered, request, earlyData);
         } catch (error) {
           await closePeers(kind, peers);
@@ -305,10 +321,10 @@ interface SealedExchange {
 async function exchange(
   sealed: SealedExchange,
   request: Omit<NegotiateRequest, 'signal'>,
-  offer: { offer: string; extraOffers?: readonly string[]; answerSetup?: 'passive' },
+  offer: { offer: string; extraOffers?: readonly string[]; answerSetup?: 'passive'; negotiatedChannel?: number },
   signal: AbortSignal,
   agent: SignallingAgent,
-): Promise<{ answers: string[]; earlyData: boolean }> {
+): Promise<{ answers: string[]; earlyData: boolean; negotiated: boolean }> {
   const url = signallingUrl(sealed.gateway, '/v1/tunnels');
   const target = request.target;
   const targets = request.targets ?? [target];
@@ -344,7 +360,15 @@ async function exchange(
     if (unavailable(response.status)) throw new Unanswered(`${sealed.gateway}: HTTP ${response.status}: ${detail}`, message);
     throw new TunnelError('gatewayUnreachable', message);
   }
-  let reply: { status?: unknown; answer?: unknown; extraAnswers?: unknown; earlyData?: unknown; error?: unknown; targets?: unknown };
+  let reply: {
+    status?: unknown;
+    answer?: unknown;
+    extraAnswers?: unknown;
+    earlyData?: unknown;
+    negotiatedChannel?: unknown;
+    error?: unknown;
+    targets?: unknown;
+  };
   try {
     reply = parseJson(open(response.body)) as typeof reply;
   } catch (error) {
@@ -361,7 +385,8 @@ async function exchange(
     const extra = Array.isArray(reply.extraAnswers) ? reply.extraAnswers.slice(0, offer.extraOffers?.length ?? 0) : [];
     const answers = [reply.answer, ...extra];
     if (answers.every((answer) => typeof answer === 'string' && /^v=0\r?\n/.test(answer))) {
-      return { answers: answers as string[], earlyData: reply.earlyData === true };
+      const negotiated = offer.negotiatedChannel !== undefined && reply.negotiatedChannel === offer.negotiatedChannel;
+      return { answers: answers as string[], earlyData: reply.earlyData === true, negotiated };
     }
     throw new TunnelError(
       'gatewayUnreachable',

@@ -16,6 +16,8 @@ export interface Answer {
   close(): void;
   /** Once connected: `direct` or `relay`, and the selected candidate pair, when the library tells. */
   selectedPath?(): string | undefined;
+  /** The channel is the pre-negotiated one the client asked for (AnswerOptions.negotiatedChannel), made here. */
+  readonly negotiated?: boolean;
 }
 
 /** A tunnel's answers, one per parallel connection, seen as one (decision 0016). */
@@ -43,6 +45,7 @@ export function bundleAnswers(answers: readonly Answer[]): BundledAnswer {
       for (const answer of answers) answer.close();
     },
     selectedPath: () => answers[0]?.selectedPath?.(),
+    negotiated: answers.every((answer) => answer.negotiated === true),
   };
 }
 
@@ -51,10 +54,15 @@ export interface AnswerOptions {
   readonly passive?: boolean;
   /** ICE servers for this answer only (a broker hands them out per exchange), added to the gateway's own. */
   readonly servers?: readonly IceServer[];
+  /**
+   * The client's channel is pre-negotiated with this stream id: make the same one instead of waiting
+   * for a DCEP OPEN (decision 0017). An answerer that cannot leaves `negotiated` unset on its answer.
+   */
+  readonly negotiatedChannel?: number;
 }
 
 export interface Answerer {
-  /** werift's answerer always answers `a=setup:active` and ignores `options.passive`. */
+  /** werift's answerer always answers `a=setup:active` and ignores `options.passive` and `options.negotiatedChannel`. */
   answer(offer: string, signal: AbortSignal, options?: AnswerOptions): Promise<Answer>;
   /** Close every connection this answerer made (gateway shutdown). */
   closeAll(): void;

@@ -1,6 +1,6 @@
 // The gateway's answerer on node-datachannel (libdatachannel): --transport native.
 
-import type { PeerConnection } from 'node-datachannel';
+import type { DataChannel, PeerConnection } from 'node-datachannel';
 import type { FrameChannel } from '../adapters/mux.js';
 import { createNativePeer, nativeFrames, nativeGathered, nativeSelectedPath, offerForPassiveAnswer } from '../adapters/native-peer.js';
 import type { IceOptions } from '../adapters/ice-options.js';
@@ -27,17 +27,28 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
         if (state === 'failed' || state === 'closed') for (const handler of ended.splice(0)) handler();
       });
       try {
+        const negotiated = options.negotiatedChannel !== undefined;
+        const opened = (dataChannel: DataChannel, resolve: (frames: FrameChannel) => void) => {
+          if (dataChannel.isOpen()) return resolve(nativeFrames(peer, dataChannel));
+          dataChannel.onOpen(() => resolve(nativeFrames(peer, dataChannel)));
+        };
+        let made: ((frames: FrameChannel) => void) | undefined;
         const channel = new Promise<FrameChannel>((resolve) => {
-          peer.onDataChannel((dataChannel) => {
-            if (dataChannel.isOpen()) return resolve(nativeFrames(peer, dataChannel));
-            dataChannel.onOpen(() => resolve(nativeFrames(peer, dataChannel)));
-          });
+          made = resolve;
+          if (!negotiated) peer.onDataChannel((dataChannel) => opened(dataChannel, resolve));
         });
         peer.setRemoteDescription(options.passive ? offerForPassiveAnswer(offer) : offer, 'offer');
+        // After the offer: the answer (made at once) already has the application section, so the channel
+        // needs no new negotiation. It opens when SCTP connects; what arrives before is queued by the library.
+        if (negotiated) {
+          const dataChannel = peer.createDataChannel('pam-mux', { unordered: false, negotiated: true, id: options.negotiatedChannel! });
+          opened(dataChannel, made!);
+        }
         const sdp = await nativeGathered(peer, signal);
         return {
           sdp,
           channel,
+          negotiated,
           onEnded: (handler) => void ended.push(handler),
           close,
           selectedPath: () => describePath(nativeSelectedPath(peer)),

@@ -64,6 +64,8 @@ export interface SealedReply {
   readonly extraAnswers?: readonly string[];
   /** This gateway holds a connection's data that comes before its target answered (MuxOptions.earlyData). */
   readonly earlyData?: boolean;
+  /** The request's `negotiatedChannel`: every answer's peer made that channel itself (decision 0017). */
+  readonly negotiatedChannel?: number;
   readonly error?: string;
   readonly targets?: readonly string[];
 }
@@ -187,8 +189,15 @@ export function createSignalling(options: SignallingOptions): Signalling {
     let reply: SealedReply;
     const seen: RequestSeen = {};
     try {
-      const [answer, ...extraAnswers] = await openTunnel(opened.request, client, seen, servers);
-      reply = { status: 200, answer, ...(extraAnswers.length > 0 ? { extraAnswers } : {}), earlyData: true };
+      const { sdps, negotiatedChannel } = await openTunnel(opened.request, client, seen, servers);
+      const [answer, ...extraAnswers] = sdps;
+      reply = {
+        status: 200,
+        answer,
+        ...(extraAnswers.length > 0 ? { extraAnswers } : {}),
+        earlyData: true,
+        ...(negotiatedChannel !== undefined ? { negotiatedChannel } : {}),
+      };
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
       await recordRefusal(client, error.status, error.message, { ...seen, ...error.audit });
@@ -198,7 +207,12 @@ export function createSignalling(options: SignallingOptions): Signalling {
   }
 
   /** The answers to the request's offers (its first, then its `extraOffers`), or a Refusal. */
-  async function openTunnel(plain: Buffer, client: string, seen: RequestSeen, servers?: readonly IceServer[]): Promise<string[]> {
+  async function openTunnel(
+    plain: Buffer,
+    client: string,
+    seen: RequestSeen,
+    servers?: readonly IceServer[],
+  ): Promise<{ sdps: string[]; negotiatedChannel?: number }> {
     let parsed: unknown;
     try {
       parsed = JSON.parse(plain.toString('utf8'));
@@ -206,7 +220,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
       throw new Refusal(400, 'sealed request is not JSON');
     }
     const fields = (parsed ?? {}) as Record<string, unknown>;
-    const { target, targets, offer, extraOffers, answerSetup, nonce, timestamp, reason, ticket } = fields;
+    const { target, targets, offer, extraOffers, answerSetup, negotiatedChannel, nonce, timestamp, reason, ticket } = fields;
     if (typeof target === 'string') seen.target = target.slice(0, 64);
     if (typeof nonce !== 'string' || nonce.length < 16 || nonce.length > 64 || typeof timestamp !== 'number') {
       throw new Refusal(400, 'sealed request lacks a nonce and timestamp');
@@ -261,6 +275,11 @@ export function createSignalling(options: SignallingOptions): Signalling {
     const requested = requestedTargets(target, targets);
     const request: LiveTunnel['request'] = { principal, client, target, ...(requested.length > 1 ? { targets: requested } : {}), ...said };
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
+    if (
+      negotiatedChannel !== undefined &&
+      !(Number.isInteger(negotiatedChannel) && (negotiatedChannel as number) >= 0 && (negotiatedChannel as number) <= 1023)
+    )
+      throw new Refusal(400, 'negotiatedChannel, when given, must be a stream id from 0 to 1023');
     const socks = target === socksTarget ? options.socks : undefined;
     if (target === socksTarget && !socks) {
       options.log(`refused a SOCKS tunnel from ${client}: this gateway has no --socks-allow rule`);
@@ -325,7 +344,11 @@ export function createSignalling(options: SignallingOptions): Signalling {
     live.add(tunnel);
     // The whole answer (parse, answer, gather) is bounded: a request can never hang the client.
     const answering = AbortSignal.timeout(signallingTimeoutMs);
-    const answerOptions = { passive: answerSetup === 'passive', ...(servers ? { servers } : {}) };
+    const answerOptions = {
+      passive: answerSetup === 'passive',
+      ...(servers ? { servers } : {}),
+      ...(negotiatedChannel !== undefined ? { negotiatedChannel: negotiatedChannel as number } : {}),
+    };
     const pending = answerAll(offers, answering, answerOptions);
     try {
       answer = await Promise.race([
@@ -381,7 +404,10 @@ export function createSignalling(options: SignallingOptions): Signalling {
       },
       () => void drop('the data channel did not open'),
     );
-    return answer.sdps;
+    return {
+      sdps: answer.sdps,
+      ...(answer.negotiated && negotiatedChannel !== undefined ? { negotiatedChannel: negotiatedChannel as number } : {}),
+    };
   }
 
   /** One answer per offer, bundled as one (closing those made if any fails). */

@@ -108,12 +108,12 @@ for (const parallel of [2, 4]) {
  * (and says `earlyData` only when told to). Its target's dial takes 100 ms, and `order` records, per
  * frame type, what its mux heard and sent, so a test sees whether data came before OPEN_OK.
  */
-async function standInGateway(t: TapTest, options: { earlyData: boolean }) {
+async function standInGateway(t: TapTest, options: { earlyData: boolean; negotiated?: boolean }) {
   const echo = await echoServer(t);
   const key = await testGatewayKey();
   const answerer = nativeAnswerer(ice);
   t.teardown(() => answerer.closeAll());
-  const offers: Array<{ extraOffers?: string[] }> = [];
+  const offers: Array<{ extraOffers?: string[]; negotiatedChannel?: number }> = [];
   const order: string[] = [];
   const recorded = (frames: FrameChannel): FrameChannel => ({
     send: (frame) => {
@@ -146,13 +146,23 @@ async function standInGateway(t: TapTest, options: { earlyData: boolean }) {
     request.on('data', (chunk: Buffer) => chunks.push(chunk));
     request.on('end', async () => {
       const { request: plain, seal } = await openRequest(key, Buffer.concat(chunks));
-      const fields = JSON.parse(plain.toString('utf8')) as { offer: string; extraOffers?: string[]; answerSetup?: string };
+      const fields = JSON.parse(plain.toString('utf8')) as {
+        offer: string;
+        extraOffers?: string[];
+        answerSetup?: string;
+        negotiatedChannel?: number;
+      };
       offers.push(fields);
       // What a gateway that knows nothing of extraOffers does: answer the offer, ignore the rest.
-      const answer = await answerer.answer(fields.offer, AbortSignal.timeout(10_000), { passive: fields.answerSetup === 'passive' });
+      const negotiated =
+        options.negotiated && fields.negotiatedChannel !== undefined ? { negotiatedChannel: fields.negotiatedChannel } : {};
+      const answer = await answerer.answer(fields.offer, AbortSignal.timeout(10_000), {
+        passive: fields.answerSetup === 'passive',
+        ...negotiated,
+      });
       void answer.channel.then((frames) => new Mux(recorded(frames), { dial: slowDial }));
       response.setHeader('content-type', sealedContentType);
-      const reply = { status: 200, answer: answer.sdp, ...(options.earlyData ? { earlyData: true } : {}) };
+      const reply = { status: 200, answer: answer.sdp, ...(options.earlyData ? { earlyData: true } : {}), ...negotiated };
       response.end(seal(Buffer.from(JSON.stringify(reply))));
     });
   });
@@ -182,7 +192,17 @@ t.test("told `earlyData` in the answer, a client sends a connection's first byte
   t.ok(firstData >= 0 && firstData < gateway.order.indexOf(`sent ${frameType.openOk}`), 'data arrived while the target was being dialled');
 });
 
-t.test("the gateway's sealed answer says it holds early data", async (t) => {
+t.test('told `negotiatedChannel`, the client uses the channel the gateway made (no DCEP); not told, it opens one with DCEP', async (t) => {
+  // The stand-in's answerer then waits for no DCEP channel: a client that ignored the answer would never open.
+  const gateway = await standInGateway(t, { earlyData: false, negotiated: true });
+  const { port } = await echoLink(t, createNativeTransport({ token, ice }), gateway.url);
+  t.equal(gateway.offers[0]?.negotiatedChannel, 1, 'the native client asked for stream 1');
+  const payload = randomBytes(1024 * 1024);
+  t.equal(sha256(await roundTrip(port, payload)), sha256(payload), 'echoed intact over the negotiated channel');
+  // The other half (a gateway that does not say it) is the first-offer stand-in above: a DCEP channel.
+});
+
+t.test("the gateway's sealed answer says it holds early data, and makes the negotiated channel when asked", async (t) => {
   const key = await testGatewayKey();
   const echo = await echoServer(t);
   const gateway = await startGateway({
@@ -202,6 +222,14 @@ t.test("the gateway's sealed answer says it holds early data", async (t) => {
   const result = await sealedPost(gateway.url, key.publicKey, { token, target: 'echo', offer: sdp });
   t.equal(result.reply?.status, 200);
   t.equal(result.reply?.earlyData, true);
+  t.equal(result.reply?.negotiatedChannel, undefined, 'not asked: no negotiated channel');
+  const asked = await kind.offer(AbortSignal.timeout(10_000));
+  t.teardown(() => kind.close(asked.peer));
+  const negotiated = await sealedPost(gateway.url, key.publicKey, { token, target: 'echo', offer: asked.sdp, negotiatedChannel: 1 });
+  t.equal(negotiated.reply?.negotiatedChannel, 1, 'asked: made');
+  const bad = await sealedPost(gateway.url, key.publicKey, { token, target: 'echo', offer: asked.sdp, negotiatedChannel: 70000 });
+  t.equal(bad.reply?.status, 400);
+  t.match(bad.reply?.error, /negotiatedChannel/);
 });
 
 t.test('native ↔ native: 300 concurrent connections × 64 KiB, all intact (a queued send is back-pressure, not an error)', async (t) => {

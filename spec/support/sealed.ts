@@ -10,7 +10,9 @@ export const testGatewayKey = (): Promise<GatewayKeyPair> => keyPairFromSeed(ran
 export interface SealedResult {
   readonly http: number;
   /** The opened reply: { status, answer?, earlyData?, error?, targets? }; undefined when refused in clear. */
-  readonly reply?: { status: number; answer?: string; earlyData?: boolean; error?: string; targets?: string[] } | undefined;
+  readonly reply?:
+    | { status: number; answer?: string; earlyData?: boolean; negotiatedChannel?: number; error?: string; targets?: string[] }
+    | undefined;
   readonly envelope: Buffer;
   /** Opens another reply to the same sealed request (a replay's). */
   readonly open: (reply: Buffer) => SealedResult['reply'];
