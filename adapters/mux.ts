@@ -192,7 +192,7 @@ interface Stream {
   received: number;
   /** The open named a destination: its answer goes here, and OPEN_FAIL carries a code. */
   onOpened: ((result: OpenResult) => void) | undefined;
-  /** Dial side: data (and whether a FIN came) that arrived before the target's socket existed. */
+  /** Dial side: data that arrived before the target's socket existed (a FIN then is `gotFin`). */
   early: { data: Buffer[]; bytes: number } | undefined;
 }
 
