@@ -27,23 +27,23 @@ export function nativeAnswerer(ice: IceOptions = {}): Answerer {
         if (state === 'failed' || state === 'closed') for (const handler of ended.splice(0)) handler();
       });
       try {
-        const negotiated = options.negotiatedChannel !== undefined;
-        const opened = (dataChannel: DataChannel, resolve: (frames: FrameChannel) => void) => {
-          if (dataChannel.isOpen()) return resolve(nativeFrames(peer, dataChannel));
-          dataChannel.onOpen(() => resolve(nativeFrames(peer, dataChannel)));
-        };
-        let made: ((frames: FrameChannel) => void) | undefined;
-        const channel = new Promise<FrameChannel>((resolve) => {
-          made = resolve;
-          if (!negotiated) peer.onDataChannel((dataChannel) => opened(dataChannel, resolve));
-        });
+        const id = options.negotiatedChannel;
+        const opened = (dataChannel: DataChannel) =>
+          new Promise<FrameChannel>((resolve) => {
+            if (dataChannel.isOpen()) return resolve(nativeFrames(peer, dataChannel));
+            dataChannel.onOpen(() => resolve(nativeFrames(peer, dataChannel)));
+          });
+        // The client's DCEP channel is announced once SCTP is up: listen before the offer is applied.
+        const announced =
+          id === undefined
+            ? new Promise<FrameChannel>((resolve) => peer.onDataChannel((dataChannel) => void opened(dataChannel).then(resolve)))
+            : undefined;
         peer.setRemoteDescription(options.passive ? offerForPassiveAnswer(offer) : offer, 'offer');
-        // After the offer: the answer (made at once) already has the application section, so the channel
-        // needs no new negotiation. It opens when SCTP connects; what arrives before is queued by the library.
-        if (negotiated) {
-          const dataChannel = peer.createDataChannel('pam-mux', { unordered: false, negotiated: true, id: options.negotiatedChannel! });
-          opened(dataChannel, made!);
-        }
+        // A negotiated channel after the offer: the answer (made at once) already has the application
+        // section, so it needs no new negotiation. It opens when SCTP connects; what arrives before is
+        // queued by the library.
+        const channel = announced ?? opened(peer.createDataChannel('pam-mux', { unordered: false, negotiated: true, id: id! }));
+        const negotiated = id !== undefined;
         const sdp = await nativeGathered(peer, signal);
         return {
           sdp,

@@ -275,10 +275,8 @@ export function createSignalling(options: SignallingOptions): Signalling {
     const requested = requestedTargets(target, targets);
     const request: LiveTunnel['request'] = { principal, client, target, ...(requested.length > 1 ? { targets: requested } : {}), ...said };
     if (answerSetup !== undefined && answerSetup !== 'passive') throw new Refusal(400, 'answerSetup, when given, must be "passive"');
-    if (
-      negotiatedChannel !== undefined &&
-      !(Number.isInteger(negotiatedChannel) && (negotiatedChannel as number) >= 0 && (negotiatedChannel as number) <= 1023)
-    )
+    const isStreamId = (value: unknown): value is number => Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 1023;
+    if (negotiatedChannel !== undefined && !isStreamId(negotiatedChannel))
       throw new Refusal(400, 'negotiatedChannel, when given, must be a stream id from 0 to 1023');
     const socks = target === socksTarget ? options.socks : undefined;
     if (target === socksTarget && !socks) {
@@ -347,7 +345,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
     const answerOptions = {
       passive: answerSetup === 'passive',
       ...(servers ? { servers } : {}),
-      ...(negotiatedChannel !== undefined ? { negotiatedChannel: negotiatedChannel as number } : {}),
+      ...(negotiatedChannel !== undefined ? { negotiatedChannel } : {}),
     };
     const pending = answerAll(offers, answering, answerOptions);
     try {
@@ -406,7 +404,7 @@ export function createSignalling(options: SignallingOptions): Signalling {
     );
     return {
       sdps: answer.sdps,
-      ...(answer.negotiated && negotiatedChannel !== undefined ? { negotiatedChannel: negotiatedChannel as number } : {}),
+      ...(answer.negotiated && negotiatedChannel !== undefined ? { negotiatedChannel } : {}),
     };
   }
 
