@@ -215,14 +215,19 @@ t.test('a goodbye may carry why: revoked reaches the peer as a revoked ending wi
   t.same(await plain, ['the peer closed the tunnel', 'lost'], 'no farewell: an ordinary loss, which may be reconnected');
 });
 
+/** Call `record` with each frame `channel` sends, before it goes. */
+function onSend(channel: { send(frame: Buffer): void }, record: (frame: Buffer) => void): void {
+  const send = channel.send.bind(channel);
+  channel.send = (frame: Buffer) => {
+    record(frame);
+    send(frame);
+  };
+}
+
 /** Each frame `channel` sends, as type · stream id · payload length, in order. */
 function sentFrames(channel: { send(frame: Buffer): void }): Array<{ type: number; id: number; bytes: number }> {
   const frames: Array<{ type: number; id: number; bytes: number }> = [];
-  const send = channel.send.bind(channel);
-  channel.send = (frame: Buffer) => {
-    frames.push({ type: frame.readUInt8(0), id: frame.readUInt32BE(1), bytes: frame.length - 5 });
-    send(frame);
-  };
+  onSend(channel, (frame) => frames.push({ type: frame.readUInt8(0), id: frame.readUInt32BE(1), bytes: frame.length - 5 }));
   return frames;
 }
 
@@ -273,16 +278,8 @@ async function slowTunnel(t: TapTest, targetPort: number, ms: number, earlyData:
   t.teardown(() => Promise.all([client.close(), gateway.close()]));
   // The order of what the client sent and what it heard, by frame type.
   const order: string[] = [];
-  const send = near.send.bind(near);
-  near.send = (frame: Buffer) => {
-    order.push(`sent ${frame.readUInt8(0)}`);
-    send(frame);
-  };
-  const sendFar = far.send.bind(far);
-  far.send = (frame: Buffer) => {
-    order.push(`heard ${frame.readUInt8(0)}`);
-    sendFar(frame);
-  };
+  onSend(near, (frame) => order.push(`sent ${frame.readUInt8(0)}`));
+  onSend(far, (frame) => order.push(`heard ${frame.readUInt8(0)}`));
   const local = await tcpServer(t, (socket) => client.carry(socket));
   return { local, order };
 }
