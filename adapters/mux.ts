@@ -93,6 +93,11 @@ export function frameHandlers(): { add(handler: (frame: Buffer) => void): void; 
 export interface MuxOptions {
   /** Bytes a stream may send ahead of the peer's acknowledgement (per direction), at first. */
   readonly windowBytes?: number;
+  /**
+   * The receive window a new stream starts with, while the mux's growth budget lasts: `windowBytes`
+   * (what the peer assumes) plus credit lent at once from `maxGrowthBytes`, granted right after OPEN.
+   */
+  readonly startWindowBytes?: number;
   /** How far one stream's receive window may grow while its socket keeps draining. */
   readonly maxWindowBytes?: number;
   /** Growth beyond `windowBytes` summed over all streams of this mux. */
@@ -198,7 +203,8 @@ interface Stream {
 
 export const defaultMuxOptions = {
   windowBytes: 256 * 1024,
-  maxWindowBytes: 4 * 1024 * 1024,
+  startWindowBytes: 2 * 1024 * 1024,
+  maxWindowBytes: 16 * 1024 * 1024,
   maxGrowthBytes: 16 * 1024 * 1024,
   channelHighWater: 1024 * 1024,
   keepaliveIntervalMs: 5_000,
@@ -279,6 +285,7 @@ export class Mux {
     stream.open = named === undefined && this.options.earlyData === true;
     if (named) stream.onOpened = named.onOpened;
     this.send(frameType.open, id, named ? encodeDestination(named.destination) : target !== undefined ? encodeTarget(target) : undefined);
+    this.lendStartWindow(stream);
     this.updateFlow(stream);
   }
 
@@ -515,6 +522,25 @@ export class Mux {
     this.grown += extra;
   }
 
+  /**
+   * A new stream's window starts at startWindowBytes, lent from the growth budget: on a long path a
+   * window that has to grow from 256 KiB keeps SCTP short of data for its first round trips, and an
+   * association left without data loses its congestion window (measured in decision 0018). What a
+   * stalled reader can make this side hold stays within the same budget.
+   */
+  private lendStartWindow(stream: Stream): void {
+    const extra = Math.min(
+      this.options.startWindowBytes - stream.window,
+      this.options.maxWindowBytes - stream.window,
+      this.options.maxGrowthBytes - this.grown,
+    );
+    if (extra <= 0) return;
+    stream.window += extra;
+    stream.owed += extra;
+    this.grown += extra;
+    this.grant(stream, 0);
+  }
+
   private forget(stream: Stream): void {
     if (this.streams.get(stream.id) !== stream) return;
     this.streams.delete(stream.id);
@@ -540,6 +566,7 @@ export class Mux {
     if (!dial || this.streams.has(id)) return fail(generalFailure, 'this side does not accept connections');
     if (destination === null) return fail(generalFailure, 'malformed destination in the open frame');
     const stream = this.addStream(id, undefined);
+    this.lendStartWindow(stream);
     const observer = this.options.streams;
     if (!observer?.opening) return this.dialStream(stream, dial, destination, target, fail);
     observer.opening(id, destination).then(

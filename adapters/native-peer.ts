@@ -35,12 +35,13 @@ function webrtcLog(): void {
 /**
  * usrsctp's send buffer per association, for every peer of this process (libdatachannel reads it when an
  * association is created, so it is set before the first). It bounds what one association has in flight
- * and queued: with a tunnel striped over several (decision 0016), a smaller one shows a slow association's
- * backlog in `bufferedAmount` sooner, so frames go to the others instead of waiting behind it. Measured
- * on the WAN lab, 4 connections: 11.5–13.3 MiB/s at 40 ms with 512 KiB against 6.7–7.1 with the 1 MiB
- * default (docs/performance.md).
+ * and queued, so at 100 ms it caps a tunnel's four associations at about 4 × 1 MiB per round trip.
+ * Decision 0016 had halved it to 512 KiB, when the mux's windows still started at 256 KiB: then a
+ * smaller one helped the scheduler see a slow association sooner. With windows that start at 2 MiB
+ * (decision 0018) the 1 MiB of libdatachannel's default measured better: 16.4–19.6 against 13.2–15.1
+ * MiB/s at 100 ms, 20.7–34.7 against 20.9–21.7 at 40 ms (WAN lab, docs/performance.md).
  */
-export const sctpSendBufferBytes = 512 * 1024;
+export const sctpSendBufferBytes = 1024 * 1024;
 let sctpSet = false;
 
 export function createNativePeer(name: string, ice: IceOptions = {}): PeerConnection {

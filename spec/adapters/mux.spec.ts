@@ -337,6 +337,7 @@ t.test('a peer that sends more early data than its window gets that connection r
   const dial = dialPort(target.port);
   const gateway = new Mux(far, {
     windowBytes: 4096,
+    startWindowBytes: 8192,
     dial: async () => {
       await new Promise((resolve) => setTimeout(resolve, 100));
       return dial();
@@ -348,8 +349,8 @@ t.test('a peer that sends more early data than its window gets that connection r
   near.onFrame((frame) => heard.push({ type: frame.readUInt8(0), id: frame.readUInt32BE(1) }));
   const frame = (type: number, id: number, payload = Buffer.alloc(0)) => Buffer.concat([Buffer.from([type, 0, 0, 0, id]), payload]);
   near.send(frame(frameType.open, 1));
-  // The window (4 KiB) and one socket read (64 KiB) may come early; this is more.
-  for (let i = 0; i < 18; i += 1) near.send(frame(frameType.data, 1, randomBytes(4000)));
+  // The window as lent at the open (8 KiB) and one socket read (64 KiB) may come early; this is more.
+  for (let i = 0; i < 20; i += 1) near.send(frame(frameType.data, 1, randomBytes(4000)));
   await new Promise((resolve) => setTimeout(resolve, 300));
   t.ok(
     heard.some((one) => one.type === frameType.rst && one.id === 1),
@@ -358,4 +359,61 @@ t.test('a peer that sends more early data than its window gets that connection r
   t.equal(targetBytes, 0, 'the target got no byte');
   t.match(logged.join('\n'), /more than its window before the target answered/);
   t.equal(gateway.streamCount, 0);
+});
+
+t.test('a new connection starts with a larger window lent from the budget, on both sides, and gives it back', async (t) => {
+  const windowBytes = 64 * 1024;
+  const startWindowBytes = 512 * 1024;
+  const maxGrowthBytes = 640 * 1024;
+  const [near, far] = framePair();
+  const target = await tcpServer(t, (socket) => {
+    socket.resume();
+    socket.on('end', () => socket.end());
+  });
+  const dial = dialPort(target.port);
+  const options = { windowBytes, startWindowBytes, maxGrowthBytes };
+  const client = new Mux(near, options);
+  const gateway = new Mux(far, { ...options, dial: () => dial() });
+  t.teardown(() => Promise.all([client.close(), gateway.close()]));
+  // What each side grants: WINDOW frames as [stream id, credit].
+  const granted = (channel: typeof near) => {
+    const grants: Array<[number, number]> = [];
+    const send = channel.send.bind(channel);
+    channel.send = (frame: Buffer) => {
+      if (frame.readUInt8(0) === frameType.window) grants.push([frame.readUInt32BE(1), frame.readUInt32BE(5)]);
+      send(frame);
+    };
+    return grants;
+  };
+  const fromClient = granted(near);
+  const fromGateway = granted(far);
+  const local = await tcpServer(t, (socket) => client.carry(socket));
+  const sockets = [connect(local.port, '127.0.0.1'), connect(local.port, '127.0.0.1')];
+  for (const socket of sockets) socket.on('error', () => undefined);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const lent = startWindowBytes - windowBytes;
+  // The first stream borrows all it asks for; the second what is left of the budget.
+  t.same(
+    fromClient,
+    [
+      [1, lent],
+      [3, maxGrowthBytes - lent],
+    ],
+    'the client lends its receive windows right after OPEN',
+  );
+  t.same(
+    fromGateway,
+    [
+      [1, lent],
+      [3, maxGrowthBytes - lent],
+    ],
+    'the gateway lends its own on accepting',
+  );
+  t.equal(client.grownBytes, maxGrowthBytes);
+  t.equal(gateway.grownBytes, maxGrowthBytes);
+  for (const socket of sockets) socket.end();
+  for (let waited = 0; waited < 2000 && (client.grownBytes > 0 || gateway.grownBytes > 0); waited += 20)
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  t.equal(client.grownBytes, 0, 'ended streams give it back (client)');
+  t.equal(gateway.grownBytes, 0, 'ended streams give it back (gateway)');
 });
