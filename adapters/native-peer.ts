@@ -99,9 +99,12 @@ export const gatheringDeadlineMs = 4_000;
 /** Resolve with the local SDP once gathering is complete (non-trickle), or with what is gathered at the deadline. */
 export function nativeGathered(peer: PeerConnection, signal?: AbortSignal, deadlineMs = gatheringDeadlineMs): Promise<string> {
   return new Promise((resolve, reject) => {
+    // Called from the library's callback, where a throw would abort the process (see nativeFrames).
     const done = () => {
       clearTimeout(timer);
-      resolve(peer.localDescription()!.sdp);
+      const description = peer.localDescription();
+      if (description) resolve(description.sdp);
+      else reject(new Error('the peer connection closed while gathering candidates'));
     };
     const timer = setTimeout(done, deadlineMs);
     if (peer.gatheringState() === 'complete') return done();
@@ -133,15 +136,24 @@ export function nativeChannelOpen(peer: PeerConnection, channel: DataChannel, si
   });
 }
 
+/**
+ * The channel as a FrameChannel. Often called from the library's own callback (a channel that just
+ * opened), where an exception does not reach JavaScript: node-datachannel's thread calls
+ * std::terminate and the process aborts. A peer closed in the meantime (a client that went away
+ * during its connect) makes `onStateChange()` throw, so that case is a channel that is closed from
+ * the start, reported to each close handler when it is added.
+ */
 export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameChannel {
   channel.setBufferedAmountLowThreshold(channelLowWater);
   let closing = false;
+  let closedWith: string | undefined;
   const frames = frameHandlers();
   const drainHandlers: Array<() => void> = [];
   const closeHandlers: Array<(reason: string) => void> = [];
   const closed = (reason: string) => {
     if (closing) return;
     closing = true;
+    closedWith = reason;
     for (const handler of closeHandlers) handler(reason);
   };
   channel.onMessage((message) => {
@@ -156,9 +168,13 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     for (const handler of drainHandlers) handler();
   });
   channel.onClosed(() => closed('the data channel closed'));
-  peer.onStateChange((state) => {
-    if (state === 'failed' || state === 'closed') closed(`the peer connection ${state}`);
-  });
+  try {
+    peer.onStateChange((state) => {
+      if (state === 'failed' || state === 'closed') closed(`the peer connection ${state}`);
+    });
+  } catch {
+    closed('the peer connection closed');
+  }
   return {
     // sendMessageBinary() returns false when the message was queued rather than sent at once: that is
     // back-pressure, which bufferedAmount reports and the mux already acts on, not a failure.
@@ -168,7 +184,11 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     },
     onFrame: (handler) => frames.add(handler),
     onDrain: (handler) => void drainHandlers.push(handler),
-    onClose: (handler) => void closeHandlers.push(handler),
+    onClose(handler) {
+      const reason = closedWith;
+      if (reason === undefined) closeHandlers.push(handler);
+      else queueMicrotask(() => handler(reason));
+    },
     close() {
       if (closing) return;
       closing = true;

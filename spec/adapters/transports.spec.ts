@@ -19,6 +19,7 @@ import { openRequest, sealedContentType } from '../../adapters/sealed-signalling
 import { frameType, Mux, type FrameChannel } from '../../adapters/mux.js';
 import { connect, type Socket } from 'node:net';
 import { exitAfterLastTest } from '../support/native-exit.js';
+import { createNativePeer, nativeFrames, nativeGathered } from '../../adapters/native-peer.js';
 
 const dialEcho = (port: number) => () =>
   new Promise<Socket>((resolve, reject) => {
@@ -329,4 +330,23 @@ t.test('PAM_ICE_HOSTS restricts local host candidates: werift offers each addres
   t.same(hostsOf(nativeOffer.sdp), ['127.0.0.1'], "native: libdatachannel's single bindAddress, the first address");
   t.match(nativeIceHostsWarning(hosts), /uses 127\.0\.0\.1 only \(--transport werift offers all of them\)/, 'the CLI says so in one line');
   t.equal(nativeIceHostsWarning(['127.0.0.1']), undefined, 'one address: nothing to say');
+});
+
+t.test('a peer closed before its channel is wrapped (a client gone mid-connect) is a closed channel, not a thrown error', async (t) => {
+  // nativeFrames runs inside the library's channel-open callback, where a throw aborts the process.
+  const peer = createNativePeer('closed-early', ice);
+  const channel = peer.createDataChannel('pam-mux', { negotiated: true, id: 1 });
+  peer.close();
+  let frames: FrameChannel | undefined;
+  t.doesNotThrow(() => {
+    frames = nativeFrames(peer, channel);
+  }, 'wrapping it does not throw');
+  if (!frames) return;
+  const reason = await Promise.race([
+    new Promise<string>((resolve) => frames?.onClose(resolve)),
+    new Promise<string>((resolve) => setTimeout(() => resolve('no close reported within 2 s'), 2_000)),
+  ]);
+  t.match(reason, /peer connection closed/, 'it reports itself closed to a handler added afterwards');
+  t.equal(frames.bufferedAmount, 0);
+  await t.rejects(nativeGathered(peer), /closed while gathering/, 'gathering on it fails with a reason, not a TypeError');
 });
