@@ -141,7 +141,11 @@ export function nativeChannelOpen(peer: PeerConnection, channel: DataChannel, si
  * opened), where an exception does not reach JavaScript: node-datachannel's thread calls
  * std::terminate and the process aborts. A peer closed in the meantime (a client that went away
  * during its connect) makes `onStateChange()` throw, so that case is a channel that is closed from
- * the start, reported to each close handler when it is added.
+ * the start, reported to each close handler when it is added. For the same reason nothing thrown
+ * by the handlers above (the striped channel, the mux) may leave the library's callbacks: an
+ * exception while a frame is handled ends this channel with the error as its reason (one tunnel,
+ * not the whole gateway), and one thrown by a close handler is rethrown outside the callback, where
+ * Node reports it as any uncaught exception.
  */
 export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameChannel {
   channel.setBufferedAmountLowThreshold(channelLowWater);
@@ -154,7 +158,29 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     if (closing) return;
     closing = true;
     closedWith = reason;
-    for (const handler of closeHandlers) handler(reason);
+    for (const handler of closeHandlers) {
+      try {
+        handler(reason);
+      } catch (error) {
+        setImmediate(() => {
+          throw error;
+        });
+      }
+    }
+  };
+  /** Runs a handler of ours inside a library callback; what it throws ends this channel instead. */
+  const guarded = (work: () => void) => {
+    try {
+      work();
+    } catch (error) {
+      closed(`internal error in the data path: ${error instanceof Error ? error.message : String(error)}`);
+      try {
+        channel.close();
+        peer.close();
+      } catch {
+        // already closed
+      }
+    }
   };
   channel.onMessage((message) => {
     const frame = Buffer.isBuffer(message)
@@ -162,11 +188,13 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
       : typeof message === 'string'
         ? Buffer.from(message)
         : Buffer.from(new Uint8Array(message));
-    frames.emit(frame);
+    guarded(() => frames.emit(frame));
   });
-  channel.onBufferedAmountLow(() => {
-    for (const handler of drainHandlers) handler();
-  });
+  channel.onBufferedAmountLow(() =>
+    guarded(() => {
+      for (const handler of drainHandlers) handler();
+    }),
+  );
   channel.onClosed(() => closed('the data channel closed'));
   try {
     peer.onStateChange((state) => {

@@ -19,7 +19,7 @@ import { openRequest, sealedContentType } from '../../adapters/sealed-signalling
 import { frameType, Mux, type FrameChannel } from '../../adapters/mux.js';
 import { connect, type Socket } from 'node:net';
 import { exitAfterLastTest } from '../support/native-exit.js';
-import { createNativePeer, nativeFrames, nativeGathered } from '../../adapters/native-peer.js';
+import { createNativePeer, nativeChannelOpen, nativeFrames, nativeGathered } from '../../adapters/native-peer.js';
 
 const dialEcho = (port: number) => () =>
   new Promise<Socket>((resolve, reject) => {
@@ -349,4 +349,28 @@ t.test('a peer closed before its channel is wrapped (a client gone mid-connect) 
   t.match(reason, /peer connection closed/, 'it reports itself closed to a handler added afterwards');
   t.equal(frames.bufferedAmount, 0);
   await t.rejects(nativeGathered(peer), /closed while gathering/, 'gathering on it fails with a reason, not a TypeError');
+});
+
+t.test('an exception while a frame is handled ends that channel with the error, instead of aborting the process', async (t) => {
+  // A throw inside node-datachannel's message callback would end in std::terminate (SIGABRT).
+  const near = createNativePeer('guard-near', ice);
+  const far = createNativePeer('guard-far', ice);
+  t.teardown(() => {
+    near.close();
+    far.close();
+  });
+  const nearChannel = near.createDataChannel('pam-mux', { negotiated: true, id: 1 });
+  far.setRemoteDescription(await nativeGathered(near), 'offer');
+  const farChannel = far.createDataChannel('pam-mux', { negotiated: true, id: 1 });
+  near.setRemoteDescription(await nativeGathered(far), 'answer');
+  await Promise.all([nativeChannelOpen(near, nearChannel), nativeChannelOpen(far, farChannel)]);
+  const sender = nativeFrames(near, nearChannel);
+  const receiver = nativeFrames(far, farChannel);
+  receiver.onFrame(() => {
+    throw new Error('a bug in a frame handler');
+  });
+  const reason = new Promise<string>((resolve) => receiver.onClose(resolve));
+  sender.send(Buffer.from('one frame'));
+  t.match(await reason, /internal error in the data path: a bug in a frame handler/);
+  t.pass('the process is still here');
 });
