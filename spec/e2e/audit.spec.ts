@@ -242,7 +242,15 @@ t.test(
     const live = await foregroundTunnel(t, env, 'echo');
     const socket = connect(live.port, '127.0.0.1');
     socket.on('error', () => undefined);
-    const echoed = new Promise<void>((resolve) => socket.once('data', () => resolve()));
+    // All of it back before the stop: a fresh channel sends its first frames small (1 KiB, decision
+    // 0017), so the echo may arrive in more than one piece.
+    let back = 0;
+    const echoed = new Promise<void>((resolve) =>
+      socket.on('data', (chunk: Buffer) => {
+        back += chunk.length;
+        if (back >= 1234) resolve();
+      }),
+    );
     socket.write(Buffer.alloc(1234, 9));
     await echoed;
     gateway.proc.child.kill('SIGTERM');
