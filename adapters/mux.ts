@@ -515,11 +515,17 @@ export class Mux {
     stream.drainedRun += bytes;
     if (stream.drainedRun < stream.window) return;
     stream.drainedRun = 0;
-    const extra = Math.min(stream.window, this.options.maxWindowBytes - stream.window, this.options.maxGrowthBytes - this.grown);
-    if (extra <= 0) return;
+    this.widen(stream, stream.window);
+  }
+
+  /** Add up to `wanted` to the stream's window (owed to the peer as credit), within both caps; false if none. */
+  private widen(stream: Stream, wanted: number): boolean {
+    const extra = Math.min(wanted, this.options.maxWindowBytes - stream.window, this.options.maxGrowthBytes - this.grown);
+    if (extra <= 0) return false;
     stream.window += extra;
     stream.owed += extra;
     this.grown += extra;
+    return true;
   }
 
   /**
@@ -529,16 +535,7 @@ export class Mux {
    * stalled reader can make this side hold stays within the same budget.
    */
   private lendStartWindow(stream: Stream): void {
-    const extra = Math.min(
-      this.options.startWindowBytes - stream.window,
-      this.options.maxWindowBytes - stream.window,
-      this.options.maxGrowthBytes - this.grown,
-    );
-    if (extra <= 0) return;
-    stream.window += extra;
-    stream.owed += extra;
-    this.grown += extra;
-    this.grant(stream, 0);
+    if (this.widen(stream, this.options.startWindowBytes - stream.window)) this.grant(stream, 0);
   }
 
   private forget(stream: Stream): void {

@@ -168,18 +168,21 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
       }
     }
   };
+  const shut = () => {
+    try {
+      channel.close();
+      peer.close();
+    } catch {
+      // already closed
+    }
+  };
   /** Runs a handler of ours inside a library callback; what it throws ends this channel instead. */
   const guarded = (work: () => void) => {
     try {
       work();
     } catch (error) {
       closed(`internal error in the data path: ${error instanceof Error ? error.message : String(error)}`);
-      try {
-        channel.close();
-        peer.close();
-      } catch {
-        // already closed
-      }
+      shut();
     }
   };
   channel.onMessage((message) => {
@@ -220,12 +223,7 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
     close() {
       if (closing) return;
       closing = true;
-      try {
-        channel.close();
-        peer.close();
-      } catch {
-        // already closed
-      }
+      shut();
     },
   };
 }
