@@ -176,25 +176,29 @@ export function nativeFrames(peer: PeerConnection, channel: DataChannel): FrameC
       // already closed
     }
   };
-  /** Runs a handler of ours inside a library callback; what it throws ends this channel instead. */
-  const guarded = (work: () => void) => {
-    try {
-      work();
-    } catch (error) {
-      closed(`internal error in the data path: ${error instanceof Error ? error.message : String(error)}`);
-      shut();
-    }
-  };
-  channel.onMessage((message) => {
-    const frame = Buffer.isBuffer(message)
-      ? message
-      : typeof message === 'string'
-        ? Buffer.from(message)
-        : Buffer.from(new Uint8Array(message));
-    guarded(() => frames.emit(frame));
-  });
-  channel.onBufferedAmountLow(() =>
-    guarded(() => {
+  /** A library callback running a handler of ours: what the handler throws ends this channel instead. */
+  const guarded =
+    <T>(work: (value: T) => void) =>
+    (value: T) => {
+      try {
+        work(value);
+      } catch (error) {
+        closed(`internal error in the data path: ${error instanceof Error ? error.message : String(error)}`);
+        shut();
+      }
+    };
+  channel.onMessage(
+    guarded((message: string | Buffer | ArrayBuffer) => {
+      const frame = Buffer.isBuffer(message)
+        ? message
+        : typeof message === 'string'
+          ? Buffer.from(message)
+          : Buffer.from(new Uint8Array(message));
+      frames.emit(frame);
+    }),
+  );
+  channel.onBufferedAmountLow(
+    guarded<void>(() => {
       for (const handler of drainHandlers) handler();
     }),
   );

@@ -378,11 +378,9 @@ t.test('a new connection starts with a larger window lent from the budget, on bo
   // What each side grants: WINDOW frames as [stream id, credit].
   const granted = (channel: typeof near) => {
     const grants: Array<[number, number]> = [];
-    const send = channel.send.bind(channel);
-    channel.send = (frame: Buffer) => {
+    onSend(channel, (frame) => {
       if (frame.readUInt8(0) === frameType.window) grants.push([frame.readUInt32BE(1), frame.readUInt32BE(5)]);
-      send(frame);
-    };
+    });
     return grants;
   };
   const fromClient = granted(near);
